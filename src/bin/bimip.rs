@@ -1,0 +1,200 @@
+//! `bimip`: the developer CLI. Verbs: decode, encode (more arrive with the
+//! server, the queue and the load tool).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use bytes::BytesMut;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::codec::Decoder;
+
+use bimip::codec::{self, DEFAULT_MAX_STANZA_BYTES, TcpFrameCodec, json};
+
+#[derive(Parser)]
+#[command(name = "bimip", version, about = "BIMIP conformance kit: developer tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode stanza bytes (hex, base64 or a binary file) to readable YAML or JSON.
+    Decode(DecodeArgs),
+    /// Encode a stanza written in YAML or JSON (proto3 JSON mapping) to bytes.
+    Encode(EncodeArgs),
+}
+
+#[derive(clap::Args)]
+struct DecodeArgs {
+    /// The bytes as hex ("0806...", spaces and a 0x prefix allowed). Read from
+    /// standard input when absent and no --file is given.
+    data: Option<String>,
+    /// DATA (or standard input) is base64, not hex.
+    #[arg(long)]
+    base64: bool,
+    /// Read raw binary bytes from this file ("-" = standard input).
+    #[arg(long, conflicts_with_all = ["data", "base64"])]
+    file: Option<PathBuf>,
+    /// The bytes are a native TCP stream: 4-byte big-endian length-prefixed frames.
+    #[arg(long)]
+    tcp: bool,
+    /// Decode as this message type instead of a MessageScheme envelope.
+    #[arg(long, value_name = "TYPE")]
+    message: Option<String>,
+    /// Print JSON instead of YAML.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Hex,
+    Base64,
+    Binary,
+}
+
+#[derive(clap::Args)]
+struct EncodeArgs {
+    /// A YAML or JSON file ("-" or absent = standard input). Either the message
+    /// itself or `bimip decode` output (its `fields:` are used).
+    file: Option<PathBuf>,
+    /// How to write the bytes.
+    #[arg(long, value_enum, default_value = "hex")]
+    output: OutputFormat,
+    /// Encode as this message type instead of a MessageScheme envelope.
+    #[arg(long, value_name = "TYPE")]
+    message: Option<String>,
+    /// Prefix the bytes with the native TCP 4-byte big-endian length.
+    #[arg(long)]
+    tcp: bool,
+    /// Write a MessageScheme even if it breaks the envelope rule (for building test cases).
+    #[arg(long)]
+    allow_invalid: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Decode(args) => decode(args),
+        Command::Encode(args) => encode(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    match file {
+        Some(path) if path.as_os_str() != "-" => {
+            buf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        }
+        _ => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading standard input")?;
+        }
+    }
+    Ok(buf)
+}
+
+fn parse_text_bytes(text: &str, base64: bool) -> Result<Vec<u8>> {
+    let compact: String = text.split_whitespace().collect();
+    if base64 {
+        return base64::engine::general_purpose::STANDARD
+            .decode(compact.as_bytes())
+            .context("input is not valid base64");
+    }
+    let digits = compact.strip_prefix("0x").unwrap_or(&compact);
+    hex::decode(digits).context("input is not valid hex (use --base64 or --file for other forms)")
+}
+
+/// Exit 0 when every stanza decodes and keeps the envelope rule, 1 otherwise.
+fn decode(args: DecodeArgs) -> Result<ExitCode> {
+    let bytes = match (&args.file, &args.data) {
+        (Some(path), _) => read_input(Some(path))?,
+        (None, Some(text)) => parse_text_bytes(text, args.base64)?,
+        (None, None) => {
+            let text = String::from_utf8(read_input(None)?).context("standard input is not text")?;
+            parse_text_bytes(&text, args.base64)?
+        }
+    };
+    let stanzas = if args.tcp { split_frames(&bytes)? } else { vec![bytes] };
+    let mut all_ok = true;
+    let mut documents = Vec::new();
+    for stanza in &stanzas {
+        let doc = match &args.message {
+            Some(message) => json::bytes_to_json(message, stanza).inspect_err(|_| all_ok = false),
+            None => {
+                let description = codec::describe(stanza);
+                all_ok &= description.envelope == "ok";
+                Ok(serde_json::to_value(description)?)
+            }
+        };
+        documents.push(doc?);
+    }
+    let out = if args.tcp {
+        serde_json::Value::Array(documents)
+    } else {
+        documents.remove(0)
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", serde_norway::to_string(&out)?);
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn split_frames(stream: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut codec = TcpFrameCodec::new(DEFAULT_MAX_STANZA_BYTES);
+    let mut buf = BytesMut::from(stream);
+    let mut frames = Vec::new();
+    while let Some(frame) = codec
+        .decode_eof(&mut buf)
+        .context("splitting the TCP stream into frames")?
+    {
+        frames.push(frame.to_vec());
+    }
+    Ok(frames)
+}
+
+fn encode(args: EncodeArgs) -> Result<ExitCode> {
+    let text = String::from_utf8(read_input(args.file.as_ref())?).context("input is not UTF-8 text")?;
+    // YAML is a superset of JSON, so one parser reads both.
+    let mut value: serde_json::Value = serde_norway::from_str(&text).context("input is not YAML or JSON")?;
+    if let Some(fields) = value.get("fields") {
+        value = fields.clone();
+    }
+    let message = args.message.as_deref().unwrap_or("MessageScheme");
+    let bytes = json::json_to_bytes(message, &value)?;
+    if args.message.is_none()
+        && !args.allow_invalid
+        && let Err(e) = codec::decode(&bytes, usize::MAX)
+    {
+        bail!(
+            "the stanza breaks the envelope rule: {e} [{}] (pass --allow-invalid to write it anyway)",
+            e.kind()
+        );
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    if args.tcp {
+        let len = u32::try_from(bytes.len()).context("stanza longer than a TCP frame can carry")?;
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    out.extend_from_slice(&bytes);
+    match args.output {
+        OutputFormat::Hex => println!("{}", hex::encode(&out)),
+        OutputFormat::Base64 => println!("{}", base64::engine::general_purpose::STANDARD.encode(&out)),
+        OutputFormat::Binary => std::io::stdout().write_all(&out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,12 @@
+//! BIMIP conformance kit.
+//!
+//! The crate map follows SPEC.md's areas:
+//!
+//! - [`proto`]: the types generated from `proto/bimip.proto`, and its descriptors.
+//! - [`codec`]: bytes <-> stanzas: the envelope rule, TCP framing, canonical
+//!   encoding, the proto3 JSON mapping, and the error table of SPEC §5.
+//! - [`vectors`]: the YAML test vectors of `vectors/`, loaded and checked.
+
+pub mod codec;
+pub mod proto;
+pub mod vectors;
