@@ -18,8 +18,8 @@ Checks, each reported per case:
             classifier (SPEC ENV rules) yields exactly the stated error;
             `too_large` cases exceed max_stanza_bytes and are otherwise valid.
   framing   a reference TCP deframer (4-byte big-endian length prefix) fed the
-            chunks yields exactly `frames` or `error`; every non-empty frame is
-            a valid stanza.
+            chunks yields exactly `frames` or `error` (error cases yield no
+            frame first); every non-empty frame is the hex of a valid case.
   global    ids unique across files and prefixed by their file's area; every
             MessageScheme payload (routes 2..27) has >= 2 valid cases.
 Ends with the line "N passed, M failed".
@@ -28,9 +28,11 @@ Ends with the line "N passed, M failed".
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -98,6 +100,7 @@ def load_yaml(path: Path):
 def compile_schema(proto: Path):
     """protoc (grpcio-tools) -> bimip_pb2 in a temp dir, imported."""
     tmp = tempfile.mkdtemp(prefix="bimip_pb2_")
+    atexit.register(shutil.rmtree, tmp, True)
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     rc = protoc.main([
         "grpc_tools.protoc",
@@ -333,8 +336,7 @@ def check_invalid(env, case, where, rep):
         if len(data) <= max_bytes:
             rep.fail(where, f"too_large but {len(data)} bytes <= max_stanza_bytes {max_bytes}")
             return False
-        inner = env.classify(data)
-        if inner != "too_large" or env.classify(data, max_stanza_bytes=len(data)) is not None:
+        if env.classify(data, max_bytes) != "too_large" or env.classify(data, len(data)) is not None:
             rep.fail(where, "too_large case should be an otherwise valid stanza")
             return False
         return True
@@ -345,7 +347,7 @@ def check_invalid(env, case, where, rep):
     return True
 
 
-def check_framing(env, case, where, rep):
+def check_framing(env, case, where, rep, valid_hexes):
     chunks_raw = case.get("chunks")
     if not isinstance(chunks_raw, list) or not chunks_raw:
         rep.fail(where, "chunks must be a non-empty list of hex strings")
@@ -390,6 +392,9 @@ def check_framing(env, case, where, rep):
         if f and env.classify(f, max_bytes) is not None:
             rep.fail(where, f"frame {f.hex()} is not a valid stanza ({env.classify(f, max_bytes)})")
             return False
+        if f and f.hex() not in valid_hexes:
+            rep.fail(where, f"frame {f.hex()} is not the hex of any valid case (regenerate framing from the vectors)")
+            return False
     return True
 
 
@@ -398,6 +403,7 @@ def run_checks(pb2, vectors: Path) -> int:
     rep = Report()
     ids: dict = {}
     route_counts: dict = {}
+    valid_hexes: set = set()
     counts = []
     for area in AREA_FILES:
         path = vectors / f"{area}.yaml"
@@ -434,10 +440,12 @@ def run_checks(pb2, vectors: Path) -> int:
                     continue
                 if section == "valid":
                     good = check_valid(pb2, env, case, where, rep, route_counts)
+                    if good:
+                        valid_hexes.add(case["hex"])
                 elif section == "invalid":
                     good = check_invalid(env, case, where, rep)
                 else:
-                    good = check_framing(env, case, where, rep)
+                    good = check_framing(env, case, where, rep, valid_hexes)
                 if good:
                     rep.ok()
         counts.append((area, n))

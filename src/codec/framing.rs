@@ -82,7 +82,7 @@ impl Decoder for TcpFrameCodec {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
+            None if src.is_empty() && !self.in_body => Ok(None),
             None => {
                 let header = if self.in_body { 4 } else { 0 };
                 Err(FrameError::Truncated {
@@ -143,6 +143,12 @@ mod tests {
     fn a_partial_frame_at_eof_is_an_error() {
         let err = frames_of(&[&[0, 0, 0, 3, 1]], 64).unwrap_err();
         assert!(matches!(err, FrameError::Truncated { buffered: 5 }), "{err}");
+    }
+
+    #[test]
+    fn a_header_without_its_body_at_eof_is_an_error() {
+        let err = frames_of(&[&[0, 0, 0, 15]], 64).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { buffered: 4 }), "{err}");
     }
 
     #[test]
