@@ -83,3 +83,23 @@ fn coverage_floor() {
     assert!(invalid >= 20, "{invalid} invalid cases, needs 20");
     assert!(framing >= 6, "{framing} framing cases, needs 6");
 }
+
+/// Every requirement a vector cites exists in SPEC.md.
+#[test]
+fn cited_requirements_exist_in_spec() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/SPEC.md")).expect("SPEC.md");
+    let mut cited = BTreeSet::new();
+    for (_, file) in all() {
+        let specs = file.valid.iter().map(|c| &c.spec);
+        let specs = specs
+            .chain(file.invalid.iter().map(|c| &c.spec))
+            .chain(file.framing.iter().map(|c| &c.spec));
+        cited.extend(specs.flatten().cloned());
+    }
+    let missing: Vec<_> = cited
+        .iter()
+        .filter(|id| !spec.contains(&format!("**{id}** (")))
+        .collect();
+    assert!(!cited.is_empty());
+    assert!(missing.is_empty(), "cited but not defined in SPEC.md: {missing:?}");
+}
