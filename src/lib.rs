@@ -8,5 +8,9 @@
 //! - [`vectors`]: the YAML test vectors of `vectors/`, loaded and checked.
 
 pub mod codec;
+pub mod core;
+pub mod keys;
 pub mod proto;
+pub mod server;
+pub mod store;
 pub mod vectors;

@@ -26,6 +26,33 @@ enum Command {
     Decode(DecodeArgs),
     /// Encode a stanza written in YAML or JSON (proto3 JSON mapping) to bytes.
     Encode(EncodeArgs),
+    /// Mint a JWT for a user's device (development: signed with the data dir's key).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user, e.g. alice@example.com (the `eid` claim).
+    #[arg(long)]
+    eid: String,
+    /// The device, e.g. phone (the `device_id` claim; Identity.connection_resource_id).
+    #[arg(long)]
+    device: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: i64,
+    /// The `jti` claim; default: unique per call.
+    #[arg(long)]
+    jti: Option<String>,
+    /// Sign with this private key (or HS256 secret) file instead of the development key.
+    #[arg(long, value_name = "FILE", requires = "alg")]
+    key: Option<PathBuf>,
+    /// Algorithm of --key: RS256, EdDSA or HS256.
+    #[arg(long)]
+    alg: Option<bimip::core::auth::Algorithm>,
+    /// Where `bimip serve` keeps its development key.
+    #[arg(long, default_value = "bimip-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +108,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Decode(args) => decode(args),
         Command::Encode(args) => encode(args),
+        Command::Token(args) => token(args),
     };
     match outcome {
         Ok(code) => code,
@@ -196,5 +224,37 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
         OutputFormat::Base64 => println!("{}", base64::engine::general_purpose::STANDARD.encode(&out)),
         OutputFormat::Binary => std::io::stdout().write_all(&out)?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(args: TokenArgs) -> Result<ExitCode> {
+    use bimip::core::auth::{Claims, valid_device_id, valid_eid};
+    if !valid_eid(&args.eid) {
+        bail!("{:?} is not an EID (local@domain)", args.eid);
+    }
+    if !valid_device_id(&args.device) {
+        bail!(
+            "{:?} is not a device id (1 to 128 bytes, no spaces or control characters)",
+            args.device
+        );
+    }
+    let signer = match (&args.key, args.alg) {
+        (Some(path), Some(alg)) => bimip::keys::load_signer(alg, path)?,
+        _ => bimip::keys::ensure_dev_keys(&args.data_dir)?.1,
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let iat = i64::try_from(now.as_secs())?;
+    let jti = args
+        .jti
+        .unwrap_or_else(|| format!("cli-{:x}-{:x}", now.as_nanos(), std::process::id()));
+    let claims = Claims {
+        eid: args.eid,
+        device_id: args.device,
+        jti,
+        iat,
+        exp: iat.saturating_add(args.ttl),
+        ..Claims::default()
+    };
+    println!("{}", signer.mint(&claims)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,397 @@
+//! The server engine: connections, their sessions, dispatch of each stanza to
+//! its area's handler, SPEC's answer to every bad input, and timers.
+//!
+//! Handlers live with their area (`pingpong.rs`, `token.rs`, ...) as further
+//! `impl Engine` blocks; they return `Err(Rejection)` and this file turns it
+//! into the ErrorMessage, the error counters and, for fatal kinds, the close.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::auth::{Signer, Verifier};
+use super::session::{Conn, ConnState, Session};
+use super::timers::{Timer, Timers};
+use super::{CloseReason, Config, ConnId, Millis, Output, Registry, Revocations, SessionIdentity, Transport};
+use crate::codec::{self, Direction, ErrorKind, FrameError, Route};
+use crate::proto::message_scheme::Payload;
+use crate::proto::{Authenticate, Identity};
+
+/// A stanza refused: the ErrorMessage to send (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rejection {
+    pub kind: ErrorKind,
+    pub details: String,
+    pub ref_id: String,
+}
+
+impl Rejection {
+    pub fn new(kind: ErrorKind, details: impl Into<String>) -> Self {
+        Rejection {
+            kind,
+            details: details.into(),
+            ref_id: String::new(),
+        }
+    }
+
+    pub fn with_ref(mut self, ref_id: impl Into<String>) -> Self {
+        self.ref_id = ref_id.into();
+        self
+    }
+}
+
+pub(super) type Handled = Result<(), Rejection>;
+
+/// Counters for metrics (never read by protocol logic).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub stanzas_in: BTreeMap<i64, u64>,
+    pub stanzas_out: BTreeMap<i64, u64>,
+    pub errors: BTreeMap<u16, u64>,
+    pub sessions_started: u64,
+    pub connections_closed: u64,
+}
+
+/// The server's protocol state. See the module docs of [`crate::core`].
+pub struct Engine {
+    pub(super) config: Config,
+    pub(super) verifier: Verifier,
+    pub(super) signer: Option<Signer>,
+    pub(super) revocations: Box<dyn Revocations>,
+    pub(super) conns: BTreeMap<ConnId, Conn>,
+    pub(super) registry: Registry,
+    pub(super) timers: Timers,
+    out: VecDeque<Output>,
+    stats: Stats,
+    next_id: u64,
+}
+
+impl Engine {
+    /// An engine with no connections. `signer` is needed for token refresh.
+    pub fn new(config: Config, verifier: Verifier, signer: Option<Signer>, revocations: Box<dyn Revocations>) -> Self {
+        Engine {
+            config,
+            verifier,
+            signer,
+            revocations,
+            conns: BTreeMap::new(),
+            registry: Registry::default(),
+            timers: Timers::default(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            next_id: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Connections the engine knows (authenticated or not).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A transport accepted a connection. WebSocket passes the token from the
+    /// upgrade request and learns here whether to upgrade: `Err` is the kind
+    /// to answer with (HTTP 401 or 429, body = kind). Native TCP passes no
+    /// token: it must send Authenticate first (SPEC TRN).
+    pub fn open(
+        &mut self,
+        conn: ConnId,
+        transport: Transport,
+        token: Option<&str>,
+        now: Millis,
+    ) -> Result<(), ErrorKind> {
+        if self.conns.contains_key(&conn) {
+            return Err(ErrorKind::Internal);
+        }
+        match transport {
+            Transport::WebSocket => {
+                let token = token.filter(|t| !t.is_empty()).ok_or(ErrorKind::TokenMissing)?;
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        transport,
+                        state: ConnState::AwaitingAuth { deadline: None },
+                    },
+                );
+                let started = self.start_session(conn, token, now);
+                if started.is_err() {
+                    self.conns.remove(&conn);
+                }
+                started
+            }
+            Transport::Tcp => {
+                let deadline = now.saturating_add(self.config.auth_deadline_ms);
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        transport,
+                        state: ConnState::AwaitingAuth {
+                            deadline: Some(deadline),
+                        },
+                    },
+                );
+                self.timers.set(deadline, conn, Timer::AuthDeadline);
+                Ok(())
+            }
+        }
+    }
+
+    /// One stanza's bytes arrived (a WebSocket binary message or a TCP frame).
+    pub fn receive(&mut self, conn: ConnId, stanza: &[u8], now: Millis) {
+        let Some(state) = self.conns.get_mut(&conn).map(|c| &mut c.state) else {
+            return;
+        };
+        let decoded = codec::decode(stanza, self.config.max_stanza_bytes);
+        if let Ok(payload) = &decoded {
+            *self.stats.stanzas_in.entry(Route::of(payload).number()).or_default() += 1;
+        }
+        match state {
+            ConnState::AwaitingAuth { .. } => self.receive_first(conn, decoded, now),
+            ConnState::Live(session) => {
+                if !session.bucket.try_take(now) {
+                    let rejection =
+                        Rejection::new(ErrorKind::RateLimited, "stanza rate limit exceeded; stanza dropped");
+                    let route = decoded.as_ref().ok().map(|p| Route::of(p).number());
+                    return self.reject(conn, route, rejection, now);
+                }
+                match decoded {
+                    Err(e) => self.reject(conn, e.route(), Rejection::new(e.kind(), e.to_string()), now),
+                    Ok(payload) => {
+                        let route = Route::of(&payload).number();
+                        match self.dispatch(conn, payload, now) {
+                            Ok(()) => {
+                                self.with_session(conn, |s| s.consecutive_errors = 0);
+                            }
+                            Err(rejection) => self.reject(conn, Some(route), rejection, now),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A WebSocket text frame arrived: fatal (SPEC TRN).
+    pub fn text_frame(&mut self, conn: ConnId, now: Millis) {
+        let rejection = Rejection::new(ErrorKind::TextFrame, "BIMIP uses binary WebSocket messages only");
+        self.reject(conn, None, rejection, now);
+    }
+
+    /// The byte stream could not be framed (oversized length, or an oversized
+    /// WebSocket message): fatal (SPEC TRN).
+    pub fn framing_error(&mut self, conn: ConnId, error: &FrameError, now: Millis) {
+        match error {
+            FrameError::TooLarge { .. } => {
+                self.reject(conn, None, Rejection::new(ErrorKind::TooLarge, error.to_string()), now);
+            }
+            FrameError::Truncated { .. } | FrameError::Io(_) => self.closed(conn, now),
+        }
+    }
+
+    /// The peer went away (EOF, reset, or the adapter gave up on it).
+    pub fn closed(&mut self, conn: ConnId, _now: Millis) {
+        self.forget(conn);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn tick(&mut self, now: Millis) {
+        while let Some((_, conn, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::AuthDeadline => {
+                    let rejection = Rejection::new(ErrorKind::AuthTimeout, "no Authenticate stanza in time");
+                    self.reject(conn, None, rejection, now);
+                }
+                Timer::Ping => self.on_ping_timer(conn, now),
+                Timer::TokenExpiry => {
+                    let rejection = Rejection::new(ErrorKind::TokenExpired, "the session's token expired");
+                    self.reject(conn, None, rejection, now);
+                }
+            }
+        }
+    }
+
+    /// When `tick` next has work to do.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.timers.next()
+    }
+
+    /// The next thing the adapter must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn receive_first(&mut self, conn: ConnId, decoded: Result<Payload, codec::EnvelopeError>, now: Millis) {
+        let token = match decoded {
+            Ok(Payload::Authenticate(Authenticate { token, r#type: 1, .. })) => token,
+            _ => {
+                let rejection = Rejection::new(ErrorKind::TokenMissing, "the first stanza must be Authenticate");
+                return self.reject(conn, None, rejection, now);
+            }
+        };
+        if token.is_empty() {
+            return self.reject(
+                conn,
+                Some(27),
+                Rejection::new(ErrorKind::TokenMissing, "empty token"),
+                now,
+            );
+        }
+        if let Err(kind) = self.start_session(conn, &token, now) {
+            self.reject(conn, Some(27), Rejection::new(kind, "authentication failed"), now);
+        }
+    }
+
+    fn dispatch(&mut self, conn: ConnId, payload: Payload, now: Millis) -> Handled {
+        let route = Route::of(&payload);
+        if route.direction() == Direction::ServerToClient {
+            return Err(Rejection::new(
+                ErrorKind::NotAllowed,
+                format!("route {route} is sent by servers only"),
+            ));
+        }
+        match payload {
+            Payload::PingpongMessage(ping) => self.on_pingpong(conn, ping, now),
+            Payload::TokenRevokeRequest(request) => self.on_token_revoke(conn, request, now),
+            Payload::TokenRefreshRequest(request) => self.on_token_refresh(conn, request, now),
+            Payload::Logout(logout) => self.on_logout(conn, logout, now),
+            Payload::Authenticate(_) => Err(Rejection::new(
+                ErrorKind::NotAllowed,
+                "the session is already authenticated",
+            )),
+            Payload::VersionUpdate(update) => match update.r#type {
+                // The sender's optional receipt (SPEC CHAT): accepted, no effect.
+                2 => Ok(()),
+                1 => Err(Rejection::new(
+                    ErrorKind::NotAllowed,
+                    "clients send VersionUpdate RESPONSE (type 2) only",
+                )),
+                _ => Err(Rejection::new(ErrorKind::InvalidField, "VersionUpdate.type must be 2")),
+            },
+            _ => Err(Rejection::new(
+                ErrorKind::UnknownRoute,
+                format!("route {route} is not implemented by this server"),
+            )),
+        }
+    }
+
+    /// Sends the ErrorMessage for `rejection`; closes the connection when the
+    /// kind is fatal or the connection keeps failing (SPEC SES).
+    pub(super) fn reject(&mut self, conn: ConnId, route: Option<i64>, rejection: Rejection, now: Millis) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let Rejection { kind, details, ref_id } = rejection;
+        *self.stats.errors.entry(kind.code()).or_default() += 1;
+        let message = kind.to_message(route, details, ref_id, now);
+        self.send(conn, Payload::ErrorMessage(message));
+        if kind.is_fatal() {
+            return self.close(conn, CloseReason::Error(kind));
+        }
+        let limit = self.config.max_consecutive_errors;
+        let mut too_many = false;
+        self.with_session(conn, |s| {
+            s.consecutive_errors += 1;
+            too_many = s.consecutive_errors >= limit;
+        });
+        if too_many {
+            let message = ErrorKind::RateLimited.to_message(None, "too many consecutive errors", "", now);
+            *self.stats.errors.entry(ErrorKind::RateLimited.code()).or_default() += 1;
+            self.send(conn, Payload::ErrorMessage(message));
+            self.close(conn, CloseReason::Error(ErrorKind::RateLimited));
+        }
+    }
+
+    /// Queues one stanza for a connection.
+    pub(super) fn send(&mut self, conn: ConnId, payload: Payload) {
+        *self.stats.stanzas_out.entry(Route::of(&payload).number()).or_default() += 1;
+        self.out.push_back(Output::Send {
+            conn,
+            stanza: Bytes::from(codec::encode(&payload)),
+        });
+    }
+
+    /// Ends a connection: forget it, then tell the adapter to close it.
+    pub(super) fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        if self.forget(conn) {
+            self.out.push_back(Output::Close { conn, reason });
+        }
+    }
+
+    /// Drops every trace of a connection; false if it was unknown.
+    fn forget(&mut self, conn: ConnId) -> bool {
+        let Some(old) = self.conns.remove(&conn) else {
+            return false;
+        };
+        self.stats.connections_closed += 1;
+        match old.state {
+            ConnState::AwaitingAuth { deadline } => {
+                if let Some(at) = deadline {
+                    self.timers.cancel(at, conn, Timer::AuthDeadline);
+                }
+            }
+            ConnState::Live(session) => {
+                self.timers.cancel(session.ping.next_at, conn, Timer::Ping);
+                self.timers.cancel(session.token.exp_ms, conn, Timer::TokenExpiry);
+                self.registry
+                    .remove(&session.identity.eid, &session.identity.device, conn);
+            }
+        }
+        true
+    }
+
+    /// Runs `f` on the connection's live session, if it has one.
+    pub(super) fn with_session<T>(&mut self, conn: ConnId, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        match &mut self.conns.get_mut(&conn)?.state {
+            ConnState::Live(session) => Some(f(session)),
+            ConnState::AwaitingAuth { .. } => None,
+        }
+    }
+
+    /// The identity of the connection's session.
+    pub(super) fn identity(&self, conn: ConnId) -> Option<&SessionIdentity> {
+        match &self.conns.get(&conn)?.state {
+            ConnState::Live(session) => Some(&session.identity),
+            ConnState::AwaitingAuth { .. } => None,
+        }
+    }
+
+    /// A fresh id, unique in this engine's lifetime; `now` keeps ids unique
+    /// across restarts without reading a clock or a random source.
+    pub(super) fn fresh_id(&mut self, prefix: &str, now: Millis) -> String {
+        self.next_id += 1;
+        format!("{prefix}{now:x}-{}", self.next_id)
+    }
+
+    /// Fills an identity field the server owns, or refuses a spoofed one
+    /// (SPEC ENV: the server never trusts a client's `from`).
+    pub(super) fn claim(&self, conn: ConnId, slot: &mut Option<Identity>, field: &str) -> Handled {
+        let Some(me) = self.identity(conn) else {
+            return Err(Rejection::new(ErrorKind::Internal, "no session"));
+        };
+        if let Some(given) = slot {
+            let eid_differs = !given.eid.is_empty() && given.eid != me.eid;
+            let device_differs = !given.connection_resource_id.is_empty() && given.connection_resource_id != me.device;
+            if eid_differs || device_differs {
+                return Err(Rejection::new(
+                    ErrorKind::IdentityMismatch,
+                    format!(
+                        "`{field}` names {}/{}, not this session",
+                        given.eid, given.connection_resource_id
+                    ),
+                ));
+            }
+        }
+        *slot = Some(me.to_proto());
+        Ok(())
+    }
+}

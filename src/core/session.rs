@@ -1,0 +1,116 @@
+//! One connection's state machine (SPEC SES): awaiting authentication (native
+//! TCP only), then a live session bound to one token; and how a session starts.
+//!
+//! ```text
+//!  TCP accept ──> AwaitingAuth ──Authenticate ok──> Live ──> (closed: forgotten)
+//!  WS upgrade (token ok) ─────────────────────────> Live
+//! ```
+
+use super::engine::Engine;
+use super::limits::TokenBucket;
+use super::timers::Timer;
+use super::{ConnId, Millis, SessionIdentity, Transport};
+use crate::codec::ErrorKind;
+use crate::proto::Authenticate;
+use crate::proto::message_scheme::Payload;
+
+pub(super) struct Conn {
+    #[allow(dead_code)] // read by the awareness and queue areas as they land
+    pub transport: Transport,
+    pub state: ConnState,
+}
+
+pub(super) enum ConnState {
+    /// Native TCP before its Authenticate; `deadline` is the auth deadline.
+    AwaitingAuth {
+        deadline: Option<Millis>,
+    },
+    Live(Box<Session>),
+}
+
+/// The token a session runs on.
+pub(super) struct SessionToken {
+    pub jti: String,
+    pub iat_ms: Millis,
+    pub exp_ms: Millis,
+}
+
+/// Server pings sent and not yet answered (SPEC PING).
+#[derive(Default)]
+pub(super) struct PingState {
+    /// When the next ping tick is due.
+    pub next_at: Millis,
+    /// Unanswered pings: (id, request_time).
+    pub outstanding: Vec<(String, Millis)>,
+    /// Consecutive ticks that found a ping unanswered.
+    pub missed: u32,
+}
+
+pub(super) struct Session {
+    pub identity: SessionIdentity,
+    pub token: SessionToken,
+    pub ping: PingState,
+    pub bucket: TokenBucket,
+    pub consecutive_errors: u32,
+}
+
+impl Engine {
+    /// Verifies `token` and makes `conn` a live session (SPEC AUTH, SES):
+    /// refuses revoked tokens and an eleventh device, replaces an older
+    /// session of the same device, then sends Authenticate RESPONSE.
+    pub(super) fn start_session(&mut self, conn: ConnId, token: &str, now: Millis) -> Result<(), ErrorKind> {
+        let verified = self.verifier.verify(token, now)?;
+        if self.revocations.is_revoked(&verified.jti) {
+            return Err(ErrorKind::TokenRevoked);
+        }
+        let identity = SessionIdentity {
+            eid: verified.eid,
+            device: verified.device_id,
+        };
+        let previous = self.registry.conn_of(&identity.eid, &identity.device);
+        if previous.is_none() && self.registry.device_count(&identity.eid) >= self.config.max_sessions_per_eid {
+            return Err(ErrorKind::TooManySessions);
+        }
+        if let Some(old) = previous.filter(|old| *old != conn) {
+            let rejection = super::engine::Rejection::new(ErrorKind::SessionReplaced, "a newer session of this device");
+            self.reject(old, None, rejection, now);
+        }
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return Err(ErrorKind::Internal);
+        };
+        if let ConnState::AwaitingAuth { deadline: Some(at) } = entry.state {
+            self.timers.cancel(at, conn, Timer::AuthDeadline);
+        }
+        let ping_at = now.saturating_add(self.config.ping_interval_ms);
+        let session = Session {
+            identity: identity.clone(),
+            token: SessionToken {
+                jti: verified.jti,
+                iat_ms: verified.iat_ms,
+                exp_ms: verified.exp_ms,
+            },
+            ping: PingState {
+                next_at: ping_at,
+                ..PingState::default()
+            },
+            bucket: TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
+            consecutive_errors: 0,
+        };
+        entry.state = ConnState::Live(Box::new(session));
+        self.registry.insert(&identity.eid, &identity.device, conn);
+        self.timers.set(ping_at, conn, Timer::Ping);
+        self.timers.set(verified.exp_ms, conn, Timer::TokenExpiry);
+        let answer = Authenticate {
+            token: String::new(),
+            identity: Some(identity.to_proto()),
+            r#type: 2,
+            status: 1,
+            timestamp: now,
+            ping_interval_ms: self.config.ping_interval_ms,
+            max_stanza_bytes: i64::try_from(self.config.max_stanza_bytes).unwrap_or(i64::MAX),
+            expires_at: verified.exp_ms,
+        };
+        self.send(conn, Payload::Authenticate(answer));
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! `bimip serve`: the reference server assembled from its parts: settings
+//! (flags over an optional TOML file over development defaults), keys, the
+//! durable revocation list, the sans-IO engine, the network adapters and the
+//! admin endpoint (health and Prometheus metrics).
+//!
+//! Development defaults just work: loopback addresses, a development Ed25519
+//! key created on first run in the data directory, no TLS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::auth::{Algorithm, Signer, Verifier};
+use crate::core::{Config as EngineConfig, Engine};
+use crate::keys::{self, KeyError};
+use crate::store::revocations::{FileRevocations, OpenError};
+
+/// Every setting of the reference server; the TOML file has the same shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// WebSocket listener (`ws://ADDR/ws`); none = off.
+    pub ws: Option<SocketAddr>,
+    /// Native TCP listener (`tcp://ADDR`); none = off.
+    pub tcp: Option<SocketAddr>,
+    /// Admin HTTP listener: GET /healthz and GET /metrics; none = off.
+    pub admin: Option<SocketAddr>,
+    /// Development key, revocation list and (later) the offline queue live here.
+    pub data_dir: PathBuf,
+    /// Token keys; absent = the development key in `data_dir`.
+    pub jwt: Option<JwtSettings>,
+    /// TLS for both listeners (wss://, tls://); absent = plaintext.
+    pub tls: Option<TlsSettings>,
+    /// Limits and timers (SPEC §19).
+    pub limits: EngineConfig,
+}
+
+/// Where the token keys come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// "RS256", "EdDSA" or "HS256".
+    pub alg: String,
+    /// Verification key: a public key PEM (or private, or the HS256 secret file).
+    pub key: PathBuf,
+    /// Private key (or secret) to sign refreshed tokens; absent = refresh answers 503.
+    pub signing_key: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ws: Some(SocketAddr::from(([127, 0, 0, 1], 7420))),
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 7422))),
+            data_dir: PathBuf::from("bimip-data"),
+            jwt: None,
+            tls: None,
+            limits: EngineConfig::default(),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("reading {path}: {source}")]
+    ReadConfig { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    ParseConfig {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("unknown JWT algorithm {0:?} (RS256, EdDSA or HS256)")]
+    Algorithm(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("revocation list: {0}")]
+    Revocations(#[from] OpenError),
+    #[error("creating {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Net { what: &'static str, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl Settings {
+    /// Reads a TOML settings file; missing keys keep their defaults.
+    pub fn from_toml_file(path: &Path) -> Result<Settings, StartError> {
+        let text = std::fs::read_to_string(path).map_err(|source| StartError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| StartError::ParseConfig {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The token verifier and (optional) signer these settings name. With no
+    /// `jwt` section, the development key pair (created on first use).
+    pub fn keys(&self) -> Result<(Verifier, Option<Signer>), StartError> {
+        let Some(jwt) = &self.jwt else {
+            let (verifier, signer) = keys::ensure_dev_keys(&self.data_dir)?;
+            return Ok((verifier, Some(signer)));
+        };
+        let alg: Algorithm = jwt.alg.parse().map_err(|_| StartError::Algorithm(jwt.alg.clone()))?;
+        let mut verifier = keys::load_verifier(alg, &jwt.key)?;
+        if let Some(iss) = &jwt.issuer {
+            verifier = verifier.with_issuer(iss.clone());
+        }
+        if let Some(aud) = &jwt.audience {
+            verifier = verifier.with_audience(aud.clone());
+        }
+        let signer = jwt
+            .signing_key
+            .as_deref()
+            .map(|path| keys::load_signer(alg, path))
+            .transpose()?;
+        Ok((verifier, signer))
+    }
+
+    /// The engine, with its durable revocation list opened from `data_dir`.
+    pub fn engine(&self, now_ms: i64) -> Result<Engine, StartError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::DataDir {
+            path: self.data_dir.clone(),
+            source,
+        })?;
+        let (verifier, signer) = self.keys()?;
+        let revocations = FileRevocations::open(&self.data_dir.join("revoked-tokens"), now_ms)?;
+        Ok(Engine::new(
+            self.limits.clone(),
+            verifier,
+            signer,
+            Box::new(revocations),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let settings: Settings = toml::from_str(
+            r#"
+            tcp = "0.0.0.0:9000"
+            [limits]
+            ping_interval_ms = 5000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(settings.tcp, Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(settings.ws, Settings::default().ws);
+        assert_eq!(settings.limits.ping_interval_ms, 5000);
+        assert_eq!(settings.limits.max_missed_pongs, 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Settings>("tcpp = \"1.2.3.4:5\"").is_err());
+        assert!(toml::from_str::<Settings>("[limits]\nping = 1").is_err());
+    }
+
+    #[test]
+    fn revocations_survive_an_engine_restart() {
+        // AUTH-14 through the engine: a logout's revocation outlives the process.
+        use crate::codec;
+        use crate::core::auth::Claims;
+        use crate::core::{ConnId, Transport};
+        use crate::proto::{Logout, message_scheme::Payload};
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            ..Settings::default()
+        };
+        let now = 1_761_831_141_000;
+        let (_, signer) = settings.keys().unwrap();
+        let claims = Claims {
+            eid: "a@x.io".into(),
+            device_id: "d".into(),
+            jti: "j1".into(),
+            iat: now / 1000,
+            exp: now / 1000 + 600,
+            ..Claims::default()
+        };
+        let token = signer.unwrap().mint(&claims).unwrap();
+        let mut engine = settings.engine(now).unwrap();
+        engine.open(ConnId(1), Transport::WebSocket, Some(&token), now).unwrap();
+        let logout = Payload::Logout(Logout {
+            r#type: 1,
+            ..Logout::default()
+        });
+        engine.receive(ConnId(1), &codec::encode(&logout), now);
+        drop(engine);
+        let mut restarted = settings.engine(now + 1).unwrap();
+        let refused = restarted.open(ConnId(1), Transport::WebSocket, Some(&token), now + 1);
+        assert_eq!(refused, Err(codec::ErrorKind::TokenRevoked));
+    }
+}
