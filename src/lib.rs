@@ -7,6 +7,7 @@
 //!   encoding, the proto3 JSON mapping, and the error table of SPEC §5.
 //! - [`vectors`]: the YAML test vectors of `vectors/`, loaded and checked.
 
+pub mod admin;
 pub mod codec;
 pub mod core;
 pub mod keys;

@@ -62,7 +62,7 @@ pub struct Engine {
     pub(super) registry: Registry,
     pub(super) timers: Timers,
     out: VecDeque<Output>,
-    stats: Stats,
+    pub(super) stats: Stats,
     next_id: u64,
 }
 

@@ -98,6 +98,7 @@ impl Engine {
         };
         entry.state = ConnState::Live(Box::new(session));
         self.registry.insert(&identity.eid, &identity.device, conn);
+        self.stats.sessions_started += 1;
         self.timers.set(ping_at, conn, Timer::Ping);
         self.timers.set(verified.exp_ms, conn, Timer::TokenExpiry);
         let answer = Authenticate {

@@ -173,6 +173,8 @@ fn session_starts_with_authenticate_response() {
     assert_eq!(a.ping_interval_ms, 30_000);
     assert_eq!(a.max_stanza_bytes, 65_536);
     assert_eq!(a.expires_at, (T0 / 1000 + 600) * 1000);
+    assert_eq!(h.engine.stats().sessions_started, 1);
+    assert_eq!(h.engine.stats().stanzas_out.get(&27), Some(&1));
 }
 
 /// AUTH-3..7, AUTH-10: a WebSocket upgrade learns the exact refusal kind.
