@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::{Config as EngineConfig, Engine};
 use crate::keys::{self, KeyError};
-use crate::store::revocations::{FileRevocations, OpenError};
+use crate::store::{FileRevocations, OpenError};
 
 /// Every setting of the reference server; the TOML file has the same shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,9 @@
-//! Durable state on disk: the revocation list (and, as it lands, the offline
-//! queue). The protocol core reaches these only through its traits.
+//! Durable state on disk: a generic checksummed journal, and on it the
+//! revocation list and the social graph (and, as it lands, the offline queue).
+//! The protocol core reaches these only through its traits.
 
+pub mod journal;
 pub mod revocations;
 
-pub use revocations::{FileRevocations, OpenError};
+pub use journal::{Journal, OpenError};
+pub use revocations::FileRevocations;
