@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::core::auth::{Algorithm, Signer, Verifier};
+use crate::core::social::SocialEvent;
 use crate::core::{Config as EngineConfig, Engine};
 use crate::keys::{self, KeyError};
-use crate::store::{FileRevocations, OpenError};
+use crate::store::{FileRevocations, Journal, OpenError};
 
 /// Every setting of the reference server; the TOML file has the same shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,8 +89,8 @@ pub enum StartError {
     Algorithm(String),
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("revocation list: {0}")]
-    Revocations(#[from] OpenError),
+    #[error("durable state: {0}")]
+    Store(#[from] OpenError),
     #[error("creating {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("{what}: {source}")]
@@ -142,12 +143,9 @@ impl Settings {
         })?;
         let (verifier, signer) = self.keys()?;
         let revocations = FileRevocations::open(&self.data_dir.join("revoked-tokens"), now_ms)?;
-        Ok(Engine::new(
-            self.limits.clone(),
-            verifier,
-            signer,
-            Box::new(revocations),
-        ))
+        let (social_log, social_events) = Journal::<SocialEvent>::open(&self.data_dir.join("social"))?;
+        let engine = Engine::new(self.limits.clone(), verifier, signer, Box::new(revocations));
+        Ok(engine.with_social(Box::new(social_log), &social_events))
     }
 }
 
@@ -211,5 +209,99 @@ mod tests {
         let mut restarted = settings.engine(now + 1).unwrap();
         let refused = restarted.open(ConnId(1), Transport::WebSocket, Some(&token), now + 1);
         assert_eq!(refused, Err(codec::ErrorKind::TokenRevoked));
+    }
+
+    #[test]
+    fn the_social_graph_survives_an_engine_restart() {
+        // SES-8: subscribers, blocks and settings outlive the process.
+        use crate::codec;
+        use crate::core::auth::Claims;
+        use crate::core::{ConnId, Output, Transport};
+        use crate::proto::message_scheme::Payload;
+        use crate::proto::*;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            ..Settings::default()
+        };
+        let now = 1_761_831_141_000;
+        let signer = settings.keys().unwrap().1.unwrap();
+        let token = |eid: &str, jti: &str| {
+            let claims = Claims {
+                eid: eid.into(),
+                device_id: "d".into(),
+                jti: jti.into(),
+                iat: now / 1000,
+                exp: now / 1000 + 600,
+                ..Claims::default()
+            };
+            signer.mint(&claims).unwrap()
+        };
+        let user = |eid: &str| {
+            Some(Identity {
+                eid: eid.into(),
+                connection_resource_id: String::new(),
+            })
+        };
+        let mut engine = settings.engine(now).unwrap();
+        engine
+            .open(ConnId(1), Transport::WebSocket, Some(&token("a@x.io", "1")), now)
+            .unwrap();
+        let changes = [
+            Payload::SubscriberAddRequest(SubscriberAddRequest {
+                subscriber: user("b@x.io"),
+                ..Default::default()
+            }),
+            Payload::BlockSubscriber(BlockSubscriber {
+                subscriber: user("c@x.io"),
+                r#type: 1,
+                ..Default::default()
+            }),
+            Payload::AwarenessVisibility(AwarenessVisibility {
+                r#type: 1,
+                location_sharing: 1,
+                ..Default::default()
+            }),
+        ];
+        for change in &changes {
+            engine.receive(ConnId(1), &codec::encode(change), now);
+        }
+        drop(engine);
+        let mut engine = settings.engine(now).unwrap();
+        engine
+            .open(ConnId(2), Transport::WebSocket, Some(&token("a@x.io", "2")), now)
+            .unwrap();
+        let query = Payload::AwarenessVisibility(AwarenessVisibility {
+            r#type: 1,
+            ..Default::default()
+        });
+        engine.receive(ConnId(2), &codec::encode(&query), now);
+        engine.receive(ConnId(2), &codec::encode(&changes[0]), now);
+        let answers: Vec<Payload> = std::iter::from_fn(|| engine.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { stanza, .. } => codec::decode(&stanza, usize::MAX).ok(),
+                Output::Close { .. } => None,
+            })
+            .collect();
+        assert!(
+            answers
+                .iter()
+                .any(|p| matches!(p, Payload::AwarenessVisibility(v) if v.location_sharing == 1)),
+            "{answers:?}"
+        );
+        let resource_ids: Vec<_> = answers
+            .iter()
+            .filter_map(|p| match p {
+                Payload::SubscriberAddResponse(r) => Some(r.subscriber_resource_id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resource_ids.len(), 1);
+        let journal = std::fs::read_to_string(dir.path().join("social")).unwrap();
+        assert!(
+            journal.contains(&resource_ids[0]),
+            "SUB-3: the same resource id as before the restart"
+        );
+        assert!(journal.contains("\"event\":\"blocked\""));
     }
 }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use super::auth::{Signer, Verifier};
+use super::awareness::AwarenessState;
 use super::session::{Conn, ConnState, Session};
+use super::social::{EventLog, MemoryEventLog, Social, SocialEvent};
 use super::timers::{Timer, Timers};
 use super::{CloseReason, Config, ConnId, Millis, Output, Registry, Revocations, SessionIdentity, Transport};
 use crate::codec::{self, Direction, ErrorKind, FrameError, Route};
@@ -61,6 +63,9 @@ pub struct Engine {
     pub(super) conns: BTreeMap<ConnId, Conn>,
     pub(super) registry: Registry,
     pub(super) timers: Timers,
+    pub(super) social: Social,
+    social_log: Box<dyn EventLog>,
+    pub(super) awareness: AwarenessState,
     out: VecDeque<Output>,
     pub(super) stats: Stats,
     next_id: u64,
@@ -77,10 +82,21 @@ impl Engine {
             conns: BTreeMap::new(),
             registry: Registry::default(),
             timers: Timers::default(),
+            social: Social::default(),
+            social_log: Box::new(MemoryEventLog::default()),
+            awareness: AwarenessState::default(),
             out: VecDeque::new(),
             stats: Stats::default(),
             next_id: 0,
         }
+    }
+
+    /// Records social changes in `log`, starting from the graph `events`
+    /// rebuild (what `log` held at startup).
+    pub fn with_social(mut self, log: Box<dyn EventLog>, events: &[SocialEvent]) -> Self {
+        self.social = Social::replay(events);
+        self.social_log = log;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -141,7 +157,7 @@ impl Engine {
                         },
                     },
                 );
-                self.timers.set(deadline, conn, Timer::AuthDeadline);
+                self.timers.set(deadline, Timer::AuthDeadline(conn));
                 Ok(())
             }
         }
@@ -199,20 +215,21 @@ impl Engine {
     }
 
     /// The peer went away (EOF, reset, or the adapter gave up on it).
-    pub fn closed(&mut self, conn: ConnId, _now: Millis) {
-        self.forget(conn);
+    pub fn closed(&mut self, conn: ConnId, now: Millis) {
+        self.forget(conn, now);
     }
 
     /// Runs every timer due at `now`.
     pub fn tick(&mut self, now: Millis) {
-        while let Some((_, conn, timer)) = self.timers.pop_due(now) {
+        while let Some((at, timer)) = self.timers.pop_due(now) {
             match timer {
-                Timer::AuthDeadline => {
+                Timer::AuthDeadline(conn) => {
                     let rejection = Rejection::new(ErrorKind::AuthTimeout, "no Authenticate stanza in time");
                     self.reject(conn, None, rejection, now);
                 }
-                Timer::Ping => self.on_ping_timer(conn, now),
-                Timer::TokenExpiry => {
+                Timer::Ping(conn) => self.on_ping_timer(conn, now),
+                Timer::StatusTtl(eid) => self.on_status_ttl(&eid, at, now),
+                Timer::TokenExpiry(conn) => {
                     let rejection = Rejection::new(ErrorKind::TokenExpired, "the session's token expired");
                     self.reject(conn, None, rejection, now);
                 }
@@ -261,6 +278,14 @@ impl Engine {
         }
         match payload {
             Payload::PingpongMessage(ping) => self.on_pingpong(conn, ping, now),
+            Payload::AwarenessNotification(note) => self.on_awareness_notification(conn, note, now),
+            Payload::AwarenessRequest(request) => self.on_awareness_request(conn, request, now),
+            Payload::AwarenessSubscription(sub) => self.on_awareness_subscription(conn, sub, now),
+            Payload::SubscriberAddRequest(request) => self.on_subscriber_add(conn, request, now),
+            Payload::SubscriberRemove(request) => self.on_subscriber_remove(conn, request, now),
+            Payload::BlockSubscriber(request) => self.on_block(conn, request, now),
+            Payload::AwarenessVisibility(request) => self.on_visibility(conn, request, now),
+            Payload::LocationStream(fix) => self.on_location(conn, fix, now),
             Payload::TokenRevokeRequest(request) => self.on_token_revoke(conn, request, now),
             Payload::TokenRefreshRequest(request) => self.on_token_refresh(conn, request, now),
             Payload::Logout(logout) => self.on_logout(conn, logout, now),
@@ -295,7 +320,7 @@ impl Engine {
         let message = kind.to_message(route, details, ref_id, now);
         self.send(conn, Payload::ErrorMessage(message));
         if kind.is_fatal() {
-            return self.close(conn, CloseReason::Error(kind));
+            return self.close(conn, CloseReason::Error(kind), now);
         }
         let limit = self.config.max_consecutive_errors;
         let mut too_many = false;
@@ -307,7 +332,7 @@ impl Engine {
             let message = ErrorKind::RateLimited.to_message(None, "too many consecutive errors", "", now);
             *self.stats.errors.entry(ErrorKind::RateLimited.code()).or_default() += 1;
             self.send(conn, Payload::ErrorMessage(message));
-            self.close(conn, CloseReason::Error(ErrorKind::RateLimited));
+            self.close(conn, CloseReason::Error(ErrorKind::RateLimited), now);
         }
     }
 
@@ -321,14 +346,14 @@ impl Engine {
     }
 
     /// Ends a connection: forget it, then tell the adapter to close it.
-    pub(super) fn close(&mut self, conn: ConnId, reason: CloseReason) {
-        if self.forget(conn) {
+    pub(super) fn close(&mut self, conn: ConnId, reason: CloseReason, now: Millis) {
+        if self.forget(conn, now) {
             self.out.push_back(Output::Close { conn, reason });
         }
     }
 
     /// Drops every trace of a connection; false if it was unknown.
-    fn forget(&mut self, conn: ConnId) -> bool {
+    fn forget(&mut self, conn: ConnId, now: Millis) -> bool {
         let Some(old) = self.conns.remove(&conn) else {
             return false;
         };
@@ -336,17 +361,29 @@ impl Engine {
         match old.state {
             ConnState::AwaitingAuth { deadline } => {
                 if let Some(at) = deadline {
-                    self.timers.cancel(at, conn, Timer::AuthDeadline);
+                    self.timers.cancel(at, Timer::AuthDeadline(conn));
                 }
             }
             ConnState::Live(session) => {
-                self.timers.cancel(session.ping.next_at, conn, Timer::Ping);
-                self.timers.cancel(session.token.exp_ms, conn, Timer::TokenExpiry);
-                self.registry
-                    .remove(&session.identity.eid, &session.identity.device, conn);
+                self.timers.cancel(session.ping.next_at, Timer::Ping(conn));
+                self.timers.cancel(session.token.exp_ms, Timer::TokenExpiry(conn));
+                let eid = &session.identity.eid;
+                // A replaced session is no longer the registered one: no flap (SES-2).
+                let was_current = self.registry.remove(eid, &session.identity.device, conn);
+                let last = was_current && self.registry.device_count(eid) == 0;
+                self.session_ended(conn, eid, last, now);
             }
         }
         true
+    }
+
+    /// Records a social change durably, then applies it (SES-8).
+    pub(super) fn record(&mut self, event: SocialEvent) -> Handled {
+        self.social_log
+            .append(&event)
+            .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the change: {e}")))?;
+        self.social.apply(&event);
+        Ok(())
     }
 
     /// Runs `f` on the connection's live session, if it has one.

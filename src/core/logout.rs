@@ -36,7 +36,7 @@ impl Engine {
             timestamp: now,
         };
         self.send(conn, Payload::Logout(answer));
-        self.close(conn, CloseReason::Normal);
+        self.close(conn, CloseReason::Normal, now);
         Ok(())
     }
 }

@@ -11,15 +11,21 @@
 //! same inputs replay the same outputs.
 
 pub mod auth;
+mod awareness;
+mod block;
 mod engine;
 mod limits;
+mod location;
 mod logout;
 mod pingpong;
 mod registry;
 mod revocation;
 mod session;
+pub mod social;
+mod subscriber;
 mod timers;
 mod token;
+mod visibility;
 
 pub use engine::{Engine, Stats};
 pub use registry::Registry;

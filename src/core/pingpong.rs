@@ -67,14 +67,14 @@ impl Engine {
         if timed_out {
             let message = ErrorKind::PingTimeout.to_message(None, "pongs stopped", "", now);
             self.send(conn, Payload::ErrorMessage(message));
-            return self.close(conn, CloseReason::Error(ErrorKind::PingTimeout));
+            return self.close(conn, CloseReason::Error(ErrorKind::PingTimeout), now);
         }
         let next_at = now.saturating_add(interval);
         self.with_session(conn, |s| {
             s.ping.outstanding.push((id.clone(), now));
             s.ping.next_at = next_at;
         });
-        self.timers.set(next_at, conn, Timer::Ping);
+        self.timers.set(next_at, Timer::Ping(conn));
         let ping = PingPong {
             to: Some(to),
             r#type: REQUEST,

@@ -51,6 +51,8 @@ pub(super) struct Session {
     pub token: SessionToken,
     pub ping: PingState,
     pub bucket: TokenBucket,
+    /// Presence changes and intentions: 5 per second (AWR-18).
+    pub awareness_bucket: TokenBucket,
     pub consecutive_errors: u32,
 }
 
@@ -71,15 +73,12 @@ impl Engine {
         if previous.is_none() && self.registry.device_count(&identity.eid) >= self.config.max_sessions_per_eid {
             return Err(ErrorKind::TooManySessions);
         }
-        if let Some(old) = previous.filter(|old| *old != conn) {
-            let rejection = super::engine::Rejection::new(ErrorKind::SessionReplaced, "a newer session of this device");
-            self.reject(old, None, rejection, now);
-        }
+        let first_of_user = self.registry.device_count(&identity.eid) == 0;
         let Some(entry) = self.conns.get_mut(&conn) else {
             return Err(ErrorKind::Internal);
         };
         if let ConnState::AwaitingAuth { deadline: Some(at) } = entry.state {
-            self.timers.cancel(at, conn, Timer::AuthDeadline);
+            self.timers.cancel(at, Timer::AuthDeadline(conn));
         }
         let ping_at = now.saturating_add(self.config.ping_interval_ms);
         let session = Session {
@@ -94,13 +93,19 @@ impl Engine {
                 ..PingState::default()
             },
             bucket: TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
+            awareness_bucket: TokenBucket::new(5, 5, now),
             consecutive_errors: 0,
         };
         entry.state = ConnState::Live(Box::new(session));
+        // Register first: the replaced session then ends as a non-current one (SES-2).
         self.registry.insert(&identity.eid, &identity.device, conn);
+        if let Some(old) = previous.filter(|old| *old != conn) {
+            let rejection = super::engine::Rejection::new(ErrorKind::SessionReplaced, "a newer session of this device");
+            self.reject(old, None, rejection, now);
+        }
         self.stats.sessions_started += 1;
-        self.timers.set(ping_at, conn, Timer::Ping);
-        self.timers.set(verified.exp_ms, conn, Timer::TokenExpiry);
+        self.timers.set(ping_at, Timer::Ping(conn));
+        self.timers.set(verified.exp_ms, Timer::TokenExpiry(conn));
         let answer = Authenticate {
             token: String::new(),
             identity: Some(identity.to_proto()),
@@ -112,6 +117,10 @@ impl Engine {
             expires_at: verified.exp_ms,
         };
         self.send(conn, Payload::Authenticate(answer));
+        self.send_start_body(conn, now);
+        if first_of_user {
+            self.user_came_online(&identity.eid, now);
+        }
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Deadlines of all connections in one ordered set, so `tick` touches only the
+//! Deadlines of the whole engine in one ordered set, so `tick` touches only the
 //! timers that are due and `next_deadline` is the first entry.
 
 use std::collections::BTreeSet;
@@ -6,40 +6,42 @@ use std::collections::BTreeSet;
 use super::{ConnId, Millis};
 
 /// What happens when a deadline passes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {
-    /// A native TCP connection has not authenticated in time (TRN).
-    AuthDeadline,
-    /// Time for the next server ping (PING).
-    Ping,
-    /// The session's token expires (AUTH).
-    TokenExpiry,
+    /// A native TCP connection has not authenticated in time (TRN-12).
+    AuthDeadline(ConnId),
+    /// Time for the connection's next server ping (PING-2).
+    Ping(ConnId),
+    /// The session's token expires (AUTH-13).
+    TokenExpiry(ConnId),
+    /// A user-set status lapses back to ONLINE (AWR-5).
+    StatusTtl(String),
 }
 
-/// Every connection's deadlines, ordered by time.
+/// Every deadline, ordered by time.
 #[derive(Debug, Default)]
 pub struct Timers {
-    due: BTreeSet<(Millis, ConnId, Timer)>,
+    due: BTreeSet<(Millis, Timer)>,
 }
 
 impl Timers {
-    pub fn set(&mut self, at: Millis, conn: ConnId, timer: Timer) {
-        self.due.insert((at, conn, timer));
+    pub fn set(&mut self, at: Millis, timer: Timer) {
+        self.due.insert((at, timer));
     }
 
-    pub fn cancel(&mut self, at: Millis, conn: ConnId, timer: Timer) {
-        self.due.remove(&(at, conn, timer));
+    pub fn cancel(&mut self, at: Millis, timer: Timer) {
+        self.due.remove(&(at, timer));
     }
 
     /// The earliest deadline.
     pub fn next(&self) -> Option<Millis> {
-        self.due.first().map(|(at, _, _)| *at)
+        self.due.first().map(|(at, _)| *at)
     }
 
     /// Removes and returns the first deadline at or before `now`.
-    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, ConnId, Timer)> {
+    pub fn pop_due(&mut self, now: Millis) -> Option<(Millis, Timer)> {
         match self.due.first() {
-            Some(&(at, _, _)) if at <= now => self.due.pop_first(),
+            Some((at, _)) if *at <= now => self.due.pop_first(),
             _ => None,
         }
     }

@@ -148,8 +148,8 @@ impl Engine {
             .revoke(&old_jti, old_exp)
             .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the revocation: {e}")))?;
         let exp_ms = claims.exp * 1000;
-        self.timers.cancel(old_exp, conn, Timer::TokenExpiry);
-        self.timers.set(exp_ms, conn, Timer::TokenExpiry);
+        self.timers.cancel(old_exp, Timer::TokenExpiry(conn));
+        self.timers.set(exp_ms, Timer::TokenExpiry(conn));
         self.with_session(conn, |s| {
             s.token.jti = jti;
             s.token.iat_ms = claims.iat * 1000;

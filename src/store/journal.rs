@@ -133,6 +133,12 @@ fn rewrite<R: Serialize>(path: &Path, records: &[R]) -> io::Result<()> {
     Ok(())
 }
 
+impl crate::core::social::EventLog for Journal<crate::core::social::SocialEvent> {
+    fn append(&mut self, event: &crate::core::social::SocialEvent) -> Result<(), crate::core::StoreError> {
+        Ok(Journal::append(self, event)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,8 @@ const T0: Millis = 1_761_831_141_000;
 struct Harness {
     engine: Engine,
     signer: Signer,
+    /// Engine output not yet read by a test, in engine order.
+    pending: std::collections::VecDeque<Output>,
     now: Millis,
     next_conn: u64,
     next_jti: u64,
@@ -53,6 +55,7 @@ impl Harness {
         Harness {
             engine,
             signer,
+            pending: Default::default(),
             now: T0,
             next_conn: 0,
             next_jti: 0,
@@ -107,26 +110,30 @@ impl Harness {
         self.engine.tick(at);
     }
 
-    /// Everything the engine produced since the last drain, for `conn` only
-    /// (outputs for other connections are dropped).
+    /// What `conn` was sent since it was last read; other connections'
+    /// output stays pending for them.
     fn drain(&mut self, conn: ConnId) -> Seen {
+        self.pending.extend(std::iter::from_fn(|| self.engine.poll_output()));
         let mut seen = Seen::default();
-        while let Some(out) = self.engine.poll_output() {
+        let mut others = std::collections::VecDeque::new();
+        for out in self.pending.drain(..) {
             match out {
                 Output::Send { conn: c, stanza } if c == conn => {
                     seen.stanzas
                         .push(codec::decode(&stanza, usize::MAX).expect("the engine sends valid stanzas"));
                 }
                 Output::Close { conn: c, reason } if c == conn => seen.close = Some(reason),
-                _ => {}
+                other => others.push_back(other),
             }
         }
+        self.pending = others;
         seen
     }
 
-    /// Everything produced, for every connection.
+    /// Everything pending, for every connection, in engine order.
     fn drain_all(&mut self) -> Vec<Output> {
-        std::iter::from_fn(|| self.engine.poll_output()).collect()
+        self.pending.extend(std::iter::from_fn(|| self.engine.poll_output()));
+        self.pending.drain(..).collect()
     }
 }
 
@@ -734,3 +741,4 @@ fn replays_are_identical() {
     assert!(first.len() > 5);
     assert_eq!(first, run());
 }
+mod awareness;

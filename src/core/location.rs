@@ -1,0 +1,62 @@
+//! Live location (SPEC §14): forwarded to allowed viewers only, kept in memory
+//! as the latest fix, never stored, queued or replayed.
+
+use super::auth::valid_eid;
+use super::engine::{Engine, Handled, Rejection};
+use super::social::SHARING_ON;
+use super::{ConnId, Millis, SessionIdentity};
+use crate::codec::ErrorKind;
+use crate::proto::LocationStream;
+use crate::proto::message_scheme::Payload;
+
+impl Engine {
+    /// LOC-1..6.
+    pub(super) fn on_location(&mut self, conn: ConnId, mut fix: LocationStream, _now: Millis) -> Handled {
+        let ref_id = fix.id.clone();
+        self.claim(conn, &mut fix.from, "from")
+            .map_err(|r| r.with_ref(&ref_id))?;
+        let Some(me) = self.identity(conn).cloned() else {
+            return Ok(());
+        };
+        let in_range = fix.latitude.is_finite()
+            && fix.longitude.is_finite()
+            && fix.altitude.is_finite()
+            && (-90.0..=90.0).contains(&fix.latitude)
+            && (-180.0..=180.0).contains(&fix.longitude);
+        let peer = fix.to.as_ref().map(|t| t.eid.clone()).unwrap_or_default();
+        if !in_range || (!peer.is_empty() && (!valid_eid(&peer) || peer == me.eid)) {
+            let rejection = Rejection::new(
+                ErrorKind::InvalidField,
+                "coordinates out of range, or `to` is not another user",
+            );
+            return Err(rejection.with_ref(&ref_id));
+        }
+        if self.social.settings(&me.eid).1 != SHARING_ON {
+            return Err(Rejection::new(ErrorKind::Forbidden, "location sharing is off").with_ref(&ref_id));
+        }
+        self.awareness
+            .fixes
+            .insert(me.eid.clone(), (fix.latitude, fix.longitude));
+        let mut viewers: Vec<String> = if peer.is_empty() {
+            self.social.subscribers_of(&me.eid).map(str::to_string).collect()
+        } else {
+            vec![peer]
+        };
+        viewers.retain(|v| self.social.may_see_location(v, &me.eid));
+        for viewer in &viewers {
+            let devices: Vec<ConnId> = self.registry.devices(viewer).map(|(_, c)| c).collect();
+            for device in devices {
+                let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
+                    continue;
+                };
+                let forwarded = LocationStream {
+                    to: Some(to),
+                    from: Some(me.to_proto()),
+                    ..fix.clone()
+                };
+                self.send(device, Payload::LocationStream(forwarded));
+            }
+        }
+        Ok(())
+    }
+}
