@@ -11,6 +11,8 @@ use bytes::Bytes;
 
 use super::auth::{Signer, Verifier};
 use super::awareness::AwarenessState;
+use super::chat::ChatState;
+use super::queue::{ChatEvent, ChatStore, MemoryChatStore};
 use super::session::{Conn, ConnState, Session};
 use super::social::{EventLog, MemoryEventLog, Social, SocialEvent};
 use super::timers::{Timer, Timers};
@@ -51,6 +53,8 @@ pub struct Stats {
     pub stanzas_out: BTreeMap<i64, u64>,
     pub errors: BTreeMap<u16, u64>,
     pub sessions_started: u64,
+    /// Failed syncs of the chat store (outputs stayed held).
+    pub sync_failures: u64,
     pub connections_closed: u64,
 }
 
@@ -66,7 +70,14 @@ pub struct Engine {
     pub(super) social: Social,
     social_log: Box<dyn EventLog>,
     pub(super) awareness: AwarenessState,
+    pub(super) chat_store: Box<dyn ChatStore>,
+    pub(super) chat: ChatState,
+    /// Outputs ready for the adapter.
     out: VecDeque<Output>,
+    /// Outputs produced after a buffered durable write; released by the next
+    /// successful sync (group commit, QUE-2).
+    held: VecDeque<Output>,
+    unsynced: bool,
     pub(super) stats: Stats,
     next_id: u64,
 }
@@ -85,7 +96,11 @@ impl Engine {
             social: Social::default(),
             social_log: Box::new(MemoryEventLog::default()),
             awareness: AwarenessState::default(),
+            chat_store: Box::new(MemoryChatStore::default()),
+            chat: ChatState::default(),
             out: VecDeque::new(),
+            held: VecDeque::new(),
+            unsynced: false,
             stats: Stats::default(),
             next_id: 0,
         }
@@ -96,6 +111,17 @@ impl Engine {
     pub fn with_social(mut self, log: Box<dyn EventLog>, events: &[SocialEvent]) -> Self {
         self.social = Social::replay(events);
         self.social_log = log;
+        self
+    }
+
+    /// Stores chats and queues in `store`, starting from the chat state
+    /// `events` rebuild (what `store` held at startup).
+    pub fn with_chat(mut self, store: Box<dyn ChatStore>, events: &[ChatEvent]) -> Self {
+        self.chat = ChatState::default();
+        for event in events {
+            self.chat.apply(event);
+        }
+        self.chat_store = store;
         self
     }
 
@@ -242,9 +268,34 @@ impl Engine {
         self.timers.next()
     }
 
-    /// The next thing the adapter must do.
+    /// The next thing the adapter must do. Outputs that wait on durable
+    /// writes are released by one sync for all of them (group commit).
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.out.is_empty() && self.unsynced {
+            match self.chat_store.sync() {
+                Ok(()) => {
+                    self.unsynced = false;
+                    self.out.append(&mut self.held);
+                }
+                // Nothing held back may go out before it is durable; the
+                // next poll tries again.
+                Err(_) => self.stats.sync_failures += 1,
+            }
+        }
         self.out.pop_front()
+    }
+
+    /// A durable write is buffered: outputs from now on wait for the sync.
+    pub(super) fn mark_unsynced(&mut self) {
+        self.unsynced = true;
+    }
+
+    fn push_output(&mut self, output: Output) {
+        if self.unsynced {
+            self.held.push_back(output);
+        } else {
+            self.out.push_back(output);
+        }
     }
 
     fn receive_first(&mut self, conn: ConnId, decoded: Result<Payload, codec::EnvelopeError>, now: Millis) {
@@ -286,6 +337,9 @@ impl Engine {
             Payload::BlockSubscriber(request) => self.on_block(conn, request, now),
             Payload::AwarenessVisibility(request) => self.on_visibility(conn, request, now),
             Payload::LocationStream(fix) => self.on_location(conn, fix, now),
+            Payload::TextPayloadRequest(request) => self.on_text(conn, request, now),
+            Payload::MediaPayloadRequest(request) => self.on_media(conn, request, now),
+            Payload::AcknowledgmentRequest(request) => self.on_ack(conn, request, now),
             Payload::TokenRevokeRequest(request) => self.on_token_revoke(conn, request, now),
             Payload::TokenRefreshRequest(request) => self.on_token_refresh(conn, request, now),
             Payload::Logout(logout) => self.on_logout(conn, logout, now),
@@ -339,7 +393,7 @@ impl Engine {
     /// Queues one stanza for a connection.
     pub(super) fn send(&mut self, conn: ConnId, payload: Payload) {
         *self.stats.stanzas_out.entry(Route::of(&payload).number()).or_default() += 1;
-        self.out.push_back(Output::Send {
+        self.push_output(Output::Send {
             conn,
             stanza: Bytes::from(codec::encode(&payload)),
         });
@@ -348,7 +402,7 @@ impl Engine {
     /// Ends a connection: forget it, then tell the adapter to close it.
     pub(super) fn close(&mut self, conn: ConnId, reason: CloseReason, now: Millis) {
         if self.forget(conn, now) {
-            self.out.push_back(Output::Close { conn, reason });
+            self.push_output(Output::Close { conn, reason });
         }
     }
 

@@ -10,14 +10,17 @@
 //! storage it reaches is the one the caller hands it ([`Revocations`]), so the
 //! same inputs replay the same outputs.
 
+mod ack;
 pub mod auth;
 mod awareness;
 mod block;
+pub mod chat;
 mod engine;
 mod limits;
 mod location;
 mod logout;
 mod pingpong;
+pub mod queue;
 mod registry;
 mod revocation;
 mod session;
@@ -106,6 +109,10 @@ pub struct Config {
     pub max_consecutive_errors: u32,
     /// Concurrent sessions (devices) per EID (SES).
     pub max_sessions_per_eid: usize,
+    /// Retained queue items per receiver before new chats get 503 (QUE-10).
+    pub queue_max_items: usize,
+    /// Retained queue bytes per receiver before new chats get 503 (QUE-10).
+    pub queue_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -119,6 +126,8 @@ impl Default for Config {
             rate_burst: 200,
             max_consecutive_errors: 50,
             max_sessions_per_eid: 10,
+            queue_max_items: 100_000,
+            queue_max_bytes: 64 * 1024 * 1024,
         }
     }
 }

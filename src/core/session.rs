@@ -54,6 +54,8 @@ pub(super) struct Session {
     /// Presence changes and intentions: 5 per second (AWR-18).
     pub awareness_bucket: TokenBucket,
     pub consecutive_errors: u32,
+    /// Queue items sent in this session (SPEC 17.2's `s`).
+    pub delivered: super::queue::Delivered,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             bucket: TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
             awareness_bucket: TokenBucket::new(5, 5, now),
             consecutive_errors: 0,
+            delivered: Default::default(),
         };
         entry.state = ConnState::Live(Box::new(session));
         // Register first: the replaced session then ends as a non-current one (SES-2).
@@ -117,6 +120,7 @@ impl Engine {
             expires_at: verified.exp_ms,
         };
         self.send(conn, Payload::Authenticate(answer));
+        self.replay_queue(conn);
         self.send_start_body(conn, now);
         if first_of_user {
             self.user_came_online(&identity.eid, now);

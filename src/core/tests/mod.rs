@@ -742,3 +742,4 @@ fn replays_are_identical() {
     assert_eq!(first, run());
 }
 mod awareness;
+mod chat;

@@ -1,0 +1,314 @@
+//! Chat (SPEC §15): text and media requests become one accepted message with
+//! a server `message_id` and a per-chat `version`, confirmed to the sending
+//! device by VersionUpdate once durable, and fanned out through the queues to
+//! every receiver device and the sender's other devices. Resends are
+//! idempotent.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+
+use super::auth::valid_eid;
+use super::engine::{Engine, Handled, Rejection};
+use super::queue::{ChatEvent, QueueItem};
+use super::{ConnId, Millis, SessionIdentity};
+use crate::codec::ErrorKind;
+use crate::proto::message_scheme::Payload;
+use crate::proto::{ChatMessage, Identity, MediaPayloadRequest, TextPayloadRequest, VersionUpdate, chat_message};
+
+/// What the server remembers of one accepted message.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct MessageMeta {
+    pub chat_id: String,
+    pub version: i64,
+    pub sender: String,
+    pub sender_device: String,
+    pub message_id_local: String,
+    pub receiver: String,
+    /// 1 UNREAD, 2 DELIVERED, 3 READ, and when it was reached.
+    pub state: i32,
+    pub state_at: Millis,
+}
+
+/// Chats, messages and the resend index, rebuilt from [`ChatEvent`]s.
+#[derive(Debug, Default)]
+pub(super) struct ChatState {
+    pub versions: BTreeMap<String, i64>,
+    pub messages: BTreeMap<String, MessageMeta>,
+    pub by_local: BTreeMap<(String, String, String), String>,
+}
+
+impl ChatState {
+    pub fn apply(&mut self, event: &ChatEvent) {
+        match event {
+            ChatEvent::Accepted {
+                message_id,
+                chat_id,
+                version,
+                sender,
+                sender_device,
+                message_id_local,
+                receiver,
+                at,
+            } => {
+                let latest = self.versions.entry(chat_id.clone()).or_default();
+                *latest = (*latest).max(*version);
+                let key = (sender.clone(), sender_device.clone(), message_id_local.clone());
+                self.by_local.insert(key, message_id.clone());
+                let meta = MessageMeta {
+                    chat_id: chat_id.clone(),
+                    version: *version,
+                    sender: sender.clone(),
+                    sender_device: sender_device.clone(),
+                    message_id_local: message_id_local.clone(),
+                    receiver: receiver.clone(),
+                    state: 1,
+                    state_at: *at,
+                };
+                self.messages.insert(message_id.clone(), meta);
+            }
+            ChatEvent::StateRaised { message_id, state, at } => {
+                if let Some(meta) = self.messages.get_mut(message_id)
+                    && *state > meta.state
+                {
+                    meta.state = *state;
+                    meta.state_at = *at;
+                }
+            }
+        }
+    }
+}
+
+/// CHAT-8: one id per unordered pair, stable forever, without storage: the two
+/// EIDs in order, each base64url-encoded so no EID can forge the separator.
+pub fn chat_id(a: &str, b: &str) -> String {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("c.{}.{}", enc.encode(first), enc.encode(second))
+}
+
+/// The content of a request, once its fields passed the rules.
+struct Request {
+    to: Vec<Identity>,
+    message_id_local: String,
+    created_at: Millis,
+    body: Body,
+}
+
+enum Body {
+    Text(String),
+    Media {
+        url: String,
+        media_type: i32,
+        caption: String,
+        thumbnail_url: String,
+        size: i64,
+    },
+}
+
+fn invalid(why: &str, local: &str) -> Rejection {
+    Rejection::new(ErrorKind::InvalidField, why.to_string()).with_ref(local)
+}
+
+impl Engine {
+    /// CHAT-2 and the shared rules.
+    pub(super) fn on_text(&mut self, conn: ConnId, mut request: TextPayloadRequest, now: Millis) -> Handled {
+        let local = request.message_id_local.clone();
+        self.claim(conn, &mut request.from, "from")
+            .map_err(|r| r.with_ref(&local))?;
+        if request.content.is_empty() || request.content.len() > 16_384 {
+            return Err(invalid("content must be 1 to 16384 bytes", &local));
+        }
+        let body = Body::Text(request.content);
+        self.accept(
+            conn,
+            Request {
+                to: request.to,
+                message_id_local: local,
+                created_at: request.created_at,
+                body,
+            },
+            None,
+            now,
+        )
+    }
+
+    /// CHAT-3 and the shared rules.
+    pub(super) fn on_media(&mut self, conn: ConnId, mut request: MediaPayloadRequest, now: Millis) -> Handled {
+        let local = request.message_id_local.clone();
+        self.claim(conn, &mut request.from, "from")
+            .map_err(|r| r.with_ref(&local))?;
+        let ok = (1..=2048).contains(&request.cdn_url_id.len())
+            && (1..=4).contains(&request.r#type)
+            && request.caption.len() <= 4096
+            && request.thumbnail_url.len() <= 2048
+            && request.media_size_bytes >= 0;
+        if !ok {
+            return Err(invalid("media fields out of their bounds (SPEC 15.1)", &local));
+        }
+        let body = Body::Media {
+            url: request.cdn_url_id,
+            media_type: request.r#type,
+            caption: request.caption,
+            thumbnail_url: request.thumbnail_url,
+            size: request.media_size_bytes,
+        };
+        let claimed_chat = Some(request.chat_id).filter(|c| !c.is_empty());
+        let request = Request {
+            to: request.to,
+            message_id_local: local,
+            created_at: request.created_at,
+            body,
+        };
+        self.accept(conn, request, claimed_chat, now)
+    }
+
+    /// CHAT-1, CHAT-4..12, CHAT-14, QUE-1, QUE-10.
+    fn accept(&mut self, conn: ConnId, request: Request, claimed_chat: Option<String>, now: Millis) -> Handled {
+        let Some(me) = self.identity(conn).cloned() else {
+            return Ok(());
+        };
+        let local = request.message_id_local.clone();
+        let receiver = match &request.to[..] {
+            [one] if valid_eid(&one.eid) && one.eid != me.eid => one.eid.clone(),
+            _ => return Err(invalid("`to` must hold exactly one other user's EID", &local)),
+        };
+        if local.is_empty() || local.len() > 128 {
+            return Err(invalid("message_id_local must be 1 to 128 bytes", &local));
+        }
+        let chat = chat_id(&me.eid, &receiver);
+        if claimed_chat.is_some_and(|c| c != chat) {
+            return Err(invalid("chat_id is not this pair's chat", &local));
+        }
+        let resend_key = (me.eid.clone(), me.device.clone(), local.clone());
+        if let Some(message_id) = self.chat.by_local.get(&resend_key).cloned() {
+            // CHAT-14: the original stands; only the VersionUpdate again.
+            if let Some(meta) = self.chat.messages.get(&message_id).cloned() {
+                self.send_version_update(
+                    conn,
+                    &me,
+                    &message_id,
+                    &meta.message_id_local,
+                    meta.version,
+                    &meta.chat_id,
+                    now,
+                );
+            }
+            return Ok(());
+        }
+        if self.social.blocked_pair(&me.eid, &receiver) {
+            return Err(
+                Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver").with_ref(&local),
+            );
+        }
+        let (items, bytes) = self.chat_store.usage(&receiver);
+        if items + 1 > self.config.queue_max_items || bytes > self.config.queue_max_bytes {
+            return Err(Rejection::new(ErrorKind::QueueFull, "the receiver's queue is full").with_ref(&local));
+        }
+        let version = self.chat.versions.get(&chat).copied().unwrap_or(0) + 1;
+        let message_id = format!("{chat}/{version}");
+        let event = ChatEvent::Accepted {
+            message_id: message_id.clone(),
+            chat_id: chat.clone(),
+            version,
+            sender: me.eid.clone(),
+            sender_device: me.device.clone(),
+            message_id_local: local.clone(),
+            receiver: receiver.clone(),
+            at: now,
+        };
+        let unavailable =
+            |e: super::StoreError| Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
+        self.chat_store.record(&event).map_err(unavailable)?;
+        self.chat.apply(&event);
+        self.mark_unsynced();
+        let copy = |author: &str, acknowledgment: i32| {
+            let mut message = ChatMessage {
+                message_id: message_id.clone(),
+                message_id_local: local.clone(),
+                version,
+                chat_id: chat.clone(),
+                from: Some(me.to_proto()),
+                to: vec![Identity {
+                    eid: receiver.clone(),
+                    connection_resource_id: String::new(),
+                }],
+                author: author.into(),
+                acknowledgment,
+                acknowledgment_timestamp: now,
+                created_at: request.created_at,
+                server_received_at: now,
+                ..ChatMessage::default()
+            };
+            match &request.body {
+                Body::Text(text) => message.payload = Some(chat_message::Payload::Text(text.clone())),
+                Body::Media {
+                    url,
+                    media_type,
+                    caption,
+                    thumbnail_url,
+                    size,
+                } => {
+                    message.payload = Some(chat_message::Payload::MediaUrl(url.clone()));
+                    message.media_type = *media_type;
+                    message.caption.clone_from(caption);
+                    message.thumbnail_url.clone_from(thumbnail_url);
+                    message.media_size_bytes = *size;
+                }
+            }
+            Payload::ChatMessage(message)
+        };
+        let receiver_copy = QueueItem {
+            exclude_device: None,
+            stanza: copy("receiver", 1),
+        };
+        let sender_copy = QueueItem {
+            exclude_device: Some(me.device.clone()),
+            stanza: copy("sender", 4),
+        };
+        // The VersionUpdate goes first in engine order; it is held back with
+        // everything after these writes until they are durable (QUE-2).
+        self.send_version_update(conn, &me, &message_id, &local, version, &chat, now);
+        self.enqueue(&receiver, receiver_copy).map_err(unavailable)?;
+        self.enqueue(&me.eid, sender_copy).map_err(unavailable)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_version_update(
+        &mut self,
+        conn: ConnId,
+        me: &SessionIdentity,
+        message_id: &str,
+        local: &str,
+        version: i64,
+        chat: &str,
+        now: Millis,
+    ) {
+        let accepted_at = self.chat.messages.get(message_id).map_or(now, |_| now);
+        let update = VersionUpdate {
+            to: Some(me.to_proto()),
+            message_id: message_id.to_string(),
+            message_id_local: local.to_string(),
+            r#type: 1,
+            timestamp: accepted_at,
+            status: 1,
+            version,
+            chat_id: chat.to_string(),
+        };
+        self.send(conn, Payload::VersionUpdate(update));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_ids_are_per_unordered_pair_and_unforgeable() {
+        assert_eq!(chat_id("a@x", "b@x"), chat_id("b@x", "a@x"));
+        assert_ne!(chat_id("a@x", "b@x"), chat_id("a@x", "c@x"));
+        // A separator inside an EID cannot make two pairs collide.
+        assert_ne!(chat_id("a.b@x", "c@x"), chat_id("a@x", "b.c@x"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The offline queue as the engine sees it (SPEC §17): per-EID items with
+//! gapless increments, per-device committed offsets, and the per-session
+//! record of what was sent, which turns acknowledgments into commits.
+//!
+//! Storage sits behind [`ChatStore`]; writes are buffered and made durable by
+//! one `sync` per batch (group commit): the engine holds back every output
+//! produced after a buffered write until that sync succeeded (QUE-2).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::Engine;
+use super::{ConnId, Millis, StoreError};
+use crate::codec;
+use crate::proto::message_scheme::Payload;
+
+/// One queued stanza: a ChatMessage copy or an AcknowledgmentResponse update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueItem {
+    /// The device that must not receive it (the sending or acking device).
+    pub exclude_device: Option<String>,
+    /// The stanza as appended (QUE-12); `to` is filled per device on delivery.
+    pub stanza: Payload,
+}
+
+/// A durable fact about chat messages, replayed at startup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ChatEvent {
+    Accepted {
+        message_id: String,
+        chat_id: String,
+        version: i64,
+        sender: String,
+        sender_device: String,
+        message_id_local: String,
+        receiver: String,
+        at: Millis,
+    },
+    StateRaised {
+        message_id: String,
+        state: i32,
+        at: Millis,
+    },
+}
+
+/// Durable chat storage: events, queues and offsets. Writes are buffered until `sync`.
+pub trait ChatStore: Send {
+    fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError>;
+    /// Appends to `eid`'s queue; returns the item's increment (1, 2, 3, ... per EID).
+    fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError>;
+    /// Makes every earlier write durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+    /// Retained items of `eid` with increment > `after`, in order.
+    fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, QueueItem)>;
+    /// The oldest retained increment of `eid` (last_increment + 1 when none is retained).
+    fn oldest_retained(&self, eid: &str) -> u64;
+    /// (retained items, their encoded bytes) of `eid` (QUE-10).
+    fn usage(&self, eid: &str) -> (usize, usize);
+    /// The committed offset of a known device; None for a device never seen.
+    fn committed(&self, eid: &str, device: &str) -> Option<u64>;
+    /// Sets a device's committed offset (never lower; buffered until `sync`).
+    fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError>;
+}
+
+/// Chat storage in memory: for tests and simulations without restarts.
+#[derive(Debug, Default)]
+pub struct MemoryChatStore {
+    pub events: Vec<ChatEvent>,
+    queues: BTreeMap<String, MemoryQueue>,
+    /// Writes since the last sync (observable in tests: QUE-2).
+    pub unsynced_writes: usize,
+    pub syncs: usize,
+}
+
+#[derive(Debug, Default)]
+struct MemoryQueue {
+    last_increment: u64,
+    items: BTreeMap<u64, QueueItem>,
+    bytes: usize,
+    offsets: BTreeMap<String, u64>,
+}
+
+impl MemoryQueue {
+    /// QUE-9: drop items every known device confirmed (or is excluded from).
+    fn retain(&mut self) {
+        if self.offsets.is_empty() {
+            return;
+        }
+        while let Some((&i, item)) = self.items.first_key_value() {
+            let done = self
+                .offsets
+                .iter()
+                .all(|(device, c)| *c >= i || item.exclude_device.as_deref() == Some(device));
+            if !done {
+                break;
+            }
+            if let Some(item) = self.items.remove(&i) {
+                self.bytes -= encoded_len(&item);
+            }
+        }
+    }
+}
+
+fn encoded_len(item: &QueueItem) -> usize {
+    codec::encode(&item.stanza).len()
+}
+
+impl ChatStore for MemoryChatStore {
+    fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError> {
+        self.events.push(event.clone());
+        self.unsynced_writes += 1;
+        Ok(())
+    }
+
+    fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError> {
+        let queue = self.queues.entry(eid.to_string()).or_default();
+        queue.last_increment += 1;
+        queue.bytes += encoded_len(&item);
+        queue.items.insert(queue.last_increment, item);
+        let increment = queue.last_increment;
+        // An item only the excluded device could hold back is not retained.
+        queue.retain();
+        self.unsynced_writes += 1;
+        Ok(increment)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.unsynced_writes = 0;
+        self.syncs += 1;
+        Ok(())
+    }
+
+    fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, QueueItem)> {
+        let Some(queue) = self.queues.get(eid) else {
+            return Vec::new();
+        };
+        queue
+            .items
+            .range(after + 1..)
+            .map(|(i, item)| (*i, item.clone()))
+            .collect()
+    }
+
+    fn oldest_retained(&self, eid: &str) -> u64 {
+        self.queues.get(eid).map_or(1, |q| {
+            q.items.first_key_value().map_or(q.last_increment + 1, |(i, _)| *i)
+        })
+    }
+
+    fn usage(&self, eid: &str) -> (usize, usize) {
+        self.queues.get(eid).map_or((0, 0), |q| (q.items.len(), q.bytes))
+    }
+
+    fn committed(&self, eid: &str, device: &str) -> Option<u64> {
+        self.queues.get(eid)?.offsets.get(device).copied()
+    }
+
+    fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError> {
+        let queue = self.queues.entry(eid.to_string()).or_default();
+        let c = queue.offsets.entry(device.to_string()).or_insert(0);
+        *c = (*c).max(offset);
+        queue.retain();
+        self.unsynced_writes += 1;
+        Ok(())
+    }
+}
+
+/// A [`MemoryChatStore`] shared between engines: a simulated restart hands the
+/// same storage to a new engine, as a durable store would survive one.
+#[derive(Debug, Clone, Default)]
+pub struct SharedChatStore(pub std::sync::Arc<std::sync::Mutex<MemoryChatStore>>);
+
+impl SharedChatStore {
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryChatStore) -> T) -> T {
+        // A poisoned lock means a test already failed; keep its data visible.
+        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// The events a restarted engine replays.
+    pub fn events(&self) -> Vec<ChatEvent> {
+        self.with(|s| s.events.clone())
+    }
+}
+
+impl ChatStore for SharedChatStore {
+    fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError> {
+        self.with(|s| s.record(event))
+    }
+    fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError> {
+        self.with(|s| s.append(eid, item))
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.with(|s| s.sync())
+    }
+    fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, QueueItem)> {
+        self.with(|s| s.items_after(eid, after))
+    }
+    fn oldest_retained(&self, eid: &str) -> u64 {
+        self.with(|s| s.oldest_retained(eid))
+    }
+    fn usage(&self, eid: &str) -> (usize, usize) {
+        self.with(|s| s.usage(eid))
+    }
+    fn committed(&self, eid: &str, device: &str) -> Option<u64> {
+        self.with(|s| s.committed(eid, device))
+    }
+    fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError> {
+        self.with(|s| s.commit(eid, device, offset))
+    }
+}
+
+/// Which queued stanza a session was sent: a message copy, or a state update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum ItemKind {
+    Copy,
+    Update(i32),
+}
+
+/// What one session was sent from its user's queue (SPEC 17.2's `s`).
+#[derive(Debug, Default)]
+pub(super) struct Delivered {
+    /// (message_id, kind) -> increment, for items sent in this session.
+    pub items: BTreeMap<(String, ItemKind), u64>,
+}
+
+impl Engine {
+    /// Sends one queue item to a device, recording it for later confirmation.
+    pub(super) fn deliver_item(&mut self, conn: ConnId, increment: u64, item: &QueueItem) {
+        let Some(me) = self.identity(conn).cloned() else { return };
+        if item.exclude_device.as_deref() == Some(me.device.as_str()) {
+            return;
+        }
+        let mut stanza = item.stanza.clone();
+        let key = match &mut stanza {
+            Payload::ChatMessage(chat) => (chat.message_id.clone(), ItemKind::Copy),
+            Payload::AcknowledgmentResponse(update) => {
+                update.to = Some(me.to_proto());
+                (update.message_id.clone(), ItemKind::Update(update.status))
+            }
+            _ => return,
+        };
+        self.with_session(conn, |s| s.delivered.items.insert(key, increment));
+        self.send(conn, stanza);
+    }
+
+    /// QUE-3, QUE-8: replays the device's unconfirmed items at session start.
+    pub(super) fn replay_queue(&mut self, conn: ConnId) {
+        let Some(me) = self.identity(conn).cloned() else { return };
+        let committed = match self.chat_store.committed(&me.eid, &me.device) {
+            Some(c) => c,
+            None => {
+                // A new device starts at the oldest retained item (QUE-8).
+                let c = self.chat_store.oldest_retained(&me.eid).saturating_sub(1);
+                if self.chat_store.commit(&me.eid, &me.device, c).is_err() {
+                    return;
+                }
+                self.mark_unsynced();
+                c
+            }
+        };
+        for (increment, item) in self.chat_store.items_after(&me.eid, committed) {
+            self.deliver_item(conn, increment, &item);
+        }
+    }
+
+    /// Appends an item to `eid`'s queue and delivers it live to the online
+    /// devices it does not exclude (QUE-1).
+    pub(super) fn enqueue(&mut self, eid: &str, item: QueueItem) -> Result<(), StoreError> {
+        let increment = self.chat_store.append(eid, item.clone())?;
+        self.mark_unsynced();
+        let devices: Vec<ConnId> = self.registry.devices(eid).map(|(_, c)| c).collect();
+        for conn in devices {
+            self.deliver_item(conn, increment, &item);
+        }
+        Ok(())
+    }
+
+    /// QUE-4, QUE-5: commits the device's offset up to the items this
+    /// acknowledgment confirms among those sent in this session.
+    pub(super) fn confirm_items(&mut self, conn: ConnId, message_id: &str, status: i32, receiver_side: bool) {
+        let Some(me) = self.identity(conn).cloned() else { return };
+        let confirmed = self.with_session(conn, |s| {
+            s.delivered
+                .items
+                .iter()
+                .filter(|((m, kind), _)| {
+                    m == message_id
+                        && match kind {
+                            ItemKind::Copy => (receiver_side && status >= 2) || (!receiver_side && status == 4),
+                            ItemKind::Update(s) => (receiver_side && *s <= status) || *s == status,
+                        }
+                })
+                .map(|(_, i)| *i)
+                .max()
+        });
+        if let Some(Some(n)) = confirmed
+            && self.chat_store.commit(&me.eid, &me.device, n).is_ok()
+        {
+            self.mark_unsynced();
+        }
+    }
+}
