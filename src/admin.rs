@@ -17,15 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::codec::Route;
-use crate::core::Stats;
-
-/// What a scrape reports.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub stats: Stats,
-    pub connections: usize,
-    pub users_online: usize,
-}
+pub use crate::net::Snapshot;
 
 /// Where snapshots come from.
 pub type SnapshotSource = Arc<dyn Fn() -> Snapshot + Send + Sync>;
@@ -142,6 +134,7 @@ pub async fn serve(listener: tokio::net::TcpListener, source: SnapshotSource) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Stats;
 
     #[test]
     fn metrics_name_routes_and_codes() {

@@ -8,9 +8,11 @@
 //! - [`vectors`]: the YAML test vectors of `vectors/`, loaded and checked.
 
 pub mod admin;
+pub mod client;
 pub mod codec;
 pub mod core;
 pub mod keys;
+pub mod net;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -149,6 +149,73 @@ impl Settings {
     }
 }
 
+/// A running reference server: its listeners and its admin endpoint.
+pub struct Running {
+    pub net: crate::net::ServerHandle,
+    pub admin: Option<SocketAddr>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, closes every connection, waits for the tasks.
+    pub async fn shutdown(self) {
+        if let Some(task) = self.admin_task {
+            task.abort();
+        }
+        self.net.shutdown().await;
+    }
+}
+
+impl Settings {
+    /// Starts the server these settings describe, on the current tokio runtime.
+    pub async fn start(&self) -> Result<Running, StartError> {
+        let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
+        let engine = self.engine(clock.now_ms())?;
+        let mut options = crate::net::ServerOptions::default();
+        if let Some(tls) = &self.tls {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|source| StartError::ReadConfig {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            };
+            let acceptor = crate::net::tls::acceptor_from_pem(&read(&tls.cert)?, &read(&tls.key)?)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            options.tls = Some(acceptor);
+        }
+        let config = crate::net::NetConfig {
+            tcp: self.tcp,
+            ws: self.ws,
+            options,
+        };
+        let net = crate::net::serve(config, engine, clock)
+            .await
+            .map_err(|source| StartError::Net {
+                what: "binding the listeners",
+                source,
+            })?;
+        let (admin, admin_task) = match self.admin {
+            None => (None, None),
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Net {
+                        what: "binding the admin listener",
+                        source,
+                    })?;
+                let bound = listener.local_addr().map_err(|source| StartError::Net {
+                    what: "admin address",
+                    source,
+                })?;
+                let snapshots = net.subscribe();
+                let source: crate::admin::SnapshotSource = std::sync::Arc::new(move || snapshots.borrow().clone());
+                (Some(bound), Some(tokio::spawn(crate::admin::serve(listener, source))))
+            }
+        };
+        Ok(Running { net, admin, admin_task })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,68 @@ enum Command {
     Encode(EncodeArgs),
     /// Mint a JWT for a user's device (development: signed with the data dir's key).
     Token(TokenArgs),
+    /// Run the reference server (WebSocket, native TCP, admin endpoint).
+    Serve(ServeArgs),
+    /// Connect to a BIMIP server as a client: ping it, then log out (or stay).
+    Connect(ConnectArgs),
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// ws://host:port/path, wss://..., tcp://host:port or tls://host:port.
+    url: String,
+    /// The JWT (see `bimip token`).
+    #[arg(long)]
+    token: String,
+    /// How many pings to send.
+    #[arg(long, default_value_t = 1)]
+    pings: u32,
+    /// Stay connected after the pings, printing what arrives, until Ctrl-C.
+    #[arg(long)]
+    stay: bool,
+    /// Accept any TLS certificate (development servers with self-signed certs).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML settings file (same keys as the flags; flags win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// WebSocket listener address (default 127.0.0.1:7420).
+    #[arg(long, value_name = "ADDR")]
+    ws: Option<std::net::SocketAddr>,
+    /// Native TCP listener address (default 127.0.0.1:7421).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<std::net::SocketAddr>,
+    /// Admin listener: GET /healthz, GET /metrics (default 127.0.0.1:7422).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
+    /// Turn a listener off.
+    #[arg(long)]
+    no_ws: bool,
+    #[arg(long)]
+    no_tcp: bool,
+    #[arg(long)]
+    no_admin: bool,
+    /// Keys, revocations and the social graph live here (default ./bimip-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Token algorithm of --jwt-key: RS256, EdDSA or HS256 (default: the development EdDSA key).
+    #[arg(long, requires = "jwt_key")]
+    jwt_alg: Option<String>,
+    /// Token verification key: public key PEM, or HS256 secret file.
+    #[arg(long, value_name = "FILE", requires = "jwt_alg")]
+    jwt_key: Option<PathBuf>,
+    /// Private key (or secret) to sign refreshed tokens.
+    #[arg(long, value_name = "FILE", requires = "jwt_key")]
+    jwt_signing_key: Option<PathBuf>,
+    /// TLS certificate chain PEM (both listeners become wss:// and tls://).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +171,8 @@ fn main() -> ExitCode {
         Command::Decode(args) => decode(args),
         Command::Encode(args) => encode(args),
         Command::Token(args) => token(args),
+        Command::Serve(args) => serve(args),
+        Command::Connect(args) => connect(args),
     };
     match outcome {
         Ok(code) => code,
@@ -256,5 +320,133 @@ fn token(args: TokenArgs) -> Result<ExitCode> {
         ..Claims::default()
     };
     println!("{}", signer.mint(&claims)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    use bimip::server::{JwtSettings, Settings, TlsSettings};
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let mut settings = match &args.config {
+        Some(path) => Settings::from_toml_file(path)?,
+        None => Settings::default(),
+    };
+    settings.ws = if args.no_ws { None } else { args.ws.or(settings.ws) };
+    settings.tcp = if args.no_tcp { None } else { args.tcp.or(settings.tcp) };
+    settings.admin = if args.no_admin {
+        None
+    } else {
+        args.admin.or(settings.admin)
+    };
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    if let (Some(alg), Some(key)) = (args.jwt_alg, args.jwt_key) {
+        let signing_key = args.jwt_signing_key;
+        settings.jwt = Some(JwtSettings {
+            alg,
+            key,
+            signing_key,
+            issuer: None,
+            audience: None,
+        });
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        settings.tls = Some(TlsSettings { cert, key });
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let running = settings.start().await?;
+        let (ws, tcp) = if settings.tls.is_some() {
+            ("wss", "tls")
+        } else {
+            ("ws", "tcp")
+        };
+        println!("bimip reference server");
+        if let Some(addr) = running.net.ws_addr() {
+            println!("  WebSocket  {ws}://{addr}/ws");
+        }
+        if let Some(addr) = running.net.tcp_addr() {
+            println!("  TCP        {tcp}://{addr}");
+        }
+        if let Some(addr) = running.admin {
+            println!("  admin      http://{addr}/healthz  http://{addr}/metrics");
+        }
+        println!("  data       {}", settings.data_dir.display());
+        if settings.jwt.is_none() {
+            println!();
+            println!(
+                "Mint a development token (signed with {}):",
+                settings.data_dir.join(bimip::keys::DEV_PRIVATE_KEY).display()
+            );
+            println!(
+                "  bimip token --eid alice@example.com --device phone --data-dir {}",
+                settings.data_dir.display()
+            );
+            println!("  (from a checkout: cargo run --release -- token --eid alice@example.com --device phone)");
+        }
+        tracing::info!("ready");
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_stanza(label: &str, payload: &bimip::proto::message_scheme::Payload) -> Result<()> {
+    let description = codec::describe(&codec::encode(payload));
+    let fields = description.fields.unwrap_or_default();
+    println!(
+        "{label} {}:\n{}",
+        description.payload.unwrap_or_default(),
+        serde_norway::to_string(&fields)?
+    );
+    Ok(())
+}
+
+fn connect(args: ConnectArgs) -> Result<ExitCode> {
+    use bimip::client::{Client, ClientOptions, Event};
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let options = ClientOptions {
+            insecure_skip_verify: args.insecure,
+            ..ClientOptions::default()
+        };
+        let mut client = Client::connect(&args.url, &args.token, options).await?;
+        match client.session() {
+            Some(s) => println!(
+                "connected as {}/{} (server pings every {} ms)",
+                s.eid, s.device, s.ping_interval_ms
+            ),
+            None => println!("connected (the server sent no Authenticate RESPONSE)"),
+        }
+        for i in 1..=args.pings {
+            let started = std::time::Instant::now();
+            let pong = client.ping(&format!("cli-{i}")).await?;
+            println!("pong {} in {:.1} ms", pong.id, started.elapsed().as_secs_f64() * 1000.0);
+        }
+        if args.stay {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = tokio::signal::ctrl_c() => break,
+                    event = client.next_event() => match event {
+                        Some(Event::Stanza(payload)) => print_stanza("<-", &payload)?,
+                        Some(Event::Closed { code, reason }) => {
+                            println!("closed by the server: {code:?} {reason}");
+                            return anyhow::Ok(());
+                        }
+                        Some(other) => println!("<- {other:?}"),
+                        None => return anyhow::Ok(()),
+                    },
+                }
+            }
+        }
+        let (logout, code) = client.logout().await?;
+        println!("logged out (status {}), connection closed with {code:?}", logout.status);
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

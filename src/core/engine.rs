@@ -21,6 +21,10 @@ use crate::codec::{self, Direction, ErrorKind, FrameError, Route};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{Authenticate, Identity};
 
+/// The longest correlation id an ErrorMessage echoes (ERR-3), and the
+/// longest PingPong id accepted (PING-6), in bytes.
+pub(super) const MAX_REF_BYTES: usize = 128;
+
 /// A stanza refused: the ErrorMessage to send (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rejection {
@@ -38,8 +42,18 @@ impl Rejection {
         }
     }
 
+    /// Names the offending stanza's correlation id: its first 128 bytes at
+    /// most, so no ErrorMessage can approach the stanza limit (ERR-3).
     pub fn with_ref(mut self, ref_id: impl Into<String>) -> Self {
-        self.ref_id = ref_id.into();
+        let mut ref_id: String = ref_id.into();
+        if ref_id.len() > MAX_REF_BYTES {
+            let cut = (0..=MAX_REF_BYTES)
+                .rev()
+                .find(|i| ref_id.is_char_boundary(*i))
+                .unwrap_or(0);
+            ref_id.truncate(cut);
+        }
+        self.ref_id = ref_id;
         self
     }
 }

@@ -2,7 +2,7 @@
 //! at once, pings every session each interval, and ends a session whose pongs
 //! stop: on the tick that finds `max_missed_pongs` consecutive pings unanswered.
 
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, MAX_REF_BYTES, Rejection};
 use super::timers::Timer;
 use super::{CloseReason, ConnId, Millis};
 use crate::codec::ErrorKind;
@@ -16,10 +16,16 @@ const OK: i32 = 2;
 
 impl Engine {
     pub(super) fn on_pingpong(&mut self, conn: ConnId, mut ping: PingPong, now: Millis) -> Handled {
+        // identity_mismatch is reported before invalid_field (ENV-13).
+        self.claim(conn, &mut ping.to, "to").map_err(|r| r.with_ref(&ping.id))?;
         if !(1..=6).contains(&ping.status) {
             return Err(Rejection::new(ErrorKind::InvalidField, "PingPong.status must be 1..=6").with_ref(&ping.id));
         }
-        self.claim(conn, &mut ping.to, "to").map_err(|r| r.with_ref(&ping.id))?;
+        if ping.id.len() > MAX_REF_BYTES {
+            return Err(
+                Rejection::new(ErrorKind::InvalidField, "PingPong.id is longer than 128 bytes").with_ref(&ping.id),
+            );
+        }
         match ping.r#type {
             REQUEST => {
                 let pong = PingPong {

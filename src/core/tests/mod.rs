@@ -434,6 +434,23 @@ fn bad_pingpong_codes() {
             "type {type} status {status}"
         );
     }
+    // An id over 128 bytes is refused, and the ErrorMessage echoes only 128 bytes of it (ERR-3).
+    let long = "é".repeat(100);
+    h.send(conn, ping(&long, 1));
+    let seen = h.drain(conn);
+    let [Payload::ErrorMessage(e)] = &seen.stanzas[..] else {
+        panic!("{seen:?}")
+    };
+    assert_eq!((e.code, e.ref_id.len()), (400, 128));
+    // ENV-13: a spoofed identity is reported before a bad status.
+    let both = PingPong {
+        to: me("mallory@x.io", ""),
+        r#type: 1,
+        status: 9,
+        ..Default::default()
+    };
+    h.send(conn, Payload::PingpongMessage(both));
+    assert_eq!(h.drain(conn).errors(), [(403, "identity_mismatch".into())]);
 }
 
 /// SES-5: a burst beyond 200 stanzas is refused with 429 and the stanza dropped.

@@ -1,0 +1,266 @@
+//! The one place the engine lives: a `std::sync::Mutex<Engine>` that every
+//! connection task locks for the length of one engine call, plus the routing
+//! of the engine's outputs to the connections' writers and the timer task.
+//!
+//! Every engine call goes through [`Hub::with_engine`], which drains
+//! `poll_output()` before it unlocks: outputs are therefore routed in the
+//! engine's order, into per-connection FIFO queues, so each connection writes
+//! them in that order too. No lock is ever held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::Clock;
+use crate::codec::{ErrorKind, FrameError};
+use crate::core::{CloseReason, ConnId, Engine, Millis, Output, Stats, Transport};
+
+/// What the engine asks one connection's writer to do.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Send(Bytes),
+    /// Flush what came before, then close with this reason.
+    Close(CloseReason),
+}
+
+/// A connection's side of the routing table: its writer queue, and the token
+/// that aborts it when the hub gives up on it.
+pub(crate) struct Endpoint {
+    pub conn: ConnId,
+    pub rx: mpsc::Receiver<Out>,
+    pub kill: CancellationToken,
+}
+
+struct Link {
+    tx: mpsc::Sender<Out>,
+    kill: CancellationToken,
+}
+
+/// What observers (metrics, health checks) may read about the engine, taken
+/// after every batch of engine work so that reading it never touches the
+/// engine's lock.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub stats: Stats,
+    /// Connections the engine knows, authenticated or not.
+    pub connections: usize,
+    /// EIDs with at least one session.
+    pub users_online: usize,
+}
+
+struct Core {
+    engine: Engine,
+    max_stanza_bytes: usize,
+    links: BTreeMap<ConnId, Link>,
+    /// The deadline the timer task sleeps until; an earlier one must wake it.
+    armed: Option<Millis>,
+}
+
+pub(crate) struct Hub {
+    core: Mutex<Core>,
+    clock: Arc<dyn Clock>,
+    timer_wake: Notify,
+    snapshot: watch::Sender<Snapshot>,
+    next_conn: AtomicU64,
+    queue_capacity: usize,
+    max_stanza_bytes: usize,
+    shutdown: CancellationToken,
+}
+
+impl Hub {
+    pub fn new(engine: Engine, clock: Arc<dyn Clock>, queue_capacity: usize, shutdown: CancellationToken) -> Self {
+        let max_stanza_bytes = engine.config().max_stanza_bytes;
+        let (snapshot, _) = watch::channel(snapshot_of(&engine));
+        Hub {
+            core: Mutex::new(Core {
+                engine,
+                max_stanza_bytes,
+                links: BTreeMap::new(),
+                armed: None,
+            }),
+            clock,
+            timer_wake: Notify::new(),
+            snapshot,
+            next_conn: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+            max_stanza_bytes,
+            shutdown,
+        }
+    }
+
+    pub fn max_stanza_bytes(&self) -> usize {
+        self.max_stanza_bytes
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
+    }
+
+    /// A new connection id with its writer queue. The link exists before the
+    /// engine hears of the connection, so that nothing the engine says to it
+    /// (the Authenticate RESPONSE sent from inside `open`) is lost.
+    pub fn register(&self) -> Endpoint {
+        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let kill = self.shutdown.child_token();
+        self.lock().links.insert(conn, Link { tx, kill: kill.clone() });
+        Endpoint { conn, rx, kill }
+    }
+
+    pub fn open(&self, conn: ConnId, transport: Transport, token: Option<&str>) -> Result<(), ErrorKind> {
+        let opened = self.with_engine(|engine, now| engine.open(conn, transport, token, now));
+        if opened.is_err() {
+            self.lock().links.remove(&conn);
+        }
+        opened
+    }
+
+    pub fn receive(&self, conn: ConnId, stanza: &[u8]) {
+        self.with_engine(|engine, now| engine.receive(conn, stanza, now));
+    }
+
+    pub fn text_frame(&self, conn: ConnId) {
+        self.with_engine(|engine, now| engine.text_frame(conn, now));
+    }
+
+    pub fn framing_error(&self, conn: ConnId, error: &FrameError) {
+        self.with_engine(|engine, now| engine.framing_error(conn, error, now));
+    }
+
+    /// The connection is gone (or its task ends): forget its link, tell the
+    /// engine. Safe to call more than once.
+    pub fn closed(&self, conn: ConnId) {
+        let known = self.lock().links.remove(&conn).is_some();
+        if known {
+            self.with_engine(|engine, now| engine.closed(conn, now));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic inside the engine is a bug, but it must not take every other
+        // connection down with it (SPEC SES-7): keep serving with the state as
+        // the panicking call left it.
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs one engine call at `now`, then routes everything it produced.
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
+        let mut core = self.lock();
+        let now = self.clock.now_ms();
+        let result = f(&mut core.engine, now);
+        core.route_outputs(now);
+        if let Some(deadline) = core.engine.next_deadline()
+            && core.armed.is_none_or(|armed| deadline < armed)
+        {
+            core.armed = Some(deadline);
+            self.timer_wake.notify_one();
+        }
+        let snapshot = snapshot_of(&core.engine);
+        drop(core);
+        self.snapshot.send_replace(snapshot);
+        result
+    }
+
+    /// Sleeps until the engine's next deadline and ticks it; woken early when
+    /// an engine call sets an earlier deadline. Ends at shutdown.
+    pub async fn run_timers(self: Arc<Self>) {
+        loop {
+            // Created before reading the deadline: `notify_one` stores a permit,
+            // so a deadline set in between still wakes this loop.
+            let woken = self.timer_wake.notified();
+            let wait = {
+                let mut core = self.lock();
+                let deadline = core.engine.next_deadline();
+                core.armed = deadline;
+                deadline.map(|at| at.saturating_sub(self.clock.now_ms()))
+            };
+            let sleep = async {
+                match wait {
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(u64::try_from(ms).unwrap_or(0))).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                () = woken => {}
+                () = sleep => self.with_engine(|engine, now| engine.tick(now)),
+            }
+        }
+    }
+}
+
+impl Core {
+    fn route_outputs(&mut self, now: Millis) {
+        loop {
+            let mut dead = Vec::new();
+            while let Some(output) = self.engine.poll_output() {
+                let (conn, out, last) = match output {
+                    Output::Send { conn, stanza } if stanza.len() > self.max_stanza_bytes => {
+                        // SPEC TRN-1: never send more than the limit. The engine
+                        // should not produce it; dropping this one stanza keeps
+                        // the session, where a write error would end it.
+                        tracing::error!(%conn, len = stanza.len(), "engine produced an oversized stanza; not sent");
+                        continue;
+                    }
+                    Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
+                    Output::Close { conn, reason } => (conn, Out::Close(reason), true),
+                };
+                let Some(link) = self.links.get(&conn) else {
+                    // Already given up on (and the engine told); nothing to deliver.
+                    continue;
+                };
+                match link.tx.try_send(out) {
+                    Ok(()) if last => {
+                        // The engine has forgotten the connection; dropping our
+                        // sender lets its writer see the end after the Close.
+                        self.links.remove(&conn);
+                    }
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // A peer that does not read its stanzas is as good as
+                        // dead, and an unbounded queue would let it eat memory.
+                        tracing::debug!(%conn, "outbound queue full; dropping the connection");
+                        if let Some(link) = self.links.remove(&conn) {
+                            link.kill.cancel();
+                        }
+                        if !last {
+                            dead.push(conn);
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.links.remove(&conn);
+                        if !last {
+                            dead.push(conn);
+                        }
+                    }
+                }
+            }
+            if dead.is_empty() {
+                return;
+            }
+            // Telling the engine may produce more outputs (for other
+            // connections): route those too.
+            for conn in dead {
+                self.engine.closed(conn, now);
+            }
+        }
+    }
+}
+
+fn snapshot_of(engine: &Engine) -> Snapshot {
+    Snapshot {
+        stats: engine.stats().clone(),
+        connections: engine.connection_count(),
+        users_online: engine.registry().users_online(),
+    }
+}

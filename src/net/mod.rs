@@ -1,0 +1,316 @@
+//! The network adapters of the reference server: sockets in, engine calls,
+//! engine outputs back onto sockets. All protocol decisions stay in the
+//! sans-IO [`crate::core::Engine`]; this module only moves bytes, frames them
+//! (WebSocket messages, TCP length prefixes), runs TLS and the engine's timers.
+//!
+//! # Design: the engine behind a mutex, not in its own task
+//!
+//! The engine is not `Sync`, so something must serialise access to it. A
+//! dedicated engine task fed by a channel is the usual answer, but the
+//! WebSocket upgrade decides *synchronously*: tungstenite's handshake callback
+//! must return the HTTP response (101, or 401/429 before any upgrade, SPEC
+//! AUTH-10) without awaiting, and the answer depends on the engine (token,
+//! revocations, session limits). A channel round-trip from a sync callback
+//! would block a runtime thread, and upgrading first to decide later would
+//! break the SPEC. So the engine lives in a `std::sync::Mutex` inside the
+//! hub (`hub.rs`): every event (open, stanza, text frame, framing error,
+//! close, timer tick) locks it for one engine call, drains `poll_output()`
+//! into per-connection bounded queues *before unlocking*, and never holds it
+//! across an `.await`. That keeps outputs in engine order per connection, and
+//! a given interleaving of events always yields the same outputs (under
+//! turmoil, whose single-threaded hosts and `biased` selects make the
+//! interleaving reproducible).
+//!
+//! Each connection is one task: it reads frames and calls the engine, and it
+//! writes what its queue holds. A queue that fills up means the peer does not
+//! read; the hub then drops the connection (and tells the engine) instead of
+//! buffering without bound. One timer task sleeps until the engine's next
+//! deadline (tokio time: simulated under turmoil) and ticks it.
+//!
+//! Observers read a [`Snapshot`] published through a `watch` channel after
+//! every engine call, so metrics never contend for the engine's lock.
+
+mod accept;
+mod clock;
+mod hub;
+mod tcp;
+pub mod tls;
+mod ws;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use accept::Accept;
+pub use clock::{Clock, ManualClock, SimClock, SystemClock};
+pub use hub::Snapshot;
+pub use ws::{SUBPROTOCOL, ws_config};
+
+use crate::core::Engine;
+use hub::Hub;
+
+/// Adapter settings that are not protocol rules (those are the engine's
+/// [`crate::core::Config`]).
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// TLS for every listener (wss://, tls://); `None` = plaintext.
+    pub tls: Option<TlsAcceptor>,
+    /// Time allowed for the TLS handshake and the WebSocket upgrade. The TCP
+    /// auth deadline (SPEC TRN-12) is the engine's and starts after TLS.
+    pub handshake_timeout: Duration,
+    /// Stanzas queued for one connection before it counts as dead.
+    pub outbound_queue: usize,
+    /// After the server closes a connection: how long it waits for the peer
+    /// to close its side before dropping the socket.
+    pub close_linger: Duration,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("tls", &self.tls.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("close_linger", &self.close_linger)
+            .finish()
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            outbound_queue: 1024,
+            close_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What [`serve`] binds.
+#[derive(Clone, Debug, Default)]
+pub struct NetConfig {
+    /// Native TCP listener (`tcp://` or, with TLS, `tls://`); `None` = off.
+    pub tcp: Option<SocketAddr>,
+    /// WebSocket listener (`ws://` or `wss://`, any path); `None` = off.
+    pub ws: Option<SocketAddr>,
+    pub options: ServerOptions,
+}
+
+/// Binds the listeners of `config` (port 0 picks a free port) and serves them
+/// with `engine`. The returned handle names the bound addresses.
+pub async fn serve(config: NetConfig, engine: Engine, clock: Arc<dyn Clock>) -> io::Result<ServerHandle> {
+    let tcp = match config.tcp {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let ws = match config.ws {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let mut server = ServerHandle::start(engine, clock, config.options);
+    if let Some(listener) = tcp {
+        server.listen_tcp(listener)?;
+    }
+    if let Some(listener) = ws {
+        server.listen_ws(listener)?;
+    }
+    Ok(server)
+}
+
+/// A running server: its engine, timer task and listeners. Dropping the handle
+/// leaves the server running (for as long as its runtime runs); call
+/// [`ServerHandle::shutdown`] to stop it.
+pub struct ServerHandle {
+    hub: Arc<Hub>,
+    options: Arc<ServerOptions>,
+    /// Every task holds a clone; the receiver sees `None` once all are gone.
+    tasks: mpsc::Sender<()>,
+    tasks_done: mpsc::Receiver<()>,
+    tcp_addrs: Vec<SocketAddr>,
+    ws_addrs: Vec<SocketAddr>,
+}
+
+impl ServerHandle {
+    /// Starts the engine's timer task; add listeners with [`listen_tcp`] and
+    /// [`listen_ws`]. Must be called inside a tokio runtime (a turmoil host is
+    /// one).
+    ///
+    /// [`listen_tcp`]: ServerHandle::listen_tcp
+    /// [`listen_ws`]: ServerHandle::listen_ws
+    pub fn start(engine: Engine, clock: Arc<dyn Clock>, options: ServerOptions) -> ServerHandle {
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(engine, clock, options.outbound_queue, shutdown));
+        let (tasks, tasks_done) = mpsc::channel(1);
+        let guard = tasks.clone();
+        tokio::spawn({
+            let hub = Arc::clone(&hub);
+            async move {
+                hub.run_timers().await;
+                drop(guard);
+            }
+        });
+        ServerHandle {
+            hub,
+            options: Arc::new(options),
+            tasks,
+            tasks_done,
+            tcp_addrs: Vec::new(),
+            ws_addrs: Vec::new(),
+        }
+    }
+
+    /// Serves native TCP (with TLS when configured) on `listener`.
+    pub fn listen_tcp<L: Accept>(&mut self, listener: L) -> io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        self.spawn_accept_loop(listener, Kind::Tcp);
+        self.tcp_addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// Serves WebSocket (with TLS when configured) on `listener`, any path.
+    pub fn listen_ws<L: Accept>(&mut self, listener: L) -> io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        self.spawn_accept_loop(listener, Kind::Ws);
+        self.ws_addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// The first native TCP address, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addrs.first().copied()
+    }
+
+    /// The first WebSocket address, if any.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addrs.first().copied()
+    }
+
+    /// The latest snapshot of the engine's counters.
+    pub fn stats(&self) -> Snapshot {
+        self.hub.subscribe().borrow().clone()
+    }
+
+    /// Snapshots as they change.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.hub.subscribe()
+    }
+
+    /// Resolves once shutdown has been requested.
+    pub async fn stopped(&self) {
+        self.hub.shutdown_token().cancelled().await;
+    }
+
+    /// Stops accepting, closes every connection (WebSocket code 1001), stops
+    /// the timers, and waits for every task to finish.
+    pub async fn shutdown(self) {
+        let ServerHandle {
+            hub,
+            tasks,
+            mut tasks_done,
+            ..
+        } = self;
+        hub.shutdown_token().cancel();
+        drop(tasks);
+        while tasks_done.recv().await.is_some() {}
+    }
+
+    fn spawn_accept_loop<L: Accept>(&self, mut listener: L, kind: Kind) {
+        let hub = Arc::clone(&self.hub);
+        let options = Arc::clone(&self.options);
+        let tasks = self.tasks.clone();
+        tokio::spawn(async move {
+            let shutdown = hub.shutdown_token().clone();
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let hub = Arc::clone(&hub);
+                        let options = Arc::clone(&options);
+                        let guard = tasks.clone();
+                        tokio::spawn(async move {
+                            tracing::trace!(%peer, "accepted");
+                            connection(hub, stream, kind, options).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(error) => {
+                        // Typically out of file descriptors: retrying at once
+                        // would spin; a pause lets connections finish.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            drop(tasks);
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Tcp,
+    Ws,
+}
+
+/// One accepted stream: TLS if configured, then its transport.
+async fn connection<S>(hub: Arc<Hub>, stream: S, kind: Kind, options: Arc<ServerOptions>)
+where
+    S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
+{
+    let endpoint = hub.register();
+    let conn = endpoint.conn;
+    match options.tls.clone() {
+        None => match kind {
+            Kind::Tcp => tcp::serve(hub, stream, endpoint, options).await,
+            Kind::Ws => ws::serve(hub, stream, endpoint, options).await,
+        },
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream));
+            let tls = tokio::select! {
+                biased;
+                () = endpoint.kill.cancelled() => None,
+                tls = handshake => match tls {
+                    Ok(Ok(tls)) => Some(tls),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%conn, %error, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%conn, "TLS handshake timed out");
+                        None
+                    }
+                },
+            };
+            match tls {
+                None => hub.closed(conn),
+                Some(tls) => match kind {
+                    Kind::Tcp => tcp::serve(hub, tls, endpoint, options).await,
+                    Kind::Ws => ws::serve(hub, tls, endpoint, options).await,
+                },
+            }
+        }
+    }
+}
+
+/// Reads and discards input until the peer closes, an error, or `limit`.
+async fn linger<S: AsyncRead + Unpin>(io: &mut S, limit: Duration) {
+    let mut scratch = [0u8; 1024];
+    let _ = tokio::time::timeout(limit, async {
+        while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests;

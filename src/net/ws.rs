@@ -1,0 +1,255 @@
+//! WebSocket connections (SPEC §2.2): one binary message per stanza. The token
+//! travels in the upgrade request (SPEC §3.2), so the engine decides inside
+//! tungstenite's handshake callback whether to upgrade; a refusal is an HTTP
+//! answer (401 or 429, `text/plain` body = the kind) and no WebSocket opens.
+//!
+//! tungstenite's callback is synchronous, which is why the engine sits behind
+//! a mutex (see [`super`]): the callback locks it for one `open` call, the
+//! same as every other connection event.
+
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+
+use super::hub::{Endpoint, Hub, Out};
+use super::{ServerOptions, linger};
+use crate::codec::{ErrorKind, FrameError};
+use crate::core::Transport;
+use crate::core::auth::token_from_request;
+
+/// The subprotocol the server selects when a client offers it (SPEC TRN-4).
+pub const SUBPROTOCOL: &str = "bimip.v1";
+
+/// tungstenite's default buffers are 128 KiB each, allocated per connection;
+/// a BIMIP server holds mostly idle connections with small stanzas.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// WebSocket settings for a peer whose stanzas may be up to `max_stanza_bytes`.
+pub fn ws_config(max_stanza_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(max_stanza_bytes))
+        .max_frame_size(Some(max_stanza_bytes))
+}
+
+enum End {
+    /// The engine closed it and the Close frame went out; `reading` says
+    /// whether the WebSocket can still be read (to await the peer's Close).
+    Engine { reading: bool },
+    /// The peer sent Close: answer it and go.
+    PeerClose,
+    /// The stream ended or failed.
+    Peer,
+    /// The hub gave up on it (queue full) or the server is stopping.
+    Killed,
+}
+
+// tungstenite's callback signature returns the whole HTTP error response.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn serve<S>(hub: Arc<Hub>, io: S, endpoint: Endpoint, options: Arc<ServerOptions>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Endpoint { conn, mut rx, kill } = endpoint;
+    let callback = {
+        let hub = Arc::clone(&hub);
+        move |request: &Request, response: Response| decide(&hub, conn, request, response)
+    };
+    let config = ws_config(hub.max_stanza_bytes());
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config));
+    let accepted = tokio::select! {
+        biased;
+        () = kill.cancelled() => None,
+        accepted = tokio::time::timeout(options.handshake_timeout, handshake) => match accepted {
+            Ok(Ok(ws)) => Some(ws),
+            Ok(Err(WsError::Http(response))) => {
+                tracing::debug!(%conn, status = %response.status(), "upgrade refused");
+                None
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%conn, %error, "WebSocket handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%conn, "WebSocket handshake timed out");
+                None
+            }
+        },
+    };
+    let Some(mut ws) = accepted else {
+        hub.closed(conn);
+        return;
+    };
+    // False after a read error (an oversized message): tungstenite stops
+    // mid-frame, so what follows on the wire is never parsed (SPEC TRN-6).
+    let mut reading = true;
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = kill.cancelled() => break End::Killed,
+            out = rx.recv() => {
+                let Some(out) = out else { break End::Killed };
+                let written = tokio::select! {
+                    biased;
+                    () = kill.cancelled() => break End::Killed,
+                    written = write_batch(&mut ws, out, &mut rx) => written,
+                };
+                match written {
+                    Ok(false) => {}
+                    Ok(true) => break End::Engine { reading },
+                    Err(error) => {
+                        tracing::debug!(%conn, %error, "write failed");
+                        break End::Peer;
+                    }
+                }
+            }
+            message = ws.next(), if reading => match message {
+                Some(Ok(Message::Binary(stanza))) => hub.receive(conn, &stanza),
+                Some(Ok(Message::Text(_))) => hub.text_frame(conn),
+                // tungstenite answers Pings itself (SPEC TRN-7); control frames
+                // are no BIMIP liveness signal (SPEC PING-4).
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) => break End::PeerClose,
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    reading = false;
+                    let error = FrameError::TooLarge {
+                        declared: u64::try_from(size).unwrap_or(u64::MAX),
+                        max: max_size,
+                    };
+                    hub.framing_error(conn, &error);
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%conn, %error, "read failed");
+                    break End::Peer;
+                }
+                None => break End::Peer,
+            },
+        }
+    };
+    hub.closed(conn);
+    match end {
+        End::Engine { reading: true } => {
+            // RFC 6455: wait for the peer's Close, then the server closes TCP.
+            let _ = tokio::time::timeout(options.close_linger, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+        End::Engine { reading: false } => {
+            // The frame parser is stuck mid-message: FIN, then discard raw
+            // input until the peer closes (closing with unread input sends RST,
+            // which can destroy the ErrorMessage and Close before they are read).
+            let io = ws.get_mut();
+            if io.shutdown().await.is_ok() {
+                linger(io, options.close_linger).await;
+            }
+        }
+        End::PeerClose => {
+            // tungstenite queued the Close reply; flushing sends it.
+            let _ = tokio::time::timeout(options.close_linger, ws.flush()).await;
+        }
+        End::Killed if hub.shutdown_token().is_cancelled() => {
+            let frame = CloseFrame {
+                code: CloseCode::Away,
+                reason: "server shutting down".into(),
+            };
+            let _ = tokio::time::timeout(options.close_linger, ws.close(Some(frame))).await;
+        }
+        End::Killed | End::Peer => {}
+    }
+}
+
+/// The handshake callback: the engine decides whether this request upgrades.
+#[allow(clippy::result_large_err)] // the signature tungstenite's Callback imposes
+fn decide(
+    hub: &Hub,
+    conn: crate::core::ConnId,
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
+    let headers = request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+    let token = token_from_request(headers, request.uri().query());
+    match hub.open(conn, Transport::WebSocket, token.as_deref()) {
+        Ok(()) => {
+            if offers_subprotocol(request) {
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+            }
+            Ok(response)
+        }
+        Err(kind) => Err(refusal(kind)),
+    }
+}
+
+fn offers_subprotocol(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|offered| offered.trim() == SUBPROTOCOL)
+}
+
+/// SPEC AUTH-10 / SES-3: status = the kind's code, `text/plain` body = the kind.
+fn refusal(kind: ErrorKind) -> ErrorResponse {
+    let body = kind.as_str().to_string();
+    let mut response = ErrorResponse::new(None);
+    *response.status_mut() = StatusCode::from_u16(kind.code()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if kind.code() == 401 {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    *response.body_mut() = Some(body);
+    response
+}
+
+/// Sends `first` and whatever else is queued, then flushes once. `Ok(true)`
+/// when a Close was among them: everything before it is flushed and the Close
+/// frame is sent.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    first: Out,
+    rx: &mut tokio::sync::mpsc::Receiver<Out>,
+) -> Result<bool, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut next = Some(first);
+    while let Some(out) = next.take() {
+        match out {
+            Out::Send(stanza) => ws.feed(Message::Binary(stanza)).await?,
+            Out::Close(reason) => {
+                ws.flush().await?;
+                let frame = CloseFrame {
+                    code: CloseCode::from(reason.ws_close_code()),
+                    reason: "".into(),
+                };
+                ws.close(Some(frame)).await?;
+                return Ok(true);
+            }
+        }
+        next = rx.try_recv().ok();
+    }
+    ws.flush().await?;
+    Ok(false)
+}
