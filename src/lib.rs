@@ -11,6 +11,7 @@ pub mod admin;
 pub mod client;
 pub mod codec;
 pub mod core;
+pub mod fuzz;
 pub mod keys;
 pub mod net;
 pub mod proto;
