@@ -88,18 +88,61 @@ pub fn render_metrics(source: SnapshotSource) -> String {
     text
 }
 
-fn respond(request: &Request<hyper::body::Incoming>, source: &SnapshotSource) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+/// The body of `POST /push`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    eid: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: std::collections::BTreeMap<String, String>,
+}
+
+fn push(body: &[u8], pusher: Option<&crate::net::Pusher>) -> (StatusCode, String) {
+    let Some(pusher) = pusher else {
+        return (StatusCode::NOT_FOUND, "push is not enabled\n".into());
+    };
+    let request: PushRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"eid\", \"type\", \"data\"}}: {e}\n"),
+            );
+        }
+    };
+    match pusher.push(&request.eid, &request.kind, request.data) {
+        Ok(devices) => (StatusCode::OK, format!("{{\"devices\":{devices}}}\n")),
+        Err(kind) => (
+            StatusCode::BAD_REQUEST,
+            format!("{kind}: eid, type of 1 to 64 bytes, non-empty data\n"),
+        ),
+    }
+}
+
+fn respond(
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    source: &SnapshotSource,
+    pusher: Option<&crate::net::Pusher>,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (method, path) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render_metrics(source.clone()),
         ),
+        (&Method::POST, "/push") => {
+            let (status, text) = push(body, pusher);
+            (status, "text/plain", text)
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz or /metrics\n".to_string(),
+            "not found: try /healthz, /metrics or POST /push\n".to_string(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -110,17 +153,27 @@ fn respond(request: &Request<hyper::body::Incoming>, source: &SnapshotSource) ->
     response
 }
 
-/// Serves the admin endpoint on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, source: SnapshotSource) {
+/// Serves the admin endpoint on `listener` until the task is dropped;
+/// `POST /push` (JSON `{"eid", "type", "data"}`) works when a `pusher` is given.
+pub async fn serve(listener: tokio::net::TcpListener, source: SnapshotSource, pusher: Option<crate::net::Pusher>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let source = source.clone();
+        let pusher = pusher.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&request, &source);
-                async move { Ok::<_, Infallible>(response) }
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let source = source.clone();
+                let pusher = pusher.clone();
+                async move {
+                    use http_body_util::BodyExt;
+                    let (parts, incoming) = request.into_parts();
+                    // Admin bodies are small; one that cannot be read is empty.
+                    let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let response = respond(&parts.method, parts.uri.path(), &body, &source, pusher.as_ref());
+                    Ok::<_, Infallible>(response)
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             // A client that misbehaves only loses its own connection.

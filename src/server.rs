@@ -209,7 +209,11 @@ impl Settings {
                 })?;
                 let snapshots = net.subscribe();
                 let source: crate::admin::SnapshotSource = std::sync::Arc::new(move || snapshots.borrow().clone());
-                (Some(bound), Some(tokio::spawn(crate::admin::serve(listener, source))))
+                let pusher = Some(net.pusher());
+                (
+                    Some(bound),
+                    Some(tokio::spawn(crate::admin::serve(listener, source, pusher))),
+                )
             }
         };
         Ok(Running { net, admin, admin_task })

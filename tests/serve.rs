@@ -20,6 +20,18 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     body
 }
 
+async fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 #[tokio::test]
 async fn start_mint_connect_ping_logout() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,5 +100,37 @@ async fn start_mint_connect_ping_logout() {
         "{metrics}"
     );
     assert!(http_get(admin, "/nope").await.starts_with("HTTP/1.0 404"));
+
+    // PUSH-2 through the operator endpoint: one online device receives it.
+    let url = &urls[0];
+    let mut client = Client::connect(url, &mint("jti-push"), ClientOptions::default())
+        .await
+        .unwrap();
+    let answer = http_post(
+        admin,
+        "/push",
+        r#"{"eid": "alice@example.com", "type": "system", "data": {"k": "v"}}"#,
+    )
+    .await;
+    assert!(answer.contains(r#"{"devices":1}"#), "{answer}");
+    let push = client
+        .expect(
+            |p| matches!(p, bimip::proto::message_scheme::Payload::PushNotification(_)),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let bimip::proto::message_scheme::Payload::PushNotification(push) = push else {
+        unreachable!()
+    };
+    assert_eq!(
+        (push.r#type.as_str(), push.data.get("k").map(String::as_str)),
+        ("system", Some("v"))
+    );
+    let refused = http_post(admin, "/push", r#"{"eid": "alice@example.com", "type": ""}"#).await;
+    assert!(
+        refused.starts_with("HTTP/1.0 400") || refused.starts_with("HTTP/1.1 400"),
+        "{refused}"
+    );
     running.shutdown().await;
 }

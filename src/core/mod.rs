@@ -20,6 +20,7 @@ mod limits;
 mod location;
 mod logout;
 mod pingpong;
+mod push;
 pub mod queue;
 mod registry;
 mod revocation;

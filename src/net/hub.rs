@@ -136,6 +136,16 @@ impl Hub {
         self.with_engine(|engine, now| engine.framing_error(conn, error, now));
     }
 
+    /// An operator push (SPEC PUSH-2): the devices it reached.
+    pub fn push(
+        &self,
+        eid: &str,
+        kind: &str,
+        data: std::collections::BTreeMap<String, String>,
+    ) -> Result<usize, ErrorKind> {
+        self.with_engine(|engine, now| engine.push(eid, kind, data, now))
+    }
+
     /// The connection is gone (or its task ends): forget its link, tell the
     /// engine. Safe to call more than once.
     pub fn closed(&self, conn: ConnId) {

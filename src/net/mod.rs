@@ -50,6 +50,21 @@ use tokio_util::sync::CancellationToken;
 pub use accept::Accept;
 pub use clock::{Clock, ManualClock, SimClock, SystemClock};
 pub use hub::Snapshot;
+
+/// Sends operator PushNotifications into a running server (see [`ServerHandle::pusher`]).
+#[derive(Clone)]
+pub struct Pusher(Arc<Hub>);
+
+impl Pusher {
+    pub fn push(
+        &self,
+        eid: &str,
+        kind: &str,
+        data: std::collections::BTreeMap<String, String>,
+    ) -> Result<usize, crate::codec::ErrorKind> {
+        self.0.push(eid, kind, data)
+    }
+}
 pub use ws::{SUBPROTOCOL, ws_config};
 
 use crate::core::Engine;
@@ -190,6 +205,22 @@ impl ServerHandle {
     /// The first WebSocket address, if any.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addrs.first().copied()
+    }
+
+    /// Sends an operator PushNotification to every online device of `eid`
+    /// (SPEC PUSH-2); returns how many devices it reached.
+    pub fn push(
+        &self,
+        eid: &str,
+        kind: &str,
+        data: std::collections::BTreeMap<String, String>,
+    ) -> Result<usize, crate::codec::ErrorKind> {
+        self.hub.push(eid, kind, data)
+    }
+
+    /// A handle for pushing from other tasks (the admin endpoint).
+    pub fn pusher(&self) -> Pusher {
+        Pusher(self.hub.clone())
     }
 
     /// The latest snapshot of the engine's counters.

@@ -760,3 +760,34 @@ fn replays_are_identical() {
 }
 mod awareness;
 mod chat;
+
+/// PUSH-2, PUSH-3, PUSH-5: a push reaches every online device of its user, now or never.
+#[test]
+fn push_notifications() {
+    let mut h = Harness::new(Config::default());
+    let phone = h.ws("a@x.io", "phone");
+    let laptop = h.ws("a@x.io", "laptop");
+    let data: std::collections::BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+    assert_eq!(h.engine.push("a@x.io", "billing", data.clone(), h.now), Ok(2));
+    for (conn, device) in [(phone, "phone"), (laptop, "laptop")] {
+        let seen = h.drain(conn);
+        let [Payload::PushNotification(p)] = &seen.stanzas[..] else {
+            panic!("{seen:?}")
+        };
+        assert_eq!((p.r#type.as_str(), p.timestamp, &p.data), ("billing", h.now, &data));
+        assert_eq!(p.to, me("a@x.io", device));
+        assert!(!p.id.is_empty());
+    }
+    assert_eq!(
+        h.engine.push("b@x.io", "billing", data.clone(), h.now),
+        Ok(0),
+        "offline: nobody, and nothing kept"
+    );
+    h.ws("b@x.io", "phone");
+    let empty_value: std::collections::BTreeMap<String, String> = [("k".to_string(), String::new())].into();
+    assert_eq!(
+        h.engine.push("a@x.io", "x", empty_value, h.now),
+        Err(ErrorKind::InvalidField)
+    );
+    assert_eq!(h.engine.push("a@x.io", "", data, h.now), Err(ErrorKind::InvalidField));
+}
