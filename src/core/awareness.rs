@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::auth::valid_eid;
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, Rejection, request_only};
 use super::timers::Timer;
 use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::ErrorKind;
@@ -23,7 +23,6 @@ use crate::proto::{AwarenessNotification, AwarenessRequest, AwarenessResponse, A
 pub const UNAVAILABLE: i32 = 0;
 pub const ONLINE: i32 = 1;
 pub const OFFLINE: i32 = 2;
-const REQUEST: i32 = 1;
 const RESPONSE: i32 = 2;
 const SUBSCRIBE: i32 = 1;
 const UNSUBSCRIBE: i32 = 2;
@@ -349,21 +348,7 @@ impl Engine {
         mut sub: AwarenessSubscription,
         now: Millis,
     ) -> Handled {
-        match sub.r#type {
-            REQUEST => {}
-            RESPONSE => {
-                return Err(Rejection::new(
-                    ErrorKind::NotAllowed,
-                    "clients send AwarenessSubscription REQUEST",
-                ));
-            }
-            _ => {
-                return Err(Rejection::new(
-                    ErrorKind::InvalidField,
-                    "AwarenessSubscription.type must be 1",
-                ));
-            }
-        }
+        request_only(sub.r#type, "AwarenessSubscription")?;
         if !matches!(sub.action, SUBSCRIBE | UNSUBSCRIBE) {
             return Err(Rejection::new(
                 ErrorKind::InvalidField,

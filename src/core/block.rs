@@ -2,7 +2,7 @@
 //! sees the other, and chat and acknowledgments between them are refused.
 //! The blocked user is never told (BLK-6).
 
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, Rejection, request_only};
 use super::social::SocialEvent;
 use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
@@ -15,21 +15,7 @@ const UNBLOCK: i32 = 2;
 impl Engine {
     /// BLK-1, BLK-2, BLK-5.
     pub(super) fn on_block(&mut self, conn: ConnId, mut request: BlockSubscriber, now: Millis) -> Handled {
-        match request.r#type {
-            1 => {}
-            2 => {
-                return Err(Rejection::new(
-                    ErrorKind::NotAllowed,
-                    "clients send BlockSubscriber REQUEST (type 1)",
-                ));
-            }
-            _ => {
-                return Err(Rejection::new(
-                    ErrorKind::InvalidField,
-                    "BlockSubscriber.type must be 1",
-                ));
-            }
-        }
+        request_only(request.r#type, "BlockSubscriber")?;
         let action = match request.action {
             0 | BLOCK => BLOCK,
             UNBLOCK => UNBLOCK,

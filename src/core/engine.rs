@@ -60,6 +60,22 @@ impl Rejection {
 
 pub(super) type Handled = Result<(), Rejection>;
 
+/// Clients send only the REQUEST (type 1) of a request/response stanza: a
+/// RESPONSE from a client is 405 (ENV-8), any other type 400 (ENV-9).
+pub(super) fn request_only(r#type: i32, stanza: &str) -> Handled {
+    match r#type {
+        1 => Ok(()),
+        2 => Err(Rejection::new(
+            ErrorKind::NotAllowed,
+            format!("clients send {stanza} REQUEST (type 1) only"),
+        )),
+        _ => Err(Rejection::new(
+            ErrorKind::InvalidField,
+            format!("{stanza}.type must be 1"),
+        )),
+    }
+}
+
 /// Counters for metrics (never read by protocol logic).
 #[derive(Debug, Default, Clone)]
 pub struct Stats {

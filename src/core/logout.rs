@@ -1,28 +1,18 @@
 //! Logout (SPEC OUT): the device's token is revoked, the server confirms, and
 //! the connection closes normally.
 
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, Rejection, request_only};
 use super::{CloseReason, ConnId, Millis};
 use crate::codec::ErrorKind;
 use crate::proto::Logout;
 use crate::proto::message_scheme::Payload;
 
-const REQUEST: i32 = 1;
 const RESPONSE: i32 = 2;
 const SUCCESS: i32 = 3;
 
 impl Engine {
     pub(super) fn on_logout(&mut self, conn: ConnId, mut logout: Logout, now: Millis) -> Handled {
-        match logout.r#type {
-            REQUEST => {}
-            RESPONSE => {
-                return Err(Rejection::new(
-                    ErrorKind::NotAllowed,
-                    "clients send Logout REQUEST (type 1)",
-                ));
-            }
-            _ => return Err(Rejection::new(ErrorKind::InvalidField, "Logout.type must be 1")),
-        }
+        request_only(logout.r#type, "Logout")?;
         self.claim(conn, &mut logout.entity, "entity")?;
         let token = self.with_session(conn, |s| (s.token.jti.clone(), s.token.exp_ms));
         let Some((jti, exp)) = token else { return Ok(()) };

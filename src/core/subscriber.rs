@@ -2,7 +2,7 @@
 //! One direction, idempotent, durable (SES-8).
 
 use super::auth::valid_eid;
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, Rejection, request_only};
 use super::social::SocialEvent;
 use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
@@ -75,21 +75,7 @@ impl Engine {
 
     /// SUB-6, SUB-7.
     pub(super) fn on_subscriber_remove(&mut self, conn: ConnId, mut request: SubscriberRemove, now: Millis) -> Handled {
-        match request.r#type {
-            1 => {}
-            2 => {
-                return Err(Rejection::new(
-                    ErrorKind::NotAllowed,
-                    "clients send SubscriberRemove REQUEST (type 1)",
-                ));
-            }
-            _ => {
-                return Err(Rejection::new(
-                    ErrorKind::InvalidField,
-                    "SubscriberRemove.type must be 1",
-                ));
-            }
-        }
+        request_only(request.r#type, "SubscriberRemove")?;
         self.claim(conn, &mut request.owner, "owner")?;
         let (owner, subscriber) = self.other_user(conn, request.subscriber.as_ref())?;
         let answer = SubscriberRemove {

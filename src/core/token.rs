@@ -4,34 +4,19 @@
 //! ends at once.
 
 use super::auth::Claims;
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, Rejection, request_only};
 use super::timers::Timer;
 use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
 use crate::proto::message_scheme::Payload;
 use crate::proto::{Identity, TokenRefreshRequest, TokenRefreshResponse, TokenRevokeRequest, TokenRevokeResponse};
 
-const REQUEST: i32 = 1;
 const RESPONSE: i32 = 2;
 const SUCCESS: i32 = 1;
 
 impl Engine {
     pub(super) fn on_token_revoke(&mut self, conn: ConnId, request: TokenRevokeRequest, now: Millis) -> Handled {
-        match request.r#type {
-            REQUEST => {}
-            RESPONSE => {
-                return Err(Rejection::new(
-                    ErrorKind::NotAllowed,
-                    "clients send TokenRevoke REQUEST (type 1)",
-                ));
-            }
-            _ => {
-                return Err(Rejection::new(
-                    ErrorKind::InvalidField,
-                    "TokenRevokeRequest.type must be 1",
-                ));
-            }
-        }
+        request_only(request.r#type, "TokenRevokeRequest")?;
         let Some(me) = self.identity(conn).cloned() else {
             return Ok(());
         };

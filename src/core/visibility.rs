@@ -1,6 +1,6 @@
 //! Visibility and location sharing settings (SPEC §13): per user, durable.
 
-use super::engine::{Engine, Handled, Rejection};
+use super::engine::{Engine, Handled, Rejection, request_only};
 use super::social::{SHARING_OFF, SocialEvent};
 use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
@@ -10,21 +10,7 @@ use crate::proto::{AwarenessVisibility, Identity};
 impl Engine {
     /// VIS-1..4, LOC-4 (turning sharing off drops the fix).
     pub(super) fn on_visibility(&mut self, conn: ConnId, mut request: AwarenessVisibility, now: Millis) -> Handled {
-        match request.r#type {
-            1 => {}
-            2 => {
-                return Err(Rejection::new(
-                    ErrorKind::NotAllowed,
-                    "clients send AwarenessVisibility REQUEST (type 1)",
-                ));
-            }
-            _ => {
-                return Err(Rejection::new(
-                    ErrorKind::InvalidField,
-                    "AwarenessVisibility.type must be 1",
-                ));
-            }
-        }
+        request_only(request.r#type, "AwarenessVisibility")?;
         if !(0..=3).contains(&request.visibility) || !(0..=2).contains(&request.location_sharing) {
             let rejection = Rejection::new(ErrorKind::InvalidField, "visibility 0..=3, location_sharing 0..=2");
             return Err(rejection.with_ref(&request.id));
