@@ -655,3 +655,37 @@ fn check_privacy_case(vis: i32, is_subscriber: bool, blocker: Option<&str>, shar
         }
     }
 }
+
+/// SUB-5: adding a subscriber across a block succeeds, and the block still decides.
+#[test]
+fn adding_across_a_block() {
+    let mut h = Harness::new(Config::default());
+    let alice = h.ws(ALICE, "phone");
+    let bob = h.ws(BOB, "phone");
+    h.call(bob, block(ALICE, 1));
+    let seen = h.call(alice, add_subscriber(BOB));
+    assert!(
+        matches!(&seen.stanzas[..], [Payload::SubscriberAddResponse(r)] if r.status == 1),
+        "{seen:?}"
+    );
+    assert_eq!(h.response_about(bob, ALICE).status, 0, "the blocked pair stays hidden");
+    h.call(bob, block(ALICE, 2));
+    assert_eq!(
+        h.response_about(bob, ALICE).status,
+        1,
+        "the relationship holds once the block is lifted"
+    );
+}
+
+/// PUSH-1: PushNotification and Body are server-only: 405 from a client.
+#[test]
+fn clients_may_not_send_push_or_body() {
+    let mut h = Harness::new(Config::default());
+    let alice = h.ws(ALICE, "phone");
+    for payload in [
+        Payload::PushNotification(PushNotification::default()),
+        Payload::Body(Body::default()),
+    ] {
+        assert_eq!(h.call(alice, payload).errors(), [(405, "not_allowed".into())]);
+    }
+}
