@@ -3,6 +3,7 @@
 //! The protocol core reaches these only through its traits.
 
 pub mod journal;
+pub mod queue;
 pub mod revocations;
 
 pub use journal::{Journal, OpenError};

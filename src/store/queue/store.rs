@@ -1,0 +1,1063 @@
+//! [`QueueStore`]: the in-memory view of the log and every operation on it.
+//!
+//! Memory holds, per EID, the location of every retained item (16 bytes each, so a replay is one positioned read
+//! per run of adjacent items) and the device states; the log holds everything else. Every mutation is a record
+//! appended to a buffer; [`QueueStore::sync`] turns the buffer into one write and one fsync, which is the whole
+//! group-commit story at this layer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::fs::{Fs, FsFile};
+use super::index::{self, Chunk, FILE_HEADER_LEN, ItemEntry};
+use super::record::{self, Kind, MAX_DEVICE_LEN, MAX_EID_LEN};
+use super::{
+    Appended, DeviceInfo, DeviceStatus, Item, ItemRef, Millis, OpenReport, QueueConfig, QueueError, RetainReport,
+    StoreStats, Usage, idx_name, seg_name,
+};
+
+/// Reads of adjacent items are merged up to this size.
+const READ_SPAN: u64 = 1 << 20;
+
+/// Where an item's record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Loc {
+    pub seg: u32,
+    pub off: u32,
+    pub rec_len: u32,
+    pub payload_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DeviceState {
+    pub committed: u64,
+    pub last_seen: Millis,
+    /// Segment holding this state's latest record (re-written before that segment is deleted).
+    pub rec_seg: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Forgotten {
+    pub at: Millis,
+    pub rec_seg: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct EidState {
+    pub name: Box<str>,
+    /// Oldest retained increment (`last + 1` when none is retained).
+    pub low: u64,
+    /// `locs[i]` is item `low + i`.
+    pub locs: VecDeque<Loc>,
+    /// Payload bytes of the retained items.
+    pub bytes: u64,
+    /// Highest increment known durable.
+    pub durable_last: u64,
+    pub devices: BTreeMap<String, DeviceState>,
+    pub forgotten: BTreeMap<String, Forgotten>,
+    /// Segment holding the latest trim record, if any.
+    pub trim_seg: Option<u32>,
+    /// Appended to since the last sync.
+    pub dirty: bool,
+}
+
+impl EidState {
+    pub fn new(name: &str) -> EidState {
+        EidState {
+            name: name.into(),
+            low: 1,
+            locs: VecDeque::new(),
+            bytes: 0,
+            durable_last: 0,
+            devices: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
+            trim_seg: None,
+            dirty: false,
+        }
+    }
+
+    pub fn last(&self) -> u64 {
+        self.low + self.locs.len() as u64 - 1
+    }
+
+    fn loc(&self, increment: u64) -> Option<Loc> {
+        increment
+            .checked_sub(self.low)
+            .and_then(|i| self.locs.get(i as usize))
+            .copied()
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Segment<Fl> {
+    pub file: Fl,
+    /// Bytes in the file (the active segment's buffer is not counted).
+    pub written: u64,
+    /// Bytes known durable.
+    pub durable: u64,
+    pub live_items: u64,
+    /// Record bytes of live items.
+    pub live_bytes: u64,
+    /// Length of the index file (0: none).
+    pub idx_len: u64,
+}
+
+/// Index content gathered for a segment range not yet written to its index.
+#[derive(Debug, Default)]
+pub(super) struct ChunkBuilder {
+    pub from: u64,
+    /// `ItemEntry::eid` is the store-wide EID id here.
+    pub items: Vec<ItemEntry>,
+    /// Last device/forget/trim record per key: (eid id, is trim, device).
+    pub meta: BTreeMap<(u32, bool, Box<str>), Vec<u8>>,
+}
+
+impl ChunkBuilder {
+    pub fn new(from: u64) -> ChunkBuilder {
+        ChunkBuilder {
+            from,
+            ..Default::default()
+        }
+    }
+
+    pub fn add_meta(&mut self, eid: u32, rec: &record::RecordRef<'_>) {
+        let key = (eid, rec.kind == Kind::Trim, String::from_utf8_lossy(rec.aux).into());
+        let mut bytes = Vec::with_capacity(rec.len);
+        record::encode(&mut bytes, rec.kind, rec.eid, rec.aux, rec.a, rec.b, rec.payload);
+        self.meta.insert(key, bytes);
+    }
+
+    /// The chunk for `(from, to]`, with EID ids mapped to a chunk-local table.
+    pub fn build(&self, to: u64, name: &dyn Fn(u32) -> String) -> Chunk {
+        let mut local: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut names = Vec::new();
+        let mut map = |id: u32| {
+            *local.entry(id).or_insert_with(|| {
+                names.push(name(id));
+                names.len() as u32 - 1
+            })
+        };
+        let items = self
+            .items
+            .iter()
+            .map(|it| ItemEntry {
+                eid: map(it.eid),
+                ..*it
+            })
+            .collect();
+        let meta = self.meta.values().flatten().copied().collect();
+        Chunk {
+            from: self.from,
+            to,
+            eids: names,
+            items,
+            meta,
+        }
+    }
+}
+
+/// The durable queue over a directory of `fs`.
+pub struct QueueStore<F: Fs> {
+    pub(super) fs: F,
+    pub(super) dir: PathBuf,
+    pub(super) cfg: QueueConfig,
+    pub(super) segs: BTreeMap<u32, Segment<F::File>>,
+    pub(super) active: u32,
+    /// Encoded records for the active segment at `written`, not yet written.
+    pub(super) buf: Vec<u8>,
+    pub(super) ids: BTreeMap<Box<str>, u32>,
+    pub(super) eids: Vec<EidState>,
+    pub(super) dirty: Vec<u32>,
+    pub(super) next_lsn: u64,
+    pub(super) durable_lsn: u64,
+    /// Rolled segments whose last writes are not synced yet.
+    pub(super) unsynced: Vec<u32>,
+    /// Rolled segments whose final index chunk waits for the next sync.
+    pub(super) sealing: Vec<(u32, ChunkBuilder, u64)>,
+    pub(super) builder: ChunkBuilder,
+    pub(super) dir_dirty: bool,
+    /// The next record starts a batch and is preceded by a mark.
+    pub(super) mark_needed: bool,
+    pub(super) poisoned: bool,
+    pub(super) report: OpenReport,
+    pub(super) stats: StoreStats,
+}
+
+impl<F: Fs> std::fmt::Debug for QueueStore<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueStore")
+            .field("dir", &self.dir)
+            .field("segments", &self.segs.len())
+            .field("eids", &self.eids.len())
+            .field("durable_lsn", &self.durable_lsn)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_eid(eid: &str) -> Result<(), QueueError> {
+    if eid.is_empty() || eid.len() > MAX_EID_LEN {
+        return Err(QueueError::Invalid {
+            what: "eid",
+            why: "must be 1 to 256 bytes",
+        });
+    }
+    Ok(())
+}
+
+fn check_device(device: &str) -> Result<(), QueueError> {
+    if device.is_empty() || device.len() > MAX_DEVICE_LEN {
+        return Err(QueueError::Invalid {
+            what: "device id",
+            why: "must be 1 to 128 bytes",
+        });
+    }
+    Ok(())
+}
+
+impl<F: Fs> QueueStore<F> {
+    /// Opens (creating if needed) the queue in `dir`, recovering from whatever a crash left (module doc).
+    pub fn open(fs: F, dir: impl AsRef<Path>, cfg: QueueConfig) -> Result<QueueStore<F>, QueueError> {
+        if cfg.segment_bytes > u32::MAX as u64 / 2 || cfg.segment_bytes < 1024 {
+            return Err(QueueError::Invalid {
+                what: "segment_bytes",
+                why: "must be 1 KiB to 2 GiB",
+            });
+        }
+        if cfg.max_payload_bytes > 16 << 20 {
+            return Err(QueueError::Invalid {
+                what: "max_payload_bytes",
+                why: "must be at most 16 MiB",
+            });
+        }
+        let dir = dir.as_ref().to_path_buf();
+        fs.create_dir_all(&dir).map_err(QueueError::io("create", &dir))?;
+        let rec = super::recovery::recover(&fs, &dir, true)?;
+        let mut store = QueueStore {
+            fs,
+            dir,
+            cfg,
+            segs: rec.segs,
+            active: 0,
+            buf: Vec::new(),
+            ids: rec.ids,
+            eids: rec.eids,
+            dirty: Vec::new(),
+            next_lsn: 1,
+            durable_lsn: 0,
+            unsynced: Vec::new(),
+            sealing: Vec::new(),
+            builder: ChunkBuilder::new(FILE_HEADER_LEN as u64),
+            dir_dirty: rec.dir_dirty,
+            mark_needed: false,
+            poisoned: false,
+            report: rec.report,
+            stats: StoreStats::default(),
+        };
+        match store.segs.last_key_value() {
+            Some((&id, seg)) => {
+                store.active = id;
+                store.builder = ChunkBuilder::new(seg.written);
+            }
+            None => store.new_segment(1)?,
+        }
+        if store.dir_dirty {
+            store
+                .fs
+                .sync_dir(&store.dir)
+                .map_err(QueueError::io("sync", &store.dir))?;
+            store.dir_dirty = false;
+        }
+        Ok(store)
+    }
+
+    /// What recovery found and did.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The directory of this queue.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    pub(super) fn path(&self, name: String) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn check_usable(&self) -> Result<(), QueueError> {
+        if self.poisoned {
+            Err(QueueError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs a mutation; any failure poisons the store, since the state on disk is then unknown.
+    fn guarded<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R, QueueError>) -> Result<R, QueueError> {
+        self.check_usable()?;
+        let r = f(self);
+        if matches!(r, Err(QueueError::Io { .. })) {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn eid_id(&mut self, eid: &str) -> u32 {
+        if let Some(&id) = self.ids.get(eid) {
+            return id;
+        }
+        let id = self.eids.len() as u32;
+        self.eids.push(EidState::new(eid));
+        self.ids.insert(eid.into(), id);
+        id
+    }
+
+    fn state(&self, eid: &str) -> Option<&EidState> {
+        self.ids.get(eid).map(|&id| &self.eids[id as usize])
+    }
+
+    fn new_segment(&mut self, id: u32) -> Result<(), QueueError> {
+        let path = self.path(seg_name(id));
+        let file = self.fs.create(&path).map_err(QueueError::io("create", &path))?;
+        self.segs.insert(
+            id,
+            Segment {
+                file,
+                written: 0,
+                durable: 0,
+                live_items: 0,
+                live_bytes: 0,
+                idx_len: 0,
+            },
+        );
+        self.buf.clear();
+        self.buf.extend_from_slice(&index::file_header(index::SEG_MAGIC, id));
+        self.active = id;
+        self.builder = ChunkBuilder::new(FILE_HEADER_LEN as u64);
+        self.dir_dirty = true;
+        self.mark_needed = false;
+        Ok(())
+    }
+
+    fn active_end(&self) -> u64 {
+        self.segs[&self.active].written + self.buf.len() as u64
+    }
+
+    /// Writes the buffer out (no fsync).
+    fn flush(&mut self) -> Result<(), QueueError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.path(seg_name(self.active));
+        let seg = self.segs.get_mut(&self.active).expect("active segment exists");
+        seg.file
+            .write_all_at(seg.written, &self.buf)
+            .map_err(QueueError::io("write", path))?;
+        seg.written += self.buf.len() as u64;
+        self.stats.bytes_written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn roll(&mut self) -> Result<(), QueueError> {
+        self.flush()?;
+        let old = self.active;
+        let seg = &self.segs[&old];
+        if seg.written > seg.durable {
+            self.unsynced.push(old);
+        }
+        let builder = std::mem::take(&mut self.builder);
+        self.sealing.push((old, builder, seg.written));
+        self.new_segment(old + 1)
+    }
+
+    /// Encodes one record into the buffer, rolling first if it would not fit; returns its location.
+    fn put(&mut self, kind: Kind, eid: u32, aux: &[u8], a: u64, b: u64, payload: &[u8]) -> Result<Loc, QueueError> {
+        let name_len = if kind == Kind::Mark {
+            0
+        } else {
+            self.eids[eid as usize].name.len()
+        };
+        let len = (record::HEADER_LEN + name_len + aux.len() + payload.len()) as u64;
+        let end = self.active_end();
+        if end + len > self.cfg.segment_bytes && end > FILE_HEADER_LEN as u64 {
+            self.roll()?;
+        }
+        if std::mem::take(&mut self.mark_needed) {
+            let durable = self.segs[&self.active].durable;
+            if durable > FILE_HEADER_LEN as u64 {
+                record::encode(&mut self.buf, Kind::Mark, b"", b"", durable, 0, b"");
+            }
+        }
+        let off = self.active_end();
+        let eid_bytes = if kind == Kind::Mark {
+            &b""[..]
+        } else {
+            self.eids[eid as usize].name.as_bytes()
+        };
+        record::encode(&mut self.buf, kind, eid_bytes, aux, a, b, payload);
+        if self.buf.len() >= self.cfg.write_buffer_bytes {
+            self.flush()?;
+        }
+        Ok(Loc {
+            seg: self.active,
+            off: off as u32,
+            rec_len: len as u32,
+            payload_len: payload.len() as u32,
+        })
+    }
+
+    /// Appends a device/forget/trim record and notes it for the index.
+    fn put_meta(&mut self, kind: Kind, eid: u32, aux: &[u8], a: u64, b: u64) -> Result<u32, QueueError> {
+        let loc = self.put(kind, eid, aux, a, b, b"")?;
+        let mut bytes = Vec::new();
+        record::encode(
+            &mut bytes,
+            kind,
+            self.eids[eid as usize].name.as_bytes(),
+            aux,
+            a,
+            b,
+            b"",
+        );
+        let key = (eid, kind == Kind::Trim, String::from_utf8_lossy(aux).into());
+        self.builder.meta.insert(key, bytes);
+        Ok(loc.seg)
+    }
+
+    fn put_item(&mut self, eid: u32, increment: u64, exclude: &[u8], payload: &[u8]) -> Result<Loc, QueueError> {
+        let loc = self.put(Kind::Item, eid, exclude, increment, 0, payload)?;
+        self.builder.items.push(ItemEntry {
+            eid,
+            increment,
+            offset: loc.off,
+            rec_len: loc.rec_len,
+            payload_len: loc.payload_len,
+        });
+        let seg = self.segs.get_mut(&loc.seg).expect("segment of a new record exists");
+        seg.live_items += 1;
+        seg.live_bytes += loc.rec_len as u64;
+        Ok(loc)
+    }
+
+    /// Appends an item to `eid`'s queue. Buffered: it is acknowledged (durable, readable) once a [`Self::sync`]
+    /// returns a durable lsn at or past the returned `lsn`.
+    pub fn append(&mut self, eid: &str, payload: &[u8], exclude: Option<&str>) -> Result<Appended, QueueError> {
+        check_eid(eid)?;
+        if let Some(d) = exclude {
+            check_device(d)?;
+        }
+        if payload.len() > self.cfg.max_payload_bytes {
+            return Err(QueueError::Invalid {
+                what: "payload",
+                why: "larger than max_payload_bytes",
+            });
+        }
+        self.guarded(|s| {
+            let id = s.eid_id(eid);
+            let increment = s.eids[id as usize].last() + 1;
+            let loc = s.put_item(id, increment, exclude.unwrap_or("").as_bytes(), payload)?;
+            let st = &mut s.eids[id as usize];
+            st.locs.push_back(loc);
+            st.bytes += payload.len() as u64;
+            if !st.dirty {
+                st.dirty = true;
+                s.dirty.push(id);
+            }
+            let lsn = s.next_lsn;
+            s.next_lsn += 1;
+            s.stats.appends += 1;
+            Ok(Appended { increment, lsn })
+        })
+    }
+
+    /// Makes every earlier append, touch, commit and retention step durable: one write of the buffer, one fsync
+    /// (a second one only when a segment rolled or a file was created since the last sync). Returns the durable
+    /// lsn.
+    pub fn sync(&mut self) -> Result<u64, QueueError> {
+        self.guarded(|s| s.sync_inner())
+    }
+
+    fn sync_inner(&mut self) -> Result<u64, QueueError> {
+        self.flush()?;
+        let mut to_sync = std::mem::take(&mut self.unsynced);
+        let active = &self.segs[&self.active];
+        if active.written > active.durable {
+            to_sync.push(self.active);
+        }
+        if !to_sync.is_empty() {
+            self.stats.syncs += 1;
+        }
+        for id in to_sync {
+            self.stats.fsyncs += 1;
+            let path = self.path(seg_name(id));
+            let seg = self.segs.get_mut(&id).expect("unsynced segment exists");
+            seg.file.sync().map_err(QueueError::io("fsync", path))?;
+            seg.durable = seg.written;
+        }
+        if self.dir_dirty {
+            self.stats.fsyncs += 1;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(QueueError::io("fsync", &self.dir))?;
+            self.dir_dirty = false;
+        }
+        self.durable_lsn = self.next_lsn - 1;
+        for id in std::mem::take(&mut self.dirty) {
+            let st = &mut self.eids[id as usize];
+            st.durable_last = st.last();
+            st.dirty = false;
+        }
+        self.mark_needed = true;
+        for (id, builder, to) in std::mem::take(&mut self.sealing) {
+            self.write_chunk(id, &builder, to)?;
+        }
+        let written = self.segs[&self.active].written;
+        if written - self.builder.from >= self.cfg.index_interval_bytes {
+            let builder = std::mem::replace(&mut self.builder, ChunkBuilder::new(written));
+            self.write_chunk(self.active, &builder, written)?;
+        }
+        Ok(self.durable_lsn)
+    }
+
+    /// Appends an index chunk for durable bytes `(builder.from, to]` of segment `id`.
+    fn write_chunk(&mut self, id: u32, builder: &ChunkBuilder, to: u64) -> Result<(), QueueError> {
+        if to <= builder.from {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        let idx_len = self.segs[&id].idx_len;
+        if idx_len == 0 {
+            bytes.extend_from_slice(&index::file_header(index::IDX_MAGIC, id));
+        }
+        builder
+            .build(to, &|id| self.eids[id as usize].name.to_string())
+            .encode(&mut bytes);
+        let path = self.path(idx_name(id));
+        let mut file = if idx_len == 0 {
+            self.dir_dirty = true;
+            self.fs.create(&path).map_err(QueueError::io("create", &path))?
+        } else {
+            self.fs.open(&path, true).map_err(QueueError::io("open", &path))?
+        };
+        file.write_all_at(idx_len, &bytes)
+            .map_err(QueueError::io("write", &path))?;
+        file.sync().map_err(QueueError::io("fsync", &path))?;
+        self.stats.fsyncs += 1;
+        self.segs.get_mut(&id).expect("indexed segment exists").idx_len = idx_len + bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Highest lsn known durable (every append with a lower or equal lsn is acknowledged).
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable_lsn
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// Appends not yet durable.
+    pub fn pending(&self) -> u64 {
+        self.next_lsn - 1 - self.durable_lsn
+    }
+
+    /// Up to `limit` durable items of `eid` with increment above `after`, in order (replay from any offset). The
+    /// payloads of a run of adjacent records share one buffer.
+    pub fn read(&self, eid: &str, after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
+        let mut items = Vec::new();
+        let mut shared = Bytes::new();
+        self.walk(eid, after, limit, &mut Vec::new(), |span, at, rec| {
+            if at == 0 {
+                shared = Bytes::copy_from_slice(span);
+            }
+            let p = at + rec.payload_offset();
+            let exclude = std::str::from_utf8(rec.aux)
+                .ok()
+                .filter(|d| !d.is_empty())
+                .map(str::to_owned);
+            items.push(Item {
+                increment: rec.a,
+                payload: shared.slice(p..p + rec.payload.len()),
+                exclude,
+            });
+        })?;
+        Ok(items)
+    }
+
+    /// Like [`Self::read`] without allocating per item: `f` sees each item borrowed from `buf`, which is reused
+    /// across runs and calls (the replay path of a server that encodes each item straight into a frame). Returns
+    /// how many items it saw.
+    pub fn read_each(
+        &self,
+        eid: &str,
+        after: u64,
+        limit: usize,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(ItemRef<'_>),
+    ) -> Result<usize, QueueError> {
+        let mut count = 0;
+        self.walk(eid, after, limit, buf, |_, _, rec| {
+            let exclude = std::str::from_utf8(rec.aux).ok().filter(|d| !d.is_empty());
+            f(ItemRef {
+                increment: rec.a,
+                payload: rec.payload,
+                exclude,
+            });
+            count += 1;
+        })?;
+        Ok(count)
+    }
+
+    /// The read loop of [`Self::read`] and [`Self::read_each`]: one positioned read (into `buf`) per run of
+    /// adjacent records up to [`READ_SPAN`] bytes; every record is checked (CRC, kind, EID, increment) before
+    /// `f(span, offset in span, record)` sees it.
+    fn walk(
+        &self,
+        eid: &str,
+        after: u64,
+        limit: usize,
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&[u8], usize, &record::RecordRef<'_>),
+    ) -> Result<(), QueueError> {
+        let Some(st) = self.state(eid) else { return Ok(()) };
+        let start = after.saturating_add(1).max(st.low);
+        if start > st.durable_last || limit == 0 {
+            return Ok(());
+        }
+        let n = (st.durable_last - start + 1).min(limit as u64) as usize;
+        let first = (start - st.low) as usize;
+        let mut i = 0;
+        while i < n {
+            let head = st.locs[first + i];
+            let mut span = head.rec_len as u64;
+            let mut j = i + 1;
+            while j < n {
+                let next = st.locs[first + j];
+                if next.seg != head.seg
+                    || next.off as u64 != head.off as u64 + span
+                    || span + next.rec_len as u64 > READ_SPAN
+                {
+                    break;
+                }
+                span += next.rec_len as u64;
+                j += 1;
+            }
+            let missing = || QueueError::Missing {
+                eid: eid.into(),
+                increment: start + i as u64,
+            };
+            let seg = self.segs.get(&head.seg).ok_or_else(missing)?;
+            if buf.len() < span as usize {
+                buf.resize(span as usize, 0);
+            }
+            let raw = &mut buf[..span as usize];
+            seg.file
+                .read_exact_at(head.off as u64, raw)
+                .map_err(QueueError::io("read", self.path(seg_name(head.seg))))?;
+            let raw = &*raw;
+            let mut at = 0usize;
+            for k in i..j {
+                let increment = start + k as u64;
+                let corrupt = |reason| QueueError::Corrupt {
+                    segment: head.seg,
+                    offset: head.off as u64 + at as u64,
+                    reason,
+                };
+                let rec = record::decode(&raw[at..]).map_err(|e| match e {
+                    record::DecodeError::Incomplete => corrupt("record shorter than indexed"),
+                    record::DecodeError::Bad(r) => corrupt(r),
+                })?;
+                if rec.kind != Kind::Item || rec.eid != eid.as_bytes() || rec.a != increment {
+                    return Err(corrupt("record is not the indexed item"));
+                }
+                f(raw, at, &rec);
+                at += rec.len;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Highest increment appended to `eid` (0 if none), durable or not.
+    pub fn last_increment(&self, eid: &str) -> u64 {
+        self.state(eid).map_or(0, EidState::last)
+    }
+
+    /// Highest increment of `eid` that is durable (readable, committable).
+    pub fn durable_increment(&self, eid: &str) -> u64 {
+        self.state(eid).map_or(0, |s| s.durable_last)
+    }
+
+    /// Oldest retained increment of `eid` (`last_increment + 1` when none is retained).
+    pub fn oldest_retained(&self, eid: &str) -> u64 {
+        self.state(eid).map_or(1, |s| s.low)
+    }
+
+    /// EIDs the store knows, in order.
+    pub fn eids(&self) -> impl Iterator<Item = &str> {
+        self.ids.keys().map(|k| &**k)
+    }
+
+    /// Session start of `device` on `eid` (SPEC 17.2): registers a new or returning device at the oldest
+    /// retained item, refreshes a known one's last-seen time. Buffered like an append.
+    pub fn touch(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStatus, QueueError> {
+        check_eid(eid)?;
+        check_device(device)?;
+        self.guarded(|s| {
+            let id = s.eid_id(eid);
+            let st = &mut s.eids[id as usize];
+            let (status, committed, seen) = match st.devices.get(device) {
+                Some(d) => (
+                    DeviceStatus::Known { committed: d.committed },
+                    d.committed,
+                    d.last_seen.max(now),
+                ),
+                None => {
+                    let committed = st.low - 1;
+                    match st.forgotten.remove(device) {
+                        Some(f) => (
+                            DeviceStatus::Returning {
+                                committed,
+                                forgotten_at: f.at,
+                            },
+                            committed,
+                            now,
+                        ),
+                        None => (DeviceStatus::New { committed }, committed, now),
+                    }
+                }
+            };
+            let rec_seg = s.put_meta(
+                Kind::Device,
+                id,
+                device.as_bytes(),
+                committed,
+                record::millis_to_u64(seen),
+            )?;
+            let st = &mut s.eids[id as usize];
+            st.devices.insert(
+                device.to_owned(),
+                DeviceState {
+                    committed,
+                    last_seen: seen,
+                    rec_seg,
+                },
+            );
+            Ok(status)
+        })
+    }
+
+    /// Confirms items up to `increment` for `device` (QUE-5): the offset only moves forward; returns whether it
+    /// moved. Only durable items can be confirmed (they are the only ones ever read). Buffered like an append.
+    pub fn commit(&mut self, eid: &str, device: &str, increment: u64) -> Result<bool, QueueError> {
+        let unknown = || QueueError::UnknownDevice {
+            eid: eid.into(),
+            device: device.into(),
+        };
+        let &id = self.ids.get(eid).ok_or_else(unknown)?;
+        let st = &self.eids[id as usize];
+        let d = st.devices.get(device).ok_or_else(unknown)?;
+        if increment > st.durable_last {
+            return Err(QueueError::NotDurable {
+                eid: eid.into(),
+                increment,
+                durable: st.durable_last,
+            });
+        }
+        if increment <= d.committed {
+            return Ok(false);
+        }
+        let seen = d.last_seen;
+        self.guarded(|s| {
+            let rec_seg = s.put_meta(
+                Kind::Device,
+                id,
+                device.as_bytes(),
+                increment,
+                record::millis_to_u64(seen),
+            )?;
+            let d = s.eids[id as usize].devices.get_mut(device).expect("checked above");
+            d.committed = increment;
+            d.rec_seg = rec_seg;
+            Ok(true)
+        })
+    }
+
+    /// `device`'s committed offset on `eid`, if the device is known.
+    pub fn committed(&self, eid: &str, device: &str) -> Option<u64> {
+        self.state(eid)?.devices.get(device).map(|d| d.committed)
+    }
+
+    /// Known devices of `eid`.
+    pub fn devices(&self, eid: &str) -> Vec<DeviceInfo> {
+        self.state(eid).map_or_else(Vec::new, |s| {
+            s.devices
+                .iter()
+                .map(|(d, st)| DeviceInfo {
+                    device: d.clone(),
+                    committed: st.committed,
+                    last_seen: st.last_seen,
+                })
+                .collect()
+        })
+    }
+
+    /// When `device` of `eid` was forgotten, if it was and has not returned since.
+    pub fn forgotten(&self, eid: &str, device: &str) -> Option<Millis> {
+        self.state(eid)?.forgotten.get(device).map(|f| f.at)
+    }
+
+    /// Retained items of `eid`.
+    pub fn usage(&self, eid: &str) -> Usage {
+        self.state(eid).map_or_else(Usage::default, |s| Usage {
+            items: s.locs.len() as u64,
+            bytes: s.bytes,
+        })
+    }
+
+    /// QUE-10: whether appending a `payload_len`-byte item would take `eid` past its limits. The store only
+    /// reports; the server answers 503 `queue_full` (and appends sender copies and updates regardless).
+    pub fn would_overflow(&self, eid: &str, payload_len: usize) -> bool {
+        let u = self.usage(eid);
+        u.items + 1 > self.cfg.max_items_per_eid || u.bytes + payload_len as u64 > self.cfg.max_bytes_per_eid
+    }
+
+    fn item_exclude(&self, st: &EidState, increment: u64) -> Result<Vec<u8>, QueueError> {
+        let loc = st.loc(increment).ok_or(QueueError::Missing {
+            eid: st.name.to_string(),
+            increment,
+        })?;
+        let mut raw = vec![0u8; loc.rec_len as usize];
+        let seg = &self.segs[&loc.seg];
+        seg.file
+            .read_exact_at(loc.off as u64, &mut raw)
+            .map_err(QueueError::io("read", self.path(seg_name(loc.seg))))?;
+        let corrupt = |reason| QueueError::Corrupt {
+            segment: loc.seg,
+            offset: loc.off as u64,
+            reason,
+        };
+        let rec = record::decode(&raw).map_err(|_| corrupt("damaged record"))?;
+        if rec.kind != Kind::Item || rec.a != increment || rec.eid != st.name.as_bytes() {
+            return Err(corrupt("record is not the indexed item"));
+        }
+        Ok(rec.aux.to_vec())
+    }
+
+    /// Retention at `now` (module doc): forgets devices unseen for `forget_after_ms` (QUE-11), removes items every
+    /// known device confirmed or is excluded from (QUE-9), compacts and deletes segments. Durable when it returns
+    /// (it syncs, which also acknowledges every earlier append).
+    pub fn retain(&mut self, now: Millis) -> Result<RetainReport, QueueError> {
+        self.guarded(|s| s.retain_inner(now))
+    }
+
+    fn retain_inner(&mut self, now: Millis) -> Result<RetainReport, QueueError> {
+        let mut report = RetainReport::default();
+        for id in 0..self.eids.len() as u32 {
+            let st = &self.eids[id as usize];
+            let stale: Vec<String> = st
+                .devices
+                .iter()
+                .filter(|(_, d)| d.last_seen.saturating_add(self.cfg.forget_after_ms) <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for device in stale {
+                let rec_seg = self.put_meta(Kind::Forget, id, device.as_bytes(), 0, record::millis_to_u64(now))?;
+                let st = &mut self.eids[id as usize];
+                st.devices.remove(&device);
+                st.forgotten.insert(device.clone(), Forgotten { at: now, rec_seg });
+                report.forgotten.push((st.name.to_string(), device));
+            }
+            let new_low = self.removable_up_to(id)?;
+            let st = &self.eids[id as usize];
+            if new_low > st.low {
+                let rec_seg = self.put_meta(Kind::Trim, id, b"", new_low, 0)?;
+                let st = &mut self.eids[id as usize];
+                st.trim_seg = Some(rec_seg);
+                while st.low < new_low {
+                    let loc = st.locs.pop_front().expect("new_low is within the retained items");
+                    st.low += 1;
+                    st.bytes -= loc.payload_len as u64;
+                    let seg = self.segs.get_mut(&loc.seg).expect("segment of a live item exists");
+                    seg.live_items -= 1;
+                    seg.live_bytes -= loc.rec_len as u64;
+                    report.removed_items += 1;
+                }
+            }
+        }
+        self.sync_inner()?;
+        // Copy the live items out of mostly-dead sealed segments, so they can go too.
+        let sparse: Vec<u32> = self
+            .segs
+            .iter()
+            .filter(|(id, seg)| {
+                **id != self.active
+                    && seg.live_items > 0
+                    && (seg.live_bytes as f64) < self.cfg.compact_below_live_ratio * seg.written as f64
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in sparse {
+            report.copied_items += self.copy_live_items(id)?;
+        }
+        let dead: Vec<u32> = self
+            .segs
+            .iter()
+            .filter(|(id, s)| **id != self.active && s.live_items == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        if dead.is_empty() {
+            self.sync_inner()?;
+            return Ok(report);
+        }
+        // The state records that live only in the dead segments are written again before they go.
+        for id in 0..self.eids.len() as u32 {
+            let st = &self.eids[id as usize];
+            let devices: Vec<(String, u64, Millis)> = st
+                .devices
+                .iter()
+                .filter(|(_, d)| dead.contains(&d.rec_seg))
+                .map(|(k, d)| (k.clone(), d.committed, d.last_seen))
+                .collect();
+            let forgotten: Vec<(String, Millis)> = st
+                .forgotten
+                .iter()
+                .filter(|(_, f)| dead.contains(&f.rec_seg))
+                .map(|(k, f)| (k.clone(), f.at))
+                .collect();
+            let trim = st.trim_seg.filter(|s| dead.contains(s)).map(|_| st.low);
+            for (device, committed, seen) in devices {
+                let seg = self.put_meta(
+                    Kind::Device,
+                    id,
+                    device.as_bytes(),
+                    committed,
+                    record::millis_to_u64(seen),
+                )?;
+                self.eids[id as usize]
+                    .devices
+                    .get_mut(&device)
+                    .expect("listed above")
+                    .rec_seg = seg;
+            }
+            for (device, at) in forgotten {
+                let seg = self.put_meta(Kind::Forget, id, device.as_bytes(), 0, record::millis_to_u64(at))?;
+                self.eids[id as usize]
+                    .forgotten
+                    .get_mut(&device)
+                    .expect("listed above")
+                    .rec_seg = seg;
+            }
+            if let Some(low) = trim {
+                let seg = self.put_meta(Kind::Trim, id, b"", low, 0)?;
+                self.eids[id as usize].trim_seg = Some(seg);
+            }
+        }
+        self.sync_inner()?;
+        for id in dead {
+            self.segs.remove(&id);
+            let seg_path = self.path(seg_name(id));
+            self.fs.remove(&seg_path).map_err(QueueError::io("remove", &seg_path))?;
+            let idx_path = self.path(idx_name(id));
+            match self.fs.remove(&idx_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(QueueError::Io {
+                        op: "remove",
+                        path: idx_path,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+            report.deleted_segments.push(id);
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(QueueError::io("fsync", &self.dir))?;
+        Ok(report)
+    }
+
+    /// First increment of `eid` that must stay: every lower one is confirmed by, or excludes, each known device.
+    fn removable_up_to(&self, id: u32) -> Result<u64, QueueError> {
+        let st = &self.eids[id as usize];
+        let Some(min_c) = st.devices.values().map(|d| d.committed).min() else {
+            return Ok(st.low);
+        };
+        let mut i = st.low.max(min_c.saturating_add(1)).min(st.durable_last + 1);
+        while i <= st.durable_last {
+            let mut lagging = st.devices.iter().filter(|(_, d)| d.committed < i).map(|(k, _)| k);
+            let (Some(only), None) = (lagging.next(), lagging.next()) else {
+                break;
+            };
+            if self.item_exclude(st, i)? != only.as_bytes() {
+                break;
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// Re-appends the live items of segment `id` (same EID, increment and bytes); returns how many.
+    fn copy_live_items(&mut self, id: u32) -> Result<u64, QueueError> {
+        let path = self.path(seg_name(id));
+        let seg = &self.segs[&id];
+        let mut raw = vec![0u8; seg.written as usize];
+        seg.file
+            .read_exact_at(0, &mut raw)
+            .map_err(QueueError::io("read", &path))?;
+        let mut at = FILE_HEADER_LEN;
+        let mut copied = 0;
+        while at < raw.len() {
+            let rec = record::decode(&raw[at..]).map_err(|_| QueueError::Corrupt {
+                segment: id,
+                offset: at as u64,
+                reason: "damaged record",
+            })?;
+            if rec.kind == Kind::Item
+                && let Some(&eid) = std::str::from_utf8(rec.eid).ok().and_then(|e| self.ids.get(e))
+                && self.eids[eid as usize]
+                    .loc(rec.a)
+                    .is_some_and(|l| l.seg == id && l.off as usize == at)
+            {
+                let (inc, aux, payload) = (rec.a, rec.aux.to_vec(), rec.payload.to_vec());
+                let loc = self.put_item(eid, inc, &aux, &payload)?;
+                let st = &mut self.eids[eid as usize];
+                let slot = (inc - st.low) as usize;
+                let old = std::mem::replace(&mut st.locs[slot], loc);
+                let seg = self.segs.get_mut(&id).expect("segment being compacted exists");
+                seg.live_items -= 1;
+                seg.live_bytes -= old.rec_len as u64;
+                copied += 1;
+            }
+            at += rec.len;
+        }
+        Ok(copied)
+    }
+
+    /// Syncs and writes the active segment's index, so the next open scans nothing.
+    pub fn close(mut self) -> Result<(), QueueError> {
+        self.guarded(|s| {
+            s.sync_inner()?;
+            let written = s.segs[&s.active].written;
+            let builder = std::mem::replace(&mut s.builder, ChunkBuilder::new(written));
+            s.write_chunk(s.active, &builder, written)?;
+            if s.dir_dirty {
+                s.fs.sync_dir(&s.dir).map_err(QueueError::io("fsync", &s.dir))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Segments in the store: (id, bytes written, live items).
+    pub fn segments(&self) -> Vec<(u32, u64, u64)> {
+        self.segs.iter().map(|(id, s)| (*id, s.written, s.live_items)).collect()
+    }
+}

@@ -1,0 +1,246 @@
+//! The store on the real filesystem: reopen, damage, lost indexes, the CLI functions, the async committer.
+
+use std::path::Path;
+
+use super::*;
+
+fn small() -> QueueConfig {
+    QueueConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 1024,
+        ..QueueConfig::default()
+    }
+}
+
+fn fill(store: &mut QueueStore<RealFs>) {
+    for i in 0..200u32 {
+        let eid = ["alice", "bob", "carol"][i as usize % 3];
+        let exclude = (i % 5 == 0).then_some("phone");
+        store.append(eid, format!("message {i}").as_bytes(), exclude).unwrap();
+        if i % 10 == 9 {
+            store.sync().unwrap();
+        }
+    }
+    store.touch("alice", "phone", 1_000).unwrap();
+    store.touch("alice", "laptop", 1_000).unwrap();
+    store.sync().unwrap();
+    store.commit("alice", "phone", 30).unwrap();
+    store.sync().unwrap();
+}
+
+fn expect_contents(store: &QueueStore<RealFs>) {
+    let alice = store.read("alice", 0, usize::MAX).unwrap();
+    assert_eq!(alice.len(), 67);
+    assert_eq!(&alice[0].payload[..], b"message 0");
+    assert_eq!(alice[0].exclude.as_deref(), Some("phone"));
+    assert_eq!(&alice[66].payload[..], b"message 198");
+    assert_eq!(store.last_increment("bob"), 67);
+    assert_eq!(store.last_increment("carol"), 66);
+    assert_eq!(store.committed("alice", "phone"), Some(30));
+    assert_eq!(store.committed("alice", "laptop"), Some(0));
+}
+
+fn segment_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn write_close_reopen_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    fill(&mut store);
+    store.close().unwrap();
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    assert_eq!(
+        store.open_report().scanned_bytes,
+        0,
+        "a clean close leaves nothing to scan"
+    );
+    assert!(store.open_report().segments > 1);
+    expect_contents(&store);
+    drop(store);
+    // Without a clean close, only the active segment's unindexed tail is scanned.
+    let mut store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    store.append("dave", b"x", None).unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    let r = store.open_report();
+    assert!(r.scanned_bytes > 0 && r.scanned_bytes < 4096, "{r:?}");
+    expect_contents(&store);
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let dump = inspect(tmp.path()).unwrap();
+    assert!(dump.contains("alice  last_increment 67"), "{dump}");
+    assert!(dump.contains("device phone  committed 30"), "{dump}");
+}
+
+#[test]
+fn flipped_byte_mid_segment_is_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    fill(&mut store);
+    store.close().unwrap();
+    let first = &segment_files(tmp.path(), "seg")[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"message 20").unwrap();
+    bytes[at + 3] ^= 0x40;
+    std::fs::write(first, &bytes).unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.exit_code(), 1, "{report}");
+    assert_eq!(report.findings.len(), 1, "{report}");
+    let Finding::Corrupt { segment: 1, offset, .. } = report.findings[0] else {
+        panic!("{report}")
+    };
+    assert!(offset < at as u64 && offset + 100 > at as u64, "{report}");
+    // The index still opens the store; the damaged item is refused by the read, never returned.
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    let results: Vec<_> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|e| store.read(e, 0, usize::MAX))
+        .collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(QueueError::Corrupt { segment: 1, .. })))
+    );
+}
+
+#[test]
+fn torn_tail_is_reported_then_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    fill(&mut store);
+    drop(store);
+    let last = segment_files(tmp.path(), "seg").pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let good = bytes.len() as u64;
+    let mut rec = Vec::new();
+    record::encode(&mut rec, record::Kind::Item, b"alice", b"", 68, 0, b"never synced");
+    bytes.extend_from_slice(&rec[..rec.len() - 3]);
+    std::fs::write(&last, &bytes).unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.exit_code(), 1);
+    assert!(
+        matches!(report.findings[0], Finding::TornTail { offset, .. } if offset == good),
+        "{report}"
+    );
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    assert_eq!(store.open_report().truncated[0].offset, good);
+    expect_contents(&store);
+    drop(store);
+    assert_eq!(verify(tmp.path()).unwrap().exit_code(), 0);
+}
+
+#[test]
+fn lost_and_damaged_indexes_are_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    fill(&mut store);
+    store.retain(2_000).unwrap();
+    store.close().unwrap();
+    let idx = segment_files(tmp.path(), "idx");
+    assert!(idx.len() > 1);
+    std::fs::remove_file(&idx[0]).unwrap();
+    let mut damaged = std::fs::read(&idx[1]).unwrap();
+    let n = damaged.len();
+    damaged[n - 2] ^= 1;
+    std::fs::write(&idx[1], &damaged).unwrap();
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    assert_eq!(
+        store.open_report().rebuilt_indexes.len(),
+        2,
+        "{:?}",
+        store.open_report()
+    );
+    expect_contents(&store);
+    drop(store);
+    assert_eq!(segment_files(tmp.path(), "idx").len(), idx.len());
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    assert!(store.open_report().rebuilt_indexes.is_empty());
+    expect_contents(&store);
+}
+
+#[test]
+fn verify_cannot_read_a_missing_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(verify_exit_code(&verify(tmp.path().join("nope"))), 2);
+    assert!(inspect(tmp.path().join("nope")).is_err());
+}
+
+#[test]
+fn retention_and_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = QueueConfig {
+        max_items_per_eid: 3,
+        ..small()
+    };
+    let mut store = QueueStore::open(RealFs, tmp.path(), cfg).unwrap();
+    for i in 0..3u8 {
+        store.append("alice", &[i; 10], None).unwrap();
+    }
+    assert!(store.would_overflow("alice", 1));
+    store.sync().unwrap();
+    // No known device: nothing may go (QUE-9).
+    assert_eq!(store.retain(0).unwrap().removed_items, 0);
+    assert_eq!(
+        store.touch("alice", "phone", 0).unwrap(),
+        DeviceStatus::New { committed: 0 }
+    );
+    store.commit("alice", "phone", 2).unwrap();
+    assert_eq!(store.retain(1).unwrap().removed_items, 2);
+    assert!(!store.would_overflow("alice", 1));
+    let r = store.retain(31 * DAY_MS).unwrap();
+    assert_eq!(r.forgotten, vec![("alice".to_string(), "phone".to_string())]);
+    assert_eq!(
+        store.touch("alice", "phone", 32 * DAY_MS).unwrap(),
+        DeviceStatus::Returning {
+            committed: 2,
+            forgotten_at: 31 * DAY_MS
+        }
+    );
+}
+
+#[test]
+fn group_committer_acknowledges_durable_appends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
+    let (committer, thread) = GroupCommitter::spawn(store, GroupCommitConfig::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..20 {
+            let c = committer.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let a = c
+                        .append(format!("eid{}", w % 4), format!("{w}:{i}"), None)
+                        .await
+                        .unwrap();
+                    assert!(a.increment >= 1);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let durable = committer.call(|s| s.durable_lsn()).await.unwrap();
+        assert_eq!(durable, 500);
+    });
+    drop(committer);
+    let store = thread.join().unwrap();
+    for e in 0..4 {
+        assert_eq!(store.read(&format!("eid{e}"), 0, usize::MAX).unwrap().len(), 125);
+    }
+    store.close().unwrap();
+}
