@@ -10,6 +10,8 @@
 pub mod admin;
 pub mod client;
 pub mod codec;
+#[path = "../conformance/mod.rs"]
+pub mod conformance;
 pub mod core;
 pub mod fuzz;
 pub mod keys;

@@ -25,6 +25,21 @@ use crate::proto::{Authenticate, Identity};
 /// longest PingPong id accepted (PING-6), in bytes.
 pub(super) const MAX_REF_BYTES: usize = 128;
 
+/// A stanza's correlation id for `ErrorMessage.ref_id`: SPEC 5.2's table,
+/// the one place it is decided (ERR-3).
+fn ref_id_of(payload: &Payload) -> String {
+    match payload {
+        Payload::AwarenessRequest(request) => request.awareness_identifier.to_string(),
+        Payload::PingpongMessage(ping) => ping.id.clone(),
+        Payload::TextPayloadRequest(request) => request.message_id_local.clone(),
+        Payload::MediaPayloadRequest(request) => request.message_id_local.clone(),
+        Payload::AcknowledgmentRequest(request) => request.message_id.clone(),
+        Payload::VersionUpdate(update) => update.message_id.clone(),
+        Payload::AwarenessVisibility(request) => request.id.clone(),
+        _ => String::new(),
+    }
+}
+
 /// A stanza refused: the ErrorMessage to send (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rejection {
@@ -231,11 +246,12 @@ impl Engine {
         match state {
             ConnState::AwaitingAuth { .. } => self.receive_first(conn, decoded, now),
             ConnState::Live(session) => {
+                let reference = decoded.as_ref().map(ref_id_of).unwrap_or_default();
                 if !session.bucket.try_take(now) {
                     let rejection =
                         Rejection::new(ErrorKind::RateLimited, "stanza rate limit exceeded; stanza dropped");
                     let route = decoded.as_ref().ok().map(|p| Route::of(p).number());
-                    return self.reject(conn, route, rejection, now);
+                    return self.reject(conn, route, rejection.with_ref(&reference), now);
                 }
                 match decoded {
                     Err(e) => self.reject(conn, e.route(), Rejection::new(e.kind(), e.to_string()), now),
@@ -245,7 +261,7 @@ impl Engine {
                             Ok(()) => {
                                 self.with_session(conn, |s| s.consecutive_errors = 0);
                             }
-                            Err(rejection) => self.reject(conn, Some(route), rejection, now),
+                            Err(rejection) => self.reject(conn, Some(route), rejection.with_ref(&reference), now),
                         }
                     }
                 }

@@ -1,0 +1,129 @@
+//! The built-in reference server for network runs: `bimip-conform` with no
+//! target starts it on loopback (WebSocket and native TCP, a fresh data
+//! directory, RS256 with the kit's test key, short timers so the timing
+//! cases take seconds), and the conformance test smoke-tests the network
+//! driver against it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::driver::{Credentials, TargetInfo};
+use super::network::NetworkTarget;
+use crate::core::Config;
+use crate::core::auth::Algorithm;
+use crate::net::Clock as _;
+use crate::server::{JwtSettings, Running, Settings, StartError};
+
+/// The kit's RS256 test key: the server verifies RS256 (SPEC AUTH-1's MUST).
+const RS256_KEY: &str = include_str!("../tests/fixtures/keys/rs256-test.pem");
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuiltInError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+}
+
+/// The reference server on its own runtime, for as long as this lives.
+pub struct BuiltIn {
+    runtime: tokio::runtime::Runtime,
+    running: Option<Running>,
+    data_dir: PathBuf,
+    limits: Config,
+}
+
+impl BuiltIn {
+    /// The limits the built-in server runs with: SPEC's defaults but for
+    /// timers short enough for real time and a queue limit one can reach.
+    pub fn limits() -> Config {
+        Config {
+            ping_interval_ms: 1_000,
+            auth_deadline_ms: 2_000,
+            queue_max_items: 20,
+            ..Config::default()
+        }
+    }
+
+    pub fn start() -> Result<BuiltIn, BuiltInError> {
+        let limits = Self::limits();
+        let data_dir = std::env::temp_dir().join(format!(
+            "bimip-conform-server-{}-{}",
+            std::process::id(),
+            crate::net::SystemClock.now_ms()
+        ));
+        let io = |what: String| move |source| BuiltInError::Io { what, source };
+        std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        let key = data_dir.join("rs256.pem");
+        std::fs::write(&key, RS256_KEY).map_err(io(format!("writing {}", key.display())))?;
+        let settings = Settings {
+            ws: Some(([127, 0, 0, 1], 0).into()),
+            tcp: Some(([127, 0, 0, 1], 0).into()),
+            admin: None,
+            data_dir: data_dir.clone(),
+            jwt: Some(JwtSettings {
+                alg: "RS256".into(),
+                key: key.clone(),
+                signing_key: Some(key),
+                issuer: None,
+                audience: None,
+            }),
+            tls: None,
+            limits: limits.clone(),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(io("starting a runtime".into()))?;
+        let running = runtime.block_on(settings.start())?;
+        Ok(BuiltIn {
+            runtime,
+            running: Some(running),
+            data_dir,
+            limits,
+        })
+    }
+
+    /// The target the network driver checks, with tokens the suite mints.
+    pub fn target(&self) -> Result<NetworkTarget, BuiltInError> {
+        let missing = |what: &str| BuiltInError::Io {
+            what: what.to_string(),
+            source: std::io::Error::other("no listener"),
+        };
+        let net = &self.running.as_ref().ok_or_else(|| missing("the server"))?.net;
+        let ws = net.ws_addr().ok_or_else(|| missing("the WebSocket listener"))?;
+        let tcp = net.tcp_addr().ok_or_else(|| missing("the TCP listener"))?;
+        let signer = crate::keys::load_signer(Algorithm::Rs256, &self.data_dir.join("rs256.pem"))?;
+        let ms = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        Ok(NetworkTarget {
+            ws: Some(format!("ws://{ws}/ws")),
+            tcp: Some(format!("tcp://{tcp}")),
+            credentials: Credentials::Key(Arc::new(signer)),
+            info: TargetInfo {
+                ping_interval: ms(self.limits.ping_interval_ms),
+                auth_deadline: ms(self.limits.auth_deadline_ms),
+                queue_max_items: Some(self.limits.queue_max_items),
+                quiet: Duration::from_millis(200),
+                clock_tolerance_ms: 2_000,
+                timer_tolerance_ms: 250,
+                ..TargetInfo::default()
+            },
+            insecure: false,
+        })
+    }
+}
+
+impl Drop for BuiltIn {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), running.shutdown()).await });
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

@@ -1,0 +1,28 @@
+//! The conformance suite (issue 7): Gherkin features for every flow of
+//! SPEC.md (`features/`), step definitions written once against a [`Driver`]
+//! (`steps/`), two drivers (simulation and network), and a runner that turns
+//! cucumber's events into per-case verdicts and reports.
+//!
+//! - [`driver`]: the synchronous `Driver` seam, connect specs, tokens, transcripts.
+//! - [`sim`]: the reference server and clients as turmoil hosts, simulated time.
+//! - [`network`]: real connections to any target; [`builtin`]: the reference
+//!   server on loopback for network runs.
+//! - [`world`]: the cucumber World of one case.
+//! - [`steps`]: the step vocabulary, per SPEC area.
+//! - [`spec`]: the requirement index, the embedded features, coverage.
+//! - [`runner`], [`report`]: running, verdicts, terminal tree, JUnit, JSON.
+//!
+//! [`Driver`]: driver::Driver
+
+pub mod builtin;
+pub mod driver;
+pub mod network;
+pub mod report;
+pub mod runner;
+pub mod sim;
+pub mod spec;
+pub mod steps;
+pub mod world;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! The network driver: real TCP and WebSocket connections (with or without
+//! TLS) to any target, on the driver's own tokio runtime. Time is real: a
+//! wait sleeps, an expectation blocks until its event or its timeout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::driver::{
+    Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
+    Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome,
+    run_connection,
+};
+use crate::client::{ClientOptions, Event};
+use crate::core::Millis;
+use crate::core::auth::Algorithm;
+use crate::net::{Clock, SystemClock};
+
+/// Where and how the suite reaches a server.
+#[derive(Clone, Debug)]
+pub struct NetworkTarget {
+    /// `ws://host:port/path` or `wss://...`.
+    pub ws: Option<String>,
+    /// `tcp://host:port` or `tls://host:port`.
+    pub tcp: Option<String>,
+    pub credentials: Credentials,
+    pub info: TargetInfo,
+    /// Accept any TLS certificate.
+    pub insecure: bool,
+}
+
+/// Makes one [`NetworkDriver`] per case, all on one runtime.
+pub struct NetworkFactory {
+    target: Arc<NetworkTarget>,
+    runtime: Arc<tokio::runtime::Runtime>,
+    /// Keeps the EIDs of this run apart from earlier runs on the same server.
+    run_id: String,
+}
+
+impl NetworkFactory {
+    pub fn new(target: NetworkTarget) -> std::io::Result<NetworkFactory> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let run_id = format!("{:x}", SystemClock.now_ms() % 0xff_ffff_ffff);
+        Ok(NetworkFactory {
+            target: Arc::new(target),
+            runtime: Arc::new(runtime),
+            run_id,
+        })
+    }
+}
+
+impl DriverFactory for NetworkFactory {
+    fn make(&self, _case: u64) -> Result<Box<dyn Driver>, String> {
+        Ok(Box::new(NetworkDriver {
+            runtime: Arc::clone(&self.runtime),
+            target: Arc::clone(&self.target),
+            conns: BTreeMap::new(),
+            transcript: Transcript::default(),
+            start: Instant::now(),
+        }))
+    }
+
+    fn eid_suffix(&self, case: u64) -> String {
+        format!(".{}.{case}", self.run_id)
+    }
+}
+
+/// The network driver. See the module docs.
+pub struct NetworkDriver {
+    runtime: Arc<tokio::runtime::Runtime>,
+    target: Arc<NetworkTarget>,
+    conns: BTreeMap<String, ConnHandle>,
+    transcript: Transcript,
+    start: Instant,
+}
+
+/// host and port of a ws://, wss://, tcp:// or tls:// URL.
+fn host_port(url: &str) -> Result<(String, u16), String> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+    let default = match uri.scheme_str() {
+        Some("ws") => Some(80),
+        Some("wss") => Some(443),
+        _ => None,
+    };
+    let port = uri.port_u16().or(default).ok_or_else(|| format!("{url}: no port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+impl NetworkDriver {
+    fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
+        let at = self.elapsed_ms();
+        let conn = self
+            .conns
+            .get_mut(name)
+            .ok_or_else(|| DriverError::NoSuchConnection(name.to_string()))?;
+        match &command {
+            Command::Stanza(bytes) => self.transcript.sent(at, name, bytes),
+            Command::Wire(bytes) => self.transcript.note(
+                at,
+                name,
+                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
+            ),
+            Command::Text(text) => self.transcript.note(at, name, format!("sent text message {text:?}")),
+            Command::Close => self.transcript.note(at, name, "client closes"),
+        }
+        let _ = conn.commands.send(command);
+        Ok(())
+    }
+
+    /// Blocks until `name` has an event or `until` passes.
+    fn pump(&mut self, name: &str, until: Instant) {
+        let Some(conn) = self.conns.get_mut(name) else {
+            return;
+        };
+        conn.drain(name, &mut self.transcript);
+        if !conn.events.is_empty() || conn.ended {
+            return;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        match conn.reports.recv_timeout(until - now) {
+            Ok(Report::Event(at, event)) => {
+                self.transcript.received(at, name, &event);
+                if matches!(event, Event::Closed { .. }) {
+                    conn.ended = true;
+                }
+                conn.events.push_back(event);
+                conn.drain(name, &mut self.transcript);
+            }
+            Ok(Report::Connected(_)) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => conn.ended = true,
+        }
+    }
+}
+
+impl Driver for NetworkDriver {
+    fn kind(&self) -> &'static str {
+        "network"
+    }
+
+    fn info(&self) -> &TargetInfo {
+        &self.target.info
+    }
+
+    fn configure(&mut self, tweak: ServerTweak) -> Result<(), Skip> {
+        match tweak {
+            ServerTweak::Rs256 if self.target.credentials.algorithm() == Some(Algorithm::Rs256) => Ok(()),
+            ServerTweak::Rs256 => Err(Skip(
+                "needs a target that verifies RS256 tokens and --jwt-key with its RSA key (--jwt-alg RS256)".into(),
+            )),
+            ServerTweak::NoSigningKey => Err(Skip(
+                "needs a server without a token signing key; run it in simulation".into(),
+            )),
+        }
+    }
+
+    fn token(&mut self, eid: &str, device: &str, kind: &TokenKind) -> Result<String, Skip> {
+        self.target.credentials.token(eid, device, kind, self.now_ms())
+    }
+
+    fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {
+        let url = match spec.transport {
+            TransportKind::Ws => self.target.ws.clone(),
+            TransportKind::Tcp => self.target.tcp.clone(),
+        }
+        .ok_or_else(|| Skip(format!("no {} target was given", spec.transport)))?;
+        let token = self.token(&spec.eid, &spec.device, &spec.token)?;
+        let (host, port) = host_port(&url).map_err(DriverError::Other)?;
+        let (mut handle, commands, reports) = ConnHandle::new();
+        let start = self.start;
+        let stamp: Stamp = Arc::new(move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let timeout = self.target.info.timeout;
+        let options = ClientOptions {
+            timeout,
+            insecure_skip_verify: self.target.insecure,
+            ..ClientOptions::default()
+        };
+        let at = self.elapsed_ms();
+        self.transcript.note(
+            at,
+            name,
+            format!(
+                "connecting to {url} as {}/{} with {}",
+                spec.eid,
+                spec.device,
+                spec.token.describe()
+            ),
+        );
+        let spec = spec.clone();
+        let dial_reports = reports.clone();
+        self.runtime.spawn(async move {
+            let dial = tokio::net::TcpStream::connect((host.as_str(), port));
+            match tokio::time::timeout(timeout, dial).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let task = ConnTask {
+                        url,
+                        spec,
+                        token,
+                        options,
+                        commands,
+                        reports,
+                        stamp,
+                    };
+                    run_connection(stream, task).await;
+                }
+                Ok(Err(error)) => {
+                    let _ = dial_reports.send(Report::Connected(Err(error.to_string())));
+                }
+                Err(_) => {
+                    let _ = dial_reports.send(Report::Connected(Err("dialing timed out".into())));
+                }
+            }
+        });
+        let deadline = timeout * 3;
+        let outcome = match handle.reports.recv_timeout(deadline) {
+            Ok(Report::Connected(outcome)) => outcome,
+            Ok(Report::Event(..)) => Err("an event before the connect outcome".to_string()),
+            Err(_) => Err("no outcome in time".to_string()),
+        };
+        let at = self.elapsed_ms();
+        match outcome {
+            Ok(outcome) => {
+                self.transcript.note(at, name, describe_outcome(&outcome));
+                handle.drain(name, &mut self.transcript);
+                self.conns.insert(name.to_string(), handle);
+                Ok(outcome)
+            }
+            Err(error) => {
+                self.transcript.note(at, name, format!("connect failed: {error}"));
+                Err(DriverError::Connect {
+                    name: name.to_string(),
+                    error,
+                })
+            }
+        }
+    }
+
+    fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
+        self.command(name, Command::Stanza(bytes))
+    }
+
+    fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
+        self.command(name, Command::Wire(bytes))
+    }
+
+    fn send_text(&mut self, name: &str, text: &str) -> Result<(), DriverError> {
+        self.command(name, Command::Text(text.to_string()))
+    }
+
+    fn next(&mut self, name: &str, within: Duration) -> Option<Event> {
+        let until = Instant::now() + within;
+        loop {
+            let conn = self.conns.get_mut(name)?;
+            if let Some(event) = conn.events.pop_front() {
+                return Some(event);
+            }
+            if conn.ended || Instant::now() >= until {
+                return None;
+            }
+            self.pump(name, until);
+        }
+    }
+
+    fn wait(&mut self, duration: Duration) {
+        std::thread::sleep(duration);
+        let names: Vec<String> = self.conns.keys().cloned().collect();
+        for name in names {
+            if let Some(conn) = self.conns.get_mut(&name) {
+                conn.drain(&name, &mut self.transcript);
+            }
+        }
+    }
+
+    fn close(&mut self, name: &str) {
+        if self.command(name, Command::Close).is_err() {
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until && self.conns.get(name).is_some_and(|c| !c.ended) {
+            self.pump(name, until);
+            if let Some(conn) = self.conns.get_mut(name) {
+                // Keep the events for the steps; only watch for the end.
+                if conn.events.iter().any(|e| matches!(e, Event::Closed { .. })) {
+                    conn.ended = true;
+                }
+            }
+        }
+    }
+
+    fn now_ms(&self) -> Millis {
+        SystemClock.now_ms()
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn transcript(&self) -> &Transcript {
+        &self.transcript
+    }
+}

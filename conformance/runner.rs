@@ -1,0 +1,408 @@
+//! Runs selected cases with cucumber against a driver factory and turns
+//! cucumber's event stream into a [`Report`].
+//!
+//! Cucumber runs on the calling thread under `futures::executor::block_on`
+//! (never inside a tokio runtime: the simulation steps tokio runtimes of its
+//! own), one scenario at a time. A custom [`cucumber::Writer`] collects each
+//! scenario's steps; the failing step hands over the World, whose transcript
+//! goes into the report.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+use std::time::Instant;
+
+use cucumber::event::{self, Cucumber as CucumberEvent, RetryableScenario};
+use cucumber::gherkin::tagexpr::TagOperation;
+use cucumber::tag::Ext as _;
+use cucumber::{Event, Writer, WriterExt as _, cli, parser, runner};
+
+use super::report::{CaseResult, Outcome, Report, verdict};
+use super::spec::{self, area_of};
+use super::steps;
+use super::world::{CaseWorld, SKIP_PREFIX, SharedFactory, set_factory};
+
+/// What to run and how to judge it.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// A cucumber tag expression, e.g. `@must and not @slow`.
+    pub tags: Option<String>,
+    /// Cases matching this tag expression are left out.
+    pub exclude: Option<String>,
+    /// Only cases tagged with one of these requirement IDs.
+    pub requirements: Vec<String>,
+    /// Only cases whose name contains one of these.
+    pub names: Vec<String>,
+    /// SHOULD/MAY failures fail the run.
+    pub strict: bool,
+    /// Scenario names, `file:line` or requirement IDs expected to fail.
+    pub expected_failures: Vec<String>,
+    /// Print a progress line to stderr.
+    pub progress: bool,
+    /// Described in the report ("ws://..., tcp://...").
+    pub target: String,
+    /// Threads running cases side by side (network only: each case has its
+    /// own users, so cases do not disturb each other). 0 or 1: one.
+    pub jobs: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid tag expression {expr:?}: {reason}")]
+    Tags { expr: String, reason: String },
+    #[error("writing the feature files: {0}")]
+    Features(std::io::Error),
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// A compiled case filter.
+pub struct Filter {
+    tags: Option<TagOperation>,
+    exclude: Option<TagOperation>,
+    requirements: Vec<String>,
+    names: Vec<String>,
+}
+
+fn parse_tags(expr: &Option<String>) -> Result<Option<TagOperation>, RunError> {
+    expr.as_deref()
+        .map(|e| {
+            e.parse::<TagOperation>().map_err(|err| RunError::Tags {
+                expr: e.to_string(),
+                reason: err.to_string(),
+            })
+        })
+        .transpose()
+}
+
+impl Filter {
+    pub fn new(options: &RunOptions) -> Result<Filter, RunError> {
+        Ok(Filter {
+            tags: parse_tags(&options.tags)?,
+            exclude: parse_tags(&options.exclude)?,
+            requirements: options.requirements.clone(),
+            names: options.names.clone(),
+        })
+    }
+
+    /// Whether a case with these tags (no '@') and name is selected.
+    pub fn selects(&self, tags: &[String], name: &str) -> bool {
+        let by_tags = self.tags.as_ref().is_none_or(|t| t.eval(tags.iter()));
+        let excluded = self.exclude.as_ref().is_some_and(|t| t.eval(tags.iter()));
+        let by_req = self.requirements.is_empty() || self.requirements.iter().any(|r| tags.contains(r));
+        let by_name = self.names.is_empty() || self.names.iter().any(|n| name.contains(n.as_str()));
+        by_tags && !excluded && by_req && by_name
+    }
+}
+
+/// The cases the options select, without running them (`--list`).
+pub fn list(options: &RunOptions) -> Result<Vec<spec::Case>, RunError> {
+    let filter = Filter::new(options)?;
+    Ok(spec::cases()
+        .map_err(RunError::Parse)?
+        .into_iter()
+        .filter(|c| filter.selects(&c.tags, &c.name))
+        .collect())
+}
+
+/// What the writer learns about one scenario.
+#[derive(Default)]
+struct Collected {
+    cases: Vec<CaseResult>,
+    parse_errors: Vec<String>,
+    /// The case each worker thread is running.
+    current: HashMap<ThreadId, (CaseResult, Instant)>,
+    done: usize,
+    total: usize,
+    progress: bool,
+}
+
+/// A cucumber writer that fills [`Collected`].
+struct Collector(Arc<Mutex<Collected>>);
+
+fn panic_text(info: &event::Info) -> String {
+    if let Some(s) = info.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = info.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "a step panicked with a non-text payload".to_string()
+    }
+}
+
+impl Collected {
+    fn start(&mut self, feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin::Scenario) {
+        let file = feature
+            .path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (section, area) = area_of(&file);
+        let mut tags = feature.tags.clone();
+        tags.extend(scenario.tags.iter().cloned());
+        let case = CaseResult {
+            file,
+            section: section.to_string(),
+            area: area.to_string(),
+            name: scenario.name.clone(),
+            line: scenario.position.line,
+            tags,
+            outcome: Outcome::Passed,
+            unimplemented: false,
+            duration_ms: 0,
+            verdict: super::report::Verdict::Pass,
+            transcript: None,
+        };
+        self.current.insert(std::thread::current().id(), (case, Instant::now()));
+    }
+
+    fn step_failed(&mut self, step: &cucumber::gherkin::Step, world: Option<&CaseWorld>, message: String) {
+        let Some((case, _)) = self.current.get_mut(&std::thread::current().id()) else {
+            return;
+        };
+        if case.outcome != Outcome::Passed {
+            return;
+        }
+        case.outcome = match message.strip_prefix(SKIP_PREFIX) {
+            Some(reason) => Outcome::Skipped {
+                reason: reason.to_string(),
+            },
+            None => Outcome::Failed {
+                step: format!("{} {}", step.keyword.trim(), step.value),
+                message,
+            },
+        };
+        if let Some(world) = world {
+            let transcript = world.driver.transcript().clone();
+            case.unimplemented = transcript.saw_unimplemented_route();
+            case.transcript = Some(transcript);
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some((mut case, started)) = self.current.remove(&std::thread::current().id()) else {
+            return;
+        };
+        case.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.done += 1;
+        if self.progress {
+            let label = match &case.outcome {
+                Outcome::Passed => "ok",
+                Outcome::Failed { .. } => "FAILED",
+                Outcome::Skipped { .. } => "skipped",
+            };
+            eprint!(
+                "\r\x1b[2K[{}/{}] §{} {}: {} ... {label}",
+                self.done, self.total, case.section, case.area, case.name
+            );
+        }
+        self.cases.push(case);
+    }
+}
+
+impl Writer<CaseWorld> for Collector {
+    type Cli = cli::Empty;
+
+    async fn handle_event(&mut self, event: parser::Result<Event<CucumberEvent<CaseWorld>>>, _: &Self::Cli) {
+        let mut c = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let event = match event {
+            Ok(event) => event.into_inner(),
+            Err(error) => {
+                c.parse_errors.push(error.to_string());
+                return;
+            }
+        };
+        let CucumberEvent::Feature(feature, feature_event) = event else {
+            return;
+        };
+        let (scenario, RetryableScenario { event, .. }) = match feature_event {
+            event::Feature::Scenario(scenario, event) => (scenario, event),
+            event::Feature::Rule(_, event::Rule::Scenario(scenario, event)) => (scenario, event),
+            _ => return,
+        };
+        match event {
+            event::Scenario::Started => c.start(&feature, &scenario),
+            event::Scenario::Step(step, step_event) | event::Scenario::Background(step, step_event) => match step_event
+            {
+                event::Step::Failed(_, _, world, error) => {
+                    let message = match error {
+                        event::StepError::Panic(info) => panic_text(&info),
+                        other => other.to_string(),
+                    };
+                    c.step_failed(&step, world.as_deref(), message);
+                }
+                event::Step::Skipped => {
+                    c.step_failed(&step, None, "no step definition matches this step".to_string());
+                }
+                _ => {}
+            },
+            event::Scenario::Hook(_, event::Hook::Failed(world, info)) => {
+                let step = cucumber::gherkin::Step {
+                    keyword: "Hook".into(),
+                    ty: cucumber::gherkin::StepType::Given,
+                    value: "before/after".into(),
+                    docstring: None,
+                    table: None,
+                    span: Default::default(),
+                    position: Default::default(),
+                };
+                c.step_failed(&step, world.as_deref(), panic_text(&info));
+            }
+            event::Scenario::Finished => c.finish(),
+            _ => {}
+        }
+    }
+}
+
+impl cucumber::writer::NonTransforming for Collector {}
+
+thread_local! {
+    static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays silent on threads running cases:
+/// step failures are panics, and the report shows them.
+fn quiet_step_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Which worker runs a case: a hash of where it is, so every worker's
+/// partition is the same whatever order the features are read in.
+fn worker_of(feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin::Scenario, jobs: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    feature
+        .path
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|f| f.to_string_lossy().into_owned())
+        .hash(&mut hasher);
+    scenario.position.line.hash(&mut hasher);
+    scenario.name.hash(&mut hasher);
+    usize::try_from(hasher.finish() % u64::try_from(jobs.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// One worker: its share of the selected cases, on this thread.
+fn run_worker(
+    options: &RunOptions,
+    factory: SharedFactory,
+    collected: &Arc<Mutex<Collected>>,
+    worker: usize,
+    jobs: usize,
+) -> Result<(), RunError> {
+    let filter = Filter::new(options)?;
+    let dir = std::env::temp_dir().join(format!(
+        "bimip-conform-features-{}-{:?}-{worker}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let dir_name: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "/-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = PathBuf::from(dir_name);
+    let features: PathBuf = spec::write_features(&dir).map_err(RunError::Features)?;
+    let writer = Collector(Arc::clone(collected)).normalized();
+    let cucumber = cucumber::Cucumber::<CaseWorld, _, PathBuf, _, _, cli::Empty>::custom(
+        parser::Basic::new(),
+        runner::Basic::default(),
+        writer,
+    )
+    .steps(steps::collection())
+    .max_concurrent_scenarios(1)
+    .with_cli(cli::Opts::<_, _, _, cli::Empty>::default());
+    quiet_step_panics();
+    set_factory(Some(factory), u64::try_from(worker).unwrap_or(0));
+    QUIET_PANICS.with(|q| q.set(true));
+    let run = cucumber.filter_run(features, move |feature, rule, scenario| {
+        let mut tags = feature.tags.clone();
+        if let Some(rule) = rule {
+            tags.extend(rule.tags.iter().cloned());
+        }
+        tags.extend(scenario.tags.iter().cloned());
+        filter.selects(&tags, &scenario.name) && worker_of(feature, scenario, jobs) == worker
+    });
+    futures::executor::block_on(run);
+    QUIET_PANICS.with(|q| q.set(false));
+    set_factory(None, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs the selected cases against drivers from `factory`.
+pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<Report, RunError> {
+    let total = list(options)?.len();
+    let collected = Arc::new(Mutex::new(Collected {
+        total,
+        progress: options.progress,
+        ..Collected::default()
+    }));
+    let started = Instant::now();
+    let jobs = options.jobs.max(1);
+    if jobs == 1 {
+        run_worker(options, factory, &collected, 0, 1)?;
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..jobs)
+                .map(|worker| {
+                    let factory = Arc::clone(&factory);
+                    let collected = &collected;
+                    std::thread::Builder::new()
+                        .name(format!("conform-{worker}"))
+                        .spawn_scoped(scope, move || run_worker(options, factory, collected, worker, jobs))
+                })
+                .collect();
+            for handle in handles {
+                match handle {
+                    Ok(handle) => match handle.join() {
+                        Ok(result) => result?,
+                        Err(_) => return Err(RunError::Parse("a worker thread panicked".into())),
+                    },
+                    Err(e) => return Err(RunError::Features(e)),
+                }
+            }
+            Ok(())
+        })?;
+    }
+    if options.progress {
+        eprintln!();
+    }
+    let mut collected = collected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cases = std::mem::take(&mut collected.cases);
+    for case in &mut cases {
+        case.verdict = verdict(case, options.strict, &options.expected_failures);
+        if case.verdict == super::report::Verdict::Pass {
+            case.transcript = None;
+        }
+    }
+    cases.sort_by(|a, b| {
+        let key = |c: &CaseResult| (area_of(&c.file).0.parse::<u32>().unwrap_or(99), c.line, c.name.clone());
+        key(a).cmp(&key(b))
+    });
+    Ok(Report {
+        driver: kind.to_string(),
+        target: options.target.clone(),
+        strict: options.strict,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        cases,
+        parse_errors: std::mem::take(&mut collected.parse_errors),
+    })
+}

@@ -1,0 +1,371 @@
+//! The simulation driver: the reference server and every client connection
+//! as turmoil hosts, seeded, in simulated time. Waiting costs no wall time
+//! beyond the simulation's steps, so the timeout rules run with SPEC's
+//! default timers.
+//!
+//! The server host is the real stack (the sans-IO engine behind the network
+//! adapters, [`ServerHandle`] with turmoil listeners, [`SimClock`]); each
+//! connection is a turmoil client host running the reference client through
+//! [`run_connection`]. The steps talk to the hosts over channels, and
+//! [`Driver::next`] steps the simulation until an event arrives or the
+//! simulated deadline passes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{DecodingKey, EncodingKey};
+
+use super::driver::{
+    Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
+    ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome, run_connection,
+};
+use crate::client::{ClientOptions, Event};
+use crate::core::auth::{Algorithm, Signer, Verifier};
+use crate::core::{Config, Engine, MemoryRevocations, Millis};
+use crate::net::{ServerHandle, ServerOptions, SimClock};
+
+/// The simulated Unix time at the start of every case, ms (2026-01-01).
+pub const BASE_MS: Millis = 1_767_225_600_000;
+const SECRET: &[u8] = b"bimip-conformance-simulation-hs256-secret";
+const RS256_PRIVATE: &str = include_str!("../tests/fixtures/keys/rs256-test.pem");
+const RS256_PUBLIC: &str = include_str!("../tests/fixtures/keys/rs256-test.pkcs1.pub.pem");
+const TCP_PORT: u16 = 7000;
+const WS_PORT: u16 = 7001;
+
+/// How the simulation is set up.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Simulated time per step.
+    pub tick: Duration,
+    /// The reference server's limits and timers.
+    pub config: Config,
+    pub info: TargetInfo,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            seed: 7,
+            tick: Duration::from_millis(1),
+            config: Config {
+                // Reachable in simulation; the rule (QUE-10) is the same at any limit.
+                queue_max_items: 20,
+                ..Config::default()
+            },
+            info: TargetInfo {
+                queue_max_items: Some(20),
+                timeout: Duration::from_secs(5),
+                quiet: Duration::from_millis(500),
+                clock_tolerance_ms: 1_000,
+                timer_tolerance_ms: 50,
+                ..TargetInfo::default()
+            },
+        }
+    }
+}
+
+/// Makes one [`SimDriver`] per case.
+#[derive(Clone, Debug, Default)]
+pub struct SimFactory {
+    pub options: SimOptions,
+}
+
+impl DriverFactory for SimFactory {
+    fn make(&self, case: u64) -> Result<Box<dyn Driver>, String> {
+        let mut options = self.options.clone();
+        options.seed = options.seed.wrapping_add(case);
+        Ok(Box::new(SimDriver::new(options)))
+    }
+
+    fn eid_suffix(&self, _case: u64) -> String {
+        String::new()
+    }
+}
+
+/// The server's keys in a simulation.
+#[derive(Clone)]
+struct Keys {
+    verifier: Verifier,
+    signer: Signer,
+    server_signs: bool,
+}
+
+impl Keys {
+    fn hs256() -> Keys {
+        Keys {
+            verifier: Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET)),
+            signer: Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET)),
+            server_signs: true,
+        }
+    }
+
+    fn rs256() -> Result<Keys, Skip> {
+        let bad = |e: jsonwebtoken::errors::Error| Skip(format!("the RS256 test key: {e}"));
+        Ok(Keys {
+            verifier: Verifier::new(
+                Algorithm::Rs256,
+                DecodingKey::from_rsa_pem(RS256_PUBLIC.as_bytes()).map_err(bad)?,
+            ),
+            signer: Signer::new(
+                Algorithm::Rs256,
+                EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).map_err(bad)?,
+            ),
+            server_signs: true,
+        })
+    }
+}
+
+/// The simulation driver. See the module docs.
+pub struct SimDriver {
+    sim: turmoil::Sim<'static>,
+    options: SimOptions,
+    keys: Keys,
+    started: bool,
+    conns: BTreeMap<String, ConnHandle>,
+    transcript: Transcript,
+    hosts: u64,
+}
+
+impl SimDriver {
+    pub fn new(options: SimOptions) -> SimDriver {
+        let sim = turmoil::Builder::new()
+            .rng_seed(options.seed)
+            .tick_duration(options.tick)
+            .min_message_latency(Duration::from_millis(1))
+            .max_message_latency(Duration::from_millis(2))
+            .simulation_duration(Duration::from_secs(30 * 24 * 3600))
+            .build();
+        SimDriver {
+            sim,
+            options,
+            keys: Keys::hs256(),
+            started: false,
+            conns: BTreeMap::new(),
+            transcript: Transcript::default(),
+            hosts: 0,
+        }
+    }
+
+    fn ensure_server(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let config = self.options.config.clone();
+        let verifier = self.keys.verifier.clone();
+        let signer = self.keys.server_signs.then(|| self.keys.signer.clone());
+        self.sim.host("server", move || {
+            let config = config.clone();
+            let verifier = verifier.clone();
+            let signer = signer.clone();
+            async move {
+                let engine = Engine::new(config, verifier, signer, Box::new(MemoryRevocations::default()));
+                let clock = Arc::new(SimClock::new(BASE_MS));
+                let mut server = ServerHandle::start(engine, clock, ServerOptions::default());
+                server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", TCP_PORT)).await?)?;
+                server.listen_ws(turmoil::net::TcpListener::bind(("0.0.0.0", WS_PORT)).await?)?;
+                server.stopped().await;
+                Ok(())
+            }
+        });
+    }
+
+    /// One simulation step, then every report moved to its connection.
+    fn step(&mut self) {
+        if let Err(error) = self.sim.step() {
+            panic!("the simulation failed: {error}");
+        }
+        for (name, conn) in &mut self.conns {
+            conn.drain(name, &mut self.transcript);
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
+        let at = self.elapsed_ms();
+        let conn = self
+            .conns
+            .get_mut(name)
+            .ok_or_else(|| DriverError::NoSuchConnection(name.to_string()))?;
+        match &command {
+            Command::Stanza(bytes) => self.transcript.sent(at, name, bytes),
+            Command::Wire(bytes) => self.transcript.note(
+                at,
+                name,
+                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
+            ),
+            Command::Text(text) => self.transcript.note(at, name, format!("sent text message {text:?}")),
+            Command::Close => self.transcript.note(at, name, "client closes"),
+        }
+        // A connection that has ended drops the command, as a socket would.
+        let _ = conn.commands.send(command);
+        Ok(())
+    }
+}
+
+impl Driver for SimDriver {
+    fn kind(&self) -> &'static str {
+        "simulation"
+    }
+
+    fn info(&self) -> &TargetInfo {
+        &self.options.info
+    }
+
+    fn configure(&mut self, tweak: ServerTweak) -> Result<(), Skip> {
+        if self.started {
+            return Err(Skip(
+                "server settings must be changed before the first connection".into(),
+            ));
+        }
+        match tweak {
+            ServerTweak::Rs256 => self.keys = Keys::rs256()?,
+            ServerTweak::NoSigningKey => self.keys.server_signs = false,
+        }
+        Ok(())
+    }
+
+    fn token(&mut self, eid: &str, device: &str, kind: &TokenKind) -> Result<String, Skip> {
+        Credentials::Key(Arc::new(self.keys.signer.clone())).token(eid, device, kind, self.now_ms())
+    }
+
+    fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {
+        self.ensure_server();
+        let token = self.token(&spec.eid, &spec.device, &spec.token)?;
+        let (mut handle, commands, reports) = ConnHandle::new();
+        self.hosts += 1;
+        let host = format!("client{}", self.hosts);
+        let (port, url) = match spec.transport {
+            TransportKind::Ws => (WS_PORT, format!("ws://server:{WS_PORT}/ws")),
+            TransportKind::Tcp => (TCP_PORT, format!("tcp://server:{TCP_PORT}")),
+        };
+        let timeout = self.options.info.timeout;
+        let spec_for_host = spec.clone();
+        let token_for_host = token.clone();
+        self.sim.client(host, async move {
+            let stamp: Stamp =
+                Arc::new(|| turmoil::sim_elapsed().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+            let base = BASE_MS + i64::try_from(stamp()).unwrap_or(0);
+            let options = ClientOptions {
+                timeout,
+                clock: Arc::new(SimClock::new(base)),
+                ..ClientOptions::default()
+            };
+            match turmoil::net::TcpStream::connect(("server", port)).await {
+                Ok(stream) => {
+                    let task = ConnTask {
+                        url,
+                        spec: spec_for_host,
+                        token: token_for_host,
+                        options,
+                        commands,
+                        reports,
+                        stamp,
+                    };
+                    run_connection(stream, task).await;
+                }
+                Err(error) => {
+                    let _ = reports.send(super::driver::Report::Connected(Err(error.to_string())));
+                }
+            }
+            Ok(())
+        });
+        let at = self.elapsed_ms();
+        self.transcript.note(
+            at,
+            name,
+            format!(
+                "connecting over {} as {}/{} with {}",
+                spec.transport,
+                spec.eid,
+                spec.device,
+                spec.token.describe()
+            ),
+        );
+        let deadline = self.elapsed() + timeout * 2;
+        let outcome = loop {
+            self.step();
+            if let Some(outcome) = handle.drain(name, &mut self.transcript) {
+                break outcome;
+            }
+            if self.elapsed() > deadline {
+                break Err("no outcome in time".to_string());
+            }
+        };
+        let at = self.elapsed_ms();
+        match outcome {
+            Ok(outcome) => {
+                self.transcript.note(at, name, describe_outcome(&outcome));
+                self.conns.insert(name.to_string(), handle);
+                Ok(outcome)
+            }
+            Err(error) => {
+                self.transcript.note(at, name, format!("connect failed: {error}"));
+                Err(DriverError::Connect {
+                    name: name.to_string(),
+                    error,
+                })
+            }
+        }
+    }
+
+    fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
+        self.command(name, Command::Stanza(bytes))
+    }
+
+    fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
+        self.command(name, Command::Wire(bytes))
+    }
+
+    fn send_text(&mut self, name: &str, text: &str) -> Result<(), DriverError> {
+        self.command(name, Command::Text(text.to_string()))
+    }
+
+    fn next(&mut self, name: &str, within: Duration) -> Option<Event> {
+        let deadline = self.elapsed() + within;
+        loop {
+            let conn = self.conns.get_mut(name)?;
+            if let Some(event) = conn.events.pop_front() {
+                return Some(event);
+            }
+            if conn.ended || self.elapsed() >= deadline {
+                return None;
+            }
+            self.step();
+        }
+    }
+
+    fn wait(&mut self, duration: Duration) {
+        let deadline = self.elapsed() + duration;
+        while self.elapsed() < deadline {
+            self.step();
+        }
+    }
+
+    fn close(&mut self, name: &str) {
+        if self.command(name, Command::Close).is_err() {
+            return;
+        }
+        let deadline = self.elapsed() + Duration::from_secs(5);
+        while self.elapsed() < deadline && self.conns.get(name).is_some_and(|c| !c.ended) {
+            self.step();
+        }
+    }
+
+    fn now_ms(&self) -> Millis {
+        BASE_MS + i64::try_from(self.elapsed().as_millis()).unwrap_or(0)
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn transcript(&self) -> &Transcript {
+        &self.transcript
+    }
+}

@@ -1,0 +1,261 @@
+//! What the suite knows about SPEC.md and the feature files: the requirement
+//! index (ID, level, area), the feature files (embedded, so `bimip-conform`
+//! runs anywhere), each scenario's tags, and the coverage of MUST IDs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use cucumber::codegen::Regex;
+
+/// SPEC.md as this build knows it.
+pub const SPEC: &str = include_str!("../SPEC.md");
+
+/// Requirement IDs that no scenario covers, with the reason (one per line:
+/// `ID reason`; `#` starts a comment).
+pub const UNCOVERED: &str = include_str!("uncovered.txt");
+
+/// The feature files, in SPEC section order: (file name, section, title, text).
+pub const FEATURES: &[(&str, &str, &str, &str)] = &[
+    (
+        "transport.feature",
+        "2",
+        "Transports",
+        include_str!("../features/transport.feature"),
+    ),
+    (
+        "auth.feature",
+        "3",
+        "Authentication",
+        include_str!("../features/auth.feature"),
+    ),
+    (
+        "envelope.feature",
+        "4",
+        "Envelope",
+        include_str!("../features/envelope.feature"),
+    ),
+    (
+        "error.feature",
+        "5",
+        "Errors",
+        include_str!("../features/error.feature"),
+    ),
+    (
+        "session.feature",
+        "6",
+        "Sessions",
+        include_str!("../features/session.feature"),
+    ),
+    (
+        "pingpong.feature",
+        "7",
+        "PingPong",
+        include_str!("../features/pingpong.feature"),
+    ),
+    (
+        "token.feature",
+        "8",
+        "Token Control",
+        include_str!("../features/token.feature"),
+    ),
+    (
+        "logout.feature",
+        "9",
+        "Logout",
+        include_str!("../features/logout.feature"),
+    ),
+    (
+        "awareness.feature",
+        "10",
+        "Awareness",
+        include_str!("../features/awareness.feature"),
+    ),
+    (
+        "subscriber.feature",
+        "11",
+        "Subscribers",
+        include_str!("../features/subscriber.feature"),
+    ),
+    (
+        "block.feature",
+        "12",
+        "Blocking",
+        include_str!("../features/block.feature"),
+    ),
+    (
+        "visibility.feature",
+        "13",
+        "Visibility",
+        include_str!("../features/visibility.feature"),
+    ),
+    (
+        "location.feature",
+        "14",
+        "Location",
+        include_str!("../features/location.feature"),
+    ),
+    ("chat.feature", "15", "Chat", include_str!("../features/chat.feature")),
+    (
+        "ack.feature",
+        "16",
+        "Acknowledgments",
+        include_str!("../features/ack.feature"),
+    ),
+    (
+        "queue.feature",
+        "17",
+        "Offline Queue and Retention",
+        include_str!("../features/queue.feature"),
+    ),
+    (
+        "push.feature",
+        "18",
+        "Push and Body",
+        include_str!("../features/push.feature"),
+    ),
+];
+
+/// A requirement's level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Must,
+    Should,
+    May,
+}
+
+/// One numbered requirement of SPEC.md.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Requirement {
+    pub id: String,
+    pub level: Level,
+}
+
+/// Every `**AREA-N** (LEVEL)` paragraph of `spec`, in document order.
+pub fn requirements(spec: &str) -> Vec<Requirement> {
+    let re = Regex::new(r"\*\*([A-Z]+-\d+)\*\* \((MUST|SHOULD|MAY)\)").expect("requirement pattern");
+    let mut seen = BTreeSet::new();
+    re.captures_iter(spec)
+        .filter_map(|c| {
+            let id = c.get(1)?.as_str().to_string();
+            let level = match c.get(2)?.as_str() {
+                "MUST" => Level::Must,
+                "SHOULD" => Level::Should,
+                _ => Level::May,
+            };
+            seen.insert(id.clone()).then_some(Requirement { id, level })
+        })
+        .collect()
+}
+
+/// The IDs of `uncovered.txt` with their reasons.
+pub fn uncovered(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (id, reason) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            (id.to_string(), reason.trim().to_string())
+        })
+        .collect()
+}
+
+/// Whether a tag names a requirement ("ENV-5").
+pub fn is_requirement_tag(tag: &str) -> bool {
+    let Some((prefix, number)) = tag.split_once('-') else {
+        return false;
+    };
+    !prefix.is_empty()
+        && prefix.chars().all(|c| c.is_ascii_uppercase())
+        && !number.is_empty()
+        && number.chars().all(|c| c.is_ascii_digit())
+}
+
+/// One scenario (an outline counts once per example row) as listed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Case {
+    pub file: String,
+    pub section: String,
+    pub area: String,
+    pub name: String,
+    pub line: usize,
+    /// Feature and scenario tags, without '@'.
+    pub tags: Vec<String>,
+}
+
+impl Case {
+    pub fn requirements(&self) -> Vec<String> {
+        self.tags.iter().filter(|t| is_requirement_tag(t)).cloned().collect()
+    }
+}
+
+/// Every scenario of the embedded features.
+pub fn cases() -> Result<Vec<Case>, String> {
+    let mut out = Vec::new();
+    for (file, section, area, text) in FEATURES {
+        let feature = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default())
+            .map_err(|e| format!("{file}: {e}"))?;
+        let mut scenarios: Vec<&cucumber::gherkin::Scenario> = feature.scenarios.iter().collect();
+        for rule in &feature.rules {
+            scenarios.extend(rule.scenarios.iter());
+        }
+        for scenario in scenarios {
+            let mut tags = feature.tags.clone();
+            tags.extend(scenario.tags.iter().cloned());
+            let copies = scenario
+                .examples
+                .iter()
+                .map(|e| e.table.as_ref().map_or(0, |t| t.rows.len().saturating_sub(1)))
+                .sum::<usize>()
+                .max(1);
+            for _ in 0..copies {
+                out.push(Case {
+                    file: (*file).to_string(),
+                    section: (*section).to_string(),
+                    area: (*area).to_string(),
+                    name: scenario.name.clone(),
+                    line: scenario.position.line,
+                    tags: tags.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the embedded features into `dir` (for cucumber's file parser).
+pub fn write_features(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (file, _, _, text) in FEATURES {
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The section and area title of a feature file name.
+pub fn area_of(file: &str) -> (&'static str, &'static str) {
+    FEATURES
+        .iter()
+        .find(|(f, ..)| *f == file)
+        .map_or(("?", "Other"), |(_, section, area, _)| (*section, *area))
+}
+
+/// MUST IDs that neither a scenario nor `uncovered.txt` accounts for, and
+/// `uncovered.txt` IDs that are not MUST IDs of SPEC (stale entries).
+pub fn coverage_gaps(spec: &str, cases: &[Case], uncovered_text: &str) -> (Vec<String>, Vec<String>) {
+    let tagged: BTreeSet<String> = cases.iter().flat_map(Case::requirements).collect();
+    let allowed = uncovered(uncovered_text);
+    let reqs = requirements(spec);
+    let musts: BTreeSet<String> = reqs
+        .iter()
+        .filter(|r| r.level == Level::Must)
+        .map(|r| r.id.clone())
+        .collect();
+    let missing = musts
+        .iter()
+        .filter(|id| !tagged.contains(*id) && !allowed.contains_key(*id))
+        .cloned()
+        .collect();
+    let stale = allowed.keys().filter(|id| !musts.contains(*id)).cloned().collect();
+    (missing, stale)
+}

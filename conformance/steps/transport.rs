@@ -1,0 +1,356 @@
+//! Connections, transports and time (SPEC §2): opening sessions, raw bytes
+//! and frames, closes, and letting time pass.
+
+use std::time::Duration;
+
+use super::{Args, CONN, DURATION, StepDef, duration};
+use crate::client::Event;
+use crate::conformance::driver::{ConnectOutcome, ConnectSpec, ServerTweak, TransportKind};
+use crate::conformance::world::{CaseWorld, conn_key, describe_event, driver_failed, fail, skip, summarize};
+use crate::proto::PingPong;
+use crate::proto::message_scheme::Payload;
+
+pub fn steps() -> Vec<StepDef> {
+    vec![
+        StepDef {
+            pattern: r#"(\w+) is connected over (websocket|tcp) as "([\w-]+)"( without answering pings| and sees server pings| without answering pings but sees server pings| with a token valid for (\d+) seconds)?"#,
+            run: connected,
+        },
+        StepDef {
+            pattern: r"(\w+) is connected over (websocket|tcp) with (\d+) devices",
+            run: connected_many,
+        },
+        StepDef {
+            pattern: r#"(\w+) is connected over tcp as "([\w-]+)" without authenticating"#,
+            run: connected_raw,
+        },
+        StepDef {
+            pattern: r"the server verifies RS256 tokens",
+            run: |w, _| configure(w, ServerTweak::Rs256),
+        },
+        StepDef {
+            pattern: r"the server has no key to sign tokens with",
+            run: |w, _| configure(w, ServerTweak::NoSigningKey),
+        },
+        StepDef {
+            pattern: const_format(DURATION_PASS),
+            run: time_passes,
+        },
+        StepDef {
+            pattern: const_format(CLOSES),
+            run: |w, a| {
+                let key = w.resolve(&a.conn(1, 2));
+                w.driver.close(&key);
+            },
+        },
+        StepDef {
+            pattern: const_format(WRITES),
+            run: writes,
+        },
+        StepDef {
+            pattern: const_format(WRITES_PING_SLOWLY),
+            run: writes_ping_slowly,
+        },
+        StepDef {
+            pattern: const_format(WRITES_PINGS_AT_ONCE),
+            run: writes_pings_at_once,
+        },
+        StepDef {
+            pattern: const_format(SENDS_TEXT_FRAME),
+            run: |w, a| {
+                let key = w.resolve(&a.conn(1, 2));
+                if let Err(e) = w.driver.send_text(&key, a.s(3)) {
+                    driver_failed(e)
+                }
+            },
+        },
+        StepDef {
+            pattern: const_format(SUBPROTOCOL),
+            run: subprotocol,
+        },
+        StepDef {
+            pattern: const_format(STILL_CONNECTED),
+            run: still_connected,
+        },
+        StepDef {
+            pattern: const_format(STAYS_CONNECTED),
+            run: stays_connected,
+        },
+        StepDef {
+            pattern: const_format(IS_CLOSED),
+            run: is_closed,
+        },
+        StepDef {
+            pattern: const_format(NOTHING_MORE_THEN_CLOSED),
+            run: nothing_more_then_closed,
+        },
+        StepDef {
+            pattern: const_format(CLOSED_AFTER_AT_MOST),
+            run: closed_after_at_most,
+        },
+    ]
+}
+
+// Patterns built from the shared pieces; leaked once at table creation.
+const DURATION_PASS: &[&str] = &[DURATION, r" pass(?:es)?"];
+const CLOSES: &[&str] = &[CONN, r" closes its connection"];
+const WRITES: &[&str] = &[CONN, r#" writes the bytes "([0-9a-f ]*)""#];
+const WRITES_PING_SLOWLY: &[&str] = &[CONN, r#" writes a ping with id "([^"]*)" one byte at a time"#];
+const WRITES_PINGS_AT_ONCE: &[&str] = &[CONN, r#" writes pings "([^"]*)", "([^"]*)" and "([^"]*)" in one write"#];
+const SENDS_TEXT_FRAME: &[&str] = &[CONN, r#" sends the text message "([^"]*)""#];
+const SUBPROTOCOL: &[&str] = &[CONN, r#" was given the subprotocol "([^"]+)""#];
+const STILL_CONNECTED: &[&str] = &[CONN, r" is still connected"];
+const STAYS_CONNECTED: &[&str] = &[CONN, r" stays connected"];
+const IS_CLOSED: &[&str] = &[CONN, r" is closed(?: with code (\d+))?(?: within ", DURATION, ")?"];
+const NOTHING_MORE_THEN_CLOSED: &[&str] = &[CONN, r" receives nothing more and is closed with code (\d+)"];
+const CLOSED_AFTER_AT_MOST: &[&str] = &[CONN, r" is closed with code (\d+) after at most error (\d+) (\w+)"];
+
+/// Joins pattern pieces into one `'static` pattern.
+pub fn const_format(parts: &[&str]) -> &'static str {
+    Box::leak(parts.concat().into_boxed_str())
+}
+
+fn transport(name: &str) -> TransportKind {
+    match name {
+        "tcp" => TransportKind::Tcp,
+        _ => TransportKind::Ws,
+    }
+}
+
+fn configure(w: &mut CaseWorld, tweak: ServerTweak) {
+    if let Err(reason) = w.driver.configure(tweak) {
+        skip(reason.0)
+    }
+}
+
+/// Opens a session for (user, device) and checks it started (TRN-15 on TCP).
+pub fn open_session(w: &mut CaseWorld, user: &str, device: &str, spec: ConnectSpec) -> String {
+    let key = w.new_key(user, device);
+    let transport = spec.transport;
+    let outcome = w.driver.connect(&key, &spec).unwrap_or_else(|e| driver_failed(e));
+    match &outcome {
+        ConnectOutcome::Session(s) if transport == TransportKind::Tcp && s.response.is_none() => fail(
+            "the Authenticate RESPONSE as the first stanza of a TCP session (TRN-15)",
+            "another stanza first",
+        ),
+        ConnectOutcome::Session(_) => {}
+        other => fail(format!("a session for {user}'s {device}"), format!("{other:?}")),
+    }
+    w.record_connect(&key, user, device, transport, outcome);
+    key
+}
+
+fn connected(w: &mut CaseWorld, a: &Args) {
+    let (user, device) = (a.s(1), a.s(3));
+    let mut spec = ConnectSpec::new(&w.eid(user), device, transport(a.s(2)));
+    let mode = a.s(4);
+    if mode.contains("without answering pings") {
+        spec.auto_pong = false;
+        spec.surface_pings = true;
+    }
+    if mode.contains("sees server pings") {
+        spec.surface_pings = true;
+    }
+    if a.opt(5).is_some() {
+        spec.token = crate::conformance::driver::TokenKind::ShortLived(a.n(5));
+    }
+    open_session(w, user, device, spec);
+}
+
+fn connected_many(w: &mut CaseWorld, a: &Args) {
+    let user = a.s(1);
+    for i in 1..=a.n(3) {
+        let device = format!("d{i}");
+        let spec = ConnectSpec::new(&w.eid(user), &device, transport(a.s(2)));
+        open_session(w, user, &device, spec);
+    }
+}
+
+fn connected_raw(w: &mut CaseWorld, a: &Args) {
+    let (user, device) = (a.s(1), a.s(2));
+    let mut spec = ConnectSpec::new(&w.eid(user), device, TransportKind::Tcp);
+    spec.token = crate::conformance::driver::TokenKind::Missing;
+    let key = w.new_key(user, device);
+    let outcome = w.driver.connect(&key, &spec).unwrap_or_else(|e| driver_failed(e));
+    w.record_connect(&key, user, device, TransportKind::Tcp, outcome);
+}
+
+fn time_passes(w: &mut CaseWorld, a: &Args) {
+    let d = duration(w, a.s(1), a.s(2));
+    w.driver.wait(d);
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    hex::decode(&clean).unwrap_or_else(|e| fail("hex bytes in the step", format!("{e}: {text}")))
+}
+
+fn writes(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    if let Err(e) = w.driver.send_wire(&key, hex_bytes(a.s(3))) {
+        driver_failed(e)
+    }
+}
+
+/// A TCP frame (length prefix + stanza) holding a client ping.
+pub fn ping_frame(w: &CaseWorld, id: &str) -> Vec<u8> {
+    let stanza = crate::codec::encode(&Payload::PingpongMessage(PingPong {
+        r#type: 1,
+        status: 1,
+        request_time: w.now_ms(),
+        id: id.to_string(),
+        ..PingPong::default()
+    }));
+    let mut frame = u32::try_from(stanza.len()).unwrap_or(u32::MAX).to_be_bytes().to_vec();
+    frame.extend(stanza);
+    frame
+}
+
+fn writes_ping_slowly(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let frame = ping_frame(w, a.s(3));
+    for byte in frame {
+        if let Err(e) = w.driver.send_wire(&key, vec![byte]) {
+            driver_failed(e)
+        }
+        w.driver.wait(Duration::from_millis(5));
+    }
+}
+
+fn writes_pings_at_once(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let mut bytes = Vec::new();
+    for i in 3..=5 {
+        bytes.extend(ping_frame(w, a.s(i)));
+    }
+    if let Err(e) = w.driver.send_wire(&key, bytes) {
+        driver_failed(e)
+    }
+}
+
+fn subprotocol(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let got = w.conn(&key).session.as_ref().and_then(|s| s.subprotocol.clone());
+    if got.as_deref() != Some(a.s(3)) {
+        fail(
+            format!("the server to select the subprotocol {:?} (TRN-4)", a.s(3)),
+            format!("{got:?}"),
+        );
+    }
+}
+
+fn still_connected(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let events = w.collect(&key, Duration::ZERO);
+    if let Some(closed) = events.iter().find(|e| matches!(e, Event::Closed { .. })) {
+        fail(format!("{key} still connected"), describe_event(closed));
+    }
+    w.unread(&key, events);
+}
+
+/// Checks the connection still works: a ping gets its pong.
+fn stays_connected(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let id = format!("alive-{}", w.fresh());
+    let ping = Payload::PingpongMessage(PingPong {
+        r#type: 1,
+        status: 1,
+        request_time: w.now_ms(),
+        id: id.clone(),
+        ..PingPong::default()
+    });
+    w.send(&key, ping);
+    let timeout = w.timeout();
+    if let Err(seen) = w.take(
+        &key,
+        timeout,
+        |p| matches!(p, Payload::PingpongMessage(p) if p.r#type == 2 && p.id == id),
+    ) {
+        fail(
+            format!("{key} to stay connected (a pong to the ping {id:?})"),
+            summarize(&seen),
+        );
+    }
+}
+
+/// The close code expected on this connection's transport: TCP has none.
+fn expect_close(w: &mut CaseWorld, key: &str, code: Option<u16>, within: Duration) {
+    let tcp = w.conn(key).transport == TransportKind::Tcp;
+    match w.closed(key, within) {
+        Ok(got) if tcp || code.is_none() || got == code => {}
+        Ok(got) => fail(
+            format!("{key} closed with code {code:?}"),
+            format!("closed with code {got:?}"),
+        ),
+        Err(seen) => fail(
+            format!(
+                "{key} closed{} within {within:?}",
+                code.map(|c| format!(" with code {c}")).unwrap_or_default()
+            ),
+            format!("still open; received {}", summarize(&seen)),
+        ),
+    }
+}
+
+fn is_closed(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let code = a.opt(3).map(|_| u16::try_from(a.n(3)).unwrap_or(0));
+    let within = match a.opt(4) {
+        Some(amount) => duration(w, amount, a.s(5)),
+        None => w.timeout(),
+    };
+    expect_close(w, &key, code, within);
+}
+
+/// ERR-6: nothing after the fatal ErrorMessage, then the close.
+fn nothing_more_then_closed(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let code = u16::try_from(a.n(3)).unwrap_or(0);
+    let timeout = w.timeout();
+    let skip = w.after_match.get(&key).copied().unwrap_or(0);
+    let events = w.collect(&key, timeout);
+    let before: Vec<&Event> = events
+        .iter()
+        .skip(skip)
+        .take_while(|e| !matches!(e, Event::Closed { .. }))
+        .collect();
+    if let Some(first) = before.first() {
+        fail(
+            format!("nothing on {key} after the fatal ErrorMessage, then the close (ERR-6)"),
+            describe_event(first),
+        );
+    }
+    w.unread(&key, events);
+    expect_close(w, &key, Some(code), Duration::ZERO);
+}
+
+/// TRN-6: a close, preceded by nothing but (when the server can) one 413.
+fn closed_after_at_most(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let code = u16::try_from(a.n(3)).unwrap_or(0);
+    let (error_code, kind) = (a.n(4), a.s(5).to_string());
+    let timeout = w.timeout();
+    let events = w.collect(&key, timeout);
+    for event in events.iter().take_while(|e| !matches!(e, Event::Closed { .. })) {
+        match event {
+            Event::Stanza(Payload::ErrorMessage(e)) if i64::from(e.code) == error_code && e.message == kind => {}
+            other => fail(
+                format!("at most ErrorMessage {error_code} {kind} before the close"),
+                describe_event(other),
+            ),
+        }
+    }
+    w.unread(
+        &key,
+        events
+            .into_iter()
+            .skip_while(|e| !matches!(e, Event::Closed { .. }))
+            .collect(),
+    );
+    expect_close(w, &key, Some(code), Duration::ZERO);
+}
+
+/// `alice's phone` as written in a step, for [`CaseWorld::resolve`].
+pub fn written(user: &str, device: &str) -> String {
+    conn_key(user, device)
+}

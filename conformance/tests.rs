@@ -1,0 +1,211 @@
+//! Self-checks of the suite: it can fail (a server that breaks a rule gets
+//! the verdict "fail"), the verdict rules, and the requirement index.
+//!
+//! The full self-check of issue 7 (a set of built-in server faults, each of
+//! which the suite must catch) is later work.
+
+use std::sync::Arc;
+
+use super::driver::{Transcript, alg_none, alter_signature};
+use super::report::{CaseResult, Outcome, Verdict, verdict};
+use super::runner::{RunOptions, run};
+use super::sim::{SimFactory, SimOptions};
+use super::spec::{self, Level};
+
+fn ping_timeout_case(options: SimOptions) -> Vec<CaseResult> {
+    let run_options = RunOptions {
+        names: vec!["never answers a ping".into()],
+        ..RunOptions::default()
+    };
+    let report = run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("the run");
+    assert_eq!(report.cases.len(), 2, "one case per transport: {:?}", report.cases);
+    report.cases
+}
+
+#[test]
+fn the_ping_timeout_case_passes_against_the_reference_server() {
+    for case in ping_timeout_case(SimOptions::default()) {
+        assert_eq!(case.verdict, Verdict::Pass, "{case:?}");
+    }
+}
+
+/// A server that never closes a silent session breaks PING-5: the suite
+/// must say so, with the expectation and the transcript.
+#[test]
+fn a_server_that_never_times_out_fails_the_ping_timeout_case() {
+    let mut options = SimOptions::default();
+    options.config.max_missed_pongs = 1_000;
+    for case in ping_timeout_case(options) {
+        assert_eq!(case.verdict, Verdict::Fail, "{case:?}");
+        let Outcome::Failed { message, step } = &case.outcome else {
+            panic!("{case:?}")
+        };
+        assert!(
+            message.contains("Expected:") && message.contains("ping_timeout"),
+            "{message}"
+        );
+        assert!(step.contains("ping_timeout"), "{step}");
+        let transcript = case.transcript.as_ref().expect("a transcript");
+        assert!(transcript.render().contains("PingPong"), "{}", transcript.render());
+    }
+}
+
+/// Verdicts of the cases named `name` against a server with `config`.
+fn verdicts_with(name: &str, change: impl FnOnce(&mut crate::core::Config)) -> Vec<Verdict> {
+    let mut options = SimOptions::default();
+    change(&mut options.config);
+    let run_options = RunOptions {
+        names: vec![name.into()],
+        ..RunOptions::default()
+    };
+    let report = run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("the run");
+    assert!(!report.cases.is_empty(), "no case named {name:?}");
+    report.cases.iter().map(|c| c.verdict).collect()
+}
+
+/// Servers that each break one limit rule; the suite catches every one.
+#[test]
+fn limit_faults_are_caught() {
+    type Fault = fn(&mut crate::core::Config);
+    let faults: [(&str, Fault); 5] = [
+        ("Fifty rejected stanzas in a row", |c| c.max_consecutive_errors = 1_000),
+        ("An eleventh device of a user is refused", |c| {
+            c.max_sessions_per_eid = 11
+        }),
+        ("No Authenticate within the auth deadline", |c| {
+            c.auth_deadline_ms = 60_000
+        }),
+        ("A full receiver queue refuses new messages", |c| {
+            c.queue_max_items = 1_000
+        }),
+        ("A stanza of exactly 65536 bytes is accepted", |c| {
+            c.max_stanza_bytes = 60_000
+        }),
+    ];
+    for (name, fault) in faults {
+        let verdicts = verdicts_with(name, fault);
+        assert!(verdicts.iter().all(|v| *v == Verdict::Fail), "{name}: {verdicts:?}");
+    }
+}
+
+fn case(tags: &[&str], outcome: Outcome) -> CaseResult {
+    CaseResult {
+        file: "pingpong.feature".into(),
+        section: "7".into(),
+        area: "PingPong".into(),
+        name: "a case".into(),
+        line: 3,
+        tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        outcome,
+        unimplemented: false,
+        duration_ms: 0,
+        verdict: Verdict::Pass,
+        transcript: None,
+    }
+}
+
+fn failed() -> Outcome {
+    Outcome::Failed {
+        step: "Then x".into(),
+        message: "Expected: a\nActual: b".into(),
+    }
+}
+
+#[test]
+fn verdict_rules() {
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        verdict(&case(&["PING-1", "must"], Outcome::Passed), false, &none),
+        Verdict::Pass
+    );
+    assert_eq!(
+        verdict(&case(&["PING-1", "must"], failed()), false, &none),
+        Verdict::Fail
+    );
+    let should = case(&["TRN-4", "should"], failed());
+    assert_eq!(verdict(&should, false, &none), Verdict::NonStrict);
+    assert_eq!(verdict(&should, true, &none), Verdict::Fail);
+    let mut unimplemented = case(&["LOC-2", "must"], failed());
+    unimplemented.unimplemented = true;
+    assert_eq!(verdict(&unimplemented, false, &none), Verdict::Unimplemented);
+    let skipped = case(
+        &["AUTH-5", "must"],
+        Outcome::Skipped {
+            reason: "no key".into(),
+        },
+    );
+    assert_eq!(verdict(&skipped, true, &none), Verdict::Skipped);
+    let expected = vec!["PING-1".to_string()];
+    assert_eq!(
+        verdict(&case(&["PING-1", "must"], failed()), false, &expected),
+        Verdict::ExpectedFailure
+    );
+    assert_eq!(
+        verdict(&case(&["PING-1", "must"], Outcome::Passed), false, &expected),
+        Verdict::UnexpectedPass
+    );
+    assert_eq!(
+        verdict(&case(&["PING-2", "must"], failed()), false, &["a case".to_string()]),
+        Verdict::ExpectedFailure
+    );
+}
+
+#[test]
+fn an_unknown_route_answer_marks_a_case_unimplemented() {
+    let mut t = Transcript::default();
+    let error = crate::proto::message_scheme::Payload::ErrorMessage(crate::codec::ErrorKind::UnknownRoute.to_message(
+        Some(24),
+        "",
+        "",
+        1,
+    ));
+    t.received(5, "alice/phone", &crate::client::Event::Stanza(error));
+    assert!(t.saw_unimplemented_route());
+    let mut t = Transcript::default();
+    let error = crate::proto::message_scheme::Payload::ErrorMessage(crate::codec::ErrorKind::UnknownRoute.to_message(
+        Some(99),
+        "",
+        "",
+        1,
+    ));
+    t.received(5, "alice/phone", &crate::client::Event::Stanza(error));
+    assert!(!t.saw_unimplemented_route(), "route 99 is not a SPEC route");
+}
+
+#[test]
+fn the_requirement_index_matches_appendix_d() {
+    let reqs = spec::requirements(spec::SPEC);
+    assert_eq!(reqs.len(), 163);
+    assert_eq!(reqs.iter().filter(|r| r.level == Level::Must).count(), 157);
+    assert_eq!(reqs.iter().filter(|r| r.level == Level::Should).count(), 5);
+    let cases = spec::cases().expect("the features parse");
+    let (missing, stale) = spec::coverage_gaps(spec::SPEC, &cases, spec::UNCOVERED);
+    assert!(missing.is_empty() && stale.is_empty(), "{missing:?} {stale:?}");
+}
+
+#[test]
+fn every_scenario_names_requirements_and_a_level() {
+    for case in spec::cases().expect("the features parse") {
+        assert!(
+            !case.requirements().is_empty(),
+            "{}:{} has no requirement tag",
+            case.file,
+            case.line
+        );
+        let levels = ["must", "should", "may"];
+        assert!(
+            case.tags.iter().any(|t| levels.contains(&t.as_str())),
+            "{}:{} has no level tag",
+            case.file,
+            case.line
+        );
+    }
+}
+
+#[test]
+fn token_mangling() {
+    let token = "aGVhZA.cGF5bG9hZA.c2lnbmF0dXJl";
+    assert_eq!(alter_signature(token), "aGVhZA.cGF5bG9hZA.A2lnbmF0dXJl");
+    let none = alg_none(token);
+    assert!(none.ends_with(".cGF5bG9hZA."), "{none}");
+}

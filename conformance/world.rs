@@ -1,0 +1,523 @@
+//! The cucumber World of one case: a driver, the case's users and
+//! connections, the events received but not yet consumed by a step, and what
+//! the steps remember (message ids, tokens, the last pong, ...).
+//!
+//! Steps fail by panicking with an "Expected: ... / Actual: ..." message
+//! ([`fail`]); a step that cannot run against the target panics with
+//! [`SKIP_PREFIX`] and a reason ([`skip`]), which the report turns into the
+//! verdict "skipped".
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::driver::{ConnectOutcome, Driver, DriverError, DriverFactory, SessionInfo, TransportKind};
+use crate::client::Event;
+use crate::codec::{self, ErrorKind};
+use crate::proto::message_scheme::Payload;
+use crate::proto::{ErrorMessage, Identity, PingPong, VersionUpdate};
+
+/// The panic message prefix of a skipped step.
+pub const SKIP_PREFIX: &str = "SKIPPED: ";
+
+/// Fails the step with what SPEC expects and what happened.
+pub fn fail(expected: impl fmt::Display, actual: impl fmt::Display) -> ! {
+    panic!("Expected: {expected}\nActual: {actual}")
+}
+
+/// Marks the case skipped: it cannot run against this target.
+pub fn skip(reason: impl fmt::Display) -> ! {
+    panic!("{SKIP_PREFIX}{reason}")
+}
+
+/// Turns a driver error into a step failure or skip.
+pub fn driver_failed(error: DriverError) -> ! {
+    match error {
+        DriverError::Skip(reason) => skip(reason.0),
+        other => fail("the driver to carry out the step", other),
+    }
+}
+
+/// A driver factory shared by the runner's worker threads.
+pub type SharedFactory = Arc<dyn DriverFactory + Send + Sync>;
+
+thread_local! {
+    static FACTORY: RefCell<Option<SharedFactory>> = const { RefCell::new(None) };
+    static NEXT_CASE: RefCell<u64> = const { RefCell::new(0) };
+}
+
+/// Sets the factory the worlds of this thread get their driver from; the
+/// cases of worker `worker` are numbered from `worker * 100_000 + 1`.
+pub fn set_factory(factory: Option<SharedFactory>, worker: u64) {
+    FACTORY.with(|f| *f.borrow_mut() = factory);
+    NEXT_CASE.with(|n| *n.borrow_mut() = worker * 100_000);
+}
+
+/// One open (or ended) connection of the case.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub user: String,
+    pub device: String,
+    pub transport: TransportKind,
+    pub session: Option<SessionInfo>,
+    /// The connect outcome, for Then steps about a refusal.
+    pub outcome: Option<ConnectOutcome>,
+}
+
+/// What steps remember between each other.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// VersionUpdates received, by message_id_local.
+    pub versions: BTreeMap<String, VersionUpdate>,
+    /// Client pings sent, by id.
+    pub sent_pings: BTreeMap<String, PingPong>,
+    /// Chat requests sent, by message_id_local.
+    pub sent_chats: BTreeMap<String, Payload>,
+    /// The last AwarenessRequest's identifier per connection.
+    pub asked: BTreeMap<String, i64>,
+    /// The last pong per connection.
+    pub pongs: BTreeMap<String, PingPong>,
+    /// The last server ping per connection.
+    pub server_pings: BTreeMap<String, PingPong>,
+    /// The last ErrorMessage per connection.
+    pub errors: BTreeMap<String, ErrorMessage>,
+    /// The last stanza a JSON expectation matched, per connection.
+    pub matched: BTreeMap<String, Payload>,
+    /// Tokens the case holds, by label ("alice/phone", "alice/phone refreshed").
+    pub tokens: BTreeMap<String, String>,
+    /// Subscriber resource ids by "owner>subscriber".
+    pub resource_ids: BTreeMap<String, String>,
+    /// Ids the case made up, to keep them unique.
+    pub counter: u64,
+}
+
+/// The World of one case.
+pub struct CaseWorld {
+    pub driver: Box<dyn Driver>,
+    pub case: u64,
+    suffix: String,
+    pub conns: BTreeMap<String, Conn>,
+    /// Events received and not yet consumed, per connection.
+    pub inbox: BTreeMap<String, VecDeque<Event>>,
+    pub memory: Memory,
+    /// "alice/phone" -> the driver key of the phone's latest connection.
+    latest: BTreeMap<String, String>,
+    /// "alice/phone" -> the driver key of the connection before it.
+    previous: BTreeMap<String, String>,
+    /// Per connection: how many queued events came before the last stanza
+    /// [`CaseWorld::take`] matched (the rest came after it).
+    pub after_match: BTreeMap<String, usize>,
+}
+
+impl fmt::Debug for CaseWorld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaseWorld")
+            .field("driver", &self.driver.kind())
+            .field("case", &self.case)
+            .field("conns", &self.conns.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a world could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("no driver factory is set for this thread")]
+    NoFactory,
+    #[error("making the driver: {0}")]
+    Driver(String),
+}
+
+impl cucumber::World for CaseWorld {
+    type Error = WorldError;
+
+    async fn new() -> Result<Self, WorldError> {
+        let factory = FACTORY.with(|f| f.borrow().clone()).ok_or(WorldError::NoFactory)?;
+        let case = NEXT_CASE.with(|n| {
+            let mut n = n.borrow_mut();
+            *n += 1;
+            *n
+        });
+        let driver = factory.make(case).map_err(WorldError::Driver)?;
+        Ok(CaseWorld {
+            driver,
+            case,
+            suffix: factory.eid_suffix(case),
+            conns: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            memory: Memory::default(),
+            latest: BTreeMap::new(),
+            previous: BTreeMap::new(),
+            after_match: BTreeMap::new(),
+        })
+    }
+}
+
+/// The key of a connection: "alice/phone".
+pub fn conn_key(user: &str, device: &str) -> String {
+    format!("{user}/{device}")
+}
+
+impl CaseWorld {
+    /// The EID of a named user of this case, e.g. "alice@example.com".
+    pub fn eid(&self, user: &str) -> String {
+        if user.contains('@') {
+            return user.to_string();
+        }
+        format!("{user}{}@example.com", self.suffix)
+    }
+
+    /// The device identity of a connection.
+    pub fn identity(&self, user: &str, device: &str) -> Identity {
+        Identity {
+            eid: self.eid(user),
+            connection_resource_id: device.to_string(),
+        }
+    }
+
+    /// The identity of a user (eid only).
+    pub fn user_identity(&self, user: &str) -> Identity {
+        Identity {
+            eid: self.eid(user),
+            connection_resource_id: String::new(),
+        }
+    }
+
+    /// The driver key for a new connection of (user, device): "alice/phone",
+    /// then "alice/phone#2", ...; the older one becomes "previous".
+    pub fn new_key(&mut self, user: &str, device: &str) -> String {
+        let written = conn_key(user, device);
+        let mut key = written.clone();
+        let mut n = 1;
+        while self.conns.contains_key(&key) {
+            n += 1;
+            key = format!("{written}#{n}");
+        }
+        if let Some(old) = self.latest.insert(written.clone(), key.clone()) {
+            self.previous.insert(written, old);
+        }
+        key
+    }
+
+    /// The driver key of a connection as steps write it ("alice/phone",
+    /// "alice/previous phone").
+    pub fn resolve(&self, written: &str) -> String {
+        if let Some((user, device)) = written.split_once("/previous ") {
+            let base = conn_key(user, device);
+            return self
+                .previous
+                .get(&base)
+                .cloned()
+                .unwrap_or_else(|| fail(format!("an earlier connection of {base}"), "none"));
+        }
+        self.latest.get(written).cloned().unwrap_or_else(|| written.to_string())
+    }
+
+    /// A fresh number for made-up ids.
+    pub fn fresh(&mut self) -> u64 {
+        self.memory.counter += 1;
+        self.memory.counter
+    }
+
+    pub fn conn(&self, key: &str) -> &Conn {
+        self.conns
+            .get(key)
+            .unwrap_or_else(|| fail(format!("a connection {key} opened earlier in the case"), "none"))
+    }
+
+    /// The connections of a user, keys in order.
+    pub fn devices_of(&self, user: &str) -> Vec<String> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.user == user && c.session.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Sends one stanza on a connection.
+    pub fn send(&mut self, key: &str, payload: Payload) {
+        if let Err(e) = self.driver.send(key, &payload) {
+            driver_failed(e)
+        }
+    }
+
+    pub fn send_raw(&mut self, key: &str, bytes: Vec<u8>) {
+        if let Err(e) = self.driver.send_raw(key, bytes) {
+            driver_failed(e)
+        }
+    }
+
+    /// The server's clock now, as far as the suite can tell.
+    pub fn now_ms(&self) -> i64 {
+        self.driver.now_ms()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.driver.info().timeout
+    }
+
+    pub fn quiet(&self) -> Duration {
+        self.driver.info().quiet
+    }
+
+    /// The ping interval the server announced (or the default).
+    pub fn ping_interval(&self) -> Duration {
+        self.conns
+            .values()
+            .filter_map(|c| c.session.as_ref()?.response.as_ref())
+            .map(|r| r.ping_interval_ms)
+            .find(|ms| *ms > 0)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map_or(self.driver.info().ping_interval, Duration::from_millis)
+    }
+
+    /// One event for `key`: queued first, else from the driver within `within`.
+    /// Checks what SPEC says of every stanza a server sends.
+    fn pull(&mut self, key: &str, within: Duration) -> Option<Event> {
+        if let Some(event) = self.inbox.get_mut(key).and_then(VecDeque::pop_front) {
+            return Some(event);
+        }
+        let event = self.driver.next(key, within)?;
+        check_server_event(&event);
+        Some(event)
+    }
+
+    /// Takes the first stanza on `key` that satisfies `wanted`, waiting at most
+    /// `within`. Stanzas before it stay queued. Err holds what arrived.
+    pub fn take(
+        &mut self,
+        key: &str,
+        within: Duration,
+        mut wanted: impl FnMut(&Payload) -> bool,
+    ) -> Result<Payload, Vec<Event>> {
+        let queue = self.inbox.entry(key.to_string()).or_default();
+        if let Some(i) = queue.iter().position(|e| matches!(e, Event::Stanza(p) if wanted(p)))
+            && let Some(Event::Stanza(payload)) = queue.remove(i)
+        {
+            self.after_match.insert(key.to_string(), i);
+            return Ok(payload);
+        }
+        let start = self.driver.elapsed_ms();
+        let budget = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        let mut seen = Vec::new();
+        loop {
+            if self.inbox[key].iter().any(|e| matches!(e, Event::Closed { .. })) {
+                break;
+            }
+            let spent = self.driver.elapsed_ms().saturating_sub(start);
+            if spent >= budget {
+                break;
+            }
+            let Some(event) = self.driver.next(key, Duration::from_millis(budget - spent)) else {
+                break;
+            };
+            check_server_event(&event);
+            if let Event::Stanza(p) = &event
+                && wanted(p)
+            {
+                let before = self.inbox[key].len();
+                self.after_match.insert(key.to_string(), before);
+                return Ok(p.clone());
+            }
+            seen.push(event.clone());
+            if let Some(q) = self.inbox.get_mut(key) {
+                q.push_back(event);
+            }
+        }
+        let mut all: Vec<Event> = self.inbox[key].iter().cloned().collect();
+        if all.is_empty() {
+            all = seen;
+        }
+        Err(all)
+    }
+
+    /// Like [`CaseWorld::take`], failing the step with `what` when nothing matches.
+    pub fn expect(
+        &mut self,
+        key: &str,
+        what: impl fmt::Display,
+        within: Duration,
+        wanted: impl FnMut(&Payload) -> bool,
+    ) -> Payload {
+        match self.take(key, within, wanted) {
+            Ok(payload) => payload,
+            Err(seen) => fail(
+                format!("{key} receives {what} within {within:?}"),
+                format!("{} received {}", key, summarize(&seen)),
+            ),
+        }
+    }
+
+    /// The next event on `key` in arrival order (None after `within`).
+    pub fn next_event(&mut self, key: &str, within: Duration) -> Option<Event> {
+        self.inbox.entry(key.to_string()).or_default();
+        self.pull(key, within)
+    }
+
+    /// Everything that arrives on `key` during `window` (plus what is queued).
+    pub fn collect(&mut self, key: &str, window: Duration) -> Vec<Event> {
+        let mut got: Vec<Event> = self.inbox.entry(key.to_string()).or_default().drain(..).collect();
+        if got.iter().any(|e| matches!(e, Event::Closed { .. })) {
+            return got;
+        }
+        let start = self.driver.elapsed_ms();
+        let budget = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let spent = self.driver.elapsed_ms().saturating_sub(start);
+            if spent >= budget {
+                break;
+            }
+            match self.driver.next(key, Duration::from_millis(budget - spent)) {
+                Some(event) => {
+                    check_server_event(&event);
+                    let last = matches!(event, Event::Closed { .. });
+                    got.push(event);
+                    if last {
+                        break;
+                    }
+                }
+                None => {
+                    // Ended or quiet until the window's end.
+                    let spent = self.driver.elapsed_ms().saturating_sub(start);
+                    if spent < budget {
+                        self.driver.wait(Duration::from_millis(budget - spent));
+                    }
+                    break;
+                }
+            }
+        }
+        got
+    }
+
+    /// Puts events back at the front of the queue, in order.
+    pub fn unread(&mut self, key: &str, events: Vec<Event>) {
+        let queue = self.inbox.entry(key.to_string()).or_default();
+        for event in events.into_iter().rev() {
+            queue.push_front(event);
+        }
+    }
+
+    /// Waits for the connection to end; returns the close code. Stanzas before
+    /// the end stay queued.
+    pub fn closed(&mut self, key: &str, within: Duration) -> Result<Option<u16>, Vec<Event>> {
+        let queue = self.inbox.entry(key.to_string()).or_default();
+        if let Some(i) = queue.iter().position(|e| matches!(e, Event::Closed { .. }))
+            && let Some(Event::Closed { code, .. }) = queue.remove(i)
+        {
+            return Ok(code);
+        }
+        let start = self.driver.elapsed_ms();
+        let budget = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let spent = self.driver.elapsed_ms().saturating_sub(start);
+            if spent >= budget {
+                break;
+            }
+            match self.driver.next(key, Duration::from_millis(budget - spent)) {
+                Some(Event::Closed { code, .. }) => return Ok(code),
+                Some(event) => {
+                    check_server_event(&event);
+                    if let Some(q) = self.inbox.get_mut(key) {
+                        q.push_back(event);
+                    }
+                }
+                None => break,
+            }
+        }
+        Err(self.inbox[key].iter().cloned().collect())
+    }
+
+    /// Remembers a connect outcome under `key`.
+    pub fn record_connect(
+        &mut self,
+        key: &str,
+        user: &str,
+        device: &str,
+        transport: TransportKind,
+        outcome: ConnectOutcome,
+    ) {
+        let session = match &outcome {
+            ConnectOutcome::Session(s) => Some(s.clone()),
+            _ => None,
+        };
+        let token = match &outcome {
+            ConnectOutcome::Session(s) => Some(s.token.clone()),
+            ConnectOutcome::Refused(r) => Some(r.token.clone()),
+            ConnectOutcome::Opened => None,
+        };
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            self.memory.tokens.insert(key.to_string(), token);
+        }
+        self.inbox.insert(key.to_string(), VecDeque::new());
+        self.conns.insert(
+            key.to_string(),
+            Conn {
+                user: user.to_string(),
+                device: device.to_string(),
+                transport,
+                session,
+                outcome: Some(outcome),
+            },
+        );
+    }
+
+    /// Checks an ErrorMessage's common fields (ERR-1, ERR-4) and remembers it.
+    pub fn check_error(&mut self, key: &str, error: &ErrorMessage) {
+        let tolerance = self.driver.info().clock_tolerance_ms;
+        let now = self.now_ms();
+        if (error.timestamp - now).abs() > tolerance {
+            fail(
+                format!("ErrorMessage.timestamp to be the server's clock in ms (ERR-4), near {now}"),
+                error.timestamp,
+            );
+        }
+        self.memory.errors.insert(key.to_string(), error.clone());
+    }
+}
+
+/// What SPEC requires of every event a server causes: one valid stanza per
+/// message or frame (ENV-1, ENV-2, TRN-3, TRN-8), binary only (TRN-3), and
+/// ErrorMessages from the error table (ERR-1).
+pub fn check_server_event(event: &Event) {
+    match event {
+        Event::Undecodable(bytes) => fail(
+            "every stanza from the server to be one MessageScheme with one payload and the matching route (ENV-1, ENV-2)",
+            format!("{} ({})", hex::encode(bytes), codec::describe(bytes).envelope),
+        ),
+        Event::Text(text) => fail(
+            "only binary WebSocket messages from the server (TRN-3)",
+            format!("a text message {text:?}"),
+        ),
+        Event::Stanza(Payload::ErrorMessage(error)) => {
+            let known = ErrorKind::from_name(&error.message);
+            if known.map(|k| i32::from(k.code())) != Some(error.code) {
+                fail(
+                    "an ErrorMessage whose code and message are one row of the error table (ERR-1)",
+                    format!("code {} message {:?}", error.code, error.message),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A short account of events for failure messages.
+pub fn summarize(events: &[Event]) -> String {
+    if events.is_empty() {
+        return "nothing".to_string();
+    }
+    let parts: Vec<String> = events.iter().map(describe_event).collect();
+    parts.join("; ")
+}
+
+/// One event, readably.
+pub fn describe_event(event: &Event) -> String {
+    match event {
+        Event::Stanza(payload) => super::driver::describe_bytes(&codec::encode(payload)),
+        Event::Undecodable(bytes) => format!("undecodable bytes {}", hex::encode(bytes)),
+        Event::Text(text) => format!("text message {text:?}"),
+        Event::Closed { code, reason } => format!("close (code {code:?}, {reason})"),
+    }
+}

@@ -1,0 +1,276 @@
+//! `bimip-conform`: checks a BIMIP server against SPEC.md over the network.
+//!
+//! With no `--target` it starts the built-in reference server on loopback
+//! (WebSocket and native TCP, fresh data directory, short timers) and checks
+//! that; otherwise it checks the given server. Every case is a scenario of
+//! `features/`, tagged with the requirement IDs it checks; the verdicts come
+//! as a tree by SPEC section, and optionally as JUnit XML and JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use bimip::conformance::builtin::BuiltIn;
+use bimip::conformance::driver::{Credentials, TargetInfo};
+use bimip::conformance::network::{NetworkFactory, NetworkTarget};
+use bimip::conformance::runner::{self, RunOptions};
+use bimip::core::auth::Algorithm;
+
+const AFTER_HELP: &str = "\
+Targets:
+  Give --target once per transport: at most one ws:// or wss:// URL (any path,
+  e.g. ws://127.0.0.1:7420/ws) and at most one tcp:// or tls:// URL. Cases on a
+  transport without a target are skipped. With no --target at all, the built-in
+  reference server is started on loopback and checked.
+
+Credentials (for an external target; one of):
+  --jwt-key FILE --jwt-alg ALG   the suite mints every token itself (RS256: a
+                                 private key PEM; EdDSA: a PKCS#8 PEM; HS256:
+                                 the secret file). Needed for the expired,
+                                 not-yet-valid, short-lived and missing-claim
+                                 cases.
+  --token-cmd 'CMD {eid} {device}'
+                                 run through `sh -c` with {eid} and {device}
+                                 replaced; its trimmed stdout is the token.
+                                 Cases that need the key are skipped.
+
+Selection:
+  --tags '@must and not @PING-2'   cucumber tag expression (tags without @ in
+                                   the report; every scenario has its
+                                   requirement IDs and @must/@should/@may)
+  --req ENV-5 --req AUTH-3         only cases tagged with these IDs
+  --exclude '@should'              leave out cases matching the expression
+
+Verdicts:
+  pass; fail; non-strict (a SHOULD/MAY case failed: fails only with --strict);
+  unimplemented (the server answered 501 unknown_route to a SPEC route: fails
+  unless listed in --expected-failures); skipped (cannot run against this
+  target: the reason is shown); expected failure; unexpected pass (a listed
+  case passed: fails the run). Exit status 0 only when every selected case
+  passed; 1 when a case failed or none ran; 2 on a usage or setup error.
+
+Examples:
+  bimip-conform
+  bimip-conform --target ws://chat.example.com/bimip --target tcp://chat.example.com:7421 \\
+                --jwt-key issuer.pem --jwt-alg RS256 --junit report.xml
+  bimip-conform --target ws://127.0.0.1:7420/ws --token-cmd 'bimip token {eid} {device}' --req AUTH-9
+";
+
+/// Checks a BIMIP server against SPEC.md.
+#[derive(Debug, Parser)]
+#[command(name = "bimip-conform", version, after_help = AFTER_HELP)]
+struct Args {
+    /// A server URL: ws://, wss://, tcp:// or tls://; once per transport.
+    #[arg(long, value_name = "URL")]
+    target: Vec<String>,
+    /// Accept any TLS certificate (self-signed development servers).
+    #[arg(long)]
+    insecure: bool,
+    /// The key the suite signs tokens with (see below).
+    #[arg(long, value_name = "FILE", requires = "jwt_alg", conflicts_with = "token_cmd")]
+    jwt_key: Option<PathBuf>,
+    /// RS256, EdDSA or HS256.
+    #[arg(long, value_name = "ALG")]
+    jwt_alg: Option<String>,
+    /// A shell command that prints a token for {eid} and {device}.
+    #[arg(long, value_name = "CMD")]
+    token_cmd: Option<String>,
+    /// Only cases matching this cucumber tag expression.
+    #[arg(long, value_name = "EXPR")]
+    tags: Option<String>,
+    /// Only cases tagged with this requirement ID (repeatable).
+    #[arg(long = "req", value_name = "ID")]
+    requirements: Vec<String>,
+    /// Only cases whose name contains this text (repeatable).
+    #[arg(long = "name", value_name = "TEXT")]
+    names: Vec<String>,
+    /// Leave out cases matching this tag expression.
+    #[arg(long, value_name = "EXPR")]
+    exclude: Option<String>,
+    /// SHOULD and MAY failures fail the run.
+    #[arg(long)]
+    strict: bool,
+    /// Scenario names, FILE:LINE or requirement IDs expected to fail, one per
+    /// line (`#` comments); one that passes fails the run.
+    #[arg(long, value_name = "FILE")]
+    expected_failures: Option<PathBuf>,
+    /// Cases run side by side (each has its own users).
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    jobs: usize,
+    /// Longest wait for an expected stanza, seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    timeout: f64,
+    /// The target's TCP auth deadline, seconds (SPEC default 10).
+    #[arg(long, value_name = "SECONDS")]
+    auth_deadline: Option<f64>,
+    /// The target's receiver queue limit, when low enough to reach (QUE-10);
+    /// without it those cases are skipped.
+    #[arg(long, value_name = "ITEMS")]
+    queue_limit: Option<usize>,
+    /// Print the selected cases with their tags; run nothing.
+    #[arg(long)]
+    list: bool,
+    /// Print the step vocabulary (the patterns feature files may use); run nothing.
+    #[arg(long)]
+    steps: bool,
+    /// Write a JUnit XML report.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write a JSON report (every case, failures with transcripts).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Show details and transcripts for every case that did not pass.
+    #[arg(long, short)]
+    verbose: bool,
+    /// No colours in the terminal report.
+    #[arg(long)]
+    no_color: bool,
+}
+
+fn read_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or(l).trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+fn write_report(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run(args: Args) -> Result<bool> {
+    let options = RunOptions {
+        tags: args.tags.clone(),
+        exclude: args.exclude.clone(),
+        requirements: args.requirements.clone(),
+        names: args.names.clone(),
+        strict: args.strict,
+        expected_failures: match &args.expected_failures {
+            Some(path) => read_list(path)?,
+            None => Vec::new(),
+        },
+        progress: !args.list,
+        target: String::new(),
+        jobs: args.jobs,
+    };
+    if args.steps {
+        for phrase in bimip::conformance::steps::phrases() {
+            println!("{phrase}");
+        }
+        return Ok(true);
+    }
+    if args.list {
+        let cases = runner::list(&options)?;
+        for case in &cases {
+            let tags: Vec<String> = case.tags.iter().map(|t| format!("@{t}")).collect();
+            println!(
+                "{}:{}  §{} {}: {}  {}",
+                case.file,
+                case.line,
+                case.section,
+                case.area,
+                case.name,
+                tags.join(" ")
+            );
+        }
+        println!("{} cases", cases.len());
+        return Ok(!cases.is_empty());
+    }
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let mut info = TargetInfo {
+        timeout: Duration::from_secs_f64(args.timeout),
+        queue_max_items: args.queue_limit,
+        ..TargetInfo::default()
+    };
+    if let Some(s) = args.auth_deadline {
+        info.auth_deadline = Duration::from_secs_f64(s);
+    }
+    let mut built_in = None;
+    let target = if args.target.is_empty() {
+        if args.jwt_key.is_some() || args.token_cmd.is_some() {
+            bail!("--jwt-key and --token-cmd need a --target (the built-in server brings its own key)");
+        }
+        let server = BuiltIn::start().context("starting the built-in reference server")?;
+        let mut target = server.target()?;
+        target.info.timeout = info.timeout;
+        built_in = Some(server);
+        target
+    } else {
+        let mut ws = None;
+        let mut tcp = None;
+        for url in &args.target {
+            let slot = match url.split("://").next() {
+                Some("ws" | "wss") => &mut ws,
+                Some("tcp" | "tls") => &mut tcp,
+                _ => bail!("{url}: a target is ws://, wss://, tcp:// or tls://"),
+            };
+            if slot.replace(url.clone()).is_some() {
+                bail!("{url}: give at most one WebSocket and one TCP target");
+            }
+        }
+        let credentials = match (&args.jwt_key, &args.jwt_alg, &args.token_cmd) {
+            (Some(key), Some(alg), None) => {
+                let alg: Algorithm = alg.parse().map_err(|e| anyhow::anyhow!("--jwt-alg: {e}"))?;
+                Credentials::Key(Arc::new(bimip::keys::load_signer(alg, key)?))
+            }
+            (None, _, Some(cmd)) => Credentials::Command(cmd.clone()),
+            _ => bail!("an external target needs --jwt-key FILE --jwt-alg ALG or --token-cmd CMD"),
+        };
+        NetworkTarget {
+            ws,
+            tcp,
+            credentials,
+            info,
+            insecure: args.insecure,
+        }
+    };
+    let description = match &built_in {
+        Some(_) => format!(
+            "the built-in reference server ({}, {})",
+            target.ws.as_deref().unwrap_or_default(),
+            target.tcp.as_deref().unwrap_or_default()
+        ),
+        None => args.target.join(", "),
+    };
+    let factory = NetworkFactory::new(target).context("starting the network driver")?;
+    eprintln!("bimip-conform: checking {description}");
+    let options = RunOptions {
+        target: description,
+        ..options
+    };
+    let report = runner::run(&options, Arc::new(factory), "network")?;
+    drop(built_in);
+    let colour = !args.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    print!("{}", report.render_tree(colour, args.verbose));
+    if let Some(path) = &args.junit {
+        write_report(path, &report.junit())?;
+    }
+    if let Some(path) = &args.json {
+        write_report(path, &report.json())?;
+    }
+    if report.cases.is_empty() {
+        eprintln!("bimip-conform: no case was selected");
+    }
+    Ok(report.ok())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("bimip-conform: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
