@@ -188,7 +188,7 @@ fn group_commit(c: &mut Criterion, root: &Path) {
     for writers in [1usize, 10, 100] {
         let dir = root.join(format!("gc-{writers}"));
         let store = QueueStore::open(RealFs, &dir, QueueConfig::default()).unwrap();
-        let (committer, thread) = GroupCommitter::spawn(store, GroupCommitConfig::default()).unwrap();
+        let (committer, task) = rt.block_on(async { GroupCommitter::spawn(store, GroupCommitConfig::default()) });
         let name = format!("acked appends/s, {writers} writers");
         g.bench_function(format!("writers/{writers}"), |b| {
             b.iter_custom(|iters| {
@@ -217,7 +217,7 @@ fn group_commit(c: &mut Criterion, root: &Path) {
             })
         });
         drop(committer);
-        let store = thread.join().unwrap();
+        let store = rt.block_on(task.join()).unwrap();
         let stats = store.stats();
         record(
             &format!("appends per fsync, {writers} writers"),
@@ -228,6 +228,65 @@ fn group_commit(c: &mut Criterion, root: &Path) {
         let _ = std::fs::remove_dir_all(&dir);
     }
     g.finish();
+}
+
+/// The 50x target compares two rates of a disk whose fsync latency drifts by an order of magnitude within
+/// minutes on a shared machine, so besides the criterion runs this measures them in alternating 300 ms slices
+/// (raw fsync, then 100 writers) and compares the sums.
+fn fsync_vs_group_commit(root: &Path) {
+    use std::os::unix::fs::FileExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = root.join("gc-alternating");
+    let store = QueueStore::open(RealFs, &dir, QueueConfig::default()).unwrap();
+    let (committer, task) = rt.block_on(async { GroupCommitter::spawn(store, GroupCommitConfig::default()) });
+    let path = root.join("raw-fsync-alternating");
+    let file = std::fs::File::create(&path).unwrap();
+    let rec = vec![7u8; 32 + 8 + PAYLOAD];
+    let slice = Duration::from_millis(300);
+    let mut off = 0u64;
+    for _ in 0..8 {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < slice {
+            file.write_all_at(&rec, off).unwrap();
+            file.sync_data().unwrap();
+            off += rec.len() as u64;
+            n += 1;
+        }
+        record("alternating raw fsync/s", n as f64, start.elapsed());
+        let start = Instant::now();
+        let deadline = start + slice;
+        let done: u64 = rt.block_on(async {
+            let tasks: Vec<_> = (0..100)
+                .map(|w| {
+                    let c = committer.clone();
+                    tokio::spawn(async move {
+                        let eid: std::sync::Arc<str> = format!("user{w}").into();
+                        let mut n = 0u64;
+                        while Instant::now() < deadline {
+                            c.append(eid.clone(), payload(n), None).await.unwrap();
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            total
+        });
+        record("alternating acked appends/s, 100 writers", done as f64, start.elapsed());
+    }
+    drop(committer);
+    rt.block_on(task.join()).unwrap().close().unwrap();
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Builds a queue of `total` bytes once (outside every timed loop) and closes it cleanly: `eids` users, each
@@ -430,16 +489,20 @@ fn summary(root: &Path) -> String {
     for w in [1, 10, 100] {
         let r = rate(&format!("acked appends/s, {w} writers"));
         let per = rate(&format!("appends per fsync, {w} writers"));
-        let (target, met) = if w == 100 {
-            ("≥ 50x fsync/s", if r >= 50.0 * fsync { "yes" } else { "NO" })
-        } else {
-            ("", "")
-        };
+        let (target, met) = ("", "");
         out.push_str(&format!(
             "| acknowledged 100-byte appends, {w} writer(s) ({per:.1} appends per fsync) | {r:.0} /s | {:.1}x fsync/s | {target} | {met} |\n",
             r / fsync
         ));
     }
+    let alt_fsync = rate("alternating raw fsync/s");
+    let alt = rate("alternating acked appends/s, 100 writers");
+    out.push_str(&format!(
+        "| 100 writers vs raw fsync in alternating 300 ms slices (8 each): {alt:.0} acked appends/s vs {alt_fsync:.0} \
+         fsync/s | {alt:.0} /s | {:.1}x fsync/s | ≥ 50x fsync/s | {} |\n",
+        alt / alt_fsync,
+        if alt >= 50.0 * alt_fsync { "yes" } else { "NO" }
+    ));
     for (k, base, bname, target) in [
         ("replay MB/s (contiguous, cold)", cold, "cold read", true),
         ("replay MB/s (contiguous, warm)", warm, "warm read", true),
@@ -505,6 +568,7 @@ fn main() {
 
     raw_write_fsync(&mut c, &root, "write_fsync");
     group_commit(&mut c, &root);
+    fsync_vs_group_commit(&root);
     // The disk's fsync rate drifts on a shared machine: measure it again right after the appends.
     raw_write_fsync(&mut c, &root, "write_fsync_again");
     raw_seq_read(&mut c, &seg_files(&backlog));

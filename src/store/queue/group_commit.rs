@@ -1,27 +1,29 @@
 //! [`GroupCommitter`]: many async writers, one fsync per batch.
 //!
-//! A dedicated thread owns the [`QueueStore`] (fsync blocks, so it must not run on a runtime worker). Writers send
-//! requests over a channel and await a oneshot; the thread takes every request that is waiting, appends them all,
-//! syncs once, and answers each writer only after that sync returned: an `append(..).await` that returns `Ok`
-//! is on stable storage (QUE-2).
+//! A committer task owns the [`QueueStore`]. Writers put requests on a shared queue and await a oneshot; the task
+//! takes every request that is waiting, appends them all, syncs once (on a blocking thread: fsync must not stall a
+//! runtime worker), and answers each writer only after that sync returned: an `append(..).await` that returns
+//! `Ok` is on stable storage (QUE-2).
 //!
 //! Why the linger: with closed-loop writers (each waits for its ack before its next append) the writers answered
-//! by one fsync come back a few microseconds after the thread has already taken the next, nearly empty, batch;
-//! batches then alternate between almost all writers and almost none, halving throughput. After an ack the thread
+//! by one fsync come back a few microseconds after the task has already taken the next, nearly empty, batch;
+//! batches then alternate between almost all writers and almost none, halving throughput. After an ack the task
 //! therefore waits up to [`GroupCommitConfig::linger`] for as many requests as the previous batch had (the same
-//! idea as PostgreSQL's `commit_delay` or Kafka's `linger.ms`). A lone writer never waits: its previous batch had
-//! one request, which it already has.
+//! idea as PostgreSQL's `commit_delay` or Kafka's `linger.ms`), yielding to the runtime so the writers it just
+//! woke run first. A lone writer never waits: its previous batch had one request, which it already has.
 //!
-//! Why a mutex-and-condvar queue rather than a channel: a channel wakes its receiver for every message, and during
-//! the linger that is a context switch per writer. Here a writer wakes the thread only when it brings the first
-//! request of a batch or the one the thread is waiting for, so a batch of a hundred costs two wake-ups.
+//! Why a task in the writers' runtime rather than a thread with a channel: waking a hundred writers from a foreign
+//! thread goes through the runtime's injection queue and unparks workers, and a channel wakes its receiver for
+//! every message; measured on this project's machines that overhead per batch was larger than the fsync itself.
+//! Inside the runtime a wake is a push on a local run queue; writers wake the task only with the first request of a
+//! batch, and during the linger the task yields instead of sleeping, so nobody has to wake it.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 
 use super::fs::Fs;
 use super::{Appended, QueueError, QueueStore};
@@ -67,15 +69,13 @@ enum Request<F: Fs> {
 
 struct Queue<F: Fs> {
     requests: Vec<Request<F>>,
-    /// The thread is lingering until this many requests wait (`usize::MAX` when it is not).
-    wake_at: usize,
     /// Live [`GroupCommitter`] handles; the thread ends when none is left and the queue is empty.
     handles: usize,
 }
 
 struct Shared<F: Fs> {
     queue: Mutex<Queue<F>>,
-    wake: Condvar,
+    wake: Notify,
 }
 
 impl<F: Fs> Shared<F> {
@@ -87,8 +87,7 @@ impl<F: Fs> Shared<F> {
     fn push(&self, req: Request<F>) {
         let mut q = self.lock();
         q.requests.push(req);
-        let n = q.requests.len();
-        let wake = n == 1 || n == q.wake_at;
+        let wake = q.requests.len() == 1;
         drop(q);
         if wake {
             self.wake.notify_one();
@@ -122,37 +121,30 @@ impl<F: Fs> Drop for GroupCommitter<F> {
     }
 }
 
-/// The committer thread; [`CommitterThread::join`] hands the store back once every handle is dropped.
-pub struct CommitterThread<F: Fs> {
-    handle: JoinHandle<QueueStore<F>>,
+/// The committer task; [`CommitterTask::join`] hands the store back once every handle is dropped.
+pub struct CommitterTask<F: Fs> {
+    handle: JoinHandle<Option<QueueStore<F>>>,
 }
 
-impl<F: Fs> CommitterThread<F> {
-    /// Waits for the thread to finish (after the last [`GroupCommitter`] is dropped) and returns the store.
-    pub fn join(self) -> Option<QueueStore<F>> {
-        self.handle.join().ok()
+impl<F: Fs> CommitterTask<F> {
+    /// Waits for the task to finish (after the last [`GroupCommitter`] is dropped) and returns the store.
+    pub async fn join(self) -> Option<QueueStore<F>> {
+        self.handle.await.ok().flatten()
     }
 }
 
 impl<F: Fs> GroupCommitter<F> {
-    /// Moves `store` to a committer thread.
-    pub fn spawn(
-        store: QueueStore<F>,
-        cfg: GroupCommitConfig,
-    ) -> std::io::Result<(GroupCommitter<F>, CommitterThread<F>)> {
+    /// Moves `store` to a committer task on the current tokio runtime (panics outside one, like `tokio::spawn`).
+    pub fn spawn(store: QueueStore<F>, cfg: GroupCommitConfig) -> (GroupCommitter<F>, CommitterTask<F>) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 requests: Vec::new(),
-                wake_at: usize::MAX,
                 handles: 1,
             }),
-            wake: Condvar::new(),
+            wake: Notify::new(),
         });
-        let thread_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("bimip-queue-commit".into())
-            .spawn(move || run(store, &thread_shared, cfg))?;
-        Ok((GroupCommitter { shared }, CommitterThread { handle }))
+        let handle = tokio::spawn(run(store, shared.clone(), cfg));
+        (GroupCommitter { shared }, CommitterTask { handle })
     }
 
     /// Appends an item and returns once it is durable. An `Arc<str>` EID or device is passed on without copying.
@@ -189,68 +181,88 @@ impl<F: Fs> GroupCommitter<F> {
 }
 
 /// Takes the next batch: waits for a first request, then lingers for `want` of them (module doc).
-fn next_batch<F: Fs>(shared: &Shared<F>, want: usize, cfg: &GroupCommitConfig) -> Option<Vec<Request<F>>> {
-    let mut q = shared.lock();
-    while q.requests.is_empty() {
-        if q.handles == 0 {
-            return None;
+async fn next_batch<F: Fs>(shared: &Shared<F>, want: usize, cfg: &GroupCommitConfig) -> Option<Vec<Request<F>>> {
+    loop {
+        // Registered before looking, so a push between the look and the wait is not missed.
+        let notified = shared.wake.notified();
+        {
+            let q = shared.lock();
+            if !q.requests.is_empty() {
+                break;
+            }
+            if q.handles == 0 {
+                return None;
+            }
         }
-        q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+        notified.await;
     }
+    let want = want.min(cfg.max_batch);
     let deadline = Instant::now() + cfg.linger;
-    while q.requests.len() < want.min(cfg.max_batch) && q.handles > 0 {
-        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-            break;
-        };
-        q.wake_at = want;
-        q = shared.wake.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
+    loop {
+        {
+            let mut q = shared.lock();
+            if q.requests.len() >= want || q.handles == 0 || Instant::now() >= deadline {
+                let n = q.requests.len().min(cfg.max_batch);
+                return Some(q.requests.drain(..n).collect());
+            }
+        }
+        // The writers woken by the last ack are on this runtime's run queues: let them run first.
+        tokio::task::yield_now().await;
     }
-    q.wake_at = usize::MAX;
-    let n = q.requests.len().min(cfg.max_batch);
-    Some(q.requests.drain(..n).collect())
 }
 
-fn run<F: Fs>(mut store: QueueStore<F>, shared: &Shared<F>, cfg: GroupCommitConfig) -> QueueStore<F> {
+async fn run<F: Fs>(store: QueueStore<F>, shared: Arc<Shared<F>>, cfg: GroupCommitConfig) -> Option<QueueStore<F>> {
+    // Shared with the blocking sync, which this task awaits before touching the store again.
+    let store = Arc::new(Mutex::new(store));
     let mut waiting: Vec<(oneshot::Sender<Result<Appended, CommitError>>, Appended)> = Vec::new();
     let mut want = 1usize;
-    while let Some(batch) = next_batch(shared, if cfg.linger.is_zero() { 1 } else { want }, &cfg) {
+    while let Some(batch) = next_batch(&shared, if cfg.linger.is_zero() { 1 } else { want }, &cfg).await {
         let mut appends = 0usize;
-        for req in batch {
-            match req {
-                Request::Append {
-                    eid,
-                    payload,
-                    exclude,
-                    reply,
-                } => {
-                    appends += 1;
-                    match store.append(&eid, &payload, exclude.as_deref()) {
-                        Ok(a) => waiting.push((reply, a)),
-                        Err(e) => {
-                            let _ = reply.send(Err(CommitError::Store(Arc::new(e))));
+        {
+            let mut st = store.lock().unwrap_or_else(|e| e.into_inner());
+            for req in batch {
+                match req {
+                    Request::Append {
+                        eid,
+                        payload,
+                        exclude,
+                        reply,
+                    } => {
+                        appends += 1;
+                        match st.append(&eid, &payload, exclude.as_deref()) {
+                            Ok(a) => waiting.push((reply, a)),
+                            Err(e) => {
+                                let _ = reply.send(Err(CommitError::Store(Arc::new(e))));
+                            }
                         }
                     }
+                    Request::Call(f) => f(&mut st),
                 }
-                Request::Call(f) => f(&mut store),
             }
         }
         want = appends.max(1);
         if waiting.is_empty() {
             continue;
         }
-        match store.sync() {
-            Ok(_) => {
+        let st = store.clone();
+        let synced = tokio::task::spawn_blocking(move || st.lock().unwrap_or_else(|e| e.into_inner()).sync()).await;
+        match synced {
+            Ok(Ok(_)) => {
                 for (reply, a) in waiting.drain(..) {
                     let _ = reply.send(Ok(a));
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 let e = Arc::new(e);
                 for (reply, _) in waiting.drain(..) {
                     let _ = reply.send(Err(CommitError::Store(e.clone())));
                 }
             }
+            // The blocking pool is shutting down: the writers learn the committer stopped.
+            Err(_) => return None,
         }
     }
-    store
+    Arc::try_unwrap(store)
+        .ok()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
 }

@@ -88,6 +88,8 @@ pub struct VerifyReport {
     pub dir: PathBuf,
     pub segments: Vec<SegmentSummary>,
     pub findings: Vec<Finding>,
+    /// Whether the per-EID check ran (it does not when records are damaged: recovery would refuse them).
+    pub eids_checked: bool,
     pub eids: usize,
     pub items: u64,
 }
@@ -113,7 +115,15 @@ impl fmt::Display for VerifyReport {
                 s.id, s.bytes, s.records, s.items, s.index
             )?;
         }
-        writeln!(f, "  {} EIDs, {} retained items", self.eids, self.items)?;
+        if self.eids_checked {
+            writeln!(
+                f,
+                "  {} EIDs, {} retained items, increments checked for gaps",
+                self.eids, self.items
+            )?;
+        } else {
+            writeln!(f, "  EIDs not checked: damaged records must be dealt with first")?;
+        }
         if self.findings.is_empty() {
             writeln!(f, "ok")
         } else {
@@ -292,7 +302,8 @@ pub fn verify_with<F: Fs>(fs: &F, dir: &Path) -> Result<VerifyReport, QueueError
         }
     }
     let (mut eids, mut items) = (0, 0);
-    if !findings.iter().any(|f| matches!(f, Finding::Corrupt { .. })) {
+    let eids_checked = !findings.iter().any(|f| matches!(f, Finding::Corrupt { .. }));
+    if eids_checked {
         match recovery::recover(fs, dir, false) {
             Ok(r) => {
                 eids = r.eids.len();
@@ -315,6 +326,7 @@ pub fn verify_with<F: Fs>(fs: &F, dir: &Path) -> Result<VerifyReport, QueueError
         dir: dir.to_path_buf(),
         segments,
         findings,
+        eids_checked,
         eids,
         items,
     })

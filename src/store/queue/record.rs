@@ -185,6 +185,44 @@ pub fn decode(buf: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     Ok(rec)
 }
 
+/// Decodes the item record at the start of `buf` that the index says is increment `increment` of `eid`, `len`
+/// bytes long: the replay fast path. It checks the same things as [`decode`] (checksum, shape) but compares the
+/// EID with the expected bytes instead of validating it as UTF-8 first.
+pub fn decode_item<'a>(buf: &'a [u8], eid: &[u8], increment: u64, len: usize) -> Result<RecordRef<'a>, DecodeError> {
+    if buf.len() < len || len < HEADER_LEN + eid.len() {
+        return Err(DecodeError::Incomplete);
+    }
+    let body = &buf[..len];
+    let aux_len = u16_at(body, 12) as usize;
+    let header_ok = u32_at(body, 4) as usize == len
+        && body[8] == Kind::Item as u8
+        && body[9..10] == [0]
+        && body[14..16] == [0, 0]
+        && u16_at(body, 10) as usize == eid.len()
+        && HEADER_LEN + eid.len() + aux_len <= len
+        && u64_at(body, 16) == increment;
+    if !header_ok || &body[HEADER_LEN..HEADER_LEN + eid.len()] != eid {
+        return Err(DecodeError::Bad("record is not the indexed item"));
+    }
+    if crc32c::crc32c(&body[4..]) != u32_at(body, 0) {
+        return Err(DecodeError::Bad("checksum mismatch"));
+    }
+    let aux = &body[HEADER_LEN + eid.len()..HEADER_LEN + eid.len() + aux_len];
+    if !aux.is_empty() && (aux.len() > MAX_DEVICE_LEN || std::str::from_utf8(aux).is_err()) {
+        return Err(DecodeError::Bad("fields break the record kind's rules"));
+    }
+    let payload = &body[HEADER_LEN + eid.len() + aux_len..];
+    Ok(RecordRef {
+        kind: Kind::Item,
+        eid: &body[HEADER_LEN..HEADER_LEN + eid.len()],
+        aux,
+        a: increment,
+        b: u64_at(body, 24),
+        payload,
+        len,
+    })
+}
+
 /// Field rules per kind: a record that passed its checksum but breaks them was written by something else.
 fn check_shape(r: &RecordRef<'_>) -> Result<(), DecodeError> {
     let eid_ok = !r.eid.is_empty() && r.eid.len() <= MAX_EID_LEN && std::str::from_utf8(r.eid).is_ok();
@@ -261,6 +299,18 @@ mod tests {
                     prop_assert_eq!(decode(&out[3..3 + cut]), Err(DecodeError::Incomplete));
                 }
             }
+        }
+
+        #[test]
+        fn item_fast_path_agrees(payload in proptest::collection::vec(any::<u8>(), 0..100), flip in any::<usize>()) {
+            let mut out = Vec::new();
+            encode(&mut out, Kind::Item, b"alice", b"phone", 9, 0, &payload);
+            prop_assert_eq!(decode_item(&out, b"alice", 9, out.len()), decode(&out));
+            prop_assert!(decode_item(&out, b"alice", 8, out.len()).is_err());
+            prop_assert!(decode_item(&out, b"alicf", 9, out.len()).is_err());
+            let bit = flip % (out.len() * 8);
+            out[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(decode_item(&out, b"alice", 9, out.len()).is_err());
         }
 
         #[test]

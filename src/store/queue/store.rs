@@ -671,13 +671,11 @@ impl<F: Fs> QueueStore<F> {
                     offset: head.off as u64 + at as u64,
                     reason,
                 };
-                let rec = record::decode(&raw[at..]).map_err(|e| match e {
+                let len = st.locs[first + k].rec_len as usize;
+                let rec = record::decode_item(&raw[at..], eid.as_bytes(), increment, len).map_err(|e| match e {
                     record::DecodeError::Incomplete => corrupt("record shorter than indexed"),
                     record::DecodeError::Bad(r) => corrupt(r),
                 })?;
-                if rec.kind != Kind::Item || rec.eid != eid.as_bytes() || rec.a != increment {
-                    return Err(corrupt("record is not the indexed item"));
-                }
                 f(raw, at, &rec);
                 at += rec.len;
             }

@@ -211,13 +211,13 @@ fn retention_and_limits() {
 fn group_committer_acknowledges_durable_appends() {
     let tmp = tempfile::tempdir().unwrap();
     let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
-    let (committer, thread) = GroupCommitter::spawn(store, GroupCommitConfig::default()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let store = rt.block_on(async {
+        let (committer, task) = GroupCommitter::spawn(store, GroupCommitConfig::default());
         let mut tasks = Vec::new();
         for w in 0..20 {
             let c = committer.clone();
@@ -236,9 +236,9 @@ fn group_committer_acknowledges_durable_appends() {
         }
         let durable = committer.call(|s| s.durable_lsn()).await.unwrap();
         assert_eq!(durable, 500);
+        drop(committer);
+        task.join().await.unwrap()
     });
-    drop(committer);
-    let store = thread.join().unwrap();
     for e in 0..4 {
         assert_eq!(store.read(&format!("eid{e}"), 0, usize::MAX).unwrap().len(), 125);
     }
