@@ -17,6 +17,7 @@ pub mod pingpong;
 pub mod token;
 pub mod transport;
 
+use crate::codec::describe::camel;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -237,23 +238,6 @@ pub fn route_of(message: &str) -> Route {
         .copied()
         .find(|r| r.message_name() == message)
         .unwrap_or_else(|| fail("a BIMIP message name (as in proto/bimip.proto)", message))
-}
-
-/// lower_snake -> lowerCamel.
-fn camel(snake: &str) -> String {
-    let mut out = String::with_capacity(snake.len());
-    let mut upper = false;
-    for c in snake.chars() {
-        match (c, upper) {
-            ('_', _) => upper = true,
-            (c, true) => {
-                out.extend(c.to_uppercase());
-                upper = false;
-            }
-            (c, false) => out.push(c),
-        }
-    }
-    out
 }
 
 /// Object keys in snake_case become the JSON mapping's lowerCamelCase.

@@ -55,7 +55,8 @@ pub fn describe(bytes: &[u8]) -> Description {
     }
 }
 
-fn camel(snake: &str) -> String {
+/// A proto field name in the JSON mapping's lowerCamelCase (`pingpong_message` -> `pingpongMessage`).
+pub fn camel(snake: &str) -> String {
     let mut out = String::with_capacity(snake.len());
     let mut upper = false;
     for c in snake.chars() {
