@@ -497,6 +497,40 @@ async fn ws_subprotocol() {
     .await;
 }
 
+/// TRN-7: a WebSocket Ping control frame is answered with a Pong carrying the
+/// same application data; it is no BIMIP pong (PING-4), so nothing else comes.
+#[tokio::test]
+async fn ws_ping_frames_are_answered() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    within(Duration::from_secs(10), async {
+        let server = server(Config::default()).await;
+        let mut request = server.ws.as_str().into_client_request().expect("request");
+        let bearer = format!("Bearer {}", token("ivan@example.com", "i1"));
+        request
+            .headers_mut()
+            .insert("Authorization", bearer.parse().expect("header"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
+        let first = ws.next().await.expect("a first message").expect("readable");
+        let Message::Binary(bytes) = first else {
+            panic!("expected the Authenticate RESPONSE, got {first:?}")
+        };
+        assert!(matches!(codec::decode(&bytes, 65_536), Ok(Payload::Authenticate(_))));
+        for data in [&b"abc"[..], &b""[..], &[0xff; 125][..]] {
+            ws.send(Message::Ping(data.to_vec().into())).await.expect("ping");
+            let answer = tokio::time::timeout(STEP, ws.next()).await.expect("in time");
+            match answer {
+                Some(Ok(Message::Pong(echo))) => assert_eq!(&echo[..], data),
+                other => panic!("expected a Pong, got {other:?}"),
+            }
+        }
+        server.handle.shutdown().await;
+    })
+    .await;
+}
+
 /// SES-1: a second connection of a device replaces the first (409
 /// session_replaced, close 4409 on WS, EOF on TCP), across transports.
 #[tokio::test]

@@ -9,6 +9,8 @@
 //! from [`ClientOptions::clock`]; nothing here is random.
 
 mod io;
+#[cfg(test)]
+mod tests;
 mod tls;
 
 use std::collections::VecDeque;

@@ -99,6 +99,33 @@ impl ErrorKind {
     }
 }
 
+/// Whose fault an ErrorMessage reports, judged by its code's hundred alone so
+/// that a peer also handles codes and kinds it does not know (SPEC ERR-7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// 4xx: the stanza or the state of the peer that sent it; sending the same
+    /// stanza again unchanged gets the same answer.
+    Sender,
+    /// 5xx: the server; the stanza may be sent again later.
+    Server,
+}
+
+impl Blame {
+    /// The blame for `code`; `None` outside 400..=599, which no error uses.
+    pub fn of_code(code: i32) -> Option<Blame> {
+        match code {
+            400..=499 => Some(Blame::Sender),
+            500..=599 => Some(Blame::Server),
+            _ => None,
+        }
+    }
+
+    /// Whether sending the refused stanza again, unchanged, can succeed.
+    pub fn may_retry_unchanged(self) -> bool {
+        self == Blame::Server
+    }
+}
+
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.code(), self.as_str())
@@ -128,6 +155,22 @@ mod tests {
         assert_eq!(ErrorKind::TextFrame.ws_close_code(), Some(1003));
         assert_eq!(ErrorKind::TooLarge.ws_close_code(), Some(1009));
         assert_eq!(ErrorKind::RouteMismatch.ws_close_code(), None);
+    }
+
+    // SPEC: ERR-7
+    #[test]
+    fn unknown_codes_are_judged_by_their_hundred() {
+        assert_eq!(Blame::of_code(418), Some(Blame::Sender));
+        assert_eq!(Blame::of_code(499), Some(Blame::Sender));
+        assert_eq!(Blame::of_code(507), Some(Blame::Server));
+        assert_eq!(Blame::of_code(399), None);
+        assert_eq!(Blame::of_code(600), None);
+        assert!(Blame::Server.may_retry_unchanged());
+        assert!(!Blame::Sender.may_retry_unchanged());
+        for kind in ErrorKind::ALL {
+            let blame = Blame::of_code(i32::from(kind.code())).expect("every kind has a 4xx or 5xx code");
+            assert_eq!(blame == Blame::Server, kind.code() >= 500, "{kind}");
+        }
     }
 
     #[test]

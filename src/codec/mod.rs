@@ -12,6 +12,6 @@ pub mod route;
 
 pub use describe::{Description, describe};
 pub use envelope::{DEFAULT_MAX_STANZA_BYTES, EnvelopeError, decode, encode, encode_message_scheme};
-pub use error_kind::ErrorKind;
+pub use error_kind::{Blame, ErrorKind};
 pub use framing::{FrameError, TcpFrameCodec};
 pub use route::{Direction, Route};
