@@ -535,6 +535,7 @@ mod tests {
         pair(Algorithm::Hs256).0.mint_json(payload).unwrap()
     }
 
+    // SPEC: AUTH-1 (RS256), AUTH-2 (EdDSA, HS256)
     #[test]
     fn each_algorithm_round_trips() {
         for alg in [Algorithm::Rs256, Algorithm::EdDsa, Algorithm::Hs256] {
@@ -816,6 +817,35 @@ mod tests {
                 .verify(&with(json!(5), json!({"odd": true})), NOW_MS)
                 .is_ok()
         );
+    }
+
+    // SPEC: AUTH-8. Each token below fails several checks; only the first in
+    // the order missing, malformed, signature, claims, expiry is reported
+    // (revocation, the last, is the engine's: see src/core/tests).
+    #[test]
+    fn only_the_first_failed_check_is_reported() {
+        let verifier = hs_verifier();
+        let expired_without_eid = json!({"device_id": "d", "jti": "j", "iat": IAT, "exp": IAT + 1});
+        let forged = Signer::new(Algorithm::Hs256, EncodingKey::from_secret(b"not the server's secret"));
+        let cases = [
+            // Malformed (two segments) beats everything after it.
+            ("e30.e30".to_string(), ErrorKind::TokenMalformed),
+            // A bad signature beats missing claims and expiry.
+            (
+                forged.mint_json(&expired_without_eid).unwrap(),
+                ErrorKind::TokenSignature,
+            ),
+            // Missing claims beat expiry.
+            (hs_mint(&expired_without_eid), ErrorKind::TokenClaims),
+            // With the claims complete, expiry is reported.
+            (
+                hs_mint(&json!({"eid": "a@b.c", "device_id": "d", "jti": "j", "iat": IAT, "exp": IAT + 1})),
+                ErrorKind::TokenExpired,
+            ),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(verifier.verify(&token, NOW_MS), Err(expected), "{token}");
+        }
     }
 
     #[test]
