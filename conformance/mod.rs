@@ -11,6 +11,7 @@
 //! - [`steps`]: the step vocabulary, per SPEC area.
 //! - [`spec`]: the requirement index, the embedded features, coverage.
 //! - [`runner`], [`report`]: running, verdicts, terminal tree, JUnit, JSON.
+//! - [`selfcheck`]: the built-in server faults the suite must catch.
 //!
 //! [`Driver`]: driver::Driver
 
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod network;
 pub mod report;
 pub mod runner;
+pub mod selfcheck;
 pub mod sim;
 pub mod spec;
 pub mod steps;

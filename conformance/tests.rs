@@ -1,8 +1,9 @@
 //! Self-checks of the suite: it can fail (a server that breaks a rule gets
 //! the verdict "fail"), the verdict rules, and the requirement index.
 //!
-//! The full self-check of issue 7 (a set of built-in server faults, each of
-//! which the suite must catch) is later work.
+//! The full self-check of issue 7 (every built-in server fault of
+//! `crate::core::faults` must be caught) runs in `tests/conformance.rs`
+//! through [`super::selfcheck`].
 
 use std::sync::Arc;
 

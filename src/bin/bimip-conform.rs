@@ -129,6 +129,10 @@ struct Args {
     /// No colours in the terminal report.
     #[arg(long)]
     no_color: bool,
+    /// TEST ONLY: the built-in server breaks this rule on purpose, to check
+    /// that the suite catches it (names in src/core/faults.rs). Repeatable.
+    #[arg(long, value_name = "NAME", hide = true)]
+    fault: Vec<bimip::core::faults::Fault>,
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>> {
@@ -151,6 +155,7 @@ fn run(args: Args) -> Result<bool> {
         exclude: args.exclude.clone(),
         requirements: args.requirements.clone(),
         names: args.names.clone(),
+        files: Vec::new(),
         strict: args.strict,
         expected_failures: match &args.expected_failures {
             Some(path) => read_list(path)?,
@@ -199,12 +204,16 @@ fn run(args: Args) -> Result<bool> {
         if args.jwt_key.is_some() || args.token_cmd.is_some() {
             bail!("--jwt-key and --token-cmd need a --target (the built-in server brings its own key)");
         }
-        let server = BuiltIn::start().context("starting the built-in reference server")?;
+        let faults = bimip::core::faults::Faults::of(args.fault.iter().copied());
+        let server = BuiltIn::start_with_faults(faults).context("starting the built-in reference server")?;
         let mut target = server.target()?;
         target.info.timeout = info.timeout;
         built_in = Some(server);
         target
     } else {
+        if !args.fault.is_empty() {
+            bail!("--fault applies to the built-in server only (no --target)");
+        }
         let mut ws = None;
         let mut tcp = None;
         for url in &args.target {
@@ -235,9 +244,15 @@ fn run(args: Args) -> Result<bool> {
     };
     let description = match &built_in {
         Some(_) => format!(
-            "the built-in reference server ({}, {})",
+            "the built-in reference server ({}, {}){}",
             target.ws.as_deref().unwrap_or_default(),
-            target.tcp.as_deref().unwrap_or_default()
+            target.tcp.as_deref().unwrap_or_default(),
+            if args.fault.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = args.fault.iter().map(|f| f.name()).collect();
+                format!(" with the test-only faults {}", names.join(", "))
+            }
         ),
         None => args.target.join(", "),
     };
