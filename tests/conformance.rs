@@ -140,6 +140,13 @@ fn main() -> ExitCode {
                 ok = false;
             }
         }
+        match cli_reports() {
+            Ok(summary) => println!("bimip-conform: {summary}"),
+            Err(error) => {
+                println!("bimip-conform FAILED: {error}");
+                ok = false;
+            }
+        }
     }
     if faults && !fault_self_check(&Fault::ALL, all_areas, &options.expected_failures, verbose) {
         ok = false;
@@ -223,4 +230,65 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
         ));
     }
     Ok(format!("{}; never-pong caught over the network", report.summary()))
+}
+
+/// The `bimip-conform` binary against its built-in server: exit status, and
+/// the JUnit, JSON and HTML reports of a small selection.
+fn cli_reports() -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("bimip-conform-cli-{}", std::process::id()));
+    let html = dir.join("html");
+    let junit = dir.join("report.xml");
+    let json = dir.join("report.json");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bimip-conform"))
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    let out = run(&[
+        "--req".as_ref(),
+        "ENV-5".as_ref(),
+        "--no-color".as_ref(),
+        "--html".as_ref(),
+        html.as_os_str(),
+        "--junit".as_ref(),
+        junit.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let result = (|| {
+        if !out.status.success() {
+            return Err(format!(
+                "exit {:?}: {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let page = std::fs::read_to_string(html.join("index.html")).map_err(|e| format!("index.html: {e}"))?;
+        let cases = page.matches("<details class=\"case v-pass\"").count();
+        if cases == 0 || !page.contains("<b>PASSED</b>") || !page.contains("ENV-5") {
+            return Err(format!("the HTML report lacks the passing ENV-5 cases:\n{page}"));
+        }
+        let xml = std::fs::read_to_string(&junit).map_err(|e| format!("report.xml: {e}"))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| format!("report.json: {e}"))?)
+                .map_err(|e| format!("report.json: {e}"))?;
+        let in_json = report["cases"].as_array().map_or(0, Vec::len);
+        if in_json != cases || !xml.contains(&format!("tests=\"{cases}\"")) {
+            return Err(format!(
+                "the reports disagree: {cases} in HTML, {in_json} in JSON, JUnit:\n{xml}"
+            ));
+        }
+        // Selecting nothing is a failure, not a pass.
+        let none = run(&["--req".as_ref(), "NO-SUCH-1".as_ref()])?;
+        if none.status.success() {
+            return Err("a run that selected no case exited 0".into());
+        }
+        Ok(format!(
+            "{cases} cases in the HTML, JUnit and JSON reports; exit 0, and non-zero when nothing ran"
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -4,7 +4,7 @@
 //! (WebSocket and native TCP, fresh data directory, short timers) and checks
 //! that; otherwise it checks the given server. Every case is a scenario of
 //! `features/`, tagged with the requirement IDs it checks; the verdicts come
-//! as a tree by SPEC section, and optionally as JUnit XML and JSON.
+//! as a tree by SPEC section, and optionally as JUnit XML, JSON and HTML.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -123,6 +123,10 @@ struct Args {
     /// Write a JSON report (every case, failures with transcripts).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report to DIR/index.html (filters,
+    /// Expected/Actual, transcripts).
+    #[arg(long, value_name = "DIR")]
+    html: Option<PathBuf>,
     /// Show details and transcripts for every case that did not pass.
     #[arg(long, short)]
     verbose: bool,
@@ -146,6 +150,9 @@ fn read_list(path: &Path) -> Result<Vec<String>> {
 }
 
 fn write_report(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -271,6 +278,11 @@ fn run(args: Args) -> Result<bool> {
     }
     if let Some(path) = &args.json {
         write_report(path, &report.json())?;
+    }
+    if let Some(dir) = &args.html {
+        let path =
+            bimip::conformance::html::write(&report, dir).with_context(|| format!("writing {}", dir.display()))?;
+        eprintln!("bimip-conform: HTML report in {}", path.display());
     }
     if report.cases.is_empty() {
         eprintln!("bimip-conform: no case was selected");
