@@ -12,6 +12,7 @@ use super::driver::{Credentials, TargetInfo};
 use super::network::NetworkTarget;
 use crate::core::Config;
 use crate::core::auth::Algorithm;
+use crate::core::faults::Faults;
 use crate::net::Clock as _;
 use crate::server::{JwtSettings, Running, Settings, StartError};
 
@@ -49,7 +50,16 @@ impl BuiltIn {
     }
 
     pub fn start() -> Result<BuiltIn, BuiltInError> {
-        let limits = Self::limits();
+        Self::start_with_faults(Faults::none())
+    }
+
+    /// The same server, breaking SPEC on purpose with `faults` (the
+    /// self-check: the suite must catch each).
+    pub fn start_with_faults(faults: Faults) -> Result<BuiltIn, BuiltInError> {
+        let limits = Config {
+            faults,
+            ..Self::limits()
+        };
         let data_dir = std::env::temp_dir().join(format!(
             "bimip-conform-server-{}-{}",
             std::process::id(),

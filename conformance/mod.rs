@@ -11,14 +11,18 @@
 //! - [`steps`]: the step vocabulary, per SPEC area.
 //! - [`spec`]: the requirement index, the embedded features, coverage.
 //! - [`runner`], [`report`]: running, verdicts, terminal tree, JUnit, JSON.
+//! - [`html`]: the self-contained HTML report.
+//! - [`selfcheck`]: the built-in server faults the suite must catch.
 //!
 //! [`Driver`]: driver::Driver
 
 pub mod builtin;
 pub mod driver;
+pub mod html;
 pub mod network;
 pub mod report;
 pub mod runner;
+pub mod selfcheck;
 pub mod sim;
 pub mod spec;
 pub mod steps;

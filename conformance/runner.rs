@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub requirements: Vec<String>,
     /// Only cases whose name contains one of these.
     pub names: Vec<String>,
+    /// Only cases of these feature files (`chat.feature`); empty: all.
+    pub files: Vec<String>,
     /// SHOULD/MAY failures fail the run.
     pub strict: bool,
     /// Scenario names, `file:line` or requirement IDs expected to fail.
@@ -65,6 +67,7 @@ pub struct Filter {
     exclude: Option<TagOperation>,
     requirements: Vec<String>,
     names: Vec<String>,
+    files: Vec<String>,
 }
 
 fn parse_tags(expr: &Option<String>) -> Result<Option<TagOperation>, RunError> {
@@ -85,16 +88,18 @@ impl Filter {
             exclude: parse_tags(&options.exclude)?,
             requirements: options.requirements.clone(),
             names: options.names.clone(),
+            files: options.files.clone(),
         })
     }
 
-    /// Whether a case with these tags (no '@') and name is selected.
-    pub fn selects(&self, tags: &[String], name: &str) -> bool {
+    /// Whether a case of `file` with these tags (no '@') and name is selected.
+    pub fn selects(&self, file: &str, tags: &[String], name: &str) -> bool {
+        let by_file = self.files.is_empty() || self.files.iter().any(|f| f == file);
         let by_tags = self.tags.as_ref().is_none_or(|t| t.eval(tags.iter()));
         let excluded = self.exclude.as_ref().is_some_and(|t| t.eval(tags.iter()));
         let by_req = self.requirements.is_empty() || self.requirements.iter().any(|r| tags.contains(r));
         let by_name = self.names.is_empty() || self.names.iter().any(|n| name.contains(n.as_str()));
-        by_tags && !excluded && by_req && by_name
+        by_file && by_tags && !excluded && by_req && by_name
     }
 }
 
@@ -104,7 +109,7 @@ pub fn list(options: &RunOptions) -> Result<Vec<spec::Case>, RunError> {
     Ok(spec::cases()
         .map_err(RunError::Parse)?
         .into_iter()
-        .filter(|c| filter.selects(&c.tags, &c.name))
+        .filter(|c| filter.selects(&c.file, &c.tags, &c.name))
         .collect())
 }
 
@@ -338,7 +343,13 @@ fn run_worker(
             tags.extend(rule.tags.iter().cloned());
         }
         tags.extend(scenario.tags.iter().cloned());
-        filter.selects(&tags, &scenario.name) && worker_of(feature, scenario, jobs) == worker
+        let file = feature
+            .path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        filter.selects(&file, &tags, &scenario.name) && worker_of(feature, scenario, jobs) == worker
     });
     futures::executor::block_on(run);
     QUIET_PANICS.with(|q| q.set(false));

@@ -1,8 +1,9 @@
 //! Self-checks of the suite: it can fail (a server that breaks a rule gets
 //! the verdict "fail"), the verdict rules, and the requirement index.
 //!
-//! The full self-check of issue 7 (a set of built-in server faults, each of
-//! which the suite must catch) is later work.
+//! The full self-check of issue 7 (every built-in server fault of
+//! `crate::core::faults` must be caught) runs in `tests/conformance.rs`
+//! through [`super::selfcheck`].
 
 use std::sync::Arc;
 
@@ -208,4 +209,95 @@ fn token_mangling() {
     assert_eq!(alter_signature(token), "aGVhZA.cGF5bG9hZA.A2lnbmF0dXJl");
     let none = alg_none(token);
     assert!(none.ends_with(".cGF5bG9hZA."), "{none}");
+}
+
+fn html_report() -> super::report::Report {
+    let mut transcript = Transcript::default();
+    transcript.note(0, "alice/phone", "connecting over websocket");
+    transcript.sent(12, "alice/phone", &crate::codec::encode(&ping_payload()));
+    transcript.note(30, "bob/phone", "closed with code 1000");
+    let mut failed_case = case(&["PING-1", "must"], failed());
+    failed_case.verdict = Verdict::Fail;
+    failed_case.name = "A <script>alert(1)</script> case".into();
+    failed_case.transcript = Some(transcript);
+    let mut passed = case(&["CHAT-7", "must"], Outcome::Passed);
+    passed.file = "chat.feature".into();
+    passed.section = "15".into();
+    passed.area = "Chat".into();
+    let mut skipped = case(
+        &["AUTH-5", "must"],
+        Outcome::Skipped {
+            reason: "no key & no luck".into(),
+        },
+    );
+    skipped.verdict = Verdict::Skipped;
+    super::report::Report {
+        driver: "simulation".into(),
+        target: "a test target".into(),
+        strict: false,
+        duration_ms: 1234,
+        cases: vec![failed_case, passed, skipped],
+        parse_errors: Vec::new(),
+    }
+}
+
+fn ping_payload() -> crate::proto::message_scheme::Payload {
+    crate::proto::message_scheme::Payload::PingpongMessage(crate::proto::PingPong {
+        r#type: 1,
+        status: 1,
+        id: "p-1".into(),
+        ..Default::default()
+    })
+}
+
+/// The HTML report: self-contained, every case with its verdict for the
+/// filters, Expected/Actual and the transcript of a failure, text escaped.
+#[test]
+fn the_html_report_is_self_contained_and_complete() {
+    let html = super::html::render(&html_report());
+    for outside in ["http://", "https://", "<link", " src=", "@import", "url("] {
+        assert!(!html.contains(outside), "the page references {outside:?}");
+    }
+    assert_eq!(html.matches("<details class=\"case").count(), 3);
+    assert_eq!(html.matches("<details").count(), html.matches("</details>").count());
+    assert!(html.contains("data-verdict=\"fail\""), "{html}");
+    assert!(html.contains("data-verdict=\"pass\""));
+    assert!(html.contains("data-verdict=\"skipped\""));
+    for count in ["1 fail", "1 pass", "1 skipped"] {
+        assert!(html.contains(count), "no count {count:?}");
+    }
+    assert!(html.contains("<b>FAILED</b>"));
+    assert!(html.contains("<option value=\"Chat\">§15 Chat</option>"));
+    assert!(html.contains("data-tags=\"PING-1 must\""));
+    // The failure: step, Expected/Actual apart, the transcript by connection.
+    assert!(html.contains("<dt>Step</dt><dd>Then x</dd>"));
+    assert!(html.contains("<dd class=\"expected\">a</dd><dt>Actual</dt><dd class=\"actual\">b</dd>"));
+    assert!(
+        html.contains("<tr class=\"d-sent\" data-conn=\"alice/phone\"><td>12 ms</td>"),
+        "{html}"
+    );
+    assert!(html.contains("PingPong"), "the stanza is decoded");
+    assert!(html.contains("<option>bob/phone</option>"));
+    assert_eq!(
+        html.matches("<table class=\"transcript\">").count(),
+        1,
+        "only the failure has one"
+    );
+    // Report text is never markup.
+    assert!(!html.contains("<script>alert"));
+    assert!(html.contains("A &lt;script&gt;alert(1)&lt;/script&gt; case"));
+    assert!(html.contains("no key &amp; no luck"));
+}
+
+#[test]
+fn the_html_report_of_a_clean_run_says_passed() {
+    let mut report = html_report();
+    report.cases.retain(|c| c.verdict == Verdict::Pass);
+    let html = super::html::render(&report);
+    assert!(html.contains("<b>PASSED</b>"));
+    assert!(!html.contains("data-verdict=\"fail\""));
+    let dir = std::env::temp_dir().join(format!("bimip-html-test-{}", std::process::id()));
+    let path = super::html::write(&report, &dir).expect("written");
+    assert_eq!(std::fs::read_to_string(&path).expect("read back"), html);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,9 +6,14 @@
 //! It also smoke-tests the network driver: a few cases over real loopback
 //! sockets against the built-in reference server (`bimip-conform` runs all).
 //!
+//! Then the self-check (`conformance/selfcheck.rs`): for each built-in fault
+//! of the reference server, the cases of its areas run against a server with
+//! that fault, and at least one must fail; the catching cases are printed.
+//!
 //! `cargo test --test conformance` runs everything; arguments after `--`
 //! narrow it: `--tags EXPR`, `--req ID`, `--name TEXT`, `--verbose`,
-//! `--no-network`.
+//! `--no-network`, `--no-faults`; `--fault NAME` (repeatable) runs only the
+//! self-check of those faults, `--all-areas` runs it over every feature.
 //!
 //! Cucumber runs under `futures::executor::block_on` on this thread (not
 //! under `#[tokio::main]`: the simulation steps runtimes of its own).
@@ -19,8 +24,10 @@ use std::sync::Arc;
 use bimip::conformance::builtin::BuiltIn;
 use bimip::conformance::network::NetworkFactory;
 use bimip::conformance::runner::{self, RunOptions};
+use bimip::conformance::selfcheck;
 use bimip::conformance::sim::SimFactory;
 use bimip::conformance::spec;
+use bimip::core::faults::{Fault, Faults};
 
 /// Known failures of the reference server in simulation (scenario names or
 /// requirement IDs), each a bug to fix in the server, not in the suite.
@@ -72,6 +79,9 @@ fn main() -> ExitCode {
     };
     let mut verbose = false;
     let mut network = true;
+    let mut faults = true;
+    let mut only_faults: Vec<Fault> = Vec::new();
+    let mut all_areas = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -81,8 +91,25 @@ fn main() -> ExitCode {
             "--verbose" => verbose = true,
             "--progress" => options.progress = true,
             "--no-network" => network = false,
+            "--no-faults" => faults = false,
+            "--all-areas" => all_areas = true,
+            "--fault" => match args.next().map(|n| n.parse::<Fault>()) {
+                Some(Ok(fault)) => only_faults.push(fault),
+                Some(Err(error)) => {
+                    println!("{error}");
+                    return ExitCode::FAILURE;
+                }
+                None => {}
+            },
             _ => {}
         }
+    }
+    if !only_faults.is_empty() {
+        return if fault_self_check(&only_faults, all_areas, &options.expected_failures, verbose) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let mut ok = true;
     match coverage() {
@@ -113,8 +140,60 @@ fn main() -> ExitCode {
                 ok = false;
             }
         }
+        match cli_reports() {
+            Ok(summary) => println!("bimip-conform: {summary}"),
+            Err(error) => {
+                println!("bimip-conform FAILED: {error}");
+                ok = false;
+            }
+        }
+    }
+    if faults && !fault_self_check(&Fault::ALL, all_areas, &options.expected_failures, verbose) {
+        ok = false;
     }
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Every fault in `faults` must fail some case; prints which cases caught each.
+fn fault_self_check(faults: &[Fault], all_areas: bool, expected_failures: &[String], verbose: bool) -> bool {
+    let started = std::time::Instant::now();
+    let mut ok = true;
+    for fault in faults {
+        match selfcheck::run_fault(*fault, all_areas, expected_failures) {
+            Ok(run) => {
+                let caught = run.caught_by();
+                if caught.is_empty() {
+                    ok = false;
+                    println!(
+                        "self-check FAILED: no case caught the fault {fault} ({})",
+                        run.report.summary()
+                    );
+                    if verbose {
+                        print!("{}", run.report.render_tree(false, true));
+                    }
+                } else {
+                    println!(
+                        "self-check: {fault} caught by {} of {} cases:",
+                        caught.len(),
+                        run.report.cases.len()
+                    );
+                    for case in caught {
+                        println!("    {case}");
+                    }
+                }
+            }
+            Err(error) => {
+                ok = false;
+                println!("self-check FAILED for {fault}: {error}");
+            }
+        }
+    }
+    println!(
+        "self-check: {} faults in {:.1} s",
+        faults.len(),
+        started.elapsed().as_secs_f64()
+    );
+    ok
 }
 
 /// A few cases over real sockets against the built-in reference server.
@@ -130,9 +209,86 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
     };
     let report = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
     drop(server);
-    if report.ok() {
-        Ok(report.summary())
-    } else {
-        Err(report.render_tree(false, verbose))
+    if !report.ok() {
+        return Err(report.render_tree(false, verbose));
     }
+    // The test-only fault reaches the network server too (`bimip-conform --fault`).
+    let faulty = BuiltIn::start_with_faults(Faults::of([Fault::NeverPong])).map_err(|e| e.to_string())?;
+    let factory = NetworkFactory::new(faulty.target().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let options = RunOptions {
+        requirements: vec!["PING-1".into()],
+        target: "built-in reference server with the fault never-pong".into(),
+        jobs: 2,
+        ..RunOptions::default()
+    };
+    let caught = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
+    drop(faulty);
+    if caught.cases.is_empty() || caught.ok() {
+        return Err(format!(
+            "the never-pong server was not caught over the network: {}",
+            caught.summary()
+        ));
+    }
+    Ok(format!("{}; never-pong caught over the network", report.summary()))
+}
+
+/// The `bimip-conform` binary against its built-in server: exit status, and
+/// the JUnit, JSON and HTML reports of a small selection.
+fn cli_reports() -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("bimip-conform-cli-{}", std::process::id()));
+    let html = dir.join("html");
+    let junit = dir.join("report.xml");
+    let json = dir.join("report.json");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bimip-conform"))
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())
+    };
+    let out = run(&[
+        "--req".as_ref(),
+        "ENV-5".as_ref(),
+        "--no-color".as_ref(),
+        "--html".as_ref(),
+        html.as_os_str(),
+        "--junit".as_ref(),
+        junit.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let result = (|| {
+        if !out.status.success() {
+            return Err(format!(
+                "exit {:?}: {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let page = std::fs::read_to_string(html.join("index.html")).map_err(|e| format!("index.html: {e}"))?;
+        let cases = page.matches("<details class=\"case v-pass\"").count();
+        if cases == 0 || !page.contains("<b>PASSED</b>") || !page.contains("ENV-5") {
+            return Err(format!("the HTML report lacks the passing ENV-5 cases:\n{page}"));
+        }
+        let xml = std::fs::read_to_string(&junit).map_err(|e| format!("report.xml: {e}"))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| format!("report.json: {e}"))?)
+                .map_err(|e| format!("report.json: {e}"))?;
+        let in_json = report["cases"].as_array().map_or(0, Vec::len);
+        if in_json != cases || !xml.contains(&format!("tests=\"{cases}\"")) {
+            return Err(format!(
+                "the reports disagree: {cases} in HTML, {in_json} in JSON, JUnit:\n{xml}"
+            ));
+        }
+        // Selecting nothing is a failure, not a pass.
+        let none = run(&["--req".as_ref(), "NO-SUCH-1".as_ref()])?;
+        if none.status.success() {
+            return Err("a run that selected no case exited 0".into());
+        }
+        Ok(format!(
+            "{cases} cases in the HTML, JUnit and JSON reports; exit 0, and non-zero when nothing ran"
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

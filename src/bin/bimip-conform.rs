@@ -4,7 +4,7 @@
 //! (WebSocket and native TCP, fresh data directory, short timers) and checks
 //! that; otherwise it checks the given server. Every case is a scenario of
 //! `features/`, tagged with the requirement IDs it checks; the verdicts come
-//! as a tree by SPEC section, and optionally as JUnit XML and JSON.
+//! as a tree by SPEC section, and optionally as JUnit XML, JSON and HTML.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -123,12 +123,20 @@ struct Args {
     /// Write a JSON report (every case, failures with transcripts).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report to DIR/index.html (filters,
+    /// Expected/Actual, transcripts).
+    #[arg(long, value_name = "DIR")]
+    html: Option<PathBuf>,
     /// Show details and transcripts for every case that did not pass.
     #[arg(long, short)]
     verbose: bool,
     /// No colours in the terminal report.
     #[arg(long)]
     no_color: bool,
+    /// TEST ONLY: the built-in server breaks this rule on purpose, to check
+    /// that the suite catches it (names in src/core/faults.rs). Repeatable.
+    #[arg(long, value_name = "NAME", hide = true)]
+    fault: Vec<bimip::core::faults::Fault>,
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>> {
@@ -142,6 +150,9 @@ fn read_list(path: &Path) -> Result<Vec<String>> {
 }
 
 fn write_report(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -151,6 +162,7 @@ fn run(args: Args) -> Result<bool> {
         exclude: args.exclude.clone(),
         requirements: args.requirements.clone(),
         names: args.names.clone(),
+        files: Vec::new(),
         strict: args.strict,
         expected_failures: match &args.expected_failures {
             Some(path) => read_list(path)?,
@@ -199,12 +211,16 @@ fn run(args: Args) -> Result<bool> {
         if args.jwt_key.is_some() || args.token_cmd.is_some() {
             bail!("--jwt-key and --token-cmd need a --target (the built-in server brings its own key)");
         }
-        let server = BuiltIn::start().context("starting the built-in reference server")?;
+        let faults = bimip::core::faults::Faults::of(args.fault.iter().copied());
+        let server = BuiltIn::start_with_faults(faults).context("starting the built-in reference server")?;
         let mut target = server.target()?;
         target.info.timeout = info.timeout;
         built_in = Some(server);
         target
     } else {
+        if !args.fault.is_empty() {
+            bail!("--fault applies to the built-in server only (no --target)");
+        }
         let mut ws = None;
         let mut tcp = None;
         for url in &args.target {
@@ -235,9 +251,15 @@ fn run(args: Args) -> Result<bool> {
     };
     let description = match &built_in {
         Some(_) => format!(
-            "the built-in reference server ({}, {})",
+            "the built-in reference server ({}, {}){}",
             target.ws.as_deref().unwrap_or_default(),
-            target.tcp.as_deref().unwrap_or_default()
+            target.tcp.as_deref().unwrap_or_default(),
+            if args.fault.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = args.fault.iter().map(|f| f.name()).collect();
+                format!(" with the test-only faults {}", names.join(", "))
+            }
         ),
         None => args.target.join(", "),
     };
@@ -256,6 +278,11 @@ fn run(args: Args) -> Result<bool> {
     }
     if let Some(path) = &args.json {
         write_report(path, &report.json())?;
+    }
+    if let Some(dir) = &args.html {
+        let path =
+            bimip::conformance::html::write(&report, dir).with_context(|| format!("writing {}", dir.display()))?;
+        eprintln!("bimip-conform: HTML report in {}", path.display());
     }
     if report.cases.is_empty() {
         eprintln!("bimip-conform: no case was selected");

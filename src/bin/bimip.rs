@@ -90,6 +90,10 @@ struct ServeArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// TEST ONLY: break one protocol rule on purpose (conformance self-check;
+    /// names in src/core/faults.rs). Repeatable.
+    #[arg(long, value_name = "NAME", hide = true)]
+    fault: Vec<bimip::core::faults::Fault>,
 }
 
 #[derive(clap::Args)]
@@ -354,6 +358,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         settings.tls = Some(TlsSettings { cert, key });
+    }
+    if !args.fault.is_empty() {
+        tracing::warn!(faults = ?args.fault, "TEST ONLY: this server breaks SPEC on purpose");
+        settings.limits.faults = bimip::core::faults::Faults::of(args.fault);
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

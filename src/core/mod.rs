@@ -16,6 +16,7 @@ mod awareness;
 mod block;
 pub mod chat;
 mod engine;
+pub mod faults;
 mod limits;
 mod location;
 mod logout;
@@ -114,6 +115,11 @@ pub struct Config {
     pub queue_max_items: usize,
     /// Retained queue bytes per receiver before new chats get 503 (QUE-10).
     pub queue_max_bytes: usize,
+    /// Deliberate faults for the conformance self-check (`faults.rs`):
+    /// empty unless a test or a test-only flag sets them; never read from a
+    /// settings file.
+    #[serde(skip)]
+    pub faults: faults::Faults,
 }
 
 impl Default for Config {
@@ -129,6 +135,7 @@ impl Default for Config {
             max_sessions_per_eid: 10,
             queue_max_items: 100_000,
             queue_max_bytes: 64 * 1024 * 1024,
+            faults: faults::Faults::none(),
         }
     }
 }

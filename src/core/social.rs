@@ -81,6 +81,8 @@ pub struct Social {
     blocks: BTreeSet<(String, String)>,
     /// eid -> (visibility, location sharing)
     settings: BTreeMap<String, (i32, i32)>,
+    /// The LeakPresenceToBlocked fault (`faults.rs`): sight ignores blocks.
+    pub(super) leak_to_blocked: bool,
 }
 
 impl Social {
@@ -179,7 +181,7 @@ impl Social {
         if viewer == owner {
             return true;
         }
-        if self.blocked_pair(viewer, owner) {
+        if self.blocked_pair(viewer, owner) && !self.leak_to_blocked {
             return false;
         }
         match self.settings(owner).0 {

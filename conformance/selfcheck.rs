@@ -1,0 +1,68 @@
+//! The suite's self-check (issue 7): the reference server runs in simulation
+//! with one built-in fault (`crate::core::faults`) at a time, and the suite
+//! must fail at least one case for each. A fault nobody catches is a hole in
+//! the suite.
+//!
+//! Each fault runs only the feature files of the areas it breaks, to keep the
+//! check fast; [`areas`] is a `match`, so a new fault cannot be left out.
+
+use std::sync::Arc;
+
+use super::report::{Report, Verdict};
+use super::runner::{RunError, RunOptions, run};
+use super::sim::{SimFactory, SimOptions};
+use crate::core::faults::{Fault, Faults};
+
+/// The feature files whose scenarios are expected to catch `fault`.
+pub fn areas(fault: Fault) -> &'static [&'static str] {
+    match fault {
+        Fault::SkipVersionUpdate => &["chat.feature"],
+        Fault::ReorderChat => &["chat.feature", "queue.feature"],
+        Fault::WrongAckCode => &["ack.feature"],
+        Fault::LeakPresenceToBlocked => &["block.feature"],
+        Fault::IgnoreRevocation => &["token.feature"],
+        Fault::NeverPong => &["pingpong.feature"],
+        Fault::AcceptExpiredToken => &["auth.feature"],
+        Fault::DropOfflineQueue => &["queue.feature"],
+        Fault::TrustClientFrom => &["envelope.feature"],
+    }
+}
+
+/// What one faulty server got from the suite.
+#[derive(Debug)]
+pub struct FaultRun {
+    pub fault: Fault,
+    pub report: Report,
+}
+
+impl FaultRun {
+    /// The cases that failed: the ones that caught the fault.
+    pub fn caught_by(&self) -> Vec<String> {
+        self.report
+            .cases
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .map(|c| format!("{}:{} {}", c.file, c.line, c.name))
+            .collect()
+    }
+}
+
+/// Runs `fault`'s areas (all features when `all_areas`) in simulation
+/// against a server with that fault. `expected_failures` are the reference
+/// server's known deviations: they do not count as catching anything.
+pub fn run_fault(fault: Fault, all_areas: bool, expected_failures: &[String]) -> Result<FaultRun, RunError> {
+    let mut options = SimOptions::default();
+    options.config.faults = Faults::of([fault]);
+    let run_options = RunOptions {
+        files: if all_areas {
+            Vec::new()
+        } else {
+            areas(fault).iter().map(|f| (*f).to_string()).collect()
+        },
+        expected_failures: expected_failures.to_vec(),
+        target: format!("reference server in simulation with the fault {fault}"),
+        ..RunOptions::default()
+    };
+    let report = run(&run_options, Arc::new(SimFactory { options }), "simulation")?;
+    Ok(FaultRun { fault, report })
+}
