@@ -15,7 +15,8 @@ use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::social::SocialEvent;
 use crate::core::{Config as EngineConfig, Engine};
 use crate::keys::{self, KeyError};
-use crate::store::{FileRevocations, Journal, OpenError};
+use crate::store::queue::{QueueConfig, RealFs};
+use crate::store::{ChatStoreError, DurableChatStore, FileRevocations, Journal, OpenError};
 
 /// Every setting of the reference server; the TOML file has the same shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,7 +28,7 @@ pub struct Settings {
     pub tcp: Option<SocketAddr>,
     /// Admin HTTP listener: GET /healthz and GET /metrics; none = off.
     pub admin: Option<SocketAddr>,
-    /// Development key, revocation list and (later) the offline queue live here.
+    /// Development key, revocation list, social graph and the offline queue (`queue/`) live here.
     pub data_dir: PathBuf,
     /// Token keys; absent = the development key in `data_dir`.
     pub jwt: Option<JwtSettings>,
@@ -91,6 +92,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("durable state: {0}")]
     Store(#[from] OpenError),
+    #[error("durable state: {0}")]
+    Chat(#[from] ChatStoreError),
     #[error("creating {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("{what}: {source}")]
@@ -135,7 +138,8 @@ impl Settings {
         Ok((verifier, signer))
     }
 
-    /// The engine, with its durable revocation list opened from `data_dir`.
+    /// The engine, with its durable state opened from `data_dir`: the revocation list (`revoked-tokens`), the
+    /// social graph (`social`) and the offline queue with the chat event log (`queue/`, recovered after a crash).
     pub fn engine(&self, now_ms: i64) -> Result<Engine, StartError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::DataDir {
             path: self.data_dir.clone(),
@@ -144,8 +148,16 @@ impl Settings {
         let (verifier, signer) = self.keys()?;
         let revocations = FileRevocations::open(&self.data_dir.join("revoked-tokens"), now_ms)?;
         let (social_log, social_events) = Journal::<SocialEvent>::open(&self.data_dir.join("social"))?;
+        let queue_config = QueueConfig {
+            max_items_per_eid: u64::try_from(self.limits.queue_max_items).unwrap_or(u64::MAX),
+            max_bytes_per_eid: u64::try_from(self.limits.queue_max_bytes).unwrap_or(u64::MAX),
+            ..QueueConfig::default()
+        };
+        let (chat_store, chat_events) = DurableChatStore::open(RealFs, self.data_dir.join("queue"), queue_config)?;
         let engine = Engine::new(self.limits.clone(), verifier, signer, Box::new(revocations));
-        Ok(engine.with_social(Box::new(social_log), &social_events))
+        Ok(engine
+            .with_social(Box::new(social_log), &social_events)
+            .with_chat(Box::new(chat_store), &chat_events))
     }
 }
 

@@ -80,3 +80,64 @@ fn decode_accepts_base64() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("PingPong (pingpong_message)"));
 }
+
+/// A small queue: two users, a device with a committed offset, closed cleanly.
+fn small_queue(dir: &std::path::Path) {
+    use bimip::store::queue::{QueueConfig, QueueStore, RealFs};
+    let mut store = QueueStore::open(RealFs, dir, QueueConfig::default()).unwrap();
+    for i in 0..5 {
+        store
+            .append("alice@example.com", format!("hello {i}").as_bytes(), None)
+            .unwrap();
+    }
+    store.append("bob@example.com", b"copy", Some("phone")).unwrap();
+    store.touch("alice@example.com", "phone", 1_000).unwrap();
+    store.sync().unwrap();
+    store.commit("alice@example.com", "phone", 3).unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn queue_inspect_shows_segments_eids_and_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    small_queue(tmp.path());
+    let dir = tmp.path().to_str().unwrap();
+    let out = bimip(&["queue", "inspect", dir], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    insta::assert_snapshot!(text(&out.stdout).replace(dir, "DIR"));
+}
+
+#[test]
+fn queue_verify_exits_0_on_a_good_store_and_1_on_a_damaged_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    small_queue(tmp.path());
+    let dir = tmp.path().to_str().unwrap();
+    let good = bimip(&["queue", "verify", dir], "");
+    assert_eq!(good.status.code(), Some(0), "{}", text(&good.stdout));
+    assert!(text(&good.stdout).ends_with("ok\n"), "{}", text(&good.stdout));
+
+    // Flip one byte inside the first record (past the 16-byte segment header).
+    let seg = tmp.path().join("0000000001.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[16 + 20] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+    let bad = bimip(&["queue", "verify", dir], "");
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad.stdout));
+    assert!(text(&bad.stdout).contains("problem(s) found"), "{}", text(&bad.stdout));
+}
+
+#[test]
+fn queue_verify_exits_2_when_the_directory_cannot_be_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nothing-here");
+    let out = bimip(&["queue", "verify", missing.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("error"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn queue_help_documents_the_exit_codes() {
+    let out = bimip(&["queue", "verify", "--help"], "");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("1 problems found"), "{}", text(&out.stdout));
+}

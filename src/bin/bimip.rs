@@ -1,5 +1,5 @@
-//! `bimip`: the developer CLI. Verbs: decode, encode (more arrive with the
-//! server, the queue and the load tool).
+//! `bimip`: the developer CLI. Verbs: decode, encode, token, serve, connect,
+//! queue inspect / queue verify.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -32,6 +32,26 @@ enum Command {
     Serve(ServeArgs),
     /// Connect to a BIMIP server as a client: ping it, then log out (or stay).
     Connect(ConnectArgs),
+    /// Look into an offline queue directory (the server's DATA_DIR/queue).
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Print what opening the queue would give: segments, each EID's retained items, devices and their
+    /// committed offsets, and what recovery would cut. Reads only; never changes the directory.
+    /// Exit codes: 0 printed, 2 the directory could not be read.
+    Inspect {
+        /// The queue directory.
+        dir: PathBuf,
+    },
+    /// Read and check every record, index and EID's increments; list each problem found. Reads only.
+    /// Exit codes: 0 no problem, 1 problems found (listed), 2 the directory could not be read.
+    Verify {
+        /// The queue directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -177,6 +197,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(args),
         Command::Connect(args) => connect(args),
+        Command::Queue(command) => queue(command),
     };
     match outcome {
         Ok(code) => code,
@@ -293,6 +314,27 @@ fn encode(args: EncodeArgs) -> Result<ExitCode> {
         OutputFormat::Binary => std::io::stdout().write_all(&out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect` fails with exit 2 (through `main`); `verify`'s code is [`bimip::store::queue::verify_exit_code`].
+fn queue(command: QueueCommand) -> Result<ExitCode> {
+    use bimip::store::queue;
+    match command {
+        QueueCommand::Inspect { dir } => {
+            let text = queue::inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Verify { dir } => {
+            let result = queue::verify(&dir);
+            match &result {
+                Ok(report) => print!("{report}"),
+                Err(e) => eprintln!("error: verifying {}: {e}", dir.display()),
+            }
+            let code = queue::verify_exit_code(&result);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)))
+        }
+    }
 }
 
 fn token(args: TokenArgs) -> Result<ExitCode> {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::{ConnId, Millis, StoreError};
-use crate::codec;
+use crate::codec::{self, ErrorKind};
 use crate::proto::message_scheme::Payload;
 
 /// One queued stanza: a ChatMessage copy or an AcknowledgmentResponse update.
@@ -45,6 +45,18 @@ pub enum ChatEvent {
     },
 }
 
+/// A device's session start as the store sees it (QUE-8, QUE-11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStart {
+    /// Replay items above this offset.
+    pub committed: u64,
+    /// The device had been forgotten (QUE-11): it starts like a new one and is told `history_gap`.
+    pub returning: bool,
+}
+
+/// QUE-11's limit: a device without a session for this long is forgotten (SPEC §19).
+pub const FORGET_AFTER_MS: Millis = 30 * 24 * 60 * 60 * 1000;
+
 /// Durable chat storage: events, queues and offsets. Writes are buffered until `sync`.
 pub trait ChatStore: Send {
     fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError>;
@@ -62,6 +74,10 @@ pub trait ChatStore: Send {
     fn committed(&self, eid: &str, device: &str) -> Option<u64>;
     /// Sets a device's committed offset (never lower; buffered until `sync`).
     fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError>;
+    /// A session of `device` starts at `now` (its last-seen time, buffered until `sync`): a device never seen, or
+    /// forgotten because its last session started [`FORGET_AFTER_MS`] or more before `now`, starts at the oldest
+    /// retained item (QUE-8, QUE-11); a known one at its committed offset.
+    fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError>;
 }
 
 /// Chat storage in memory: for tests and simulations without restarts.
@@ -80,9 +96,30 @@ struct MemoryQueue {
     items: BTreeMap<u64, QueueItem>,
     bytes: usize,
     offsets: BTreeMap<String, u64>,
+    /// When each known device's latest session started.
+    last_seen: BTreeMap<String, Millis>,
+    /// Devices forgotten (QUE-11) that have not returned since.
+    forgotten: std::collections::BTreeSet<String>,
 }
 
 impl MemoryQueue {
+    /// QUE-11: forgets the devices whose latest session started `FORGET_AFTER_MS` or more before `now`; they no
+    /// longer hold items back.
+    fn forget_stale(&mut self, now: Millis) {
+        let stale: Vec<String> = self
+            .last_seen
+            .iter()
+            .filter(|(_, seen)| seen.saturating_add(FORGET_AFTER_MS) <= now)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for device in stale {
+            self.last_seen.remove(&device);
+            self.offsets.remove(&device);
+            self.forgotten.insert(device);
+        }
+        self.retain();
+    }
+
     /// QUE-9: drop items every known device confirmed (or is excluded from).
     fn retain(&mut self) {
         if self.offsets.is_empty() {
@@ -165,6 +202,34 @@ impl ChatStore for MemoryChatStore {
         self.unsynced_writes += 1;
         Ok(())
     }
+
+    fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError> {
+        for queue in self.queues.values_mut() {
+            queue.forget_stale(now);
+        }
+        let queue = self.queues.entry(eid.to_string()).or_default();
+        let start = match queue.offsets.get(device) {
+            Some(&committed) => DeviceStart {
+                committed,
+                returning: false,
+            },
+            None => {
+                let oldest = queue
+                    .items
+                    .first_key_value()
+                    .map_or(queue.last_increment + 1, |(i, _)| *i);
+                let committed = oldest - 1;
+                queue.offsets.insert(device.to_string(), committed);
+                DeviceStart {
+                    committed,
+                    returning: queue.forgotten.remove(device),
+                }
+            }
+        };
+        queue.last_seen.insert(device.to_string(), now);
+        self.unsynced_writes += 1;
+        Ok(start)
+    }
 }
 
 /// A [`MemoryChatStore`] shared between engines: a simulated restart hands the
@@ -210,6 +275,9 @@ impl ChatStore for SharedChatStore {
     fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError> {
         self.with(|s| s.commit(eid, device, offset))
     }
+    fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError> {
+        self.with(|s| s.start_device(eid, device, now))
+    }
 }
 
 /// Which queued stanza a session was sent: a message copy, or a state update.
@@ -246,22 +314,25 @@ impl Engine {
         self.send(conn, stanza);
     }
 
-    /// QUE-3, QUE-8: replays the device's unconfirmed items at session start.
-    pub(super) fn replay_queue(&mut self, conn: ConnId) {
+    /// QUE-3, QUE-8, QUE-11: at session start, tells a returning forgotten device `history_gap`, then replays
+    /// the device's unconfirmed items.
+    pub(super) fn replay_queue(&mut self, conn: ConnId, now: Millis) {
         let Some(me) = self.identity(conn).cloned() else { return };
-        let committed = match self.chat_store.committed(&me.eid, &me.device) {
-            Some(c) => c,
-            None => {
-                // A new device starts at the oldest retained item (QUE-8).
-                let c = self.chat_store.oldest_retained(&me.eid).saturating_sub(1);
-                if self.chat_store.commit(&me.eid, &me.device, c).is_err() {
-                    return;
-                }
-                self.mark_unsynced();
-                c
-            }
+        let Ok(start) = self.chat_store.start_device(&me.eid, &me.device, now) else {
+            // Nothing is replayed this session; the items stay for the next one (QUE-6).
+            return;
         };
-        for (increment, item) in self.chat_store.items_after(&me.eid, committed) {
+        self.mark_unsynced();
+        if start.returning {
+            // Informational (SPEC SES-4's order: right after the Authenticate RESPONSE); not a failure of the
+            // client, so it does not count towards the consecutive-error limit.
+            let kind = ErrorKind::HistoryGap;
+            *self.stats.errors.entry(kind.code()).or_default() += 1;
+            let details = "this device was forgotten after 30 days without a session; older history is gone";
+            let message = kind.to_message(None, details, "", now);
+            self.send(conn, Payload::ErrorMessage(message));
+        }
+        for (increment, item) in self.chat_store.items_after(&me.eid, start.committed) {
             self.deliver_item(conn, increment, &item);
         }
     }

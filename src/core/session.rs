@@ -120,7 +120,7 @@ impl Engine {
             expires_at: verified.exp_ms,
         };
         self.send(conn, Payload::Authenticate(answer));
-        self.replay_queue(conn);
+        self.replay_queue(conn, now);
         self.send_start_body(conn, now);
         if first_of_user {
             self.user_came_online(&identity.eid, now);
