@@ -6,10 +6,22 @@
 //! `poll_output()` before it unlocks: outputs are therefore routed in the
 //! engine's order, into per-connection FIFO queues, so each connection writes
 //! them in that order too. No lock is ever held across an `.await`.
+//!
+//! Group commit across connections (QUE-2): draining `poll_output()` is when
+//! the engine syncs its chat store, one fsync for everything written since the
+//! last one. Stanzas therefore go into an inbox first: the task that finds the
+//! engine free feeds it every stanza waiting in the inbox, then drains the
+//! outputs once (one sync for the batch); a task that finds the engine busy
+//! (typically inside an fsync) leaves its stanza in the inbox for the holder,
+//! which looks at the inbox again before it lets go and once more after. So
+//! while one fsync runs, the stanzas of every other connection gather and then
+//! share the next one. Each connection's stanzas keep their order: the inbox is
+//! FIFO, and every other engine call empties the inbox before it runs. A full
+//! inbox makes senders wait for the engine (backpressure).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,8 +73,14 @@ struct Core {
     armed: Option<Millis>,
 }
 
+/// Stanzas waiting in the inbox beyond which a sender waits for the engine
+/// instead of leaving its stanza for the current holder.
+const INBOX_LIMIT: usize = 1024;
+
 pub(crate) struct Hub {
     core: Mutex<Core>,
+    /// Stanzas received but not yet given to the engine, in arrival order.
+    inbox: Mutex<VecDeque<(ConnId, Bytes)>>,
     clock: Arc<dyn Clock>,
     timer_wake: Notify,
     snapshot: watch::Sender<Snapshot>,
@@ -83,6 +101,7 @@ impl Hub {
                 links: BTreeMap::new(),
                 armed: None,
             }),
+            inbox: Mutex::new(VecDeque::new()),
             clock,
             timer_wake: Notify::new(),
             snapshot,
@@ -124,8 +143,19 @@ impl Hub {
         opened
     }
 
+    /// One stanza from a connection: into the inbox, then into the engine by
+    /// this task or by the one holding the engine (module doc).
     pub fn receive(&self, conn: ConnId, stanza: &[u8]) {
-        self.with_engine(|engine, now| engine.receive(conn, stanza, now));
+        let waiting = {
+            let mut inbox = self.inbox();
+            inbox.push_back((conn, Bytes::copy_from_slice(stanza)));
+            inbox.len()
+        };
+        if waiting > INBOX_LIMIT {
+            self.with_engine(|_, _| ());
+        } else {
+            self.drain_inbox();
+        }
     }
 
     pub fn text_frame(&self, conn: ConnId) {
@@ -162,11 +192,46 @@ impl Hub {
         self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one engine call at `now`, then routes everything it produced.
+    fn inbox(&self) -> MutexGuard<'_, VecDeque<(ConnId, Bytes)>> {
+        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Feeds the inbox to the engine unless another task holds it; that task
+    /// then does it (it looks at the inbox after unlocking).
+    fn drain_inbox(&self) {
+        while !self.inbox().is_empty() {
+            let core = match self.core.try_lock() {
+                Ok(core) => core,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            self.run(core, |_, _| ());
+        }
+    }
+
+    /// Runs one engine call at `now` (after the stanzas waiting in the inbox),
+    /// then routes everything it produced.
     fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
-        let mut core = self.lock();
+        let core = self.lock();
+        let result = self.run(core, f);
+        // Stanzas that arrived while this call held the engine.
+        self.drain_inbox();
+        result
+    }
+
+    fn run<R>(&self, mut core: MutexGuard<'_, Core>, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
         let now = self.clock.now_ms();
-        let result = f(&mut core.engine, now);
+        let result = loop {
+            let batch = std::mem::take(&mut *self.inbox());
+            for (conn, stanza) in &batch {
+                core.engine.receive(*conn, stanza, now);
+            }
+            // Looked at again under the engine lock: what arrived meanwhile
+            // joins this batch's sync.
+            if self.inbox().is_empty() {
+                break f(&mut core.engine, now);
+            }
+        };
         core.route_outputs(now);
         if let Some(deadline) = core.engine.next_deadline()
             && core.armed.is_none_or(|armed| deadline < armed)
