@@ -877,12 +877,14 @@ fn chat_text(to: &str, local: &str) -> Payload {
 }
 
 /// `senders` clients on TCP each send `per_sender` messages to one offline receiver, each waiting for its
-/// VersionUpdate (the acknowledgment) before the next. Returns the elapsed time of the sending phase.
-async fn send_concurrently(server: &Server, senders: usize, per_sender: usize) -> Duration {
+/// VersionUpdate (the acknowledgment) before the next. Returns the elapsed time and the syncs of the sending
+/// phase.
+async fn send_concurrently(server: &Server, syncs: &AtomicU64, senders: usize, per_sender: usize) -> (Duration, u64) {
     let mut clients = Vec::new();
     for i in 0..senders {
         clients.push(connect(&server.tcp, &token(&format!("sender{i}@example.com"), "phone")).await);
     }
+    let before = syncs.load(Ordering::Relaxed);
     let started = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
@@ -910,7 +912,7 @@ async fn send_concurrently(server: &Server, senders: usize, per_sender: usize) -
     }
     let elapsed = started.elapsed();
     drop(done);
-    elapsed
+    (elapsed, syncs.load(Ordering::Relaxed) - before)
 }
 
 /// QUE-2 with group commit across connections: while one sync runs, the stanzas of other connections gather and
@@ -929,7 +931,10 @@ async fn concurrent_senders_share_syncs() {
         }
         let before = syncs.load(Ordering::Relaxed);
         for (i, client) in clients.iter().enumerate() {
-            client.send(chat_text("bob@example.com", &format!("m{i}"))).await.unwrap();
+            client
+                .send(chat_text("bob@example.com", &format!("m{i}")))
+                .await
+                .unwrap();
         }
         for (i, client) in clients.iter_mut().enumerate() {
             let local = format!("m{i}");
@@ -942,7 +947,10 @@ async fn concurrent_senders_share_syncs() {
                 .expect("acknowledged");
         }
         let used = syncs.load(Ordering::Relaxed) - before;
-        assert!(used >= 1 && used <= senders as u64 / 4, "{used} syncs for {senders} messages");
+        assert!(
+            used >= 1 && used <= senders as u64 / 4,
+            "{used} syncs for {senders} messages"
+        );
         let mut bob = connect(&server.tcp, &token("bob@example.com", "phone")).await;
         let mut got = std::collections::BTreeSet::new();
         while got.len() < senders {
@@ -972,10 +980,8 @@ async fn durable_chat_throughput() {
     for (senders, per_sender) in [(1, 400), (50, 40)] {
         let tmp = tempfile::tempdir_in(&dir).unwrap();
         let (server, syncs) = durable_server(tmp.path(), Duration::ZERO).await;
-        let before = syncs.load(Ordering::Relaxed);
-        let elapsed = send_concurrently(&server, senders, per_sender).await;
+        let (elapsed, used) = send_concurrently(&server, &syncs, senders, per_sender).await;
         let messages = (senders * per_sender) as f64;
-        let used = syncs.load(Ordering::Relaxed) - before;
         let rate = messages / elapsed.as_secs_f64();
         println!(
             "{senders:>2} sender(s): {messages} acknowledged messages in {elapsed:.2?}: {rate:.0} msg/s, {used} syncs ({:.1} messages per sync)",

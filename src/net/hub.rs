@@ -71,11 +71,16 @@ struct Core {
     links: BTreeMap<ConnId, Link>,
     /// The deadline the timer task sleeps until; an earlier one must wake it.
     armed: Option<Millis>,
+    /// Stanzas fed to the engine in the last batch (between two output drains).
+    last_batch: usize,
 }
 
 /// Stanzas waiting in the inbox beyond which a sender waits for the engine
 /// instead of leaving its stanza for the current holder.
 const INBOX_LIMIT: usize = 1024;
+
+/// Longest wait for the stragglers of a batch before its sync (module doc).
+const LINGER: Duration = Duration::from_millis(1);
 
 pub(crate) struct Hub {
     core: Mutex<Core>,
@@ -100,6 +105,7 @@ impl Hub {
                 max_stanza_bytes,
                 links: BTreeMap::new(),
                 armed: None,
+                last_batch: 0,
             }),
             inbox: Mutex::new(VecDeque::new()),
             clock,
@@ -221,17 +227,33 @@ impl Hub {
 
     fn run<R>(&self, mut core: MutexGuard<'_, Core>, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
         let now = self.clock.now_ms();
-        let result = loop {
+        let mut fed = 0;
+        let feed = |core: &mut Core| {
             let batch = std::mem::take(&mut *self.inbox());
             for (conn, stanza) in &batch {
                 core.engine.receive(*conn, stanza, now);
             }
+            batch.len()
+        };
+        let result = loop {
+            fed += feed(&mut core);
             // Looked at again under the engine lock: what arrived meanwhile
             // joins this batch's sync.
             if self.inbox().is_empty() {
                 break f(&mut core.engine, now);
             }
         };
+        if fed > 0 {
+            // Senders answered by the last sync send their next stanzas a
+            // moment apart; without a short wait for them, batches split into
+            // cohorts that never merge again.
+            let until = std::time::Instant::now() + LINGER;
+            while fed < core.last_batch && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_micros(50));
+                fed += feed(&mut core);
+            }
+            core.last_batch = fed;
+        }
         core.route_outputs(now);
         if let Some(deadline) = core.engine.next_deadline()
             && core.armed.is_none_or(|armed| deadline < armed)
