@@ -214,6 +214,22 @@ fn restart_keeps_undelivered_messages_versions_and_states() {
     assert_eq!(confirmation, Some(3));
 }
 
+/// QUE-3 within one batch: a session that starts after an append but before the batch's sync still gets the item
+/// (it is not durable yet, but nothing goes out before the sync that makes it so).
+#[test]
+fn session_starting_in_the_same_batch_as_an_append_gets_the_item() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::durable(RealFs, &tmp.path().join("queue"), T0);
+    let alice = node.connect(ALICE, "phone");
+    node.engine
+        .receive(alice, &codec::encode(&text(BOB, "same-batch")), node.now);
+    // No drain in between: the append is still buffered when bob's session starts.
+    let bob = node.connect(BOB, "phone");
+    let got = node.take(bob);
+    assert_eq!(chat_ids(&got).len(), 1, "{got:?}");
+    assert_eq!(version_updates(&node.take(alice)).len(), 1);
+}
+
 /// The server assembles the durable store from its data directory: `bimip serve` keeps messages across restarts.
 #[test]
 fn server_settings_open_the_queue_in_the_data_dir() {

@@ -6,10 +6,22 @@
 //! `poll_output()` before it unlocks: outputs are therefore routed in the
 //! engine's order, into per-connection FIFO queues, so each connection writes
 //! them in that order too. No lock is ever held across an `.await`.
+//!
+//! Group commit across connections (QUE-2): draining `poll_output()` is when
+//! the engine syncs its chat store, one fsync for everything written since the
+//! last one. Stanzas therefore go into an inbox first: the task that finds the
+//! engine free feeds it every stanza waiting in the inbox, then drains the
+//! outputs once (one sync for the batch); a task that finds the engine busy
+//! (typically inside an fsync) leaves its stanza in the inbox for the holder,
+//! which looks at the inbox again before it lets go and once more after. So
+//! while one fsync runs, the stanzas of every other connection gather and then
+//! share the next one. Each connection's stanzas keep their order: the inbox is
+//! FIFO, and every other engine call empties the inbox before it runs. A full
+//! inbox makes senders wait for the engine (backpressure).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,10 +71,21 @@ struct Core {
     links: BTreeMap<ConnId, Link>,
     /// The deadline the timer task sleeps until; an earlier one must wake it.
     armed: Option<Millis>,
+    /// Stanzas fed to the engine in the last batch (between two output drains).
+    last_batch: usize,
 }
+
+/// Stanzas waiting in the inbox beyond which a sender waits for the engine
+/// instead of leaving its stanza for the current holder.
+const INBOX_LIMIT: usize = 1024;
+
+/// Longest wait for the stragglers of a batch before its sync (module doc).
+const LINGER: Duration = Duration::from_millis(1);
 
 pub(crate) struct Hub {
     core: Mutex<Core>,
+    /// Stanzas received but not yet given to the engine, in arrival order.
+    inbox: Mutex<VecDeque<(ConnId, Bytes)>>,
     clock: Arc<dyn Clock>,
     timer_wake: Notify,
     snapshot: watch::Sender<Snapshot>,
@@ -82,7 +105,9 @@ impl Hub {
                 max_stanza_bytes,
                 links: BTreeMap::new(),
                 armed: None,
+                last_batch: 0,
             }),
+            inbox: Mutex::new(VecDeque::new()),
             clock,
             timer_wake: Notify::new(),
             snapshot,
@@ -124,8 +149,19 @@ impl Hub {
         opened
     }
 
+    /// One stanza from a connection: into the inbox, then into the engine by
+    /// this task or by the one holding the engine (module doc).
     pub fn receive(&self, conn: ConnId, stanza: &[u8]) {
-        self.with_engine(|engine, now| engine.receive(conn, stanza, now));
+        let waiting = {
+            let mut inbox = self.inbox();
+            inbox.push_back((conn, Bytes::copy_from_slice(stanza)));
+            inbox.len()
+        };
+        if waiting > INBOX_LIMIT {
+            self.with_engine(|_, _| ());
+        } else {
+            self.drain_inbox();
+        }
     }
 
     pub fn text_frame(&self, conn: ConnId) {
@@ -162,11 +198,62 @@ impl Hub {
         self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one engine call at `now`, then routes everything it produced.
+    fn inbox(&self) -> MutexGuard<'_, VecDeque<(ConnId, Bytes)>> {
+        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Feeds the inbox to the engine unless another task holds it; that task
+    /// then does it (it looks at the inbox after unlocking).
+    fn drain_inbox(&self) {
+        while !self.inbox().is_empty() {
+            let core = match self.core.try_lock() {
+                Ok(core) => core,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            self.run(core, |_, _| ());
+        }
+    }
+
+    /// Runs one engine call at `now` (after the stanzas waiting in the inbox),
+    /// then routes everything it produced.
     fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
-        let mut core = self.lock();
+        let core = self.lock();
+        let result = self.run(core, f);
+        // Stanzas that arrived while this call held the engine.
+        self.drain_inbox();
+        result
+    }
+
+    fn run<R>(&self, mut core: MutexGuard<'_, Core>, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
         let now = self.clock.now_ms();
-        let result = f(&mut core.engine, now);
+        let mut fed = 0;
+        let feed = |core: &mut Core| {
+            let batch = std::mem::take(&mut *self.inbox());
+            for (conn, stanza) in &batch {
+                core.engine.receive(*conn, stanza, now);
+            }
+            batch.len()
+        };
+        let result = loop {
+            fed += feed(&mut core);
+            // Looked at again under the engine lock: what arrived meanwhile
+            // joins this batch's sync.
+            if self.inbox().is_empty() {
+                break f(&mut core.engine, now);
+            }
+        };
+        if fed > 0 {
+            // Senders answered by the last sync send their next stanzas a
+            // moment apart; without a short wait for them, batches split into
+            // cohorts that never merge again.
+            let until = std::time::Instant::now() + LINGER;
+            while fed < core.last_batch && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_micros(50));
+                fed += feed(&mut core);
+            }
+            core.last_batch = fed;
+        }
         core.route_outputs(now);
         if let Some(deadline) = core.engine.next_deadline()
             && core.armed.is_none_or(|armed| deadline < armed)

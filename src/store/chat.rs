@@ -130,7 +130,13 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.queue.sync().map_err(store_error)?;
+        if let Err(e) = self.queue.sync() {
+            // After a failed fsync the store is poisoned (the kernel may have dropped the pages): every later sync
+            // fails too and the engine keeps every chat output held, so nothing unacknowledged ever goes out. Only
+            // a restart (which recovers the queue) clears it; say so loudly.
+            tracing::error!(error = %e, "offline queue sync failed; chat is stalled until the server restarts");
+            return Err(store_error(e));
+        }
         self.pending.clear();
         Ok(())
     }
