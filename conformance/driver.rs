@@ -244,6 +244,26 @@ pub struct Transcript {
 }
 
 impl Transcript {
+    /// Records a command a step gave a connection.
+    pub fn command(&mut self, at_ms: u64, conn: &str, command: &Command) {
+        match command {
+            Command::Stanza(bytes) => self.sent(at_ms, conn, bytes),
+            Command::Burst(stanzas) => {
+                self.note(at_ms, conn, format!("a burst of {} stanzas:", stanzas.len()));
+                for bytes in stanzas {
+                    self.sent(at_ms, conn, bytes);
+                }
+            }
+            Command::Wire(bytes) => self.note(
+                at_ms,
+                conn,
+                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
+            ),
+            Command::Text(text) => self.note(at_ms, conn, format!("sent text message {text:?}")),
+            Command::Close => self.note(at_ms, conn, "client closes"),
+        }
+    }
+
     pub fn note(&mut self, at_ms: u64, conn: &str, text: impl Into<String>) {
         self.push(at_ms, conn, "--", text.into());
     }
@@ -375,6 +395,10 @@ pub trait Driver {
 
     /// Sends any bytes as one WebSocket binary message or one TCP frame.
     fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError>;
+
+    /// Sends stanzas as one burst: all handed to the connection at once, so
+    /// they leave together (in simulation, within a tick or two).
+    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError>;
 
     /// Writes bytes to a TCP connection as they are (no length prefix).
     fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError>;
@@ -550,6 +574,9 @@ pub fn alg_none(token: &str) -> String {
 #[derive(Debug)]
 pub enum Command {
     Stanza(Vec<u8>),
+    /// Stanzas handed to the client all at once, none waiting for the write
+    /// of the one before: a burst within one simulated tick (SES-5).
+    Burst(Vec<Vec<u8>>),
     Wire(Vec<u8>),
     Text(String),
     Close,
@@ -697,6 +724,10 @@ where
                 let result = match command {
                     None => return,
                     Some(Command::Stanza(bytes)) => client.send_raw(Bytes::from(bytes)).await,
+                    Some(Command::Burst(stanzas)) => {
+                        let writes = stanzas.into_iter().map(|bytes| client.send_raw(Bytes::from(bytes)));
+                        futures::future::join_all(writes).await.into_iter().collect()
+                    }
                     Some(Command::Wire(bytes)) => client.send_wire(Bytes::from(bytes)).await,
                     Some(Command::Text(text)) => client.send_text(text).await,
                     Some(Command::Close) => {

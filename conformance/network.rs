@@ -97,16 +97,7 @@ impl NetworkDriver {
             .conns
             .get_mut(name)
             .ok_or_else(|| DriverError::NoSuchConnection(name.to_string()))?;
-        match &command {
-            Command::Stanza(bytes) => self.transcript.sent(at, name, bytes),
-            Command::Wire(bytes) => self.transcript.note(
-                at,
-                name,
-                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
-            ),
-            Command::Text(text) => self.transcript.note(at, name, format!("sent text message {text:?}")),
-            Command::Close => self.transcript.note(at, name, "client closes"),
-        }
+        self.transcript.command(at, name, &command);
         let _ = conn.commands.send(command);
         Ok(())
     }
@@ -245,6 +236,10 @@ impl Driver for NetworkDriver {
 
     fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
         self.command(name, Command::Stanza(bytes))
+    }
+
+    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError> {
+        self.command(name, Command::Burst(stanzas))
     }
 
     fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
