@@ -229,7 +229,39 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
             caught.summary()
         ));
     }
-    Ok(format!("{}; never-pong caught over the network", report.summary()))
+    // wss:// and tls:// targets: the same driver over TLS.
+    let secure = BuiltIn::start_with(Faults::none(), true).map_err(|e| e.to_string())?;
+    let target = secure.target().map_err(|e| e.to_string())?;
+    let urls = format!(
+        "{}, {}",
+        target.ws.clone().unwrap_or_default(),
+        target.tcp.clone().unwrap_or_default()
+    );
+    if !urls.starts_with("wss://") || !urls.contains("tls://") {
+        return Err(format!("the TLS built-in server has the targets {urls}"));
+    }
+    let factory = NetworkFactory::new(target).map_err(|e| e.to_string())?;
+    let options = RunOptions {
+        requirements: vec!["PING-1".into(), "CHAT-14".into()],
+        target: urls.clone(),
+        jobs: 2,
+        ..RunOptions::default()
+    };
+    let tls = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
+    drop(secure);
+    if !tls.ok()
+        || tls
+            .cases
+            .iter()
+            .any(|c| c.verdict == bimip::conformance::report::Verdict::Skipped)
+    {
+        return Err(format!("over TLS ({urls}):\n{}", tls.render_tree(false, verbose)));
+    }
+    Ok(format!(
+        "{}; never-pong caught over the network; over TLS ({urls}): {}",
+        report.summary(),
+        tls.summary()
+    ))
 }
 
 /// The `bimip-conform` binary against its built-in server: exit status, and
