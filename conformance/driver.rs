@@ -8,6 +8,7 @@
 //! target). Both run each connection as one task around the reference
 //! [`Client`] ([`run_connection`]), so they differ only in how time passes.
 
+use super::tap::{Framing, TapHandle};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -423,6 +424,9 @@ pub trait Driver {
     fn elapsed_ms(&self) -> u64;
 
     fn transcript(&self) -> &Transcript;
+
+    /// The raw-byte tap of `name` (see `tap.rs`).
+    fn tap(&self, name: &str) -> Option<TapHandle>;
 }
 
 /// Makes one driver per case.
@@ -601,6 +605,8 @@ pub struct ConnTask {
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub reports: std::sync::mpsc::Sender<Report>,
     pub stamp: Stamp,
+    /// Sees the raw bytes under the client (plaintext only).
+    pub tap: TapHandle,
 }
 
 /// Connects over `stream` as `task.spec` says, reports the outcome, then
@@ -618,7 +624,14 @@ where
         mut commands,
         reports,
         stamp,
+        tap,
     } = task;
+    let framing = match url.split("://").next() {
+        Some("ws") => Framing::WebSocket,
+        Some("tcp") => Framing::Tcp,
+        _ => Framing::Opaque,
+    };
+    let stream = tap.wrap(stream, framing);
     options.auto_pong = spec.auto_pong;
     options.surface_pings = spec.surface_pings;
     let tcp = spec.transport == TransportKind::Tcp;
@@ -765,6 +778,7 @@ pub struct ConnHandle {
     /// Events received and not yet handed out.
     pub events: VecDeque<Event>,
     pub ended: bool,
+    pub tap: TapHandle,
 }
 
 impl ConnHandle {
@@ -782,6 +796,7 @@ impl ConnHandle {
                 reports,
                 events: VecDeque::new(),
                 ended: false,
+                tap: TapHandle::default(),
             },
             command_rx,
             report_tx,

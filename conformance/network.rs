@@ -11,6 +11,7 @@ use super::driver::{
     Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome,
     run_connection,
 };
+use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::Millis;
 use crate::core::auth::Algorithm;
@@ -186,6 +187,7 @@ impl Driver for NetworkDriver {
         );
         let spec = spec.clone();
         let dial_reports = reports.clone();
+        let tap = handle.tap.clone();
         self.runtime.spawn(async move {
             let dial = tokio::net::TcpStream::connect((host.as_str(), port));
             match tokio::time::timeout(timeout, dial).await {
@@ -199,6 +201,7 @@ impl Driver for NetworkDriver {
                         commands,
                         reports,
                         stamp,
+                        tap,
                     };
                     run_connection(stream, task).await;
                 }
@@ -300,5 +303,9 @@ impl Driver for NetworkDriver {
 
     fn transcript(&self) -> &Transcript {
         &self.transcript
+    }
+
+    fn tap(&self, name: &str) -> Option<TapHandle> {
+        self.conns.get(name).map(|c| c.tap.clone())
     }
 }

@@ -20,6 +20,7 @@ use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
     ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome, run_connection,
 };
+use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::{Config, Engine, MemoryRevocations, Millis};
@@ -240,6 +241,7 @@ impl Driver for SimDriver {
             TransportKind::Tcp => (TCP_PORT, format!("tcp://server:{TCP_PORT}")),
         };
         let timeout = self.options.info.timeout;
+        let tap = handle.tap.clone();
         let spec_for_host = spec.clone();
         let token_for_host = token.clone();
         self.sim.client(host, async move {
@@ -261,6 +263,7 @@ impl Driver for SimDriver {
                         commands,
                         reports,
                         stamp,
+                        tap,
                     };
                     run_connection(stream, task).await;
                 }
@@ -366,5 +369,9 @@ impl Driver for SimDriver {
 
     fn transcript(&self) -> &Transcript {
         &self.transcript
+    }
+
+    fn tap(&self, name: &str) -> Option<TapHandle> {
+        self.conns.get(name).map(|c| c.tap.clone())
     }
 }
