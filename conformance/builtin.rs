@@ -14,7 +14,7 @@ use crate::core::Config;
 use crate::core::auth::Algorithm;
 use crate::core::faults::Faults;
 use crate::net::Clock as _;
-use crate::server::{JwtSettings, Running, Settings, StartError};
+use crate::server::{JwtSettings, Running, Settings, StartError, TlsSettings};
 
 /// The kit's RS256 test key: the server verifies RS256 (SPEC AUTH-1's MUST).
 const RS256_KEY: &str = include_str!("../tests/fixtures/keys/rs256-test.pem");
@@ -35,6 +35,7 @@ pub struct BuiltIn {
     running: Option<Running>,
     data_dir: PathBuf,
     limits: Config,
+    tls: bool,
 }
 
 impl BuiltIn {
@@ -50,12 +51,19 @@ impl BuiltIn {
     }
 
     pub fn start() -> Result<BuiltIn, BuiltInError> {
-        Self::start_with_faults(Faults::none())
+        Self::start_with(Faults::none(), false)
     }
 
     /// The same server, breaking SPEC on purpose with `faults` (the
     /// self-check: the suite must catch each).
     pub fn start_with_faults(faults: Faults) -> Result<BuiltIn, BuiltInError> {
+        Self::start_with(faults, false)
+    }
+
+    /// With `tls`, both listeners speak TLS (wss://, tls://) with a fresh
+    /// self-signed certificate for localhost and 127.0.0.1; the target
+    /// accepts it (`insecure`).
+    pub fn start_with(faults: Faults, tls: bool) -> Result<BuiltIn, BuiltInError> {
         let limits = Config {
             faults,
             ..Self::limits()
@@ -69,6 +77,21 @@ impl BuiltIn {
         std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
         let key = data_dir.join("rs256.pem");
         std::fs::write(&key, RS256_KEY).map_err(io(format!("writing {}", key.display())))?;
+        let tls = if tls {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let certified = rcgen::generate_simple_self_signed(names).map_err(|e| BuiltInError::Io {
+                what: "making a self-signed certificate".into(),
+                source: std::io::Error::other(e),
+            })?;
+            let cert = data_dir.join("tls-cert.pem");
+            let cert_key = data_dir.join("tls-key.pem");
+            std::fs::write(&cert, certified.cert.pem()).map_err(io(format!("writing {}", cert.display())))?;
+            std::fs::write(&cert_key, certified.signing_key.serialize_pem())
+                .map_err(io(format!("writing {}", cert_key.display())))?;
+            Some(TlsSettings { cert, key: cert_key })
+        } else {
+            None
+        };
         let settings = Settings {
             ws: Some(([127, 0, 0, 1], 0).into()),
             tcp: Some(([127, 0, 0, 1], 0).into()),
@@ -81,7 +104,7 @@ impl BuiltIn {
                 issuer: None,
                 audience: None,
             }),
-            tls: None,
+            tls: tls.clone(),
             limits: limits.clone(),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -95,6 +118,7 @@ impl BuiltIn {
             running: Some(running),
             data_dir,
             limits,
+            tls: tls.is_some(),
         })
     }
 
@@ -109,9 +133,10 @@ impl BuiltIn {
         let tcp = net.tcp_addr().ok_or_else(|| missing("the TCP listener"))?;
         let signer = crate::keys::load_signer(Algorithm::Rs256, &self.data_dir.join("rs256.pem"))?;
         let ms = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        let (ws_scheme, tcp_scheme) = if self.tls { ("wss", "tls") } else { ("ws", "tcp") };
         Ok(NetworkTarget {
-            ws: Some(format!("ws://{ws}/ws")),
-            tcp: Some(format!("tcp://{tcp}")),
+            ws: Some(format!("{ws_scheme}://{ws}/ws")),
+            tcp: Some(format!("{tcp_scheme}://{tcp}")),
             credentials: Credentials::Key(Arc::new(signer)),
             info: TargetInfo {
                 ping_interval: ms(self.limits.ping_interval_ms),
@@ -122,7 +147,8 @@ impl BuiltIn {
                 timer_tolerance_ms: 250,
                 ..TargetInfo::default()
             },
-            insecure: false,
+            // The built-in certificate is self-signed.
+            insecure: self.tls,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! target). Both run each connection as one task around the reference
 //! [`Client`] ([`run_connection`]), so they differ only in how time passes.
 
+use super::tap::{Framing, TapHandle};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -244,6 +245,26 @@ pub struct Transcript {
 }
 
 impl Transcript {
+    /// Records a command a step gave a connection.
+    pub fn command(&mut self, at_ms: u64, conn: &str, command: &Command) {
+        match command {
+            Command::Stanza(bytes) => self.sent(at_ms, conn, bytes),
+            Command::Burst(stanzas) => {
+                self.note(at_ms, conn, format!("a burst of {} stanzas:", stanzas.len()));
+                for bytes in stanzas {
+                    self.sent(at_ms, conn, bytes);
+                }
+            }
+            Command::Wire(bytes) => self.note(
+                at_ms,
+                conn,
+                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
+            ),
+            Command::Text(text) => self.note(at_ms, conn, format!("sent text message {text:?}")),
+            Command::Close => self.note(at_ms, conn, "client closes"),
+        }
+    }
+
     pub fn note(&mut self, at_ms: u64, conn: &str, text: impl Into<String>) {
         self.push(at_ms, conn, "--", text.into());
     }
@@ -376,6 +397,10 @@ pub trait Driver {
     /// Sends any bytes as one WebSocket binary message or one TCP frame.
     fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError>;
 
+    /// Sends stanzas as one burst: all handed to the connection at once, so
+    /// they leave together (in simulation, within a tick or two).
+    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError>;
+
     /// Writes bytes to a TCP connection as they are (no length prefix).
     fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError>;
 
@@ -399,6 +424,9 @@ pub trait Driver {
     fn elapsed_ms(&self) -> u64;
 
     fn transcript(&self) -> &Transcript;
+
+    /// The raw-byte tap of `name` (see `tap.rs`).
+    fn tap(&self, name: &str) -> Option<TapHandle>;
 }
 
 /// Makes one driver per case.
@@ -550,6 +578,9 @@ pub fn alg_none(token: &str) -> String {
 #[derive(Debug)]
 pub enum Command {
     Stanza(Vec<u8>),
+    /// Stanzas handed to the client all at once, none waiting for the write
+    /// of the one before: a burst within one simulated tick (SES-5).
+    Burst(Vec<Vec<u8>>),
     Wire(Vec<u8>),
     Text(String),
     Close,
@@ -574,6 +605,8 @@ pub struct ConnTask {
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub reports: std::sync::mpsc::Sender<Report>,
     pub stamp: Stamp,
+    /// Sees the raw bytes under the client (plaintext only).
+    pub tap: TapHandle,
 }
 
 /// Connects over `stream` as `task.spec` says, reports the outcome, then
@@ -591,7 +624,14 @@ where
         mut commands,
         reports,
         stamp,
+        tap,
     } = task;
+    let framing = match url.split("://").next() {
+        Some("ws") => Framing::WebSocket,
+        Some("tcp") => Framing::Tcp,
+        _ => Framing::Opaque,
+    };
+    let stream = tap.wrap(stream, framing);
     options.auto_pong = spec.auto_pong;
     options.surface_pings = spec.surface_pings;
     let tcp = spec.transport == TransportKind::Tcp;
@@ -697,6 +737,10 @@ where
                 let result = match command {
                     None => return,
                     Some(Command::Stanza(bytes)) => client.send_raw(Bytes::from(bytes)).await,
+                    Some(Command::Burst(stanzas)) => {
+                        let writes = stanzas.into_iter().map(|bytes| client.send_raw(Bytes::from(bytes)));
+                        futures::future::join_all(writes).await.into_iter().collect()
+                    }
                     Some(Command::Wire(bytes)) => client.send_wire(Bytes::from(bytes)).await,
                     Some(Command::Text(text)) => client.send_text(text).await,
                     Some(Command::Close) => {
@@ -734,6 +778,7 @@ pub struct ConnHandle {
     /// Events received and not yet handed out.
     pub events: VecDeque<Event>,
     pub ended: bool,
+    pub tap: TapHandle,
 }
 
 impl ConnHandle {
@@ -751,6 +796,7 @@ impl ConnHandle {
                 reports,
                 events: VecDeque::new(),
                 ended: false,
+                tap: TapHandle::default(),
             },
             command_rx,
             report_tx,

@@ -7,6 +7,7 @@
 //! - [`sim`]: the reference server and clients as turmoil hosts, simulated time.
 //! - [`network`]: real connections to any target; [`builtin`]: the reference
 //!   server on loopback for network runs.
+//! - [`tap`]: raw bytes under the client (ENV-12 canonical form, TRN-7 Ping frames).
 //! - [`world`]: the cucumber World of one case.
 //! - [`steps`]: the step vocabulary, per SPEC area.
 //! - [`spec`]: the requirement index, the embedded features, coverage.
@@ -26,6 +27,7 @@ pub mod selfcheck;
 pub mod sim;
 pub mod spec;
 pub mod steps;
+pub mod tap;
 pub mod world;
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::driver::{
     Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome,
     run_connection,
 };
+use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::Millis;
 use crate::core::auth::Algorithm;
@@ -97,16 +98,7 @@ impl NetworkDriver {
             .conns
             .get_mut(name)
             .ok_or_else(|| DriverError::NoSuchConnection(name.to_string()))?;
-        match &command {
-            Command::Stanza(bytes) => self.transcript.sent(at, name, bytes),
-            Command::Wire(bytes) => self.transcript.note(
-                at,
-                name,
-                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
-            ),
-            Command::Text(text) => self.transcript.note(at, name, format!("sent text message {text:?}")),
-            Command::Close => self.transcript.note(at, name, "client closes"),
-        }
+        self.transcript.command(at, name, &command);
         let _ = conn.commands.send(command);
         Ok(())
     }
@@ -195,6 +187,7 @@ impl Driver for NetworkDriver {
         );
         let spec = spec.clone();
         let dial_reports = reports.clone();
+        let tap = handle.tap.clone();
         self.runtime.spawn(async move {
             let dial = tokio::net::TcpStream::connect((host.as_str(), port));
             match tokio::time::timeout(timeout, dial).await {
@@ -208,6 +201,7 @@ impl Driver for NetworkDriver {
                         commands,
                         reports,
                         stamp,
+                        tap,
                     };
                     run_connection(stream, task).await;
                 }
@@ -245,6 +239,10 @@ impl Driver for NetworkDriver {
 
     fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
         self.command(name, Command::Stanza(bytes))
+    }
+
+    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError> {
+        self.command(name, Command::Burst(stanzas))
     }
 
     fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
@@ -305,5 +303,9 @@ impl Driver for NetworkDriver {
 
     fn transcript(&self) -> &Transcript {
         &self.transcript
+    }
+
+    fn tap(&self, name: &str) -> Option<TapHandle> {
+        self.conns.get(name).map(|c| c.tap.clone())
     }
 }

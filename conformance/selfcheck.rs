@@ -25,6 +25,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::AcceptExpiredToken => &["auth.feature"],
         Fault::DropOfflineQueue => &["queue.feature"],
         Fault::TrustClientFrom => &["envelope.feature"],
+        Fault::NonCanonicalEncoding => &["envelope.feature"],
     }
 }
 

@@ -20,6 +20,7 @@ use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
     ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome, run_connection,
 };
+use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::{Config, Engine, MemoryRevocations, Millis};
@@ -135,6 +136,10 @@ impl SimDriver {
             .tick_duration(options.tick)
             .min_message_latency(Duration::from_millis(1))
             .max_message_latency(Duration::from_millis(2))
+            // Segments in flight per direction: turmoil's default (64) is far
+            // below a real socket buffer, and a burst of stanzas (SES-5)
+            // would deadlock client and server writing to each other.
+            .tcp_capacity(4096)
             .simulation_duration(Duration::from_secs(30 * 24 * 3600))
             .build();
         SimDriver {
@@ -192,16 +197,7 @@ impl SimDriver {
             .conns
             .get_mut(name)
             .ok_or_else(|| DriverError::NoSuchConnection(name.to_string()))?;
-        match &command {
-            Command::Stanza(bytes) => self.transcript.sent(at, name, bytes),
-            Command::Wire(bytes) => self.transcript.note(
-                at,
-                name,
-                format!("wrote {} raw bytes {}", bytes.len(), hex::encode(bytes)),
-            ),
-            Command::Text(text) => self.transcript.note(at, name, format!("sent text message {text:?}")),
-            Command::Close => self.transcript.note(at, name, "client closes"),
-        }
+        self.transcript.command(at, name, &command);
         // A connection that has ended drops the command, as a socket would.
         let _ = conn.commands.send(command);
         Ok(())
@@ -245,6 +241,7 @@ impl Driver for SimDriver {
             TransportKind::Tcp => (TCP_PORT, format!("tcp://server:{TCP_PORT}")),
         };
         let timeout = self.options.info.timeout;
+        let tap = handle.tap.clone();
         let spec_for_host = spec.clone();
         let token_for_host = token.clone();
         self.sim.client(host, async move {
@@ -266,6 +263,7 @@ impl Driver for SimDriver {
                         commands,
                         reports,
                         stamp,
+                        tap,
                     };
                     run_connection(stream, task).await;
                 }
@@ -318,6 +316,10 @@ impl Driver for SimDriver {
         self.command(name, Command::Stanza(bytes))
     }
 
+    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError> {
+        self.command(name, Command::Burst(stanzas))
+    }
+
     fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
         self.command(name, Command::Wire(bytes))
     }
@@ -367,5 +369,9 @@ impl Driver for SimDriver {
 
     fn transcript(&self) -> &Transcript {
         &self.transcript
+    }
+
+    fn tap(&self, name: &str) -> Option<TapHandle> {
+        self.conns.get(name).map(|c| c.tap.clone())
     }
 }

@@ -243,6 +243,12 @@ impl CaseWorld {
         }
     }
 
+    pub fn send_burst(&mut self, key: &str, stanzas: Vec<Vec<u8>>) {
+        if let Err(e) = self.driver.send_burst(key, stanzas) {
+            driver_failed(e)
+        }
+    }
+
     pub fn send_raw(&mut self, key: &str, bytes: Vec<u8>) {
         if let Err(e) = self.driver.send_raw(key, bytes) {
             driver_failed(e)

@@ -154,3 +154,22 @@ Feature: Envelope (SPEC section 4)
     And the next stanza alice's phone receives is error 400 malformed for route ""
     And the next stanza alice's phone receives is error 400 invalid_field for route "6"
     And the next stanza alice's phone receives is a pong for "four"
+
+  @ENV-12 @must
+  Scenario Outline: Every stanza the server sends is encoded canonically
+    Given alice is connected over <transport> as "phone"
+    And bob is connected over <transport> as "phone"
+    When alice's phone sends text "hello" to bob as "canon"
+    And alice's phone receives a version update for "canon" with version 1
+    And bob's phone receives the chat message "canon" from alice's phone with version 1 as receiver
+    And alice's phone sends a ping with id "p1"
+    And alice's phone receives a pong for "p1"
+    And bob's phone sends the bytes "08"
+    And bob's phone receives error 400 malformed for route "" with ref_id ""
+    Then every stanza alice's phone received was encoded canonically
+    And every stanza bob's phone received was encoded canonically
+
+    Examples:
+      | transport |
+      | websocket |
+      | tcp       |

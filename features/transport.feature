@@ -134,3 +134,10 @@ Feature: Transports (SPEC section 2)
   Scenario: A WebSocket session starts with the Authenticate RESPONSE
     Given alice is connected over websocket as "phone"
     Then alice's phone received an Authenticate response
+
+  @TRN-7 @must
+  Scenario: A WebSocket Ping control frame is answered with a Pong carrying the same data
+    Given alice is connected over websocket as "phone"
+    When alice's phone sends a WebSocket Ping frame with data "are you there?"
+    Then alice's phone receives a WebSocket Pong frame with data "are you there?"
+    And alice's phone stays connected

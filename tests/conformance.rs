@@ -140,6 +140,13 @@ fn main() -> ExitCode {
                 ok = false;
             }
         }
+        match against_bimip_serve() {
+            Ok(summary) => println!("against `bimip serve`: {summary}"),
+            Err(error) => {
+                println!("against `bimip serve` FAILED: {error}");
+                ok = false;
+            }
+        }
         match cli_reports() {
             Ok(summary) => println!("bimip-conform: {summary}"),
             Err(error) => {
@@ -229,7 +236,39 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
             caught.summary()
         ));
     }
-    Ok(format!("{}; never-pong caught over the network", report.summary()))
+    // wss:// and tls:// targets: the same driver over TLS.
+    let secure = BuiltIn::start_with(Faults::none(), true).map_err(|e| e.to_string())?;
+    let target = secure.target().map_err(|e| e.to_string())?;
+    let urls = format!(
+        "{}, {}",
+        target.ws.clone().unwrap_or_default(),
+        target.tcp.clone().unwrap_or_default()
+    );
+    if !urls.starts_with("wss://") || !urls.contains("tls://") {
+        return Err(format!("the TLS built-in server has the targets {urls}"));
+    }
+    let factory = NetworkFactory::new(target).map_err(|e| e.to_string())?;
+    let options = RunOptions {
+        requirements: vec!["PING-1".into(), "CHAT-14".into()],
+        target: urls.clone(),
+        jobs: 2,
+        ..RunOptions::default()
+    };
+    let tls = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
+    drop(secure);
+    if !tls.ok()
+        || tls
+            .cases
+            .iter()
+            .any(|c| c.verdict == bimip::conformance::report::Verdict::Skipped)
+    {
+        return Err(format!("over TLS ({urls}):\n{}", tls.render_tree(false, verbose)));
+    }
+    Ok(format!(
+        "{}; never-pong caught over the network; over TLS ({urls}): {}",
+        report.summary(),
+        tls.summary()
+    ))
 }
 
 /// The `bimip-conform` binary against its built-in server: exit status, and
@@ -289,6 +328,96 @@ fn cli_reports() -> Result<String, String> {
             "{cases} cases in the HTML, JUnit and JSON reports; exit 0, and non-zero when nothing ran"
         ))
     })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Cases from every area, for the runs over real sockets.
+const NETWORK_SELECTION: &str = "@PING-1 or @AUTH-9 or @TRN-7 or @TRN-9 or @ENV-5 or @ENV-12 or @SES-1 or @SES-5 or @TOK-1 \
+     or @AWR-9 or @SUB-1 or @BLK-1 or @VIS-1 or @LOC-1 or @CHAT-14 or @ACK-1 or @QUE-6";
+
+/// A `bimip serve` process (RS256, short timers from a settings file), and
+/// `bimip-conform --target ... --jwt-key ...` against it: cases from every
+/// area must pass.
+fn against_bimip_serve() -> Result<String, String> {
+    use std::io::BufRead as _;
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+    let dir = std::env::temp_dir().join(format!("bimip-serve-conform-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = dir.join("bimip.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nping_interval_ms = 1000\nauth_deadline_ms = 2000\nqueue_max_items = 20\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_bimip"))
+        .args([
+            "serve",
+            "--ws",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--jwt-alg",
+            "RS256",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--jwt-key")
+        .arg(format!("{keys}/rs256-test.pub.pem"))
+        .arg("--jwt-signing-key")
+        .arg(format!("{keys}/rs256-test.pem"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting bimip serve: {e}"))?;
+    let result = (|| {
+        let stdout = server.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut targets = Vec::new();
+        while targets.len() < 2 {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .map_err(|_| format!("bimip serve announced {} of 2 listeners", targets.len()))?;
+            if let Some(url) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("ws://") || w.starts_with("tcp://"))
+            {
+                targets.push(url.to_string());
+            }
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bimip-conform"))
+            .args(["--target", &targets[0], "--target", &targets[1], "--jwt-alg", "RS256"])
+            .args([
+                "--auth-deadline",
+                "2",
+                "--queue-limit",
+                "20",
+                "--no-color",
+                "--tags",
+                NETWORK_SELECTION,
+            ])
+            .arg("--jwt-key")
+            .arg(format!("{keys}/rs256-test.pem"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!("bimip-conform exited {:?}:\n{stdout}", out.status));
+        }
+        Ok(stdout.lines().last().unwrap_or_default().to_string())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

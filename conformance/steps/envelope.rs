@@ -16,6 +16,10 @@ use crate::proto::message_scheme::Payload;
 pub fn steps() -> Vec<StepDef> {
     vec![
         StepDef {
+            pattern: const_format(&[r"every stanza ", CONN, r" received was encoded canonically"]),
+            run: received_canonically,
+        },
+        StepDef {
             pattern: const_format(&[CONN, r" sends ([A-Z]\w+) (\{.*\})"]),
             run: sends_json,
         },
@@ -314,5 +318,32 @@ fn all_valid(w: &mut CaseWorld, _: &Args) {
         // Pulling runs the checks every received event gets.
         let events = w.collect(&key, Duration::ZERO);
         w.unread(&key, events);
+    }
+}
+
+/// ENV-12: each stanza's bytes as the server sent them are what the codec's
+/// canonical encoding of the decoded stanza gives.
+fn received_canonically(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let tap = super::transport::plaintext_tap(w, &key);
+    // Whatever is still on its way arrives first.
+    w.driver.wait(w.quiet());
+    let log = tap.log();
+    if let Some(why) = log.broken {
+        fail(format!("the stanzas {key} received, readable"), why);
+    }
+    if log.stanzas.is_empty() {
+        fail(format!("stanzas received by {key}"), "none");
+    }
+    for bytes in &log.stanzas {
+        let payload = crate::codec::decode(bytes, usize::MAX)
+            .unwrap_or_else(|e| fail("a stanza that decodes", format!("{e}: {}", hex::encode(bytes))));
+        let canonical = crate::codec::encode(&payload);
+        if canonical != *bytes {
+            fail(
+                format!("the canonical encoding {}", hex::encode(&canonical)),
+                format!("{key} received {}", hex::encode(bytes)),
+            );
+        }
     }
 }

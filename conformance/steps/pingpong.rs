@@ -7,6 +7,7 @@ use super::envelope::{next_stanza, padded_stanza};
 use super::transport::const_format;
 use super::{Args, CONN, DURATION, StepDef, duration};
 use crate::client::Event;
+use crate::codec;
 use crate::conformance::world::{CaseWorld, describe_event, fail};
 use crate::proto::PingPong;
 use crate::proto::message_scheme::Payload;
@@ -84,10 +85,10 @@ fn sends_ping(w: &mut CaseWorld, a: &Args) {
 
 fn sends_pings(w: &mut CaseWorld, a: &Args) {
     let key = w.resolve(&a.conn(1, 2));
-    for i in 1..=a.n(3) {
-        let p = ping(w, &format!("burst-{i}"));
-        w.send(&key, Payload::PingpongMessage(p));
-    }
+    let burst = (1..=a.n(3))
+        .map(|i| codec::encode(&Payload::PingpongMessage(ping(w, &format!("burst-{i}")))))
+        .collect();
+    w.send_burst(&key, burst);
 }
 
 fn pings_every(w: &mut CaseWorld, a: &Args) {

@@ -25,6 +25,14 @@ pub fn steps() -> Vec<StepDef> {
             run: connected_raw,
         },
         StepDef {
+            pattern: const_format(&[CONN, r#" sends a WebSocket Ping frame with data "([^"]*)""#]),
+            run: sends_ws_ping,
+        },
+        StepDef {
+            pattern: const_format(&[CONN, r#" receives a WebSocket Pong frame with data "([^"]*)""#]),
+            run: receives_ws_pong,
+        },
+        StepDef {
             pattern: r"the server verifies RS256 tokens",
             run: |w, _| configure(w, ServerTweak::Rs256),
         },
@@ -353,4 +361,53 @@ fn closed_after_at_most(w: &mut CaseWorld, a: &Args) {
 /// `alice's phone` as written in a step, for [`CaseWorld::resolve`].
 pub fn written(user: &str, device: &str) -> String {
     conn_key(user, device)
+}
+
+/// The raw-byte tap of a connection, or a skip when it cannot see (TLS).
+pub fn plaintext_tap(w: &mut CaseWorld, key: &str) -> crate::conformance::tap::TapHandle {
+    let Some(tap) = w.driver.tap(key) else {
+        fail(format!("a connection {key}"), "no such connection")
+    };
+    if !tap.log().plaintext {
+        skip("needs the raw bytes of the connection: give a plaintext ws:// or tcp:// target");
+    }
+    tap
+}
+
+/// TRN-7: a control frame the reference client cannot send, slipped under it.
+fn sends_ws_ping(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let tap = plaintext_tap(w, &key);
+    if let Err(error) = tap.inject_ws_ping(a.s(3).as_bytes()) {
+        fail(format!("{key} to send a WebSocket Ping frame"), error);
+    }
+}
+
+fn receives_ws_pong(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let tap = plaintext_tap(w, &key);
+    let want = a.s(3).as_bytes().to_vec();
+    let deadline = w.driver.elapsed_ms() + u64::try_from(w.timeout().as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let log = tap.log();
+        if log.pongs.contains(&want) {
+            return;
+        }
+        if w.driver.elapsed_ms() >= deadline {
+            let seen: Vec<String> = log
+                .pongs
+                .iter()
+                .map(|p| format!("{:?}", String::from_utf8_lossy(p)))
+                .collect();
+            fail(
+                format!("{key} receives a WebSocket Pong frame with data {:?}", a.s(3)),
+                format!(
+                    "Pong frames received: [{}]{}",
+                    seen.join(", "),
+                    log.broken.map(|b| format!("; the tap broke: {b}")).unwrap_or_default()
+                ),
+            );
+        }
+        w.driver.wait(Duration::from_millis(10));
+    }
 }

@@ -459,9 +459,14 @@ impl Engine {
             return;
         }
         *self.stats.stanzas_out.entry(Route::of(&payload).number()).or_default() += 1;
+        let mut stanza = codec::encode(&payload);
+        if self.config.faults.has(Fault::NonCanonicalEncoding) {
+            // Field 1 (the route) again: the last one counts, so it decodes the same.
+            prost::encoding::int64::encode(1, &Route::of(&payload).number(), &mut stanza);
+        }
         let output = Output::Send {
             conn,
-            stanza: Bytes::from(codec::encode(&payload)),
+            stanza: Bytes::from(stanza),
         };
         if self.config.faults.has(Fault::ReorderChat) && matches!(payload, Payload::ChatMessage(_)) {
             match self.fault_state.held_chat.remove(&conn) {

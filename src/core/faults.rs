@@ -41,10 +41,13 @@ pub enum Fault {
     DropOfflineQueue,
     /// A client's `from`/`to` naming another identity is trusted (ENV-11).
     TrustClientFrom,
+    /// Every stanza repeats its route field at the end: it decodes the
+    /// same, but is not canonical (ENV-12).
+    NonCanonicalEncoding,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -54,6 +57,7 @@ impl Fault {
         Fault::AcceptExpiredToken,
         Fault::DropOfflineQueue,
         Fault::TrustClientFrom,
+        Fault::NonCanonicalEncoding,
     ];
 
     /// The name on command lines: kebab-case.
@@ -68,6 +72,7 @@ impl Fault {
             Fault::AcceptExpiredToken => "accept-expired-token",
             Fault::DropOfflineQueue => "drop-offline-queue",
             Fault::TrustClientFrom => "trust-client-from",
+            Fault::NonCanonicalEncoding => "non-canonical-encoding",
         }
     }
 }

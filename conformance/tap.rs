@@ -1,0 +1,314 @@
+//! A tap on a plaintext connection's byte stream, below the reference
+//! client: it keeps the raw bytes of every stanza the server sent (ENV-12:
+//! canonical encoding, which the client's decoded events cannot show) and
+//! every WebSocket Pong control frame, and it can slip a WebSocket Ping
+//! control frame onto the wire (TRN-7: the client has no API for one).
+//!
+//! It parses what it reads (the HTTP upgrade answer, then RFC 6455 frames;
+//! or native TCP's 4-byte length-prefixed frames) and never changes it. A
+//! TLS connection is tapped below TLS, where nothing is readable: the tap
+//! then records nothing and says so ([`TapLog::plaintext`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How the tapped bytes are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    WebSocket,
+    Tcp,
+    /// TLS: opaque bytes.
+    Opaque,
+}
+
+/// What the tap saw.
+#[derive(Clone, Debug, Default)]
+pub struct TapLog {
+    pub plaintext: bool,
+    /// Binary messages (WebSocket) or frames (TCP) from the server, as sent.
+    pub stanzas: Vec<Vec<u8>>,
+    /// Application data of each WebSocket Pong control frame received.
+    pub pongs: Vec<Vec<u8>>,
+    /// The stream could not be parsed from this point on: why.
+    pub broken: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    framing: Option<Framing>,
+    upgraded: bool,
+    buffer: Vec<u8>,
+    /// A fragmented WebSocket message being put together.
+    partial: Option<Vec<u8>>,
+    log: TapLog,
+    /// Bytes to write before anything else (an injected control frame).
+    inject: Vec<u8>,
+    reader: Option<Waker>,
+}
+
+/// Shared between the driver (reads the log, injects) and the [`Tap`].
+#[derive(Clone, Default)]
+pub struct TapHandle(Arc<Mutex<State>>);
+
+impl std::fmt::Debug for TapHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TapHandle")
+    }
+}
+
+impl TapHandle {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A copy of what the tap saw so far.
+    pub fn log(&self) -> TapLog {
+        self.with(|s| s.log.clone())
+    }
+
+    /// Queues a masked WebSocket Ping control frame carrying `data` (at most
+    /// 125 bytes, RFC 6455 5.5) and wakes the connection to write it.
+    pub fn inject_ws_ping(&self, data: &[u8]) -> Result<(), String> {
+        if data.len() > 125 {
+            return Err("a control frame carries at most 125 bytes".into());
+        }
+        self.with(|s| {
+            if s.framing != Some(Framing::WebSocket) || !s.upgraded {
+                return Err("not a plaintext WebSocket connection".to_string());
+            }
+            let mask = [0x5a, 0x3c, 0x96, 0x0f];
+            s.inject.push(0x89);
+            s.inject.push(0x80 | u8::try_from(data.len()).unwrap_or(125));
+            s.inject.extend_from_slice(&mask);
+            s.inject.extend(data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            if let Some(waker) = s.reader.take() {
+                waker.wake();
+            }
+            Ok(())
+        })
+    }
+
+    /// Wraps `stream`; the tap parses by `framing`.
+    pub fn wrap<S>(&self, stream: S, framing: Framing) -> Tap<S> {
+        self.with(|s| {
+            s.framing = Some(framing);
+            s.upgraded = framing == Framing::Tcp;
+            s.log.plaintext = framing != Framing::Opaque;
+        });
+        Tap {
+            inner: stream,
+            handle: self.clone(),
+        }
+    }
+}
+
+impl State {
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.log.broken.is_some() || self.framing == Some(Framing::Opaque) {
+            return;
+        }
+        self.buffer.extend_from_slice(bytes);
+        if let Err(why) = self.parse() {
+            self.log.broken = Some(why);
+            self.buffer.clear();
+        }
+    }
+
+    fn parse(&mut self) -> Result<(), String> {
+        if !self.upgraded {
+            let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return Ok(());
+            };
+            let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+            if !head.starts_with("HTTP/1.1 101") {
+                return Err(format!("no upgrade: {}", head.lines().next().unwrap_or_default()));
+            }
+            self.buffer.drain(..end + 4);
+            self.upgraded = true;
+        }
+        loop {
+            let consumed = match self.framing {
+                Some(Framing::Tcp) => self.tcp_frame(),
+                Some(Framing::WebSocket) => self.ws_frame()?,
+                _ => None,
+            };
+            match consumed {
+                Some(n) => {
+                    self.buffer.drain(..n);
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn tcp_frame(&mut self) -> Option<usize> {
+        let header: [u8; 4] = self.buffer.get(..4)?.try_into().ok()?;
+        let len = usize::try_from(u32::from_be_bytes(header)).ok()?;
+        let frame = self.buffer.get(4..4 + len)?.to_vec();
+        self.log.stanzas.push(frame);
+        Some(4 + len)
+    }
+
+    fn ws_frame(&mut self) -> Result<Option<usize>, String> {
+        let b = &self.buffer;
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let fin = b[0] & 0x80 != 0;
+        let opcode = b[0] & 0x0f;
+        let masked = b[1] & 0x80 != 0;
+        let (len, mut at) = match b[1] & 0x7f {
+            126 => match b.get(2..4) {
+                Some(l) => (u64::from(u16::from_be_bytes([l[0], l[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match b.get(2..10).and_then(|l| <[u8; 8]>::try_from(l).ok()) {
+                Some(l) => (u64::from_be_bytes(l), 10),
+                None => return Ok(None),
+            },
+            n => (u64::from(n), 2),
+        };
+        let len = usize::try_from(len).map_err(|_| "a frame too long for this machine".to_string())?;
+        let mask = if masked {
+            let Some(m) = b.get(at..at + 4) else { return Ok(None) };
+            at += 4;
+            Some([m[0], m[1], m[2], m[3]])
+        } else {
+            None
+        };
+        let Some(payload) = b.get(at..at + len) else {
+            return Ok(None);
+        };
+        let mut payload = payload.to_vec();
+        if let Some(mask) = mask {
+            payload.iter_mut().enumerate().for_each(|(i, x)| *x ^= mask[i % 4]);
+        }
+        match opcode {
+            0x2 if fin => self.log.stanzas.push(payload),
+            0x1 | 0x2 => self.partial = Some(payload),
+            0x0 => {
+                let whole = self.partial.get_or_insert_with(Vec::new);
+                whole.extend_from_slice(&payload);
+                if fin {
+                    let message = self.partial.take().unwrap_or_default();
+                    self.log.stanzas.push(message);
+                }
+            }
+            0xA => self.log.pongs.push(payload),
+            _ => {}
+        }
+        Ok(Some(at + len))
+    }
+}
+
+/// The tapped stream.
+pub struct Tap<S> {
+    inner: S,
+    handle: TapHandle,
+}
+
+impl<S: AsyncWrite + Unpin> Tap<S> {
+    /// Writes queued injected bytes first; Ready once none are left.
+    fn poll_inject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let pending = self.handle.with(|s| s.inject.clone());
+            if pending.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &pending) {
+                Poll::Ready(Ok(n)) => {
+                    self.handle.with(|s| {
+                        s.inject.drain(..n.min(s.inject.len()));
+                    });
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // An injected frame goes out when the connection is next polled.
+        if let Poll::Ready(Ok(())) = this.poll_inject(cx) {
+            let _ = Pin::new(&mut this.inner).poll_flush(cx);
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let fresh = buf.filled()[before..].to_vec();
+        this.handle.with(|s| {
+            s.feed(&fresh);
+            if result.is_pending() {
+                s.reader = Some(cx.waker().clone());
+            }
+        });
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.poll_inject(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write(cx, buf),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(framing: Framing) -> State {
+        State {
+            framing: Some(framing),
+            upgraded: framing == Framing::Tcp,
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn websocket_frames_after_the_upgrade_in_pieces() {
+        let mut s = state(Framing::WebSocket);
+        let mut bytes = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+        bytes.extend([0x82, 0x02, 0x08, 0x06]); // binary "0806"
+        bytes.extend([0x8a, 0x02, b'h', b'i']); // pong "hi"
+        bytes.extend([0x02, 0x01, 0x0a, 0x80, 0x01, 0x0b]); // fragmented binary
+        for chunk in bytes.chunks(3) {
+            s.feed(chunk);
+        }
+        assert_eq!(s.log.broken, None);
+        assert_eq!(s.log.stanzas, vec![vec![0x08, 0x06], vec![0x0a, 0x0b]]);
+        assert_eq!(s.log.pongs, vec![b"hi".to_vec()]);
+    }
+
+    #[test]
+    fn a_refused_upgrade_breaks_the_tap_and_tcp_frames_parse() {
+        let mut s = state(Framing::WebSocket);
+        s.feed(b"HTTP/1.1 401 Unauthorized\r\n\r\ntoken_expired");
+        assert!(s.log.broken.as_deref().unwrap_or_default().contains("401"));
+        let mut s = state(Framing::Tcp);
+        s.feed(&[0, 0, 0, 2, 0x08, 0x06, 0, 0, 0]);
+        s.feed(&[1, 0x0a]);
+        assert_eq!(s.log.stanzas, vec![vec![0x08, 0x06], vec![0x0a]]);
+    }
+}
