@@ -13,6 +13,9 @@ use tokio_util::codec::Decoder;
 
 use bimip::codec::{self, DEFAULT_MAX_STANZA_BYTES, TcpFrameCodec, json};
 
+#[path = "bimip/sim.rs"]
+mod sim;
+
 #[derive(Parser)]
 #[command(name = "bimip", version, about = "BIMIP conformance kit: developer tools")]
 struct Cli {
@@ -32,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Connect to a BIMIP server as a client: ping it, then log out (or stay).
     Connect(ConnectArgs),
+    /// Sweep seeds of the deterministic simulation (workload, faults, invariant checks).
+    Sim(sim::SimArgs),
 }
 
 #[derive(clap::Args)]
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(args),
         Command::Connect(args) => connect(args),
+        Command::Sim(args) => sim::run(args),
     };
     match outcome {
         Ok(code) => code,

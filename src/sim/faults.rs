@@ -13,7 +13,11 @@ pub enum Fault {
     /// Traffic between the server and a device is queued, then delivered.
     Hold { device: String, for_ms: u64 },
     /// The link to a device gets slow.
-    Latency { device: String, latency_ms: u64, for_ms: u64 },
+    Latency {
+        device: String,
+        latency_ms: u64,
+        for_ms: u64,
+    },
     /// The device drops its connection without closing it.
     Disconnect { device: String },
     /// The server host crashes (un-synced writes lost) and boots again later.

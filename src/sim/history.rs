@@ -24,17 +24,29 @@ pub enum What {
     /// A fault was injected or lifted.
     Fault(String),
     /// The server host booted (`restart` after a crash).
-    Boot { restart: bool },
+    Boot {
+        restart: bool,
+    },
     /// The server host crashed.
     Crash,
     /// A device dials with the token of `jti`.
-    Connect { jti: String },
+    Connect {
+        jti: String,
+    },
     /// The device got its session (Authenticate RESPONSE).
-    Session { jti: String },
+    Session {
+        jti: String,
+    },
     /// Dialing or authenticating failed.
-    Refused { jti: String, reason: String },
+    Refused {
+        jti: String,
+        reason: String,
+    },
     /// The device's connection ended.
-    Closed { code: Option<u16>, reason: String },
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
     /// The device dropped its connection without a close (a client fault).
     Dropped,
     Sent(Payload),

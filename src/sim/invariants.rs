@@ -86,16 +86,16 @@ impl Social {
     fn build(entries: &[Entry]) -> Social {
         let mut social = Social::default();
         for entry in entries {
-            let Some((u, 0)) = parse_device(&entry.who) else { continue };
+            let Some((u, 0)) = parse_device(&entry.who) else {
+                continue;
+            };
             let at = server_ms(entry.at);
             let list = social.changes.entry(u).or_default();
             match &entry.what {
                 What::Sent(payload) => {
                     let change = match payload {
                         Payload::AwarenessVisibility(r) if r.visibility != 0 => Change::Visibility(r.visibility),
-                        Payload::SubscriberAddRequest(r) => {
-                            Change::Subscriber(subject(r.subscriber.as_ref()), true)
-                        }
+                        Payload::SubscriberAddRequest(r) => Change::Subscriber(subject(r.subscriber.as_ref()), true),
                         Payload::SubscriberRemove(r) => Change::Subscriber(subject(r.subscriber.as_ref()), false),
                         Payload::BlockSubscriber(r) => Change::Block(subject(r.subscriber.as_ref()), r.action != 2),
                         _ => continue,
@@ -108,7 +108,9 @@ impl Social {
                 }
                 What::Received(payload) => {
                     let answered = match payload {
-                        Payload::AwarenessVisibility(r) if r.r#type == 2 => |c: &Change| matches!(c, Change::Visibility(_)),
+                        Payload::AwarenessVisibility(r) if r.r#type == 2 => {
+                            |c: &Change| matches!(c, Change::Visibility(_))
+                        }
                         Payload::SubscriberAddResponse(_) | Payload::SubscriberRemove(_) => {
                             |c: &Change| matches!(c, Change::Subscriber(..))
                         }
@@ -116,7 +118,10 @@ impl Social {
                         _ => continue,
                     };
                     // Answers come in request order on one connection.
-                    if let Some(c) = list.iter_mut().find(|c| c.confirmed_at.is_none() && answered(&c.change)) {
+                    if let Some(c) = list
+                        .iter_mut()
+                        .find(|c| c.confirmed_at.is_none() && answered(&c.change))
+                    {
                         c.confirmed_at = Some(at);
                     }
                 }
@@ -198,8 +203,8 @@ struct DeviceView {
     chat_top: BTreeMap<String, i64>,
     /// message_id -> (statuses seen, highest).
     acks: BTreeMap<String, (BTreeSet<i32>, i32)>,
-    /// message_id -> status of this device's last AcknowledgmentRequest.
-    asked: BTreeMap<String, i32>,
+    /// message_id -> statuses of this device's AcknowledgmentRequests not yet confirmed, in order.
+    asked: BTreeMap<String, std::collections::VecDeque<i32>>,
     pending: BTreeMap<Pending, u64>,
     /// (local id) -> text, of the TextPayloadRequests it sent.
     texts: BTreeMap<String, String>,
@@ -252,7 +257,9 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             }
             _ => {}
         }
-        let Some((u, _)) = parse_device(&entry.who) else { continue };
+        let Some((u, _)) = parse_device(&entry.who) else {
+            continue;
+        };
         let me = eid(u);
         let name = entry.who.clone();
         let dev = devices.entry(name.clone()).or_default();
@@ -264,7 +271,12 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             .collect();
         for p in overdue {
             dev.pending.remove(&p);
-            violation(&mut out, "answered", i, format!("{name}: no answer to {p:?} within {ANSWER_MS} ms"));
+            violation(
+                &mut out,
+                "answered",
+                i,
+                format!("{name}: no answer to {p:?} within {ANSWER_MS} ms"),
+            );
         }
         match &entry.what {
             What::Connect { jti } => {
@@ -282,7 +294,12 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 dev.sessions += 1;
                 dev.session_in_heal |= phase == "heal";
                 if connect_after_revoke.get(&name) == Some(jti) {
-                    violation(&mut out, "revoked_session", i, format!("{name} got a session with revoked jti {jti}"));
+                    violation(
+                        &mut out,
+                        "revoked_session",
+                        i,
+                        format!("{name} got a session with revoked jti {jti}"),
+                    );
                 }
             }
             What::Refused { .. } | What::Closed { .. } | What::Dropped => {
@@ -298,7 +315,7 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                     dev.pending.insert(Pending::Ping(p.id.clone()), entry.at);
                 }
                 Payload::AcknowledgmentRequest(a) => {
-                    dev.asked.insert(a.message_id.clone(), a.status);
+                    dev.asked.entry(a.message_id.clone()).or_default().push_back(a.status);
                     dev.pending.insert(Pending::Ack(a.message_id.clone()), entry.at);
                 }
                 _ => {}
@@ -307,6 +324,10 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 let t = server_ms(entry.at);
                 match payload {
                     Payload::ErrorMessage(e) => {
+                        // A refused acknowledgment gets no confirmation.
+                        if let Some(asks) = dev.asked.get_mut(&e.ref_id) {
+                            asks.pop_front();
+                        }
                         for p in [
                             Pending::Text(e.ref_id.clone()),
                             Pending::Ping(e.ref_id.clone()),
@@ -335,20 +356,31 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         let who = (me.clone(), name.clone(), v.message_id_local.clone(), text);
                         let key = (v.chat_id.clone(), v.version);
                         if let Some(old) = versions.get(&key).filter(|old| **old != who) {
-                            violation(&mut out, "version_unique", i, format!(
-                                "{} version {} confirmed for {who:?} but held {old:?}", v.chat_id, v.version
-                            ));
+                            violation(
+                                &mut out,
+                                "version_unique",
+                                i,
+                                format!(
+                                    "{} version {} confirmed for {who:?} but held {old:?}",
+                                    v.chat_id, v.version
+                                ),
+                            );
                         }
                         versions.entry(key).or_insert(who);
                         if !confirmed.contains_key(&v.message_id) {
                             let list = confirmations.entry(v.chat_id.clone()).or_default();
-                            if let Some((t0, v0)) = list
-                                .iter()
-                                .find(|(t0, v0)| (*t0 < v.timestamp && *v0 >= v.version) || (*t0 > v.timestamp && *v0 <= v.version))
-                            {
-                                violation(&mut out, "versions_grow", i, format!(
-                                    "{}: version {} at {} against version {v0} at {t0}", v.chat_id, v.version, v.timestamp
-                                ));
+                            if let Some((t0, v0)) = list.iter().find(|(t0, v0)| {
+                                (*t0 < v.timestamp && *v0 >= v.version) || (*t0 > v.timestamp && *v0 <= v.version)
+                            }) {
+                                violation(
+                                    &mut out,
+                                    "versions_grow",
+                                    i,
+                                    format!(
+                                        "{}: version {} at {} against version {v0} at {t0}",
+                                        v.chat_id, v.version, v.timestamp
+                                    ),
+                                );
                             }
                             list.push((v.timestamp, v.version));
                             confirmed.insert(
@@ -361,7 +393,12 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         let from = m.from.as_ref().map(|f| f.eid.clone()).unwrap_or_default();
                         let to = m.to.first().map(|t| t.eid.clone()).unwrap_or_default();
                         if me != from && me != to {
-                            violation(&mut out, "recipient", i, format!("{name} got {} between {from} and {to}", m.message_id));
+                            violation(
+                                &mut out,
+                                "recipient",
+                                i,
+                                format!("{name} got {} between {from} and {to}", m.message_id),
+                            );
                         }
                         let text = match &m.payload {
                             Some(crate::proto::chat_message::Payload::Text(t)) => t.clone(),
@@ -369,61 +406,111 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         };
                         let held = (m.version, m.chat_id.clone(), text.clone());
                         match dev.messages.get(&m.message_id) {
-                            Some(old) if *old != held => violation(&mut out, "exactly_once", i, format!(
-                                "{name} got {} again with different content: {held:?} after {old:?}", m.message_id
-                            )),
+                            Some(old) if *old != held => violation(
+                                &mut out,
+                                "exactly_once",
+                                i,
+                                format!(
+                                    "{name} got {} again with different content: {held:?} after {old:?}",
+                                    m.message_id
+                                ),
+                            ),
                             Some(_) => {}
                             None => {
                                 let top = dev.chat_top.entry(m.chat_id.clone()).or_insert(0);
                                 if m.version <= *top {
-                                    violation(&mut out, "chat_order", i, format!(
-                                        "{name} got version {} of {} after version {top}", m.version, m.chat_id
-                                    ));
+                                    violation(
+                                        &mut out,
+                                        "chat_order",
+                                        i,
+                                        format!(
+                                            "{name} got version {} of {} after version {top}",
+                                            m.version, m.chat_id
+                                        ),
+                                    );
                                 }
                                 *top = (*top).max(m.version);
                                 dev.messages.insert(m.message_id.clone(), held);
                             }
                         }
-                        let sender_device = m.from.as_ref().map(|f| f.connection_resource_id.clone()).unwrap_or_default();
+                        let sender_device = m
+                            .from
+                            .as_ref()
+                            .map(|f| f.connection_resource_id.clone())
+                            .unwrap_or_default();
                         let who = (from.clone(), sender_device, m.message_id_local.clone(), text);
                         let key = (m.chat_id.clone(), m.version);
                         if let Some(old) = versions.get(&key).filter(|old| **old != who) {
-                            violation(&mut out, "version_unique", i, format!(
-                                "{} version {} delivered as {who:?} but held {old:?}", m.chat_id, m.version
-                            ));
+                            violation(
+                                &mut out,
+                                "version_unique",
+                                i,
+                                format!(
+                                    "{} version {} delivered as {who:?} but held {old:?}",
+                                    m.chat_id, m.version
+                                ),
+                            );
                         }
                         versions.entry(key).or_insert(who);
                         if m.author == "receiver"
                             && let (Some(a), Some(b)) = (user_of(&from), user_of(&to))
                             && social.blocked_pair(a, b, m.server_received_at) == Some(true)
                         {
-                            violation(&mut out, "blocked", i, format!(
-                                "{name} got {} accepted at {} while a block stood between {from} and {to}",
-                                m.message_id, m.server_received_at
-                            ));
+                            violation(
+                                &mut out,
+                                "blocked",
+                                i,
+                                format!(
+                                    "{name} got {} accepted at {} while a block stood between {from} and {to}",
+                                    m.message_id, m.server_received_at
+                                ),
+                            );
                         }
                     }
                     Payload::AcknowledgmentResponse(r) => {
                         dev.pending.remove(&Pending::Ack(r.message_id.clone()));
                         if !(1..=4).contains(&r.status) {
-                            violation(&mut out, "ack_forward", i, format!("{name}: state {} for {}", r.status, r.message_id));
+                            violation(
+                                &mut out,
+                                "ack_forward",
+                                i,
+                                format!("{name}: state {} for {}", r.status, r.message_id),
+                            );
                         }
-                        let mine = r.from.as_ref().is_some_and(|f| f.eid == me && f.connection_resource_id == name);
-                        if mine
-                            && let Some(asked) = dev.asked.get(&r.message_id)
+                        let mine = r
+                            .from
+                            .as_ref()
+                            .is_some_and(|f| f.eid == me && f.connection_resource_id == name);
+                        let oldest = if mine {
+                            dev.asked
+                                .get_mut(&r.message_id)
+                                .and_then(std::collections::VecDeque::pop_front)
+                        } else {
+                            None
+                        };
+                        if let Some(asked) = &oldest
                             && *asked <= 3
                             && r.status < *asked
                         {
-                            violation(&mut out, "ack_forward", i, format!(
-                                "{name} acknowledged {} with {asked} and was answered {}", r.message_id, r.status
-                            ));
+                            violation(
+                                &mut out,
+                                "ack_forward",
+                                i,
+                                format!(
+                                    "{name} acknowledged {} with {asked} and was answered {}",
+                                    r.message_id, r.status
+                                ),
+                            );
                         }
                         if r.status != 4 {
                             let (seen, top) = dev.acks.entry(r.message_id.clone()).or_default();
                             if seen.insert(r.status) && r.status < *top {
-                                violation(&mut out, "ack_forward", i, format!(
-                                    "{name}: {} moved back to {} after {top}", r.message_id, r.status
-                                ));
+                                violation(
+                                    &mut out,
+                                    "ack_forward",
+                                    i,
+                                    format!("{name}: {} moved back to {} after {top}", r.message_id, r.status),
+                                );
                             }
                             *top = (*top).max(r.status);
                         }
@@ -433,26 +520,47 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         if let Some(a) = owner.filter(|a| *a != u) {
                             let shows = n.status != 0 || n.awareness_intention != 0;
                             if shows && social.blocked_pair(a, u, n.timestamp) == Some(true) {
-                                violation(&mut out, "blocked", i, format!(
-                                    "{name} got awareness of {} at {} across a block", eid(a), n.timestamp
-                                ));
+                                violation(
+                                    &mut out,
+                                    "blocked",
+                                    i,
+                                    format!("{name} got awareness of {} at {} across a block", eid(a), n.timestamp),
+                                );
                             } else if n.status != 0
                                 && n.awareness_intention == 0
                                 && social.may_see(u, a, n.timestamp) == Some(false)
                             {
-                                violation(&mut out, "visibility", i, format!(
-                                    "{name} got status {} of {} at {} but may not see it", n.status, eid(a), n.timestamp
-                                ));
+                                violation(
+                                    &mut out,
+                                    "visibility",
+                                    i,
+                                    format!(
+                                        "{name} got status {} of {} at {} but may not see it",
+                                        n.status,
+                                        eid(a),
+                                        n.timestamp
+                                    ),
+                                );
                             }
                         }
                         let _ = t;
                     }
                     Payload::AwarenessResponse(r) => {
-                        let Some(a) = r.from.as_ref().and_then(|f| user_of(&f.eid)) else { continue };
+                        let Some(a) = r.from.as_ref().and_then(|f| user_of(&f.eid)) else {
+                            continue;
+                        };
                         if r.status != 0 && a != u && social.may_see(u, a, r.timestamp) == Some(false) {
-                            violation(&mut out, "visibility", i, format!(
-                                "{name} was answered status {} of {} at {} but may not see it", r.status, eid(a), r.timestamp
-                            ));
+                            violation(
+                                &mut out,
+                                "visibility",
+                                i,
+                                format!(
+                                    "{name} was answered status {} of {} at {} but may not see it",
+                                    r.status,
+                                    eid(a),
+                                    r.timestamp
+                                ),
+                            );
                         }
                         if phase == "check"
                             && let Ok(id) = r.awareness_identifier.parse::<i64>()
@@ -482,7 +590,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     let reachable: BTreeSet<&String> = devices.iter().filter(|(_, d)| d.online).map(|(n, _)| n).collect();
     for (name, d) in &devices {
         if !d.online {
-            end(&mut out, "heal", format!("{name} has no session once the network healed"));
+            end(
+                &mut out,
+                "heal",
+                format!("{name} has no session once the network healed"),
+            );
         }
         let _ = d.session_in_heal;
     }
@@ -498,7 +610,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             let owner = eid(u);
             let due = Some(&owner) == receiver.as_ref() || (owner == *sender && *name != sender_device);
             if due && !devices[*name].messages.contains_key(message_id) {
-                end(&mut out, "delivery", format!("{name} never got {message_id} (version {version} of {chat})"));
+                end(
+                    &mut out,
+                    "delivery",
+                    format!("{name} never got {message_id} (version {version} of {chat})"),
+                );
             }
         }
     }
@@ -510,7 +626,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     for (chat, seen) in per_chat {
         let top = seen.last().copied().unwrap_or(0);
         if let Some(missing) = (1..=top).find(|v| !seen.contains(v)) {
-            end(&mut out, "version_gaps", format!("{chat}: version {missing} never seen, {top} was"));
+            end(
+                &mut out,
+                "version_gaps",
+                format!("{chat}: version {missing} never seen, {top} was"),
+            );
         }
     }
     // Presence converged: after healing, each user sees each other as AWR-9 says.
@@ -520,7 +640,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
         }
         for &a in users.iter().filter(|a| **a != u) {
             match check_answers.get(&(u, a)) {
-                None => end(&mut out, "presence", format!("{} got no answer about {}", eid(u), eid(a))),
+                None => end(
+                    &mut out,
+                    "presence",
+                    format!("{} got no answer about {}", eid(u), eid(a)),
+                ),
                 Some((_, status, t)) => {
                     let expected = match social.may_see(u, a, *t) {
                         Some(true) => 1,
@@ -528,9 +652,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         None => continue,
                     };
                     if *status != expected {
-                        end(&mut out, "presence", format!(
-                            "{} sees {} as {status}, expected {expected}", eid(u), eid(a)
-                        ));
+                        end(
+                            &mut out,
+                            "presence",
+                            format!("{} sees {} as {status}, expected {expected}", eid(u), eid(a)),
+                        );
                     }
                 }
             }

@@ -46,7 +46,11 @@ impl Outcome {
         if first.index.is_none() {
             return &self.history;
         }
-        let shows = |len: usize| check(&self.history[..len]).iter().any(|v| v.invariant == first.invariant);
+        let shows = |len: usize| {
+            check(&self.history[..len])
+                .iter()
+                .any(|v| v.invariant == first.invariant)
+        };
         let (mut lo, mut hi) = (0, self.history.len());
         // Invariant: shows(hi); the prefix of length lo does not.
         while lo + 1 < hi {

@@ -246,7 +246,9 @@ impl Runner {
         let fresh = self.log.since(self.seen);
         self.seen += fresh.len();
         for entry in fresh {
-            let Some((u, d)) = parse_device(&entry.who) else { continue };
+            let Some((u, d)) = parse_device(&entry.who) else {
+                continue;
+            };
             let dev = &mut self.model.dev[u][d];
             match entry.what {
                 What::Session { .. } => {
@@ -319,7 +321,9 @@ impl Runner {
 
     fn lift_due(&mut self) {
         let now = self.elapsed();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lifts).into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.lifts)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
         self.lifts = later;
         for (_, lift) in due {
             self.lift(lift);
@@ -331,7 +335,8 @@ impl Runner {
             Lift::Repair(device) => self.sim.repair("server", device.as_str()),
             Lift::Release(device) => self.sim.release("server", device.as_str()),
             Lift::Latency(device) => {
-                self.sim.set_link_latency("server", device.as_str(), Duration::from_millis(2));
+                self.sim
+                    .set_link_latency("server", device.as_str(), Duration::from_millis(2));
             }
             Lift::Boot => {
                 if self.server_up {
@@ -382,10 +387,10 @@ impl Runner {
 
     fn run(&mut self) {
         let o = self.options.clone();
-        self.note("sim", What::Phase(format!(
-            "setup seed={} users={} devices={}",
-            o.seed, o.users, o.devices
-        )));
+        self.note(
+            "sim",
+            What::Phase(format!("setup seed={} users={} devices={}", o.seed, o.users, o.devices)),
+        );
         for u in 0..o.users {
             for d in 0..o.devices {
                 self.connect(u, d, false);
@@ -434,8 +439,18 @@ impl Runner {
             self.lift(lift);
         }
         // Half-open connections end by the ping timeout; then every device dials.
-        let ping_timeout = u64::try_from(o.config.ping_interval_ms).unwrap_or(1_000) * u64::from(o.config.max_missed_pongs + 2);
+        let ping_timeout =
+            u64::try_from(o.config.ping_interval_ms).unwrap_or(1_000) * u64::from(o.config.max_missed_pongs + 2);
         let mut until = self.elapsed() + ping_timeout;
+        if !self.run_until(until) {
+            return;
+        }
+        // A client does not ping, so a connection the server already dropped
+        // behind a partition can look alive to it: every device starts afresh.
+        for host in self.hosts.clone() {
+            self.send(&host, Cmd::Drop);
+        }
+        until = self.elapsed() + 100;
         if !self.run_until(until) {
             return;
         }
@@ -539,7 +554,13 @@ async fn device_task(name: String, eid: String, mut rx: mpsc::UnboundedReceiver<
                         log.push(&name, What::Session { jti });
                         client = Some(c);
                     }
-                    Ok(_) => log.push(&name, What::Refused { jti, reason: "no session".into() }),
+                    Ok(_) => log.push(
+                        &name,
+                        What::Refused {
+                            jti,
+                            reason: "no session".into(),
+                        },
+                    ),
                     Err(reason) => log.push(&name, What::Refused { jti, reason }),
                 }
             }
@@ -567,17 +588,23 @@ async fn device_task(name: String, eid: String, mut rx: mpsc::UnboundedReceiver<
                 client = None;
             }
             Step::Event(Some(other)) => {
-                log.push(&name, What::Closed {
-                    code: None,
-                    reason: format!("unexpected event {other:?}"),
-                });
+                log.push(
+                    &name,
+                    What::Closed {
+                        code: None,
+                        reason: format!("unexpected event {other:?}"),
+                    },
+                );
                 client = None;
             }
             Step::Event(None) => {
-                log.push(&name, What::Closed {
-                    code: None,
-                    reason: "event stream ended".into(),
-                });
+                log.push(
+                    &name,
+                    What::Closed {
+                        code: None,
+                        reason: "event stream ended".into(),
+                    },
+                );
                 client = None;
             }
         }

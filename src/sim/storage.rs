@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::core::queue::{ChatEvent, ChatStore, MemoryChatStore, QueueItem, SharedChatStore};
 use crate::core::social::{EventLog, SocialEvent};
-use crate::core::{Millis, MemoryRevocations, Revocations, StoreError};
+use crate::core::{MemoryRevocations, Millis, Revocations, StoreError};
 
 /// The durable state of one simulated server, across its restarts.
 pub trait SimStorage: Send + Sync {

@@ -115,7 +115,9 @@ impl Model {
         let roll = rng.random_range(0..100);
         if roll >= 92 {
             // Reconnect an offline device (sometimes with its spent token).
-            let offline: Vec<usize> = (0..self.devices).filter(|&d| !self.dev[u][d].online && !self.dev[u][d].dialing).collect();
+            let offline: Vec<usize> = (0..self.devices)
+                .filter(|&d| !self.dev[u][d].online && !self.dev[u][d].dialing)
+                .collect();
             if offline.is_empty() {
                 return None;
             }
@@ -153,7 +155,11 @@ impl Model {
             }
             48..=54 => {
                 let status = [1, 3, 4, 5][rng.random_range(0..4)];
-                let ttl = if rng.random_bool(0.5) { 0 } else { rng.random_range(1..4) };
+                let ttl = if rng.random_bool(0.5) {
+                    0
+                } else {
+                    rng.random_range(1..4)
+                };
                 Payload::AwarenessNotification(AwarenessNotification {
                     status,
                     ttl,
