@@ -18,5 +18,6 @@ pub mod keys;
 pub mod net;
 pub mod proto;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod vectors;

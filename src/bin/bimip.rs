@@ -13,6 +13,9 @@ use tokio_util::codec::Decoder;
 
 use bimip::codec::{self, DEFAULT_MAX_STANZA_BYTES, TcpFrameCodec, json};
 
+#[path = "bimip/sim.rs"]
+mod sim;
+
 #[derive(Parser)]
 #[command(name = "bimip", version, about = "BIMIP conformance kit: developer tools")]
 struct Cli {
@@ -35,6 +38,8 @@ enum Command {
     /// Look into an offline queue directory (the server's DATA_DIR/queue).
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Sweep seeds of the deterministic simulation (workload, faults, invariant checks).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -198,6 +203,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Connect(args) => connect(args),
         Command::Queue(command) => queue(command),
+        Command::Sim(args) => sim::run(args),
     };
     match outcome {
         Ok(code) => code,

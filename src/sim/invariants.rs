@@ -1,0 +1,666 @@
+//! Invariant checkers over an observed history. Each reads only what devices
+//! saw and what the runner did, never the server's internals, so they judge
+//! any server the simulation can drive. Safety properties are checked on
+//! every prefix (a violation names the entry that shows it); end-state
+//! properties (delivery, no version gaps, presence convergence) only on a
+//! history that reached its `end` phase.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::history::{Entry, What};
+use super::runner::{BASE_MS, CHECK_ID_BASE, parse_device};
+use super::workload::{eid, user_of};
+use crate::core::Millis;
+use crate::proto::message_scheme::Payload;
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The checker's name (see [`INVARIANTS`]).
+    pub invariant: &'static str,
+    /// The history entry that shows it; `None` for an end-state property.
+    pub index: Option<usize>,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "[{}] at entry {i}: {}", self.invariant, self.detail),
+            None => write!(f, "[{}] at the end: {}", self.invariant, self.detail),
+        }
+    }
+}
+
+/// Every checker's name.
+pub const INVARIANTS: &[&str] = &[
+    "no_panic",
+    "recipient",
+    "exactly_once",
+    "chat_order",
+    "version_unique",
+    "versions_grow",
+    "ack_forward",
+    "answered",
+    "revoked_session",
+    "blocked",
+    "visibility",
+    "delivery",
+    "version_gaps",
+    "heal",
+    "presence",
+];
+
+/// How long a request may wait for its answer on an undisturbed connection.
+const ANSWER_MS: u64 = 8_000;
+/// Tolerance between the server's clock and simulated time at window edges.
+const EDGE_MS: Millis = 20;
+
+fn server_ms(at: u64) -> Millis {
+    BASE_MS + i64::try_from(at).unwrap_or(0)
+}
+
+/// A social request from a user's device 0, and its answer.
+#[derive(Clone, Debug)]
+struct SocialChange {
+    sent_at: Millis,
+    /// When the answer arrived (server ms); `None` = never: uncertain from `sent_at` on.
+    confirmed_at: Option<Millis>,
+    change: Change,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Change {
+    Visibility(i32),
+    Subscriber(usize, bool),
+    Block(usize, bool),
+}
+
+/// Every user's social changes, from device 0's requests and answers.
+#[derive(Debug, Default)]
+struct Social {
+    changes: BTreeMap<usize, Vec<SocialChange>>,
+}
+
+impl Social {
+    fn build(entries: &[Entry]) -> Social {
+        let mut social = Social::default();
+        for entry in entries {
+            let Some((u, 0)) = parse_device(&entry.who) else {
+                continue;
+            };
+            let at = server_ms(entry.at);
+            let list = social.changes.entry(u).or_default();
+            match &entry.what {
+                What::Sent(payload) => {
+                    let change = match payload {
+                        Payload::AwarenessVisibility(r) if r.visibility != 0 => Change::Visibility(r.visibility),
+                        Payload::SubscriberAddRequest(r) => Change::Subscriber(subject(r.subscriber.as_ref()), true),
+                        Payload::SubscriberRemove(r) => Change::Subscriber(subject(r.subscriber.as_ref()), false),
+                        Payload::BlockSubscriber(r) => Change::Block(subject(r.subscriber.as_ref()), r.action != 2),
+                        _ => continue,
+                    };
+                    list.push(SocialChange {
+                        sent_at: at,
+                        confirmed_at: None,
+                        change,
+                    });
+                }
+                What::Received(payload) => {
+                    let answered = match payload {
+                        Payload::AwarenessVisibility(r) if r.r#type == 2 => {
+                            |c: &Change| matches!(c, Change::Visibility(_))
+                        }
+                        Payload::SubscriberAddResponse(_) | Payload::SubscriberRemove(_) => {
+                            |c: &Change| matches!(c, Change::Subscriber(..))
+                        }
+                        Payload::BlockSubscriber(r) if r.r#type == 2 => |c: &Change| matches!(c, Change::Block(..)),
+                        _ => continue,
+                    };
+                    // Answers come in request order on one connection.
+                    if let Some(c) = list
+                        .iter_mut()
+                        .find(|c| c.confirmed_at.is_none() && answered(&c.change))
+                    {
+                        c.confirmed_at = Some(at);
+                    }
+                }
+                What::Connect { .. } => {
+                    // Requests of an earlier connection never answered stay uncertain.
+                }
+                _ => {}
+            }
+        }
+        social
+    }
+
+    /// User `u`'s settings at `t`, or `None` when a change was in flight.
+    fn state_at(&self, u: usize, t: Millis) -> Option<(i32, BTreeSet<usize>, BTreeSet<usize>)> {
+        let mut visibility = 2;
+        let mut subs = BTreeSet::new();
+        let mut blocks = BTreeSet::new();
+        for c in self.changes.get(&u).into_iter().flatten() {
+            match c.confirmed_at {
+                None if c.sent_at - EDGE_MS <= t => return None,
+                Some(done) if c.sent_at - EDGE_MS <= t && t <= done + EDGE_MS => return None,
+                Some(done) if done < t => match c.change {
+                    Change::Visibility(v) => visibility = v,
+                    Change::Subscriber(v, true) => {
+                        subs.insert(v);
+                    }
+                    Change::Subscriber(v, false) => {
+                        subs.remove(&v);
+                    }
+                    Change::Block(v, true) => {
+                        blocks.insert(v);
+                    }
+                    Change::Block(v, false) => {
+                        blocks.remove(&v);
+                    }
+                },
+                _ => {}
+            }
+        }
+        Some((visibility, subs, blocks))
+    }
+
+    /// Whether either user blocks the other at `t`, when known.
+    fn blocked_pair(&self, a: usize, b: usize, t: Millis) -> Option<bool> {
+        let (_, _, a_blocks) = self.state_at(a, t)?;
+        let (_, _, b_blocks) = self.state_at(b, t)?;
+        Some(a_blocks.contains(&b) || b_blocks.contains(&a))
+    }
+
+    /// AWR-9: may `viewer` see `owner` at `t`, when known.
+    fn may_see(&self, viewer: usize, owner: usize, t: Millis) -> Option<bool> {
+        if self.blocked_pair(viewer, owner, t)? {
+            return Some(false);
+        }
+        let (visibility, subs, _) = self.state_at(owner, t)?;
+        Some(visibility == 1 || (visibility == 2 && subs.contains(&viewer)))
+    }
+}
+
+fn subject(identity: Option<&crate::proto::Identity>) -> usize {
+    identity.and_then(|i| user_of(&i.eid)).unwrap_or(usize::MAX)
+}
+
+/// A request waiting for its answer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pending {
+    Text(String),
+    Ping(String),
+    Ack(String),
+}
+
+#[derive(Default)]
+struct DeviceView {
+    jti: Option<String>,
+    online: bool,
+    /// message_id -> what it held, for dedupe.
+    messages: BTreeMap<String, (i64, String, String)>,
+    /// chat -> highest version first seen.
+    chat_top: BTreeMap<String, i64>,
+    /// message_id -> (statuses seen, highest).
+    acks: BTreeMap<String, (BTreeSet<i32>, i32)>,
+    /// message_id -> statuses of this device's AcknowledgmentRequests not yet confirmed, in order.
+    asked: BTreeMap<String, std::collections::VecDeque<i32>>,
+    pending: BTreeMap<Pending, u64>,
+    /// (local id) -> text, of the TextPayloadRequests it sent.
+    texts: BTreeMap<String, String>,
+    sessions: usize,
+    session_in_heal: bool,
+}
+
+/// Checks every invariant on `entries`; see the module docs.
+pub fn check(entries: &[Entry]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let social = Social::build(entries);
+    let mut devices: BTreeMap<String, DeviceView> = BTreeMap::new();
+    let mut revoked: BTreeMap<String, usize> = BTreeMap::new();
+    let mut connect_after_revoke: BTreeMap<String, String> = BTreeMap::new();
+    // (chat, version) -> (sender eid, sender device, local, text)
+    let mut versions: BTreeMap<(String, i64), (String, String, String, String)> = BTreeMap::new();
+    // chat -> (timestamp, version) of each first VersionUpdate
+    let mut confirmations: BTreeMap<String, Vec<(Millis, i64)>> = BTreeMap::new();
+    // message_id -> (sender eid, sender device, chat, version)
+    let mut confirmed: BTreeMap<String, (String, String, String, i64)> = BTreeMap::new();
+    let mut phase = String::new();
+    let mut ended = false;
+    let mut check_answers: BTreeMap<(usize, usize), (usize, i32, Millis)> = BTreeMap::new();
+    let violation = |out: &mut Vec<Violation>, invariant: &'static str, index: usize, detail: String| {
+        out.push(Violation {
+            invariant,
+            index: Some(index),
+            detail,
+        });
+    };
+
+    for (i, entry) in entries.iter().enumerate() {
+        match &entry.what {
+            What::Panic(m) => violation(&mut out, "no_panic", i, m.clone()),
+            What::Phase(p) => {
+                phase = p.split(' ').next().unwrap_or_default().to_string();
+                ended |= phase == "end";
+            }
+            What::Crash => {
+                for d in devices.values_mut() {
+                    d.pending.clear();
+                }
+            }
+            What::Fault(f) => {
+                for (name, d) in devices.iter_mut() {
+                    if f.contains(&format!("\"{name}\"")) {
+                        d.pending.clear();
+                    }
+                }
+            }
+            _ => {}
+        }
+        let Some((u, _)) = parse_device(&entry.who) else {
+            continue;
+        };
+        let me = eid(u);
+        let name = entry.who.clone();
+        let dev = devices.entry(name.clone()).or_default();
+        let overdue: Vec<Pending> = dev
+            .pending
+            .iter()
+            .filter(|(_, sent)| sent.saturating_add(ANSWER_MS) < entry.at)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in overdue {
+            dev.pending.remove(&p);
+            violation(
+                &mut out,
+                "answered",
+                i,
+                format!("{name}: no answer to {p:?} within {ANSWER_MS} ms"),
+            );
+        }
+        match &entry.what {
+            What::Connect { jti } => {
+                dev.pending.clear();
+                dev.online = false;
+                dev.jti = Some(jti.clone());
+                if revoked.contains_key(jti) {
+                    connect_after_revoke.insert(name.clone(), jti.clone());
+                } else {
+                    connect_after_revoke.remove(&name);
+                }
+            }
+            What::Session { jti } => {
+                dev.online = true;
+                dev.sessions += 1;
+                dev.session_in_heal |= phase == "heal";
+                if connect_after_revoke.get(&name) == Some(jti) {
+                    violation(
+                        &mut out,
+                        "revoked_session",
+                        i,
+                        format!("{name} got a session with revoked jti {jti}"),
+                    );
+                }
+            }
+            What::Refused { .. } | What::Closed { .. } | What::Dropped => {
+                dev.online = false;
+                dev.pending.clear();
+            }
+            What::Sent(payload) => match payload {
+                Payload::TextPayloadRequest(r) => {
+                    dev.texts.insert(r.message_id_local.clone(), r.content.clone());
+                    dev.pending.insert(Pending::Text(r.message_id_local.clone()), entry.at);
+                }
+                Payload::PingpongMessage(p) => {
+                    dev.pending.insert(Pending::Ping(p.id.clone()), entry.at);
+                }
+                Payload::AcknowledgmentRequest(a) => {
+                    dev.asked.entry(a.message_id.clone()).or_default().push_back(a.status);
+                    dev.pending.insert(Pending::Ack(a.message_id.clone()), entry.at);
+                }
+                _ => {}
+            },
+            What::Received(payload) => {
+                let t = server_ms(entry.at);
+                match payload {
+                    Payload::ErrorMessage(e) => {
+                        // A refused acknowledgment gets no confirmation.
+                        if let Some(asks) = dev.asked.get_mut(&e.ref_id) {
+                            asks.pop_front();
+                        }
+                        for p in [
+                            Pending::Text(e.ref_id.clone()),
+                            Pending::Ping(e.ref_id.clone()),
+                            Pending::Ack(e.ref_id.clone()),
+                        ] {
+                            dev.pending.remove(&p);
+                        }
+                        if e.code == 401
+                            && e.message.contains("revoked")
+                            && let Some(jti) = &dev.jti
+                        {
+                            revoked.entry(jti.clone()).or_insert(i);
+                        }
+                    }
+                    Payload::Logout(l) if l.r#type == 2 && l.status == 3 => {
+                        if let Some(jti) = &dev.jti {
+                            revoked.entry(jti.clone()).or_insert(i);
+                        }
+                    }
+                    Payload::PingpongMessage(p) if p.r#type == 2 => {
+                        dev.pending.remove(&Pending::Ping(p.id.clone()));
+                    }
+                    Payload::VersionUpdate(v) => {
+                        dev.pending.remove(&Pending::Text(v.message_id_local.clone()));
+                        let text = dev.texts.get(&v.message_id_local).cloned().unwrap_or_default();
+                        let who = (me.clone(), name.clone(), v.message_id_local.clone(), text);
+                        let key = (v.chat_id.clone(), v.version);
+                        if let Some(old) = versions.get(&key).filter(|old| **old != who) {
+                            violation(
+                                &mut out,
+                                "version_unique",
+                                i,
+                                format!(
+                                    "{} version {} confirmed for {who:?} but held {old:?}",
+                                    v.chat_id, v.version
+                                ),
+                            );
+                        }
+                        versions.entry(key).or_insert(who);
+                        if !confirmed.contains_key(&v.message_id) {
+                            let list = confirmations.entry(v.chat_id.clone()).or_default();
+                            if let Some((t0, v0)) = list.iter().find(|(t0, v0)| {
+                                (*t0 < v.timestamp && *v0 >= v.version) || (*t0 > v.timestamp && *v0 <= v.version)
+                            }) {
+                                violation(
+                                    &mut out,
+                                    "versions_grow",
+                                    i,
+                                    format!(
+                                        "{}: version {} at {} against version {v0} at {t0}",
+                                        v.chat_id, v.version, v.timestamp
+                                    ),
+                                );
+                            }
+                            list.push((v.timestamp, v.version));
+                            confirmed.insert(
+                                v.message_id.clone(),
+                                (me.clone(), name.clone(), v.chat_id.clone(), v.version),
+                            );
+                        }
+                    }
+                    Payload::ChatMessage(m) => {
+                        let from = m.from.as_ref().map(|f| f.eid.clone()).unwrap_or_default();
+                        let to = m.to.first().map(|t| t.eid.clone()).unwrap_or_default();
+                        if me != from && me != to {
+                            violation(
+                                &mut out,
+                                "recipient",
+                                i,
+                                format!("{name} got {} between {from} and {to}", m.message_id),
+                            );
+                        }
+                        let text = match &m.payload {
+                            Some(crate::proto::chat_message::Payload::Text(t)) => t.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        let held = (m.version, m.chat_id.clone(), text.clone());
+                        match dev.messages.get(&m.message_id) {
+                            Some(old) if *old != held => violation(
+                                &mut out,
+                                "exactly_once",
+                                i,
+                                format!(
+                                    "{name} got {} again with different content: {held:?} after {old:?}",
+                                    m.message_id
+                                ),
+                            ),
+                            Some(_) => {}
+                            None => {
+                                let top = dev.chat_top.entry(m.chat_id.clone()).or_insert(0);
+                                if m.version <= *top {
+                                    violation(
+                                        &mut out,
+                                        "chat_order",
+                                        i,
+                                        format!(
+                                            "{name} got version {} of {} after version {top}",
+                                            m.version, m.chat_id
+                                        ),
+                                    );
+                                }
+                                *top = (*top).max(m.version);
+                                dev.messages.insert(m.message_id.clone(), held);
+                            }
+                        }
+                        let sender_device = m
+                            .from
+                            .as_ref()
+                            .map(|f| f.connection_resource_id.clone())
+                            .unwrap_or_default();
+                        let who = (from.clone(), sender_device, m.message_id_local.clone(), text);
+                        let key = (m.chat_id.clone(), m.version);
+                        if let Some(old) = versions.get(&key).filter(|old| **old != who) {
+                            violation(
+                                &mut out,
+                                "version_unique",
+                                i,
+                                format!(
+                                    "{} version {} delivered as {who:?} but held {old:?}",
+                                    m.chat_id, m.version
+                                ),
+                            );
+                        }
+                        versions.entry(key).or_insert(who);
+                        if m.author == "receiver"
+                            && let (Some(a), Some(b)) = (user_of(&from), user_of(&to))
+                            && social.blocked_pair(a, b, m.server_received_at) == Some(true)
+                        {
+                            violation(
+                                &mut out,
+                                "blocked",
+                                i,
+                                format!(
+                                    "{name} got {} accepted at {} while a block stood between {from} and {to}",
+                                    m.message_id, m.server_received_at
+                                ),
+                            );
+                        }
+                    }
+                    Payload::AcknowledgmentResponse(r) => {
+                        dev.pending.remove(&Pending::Ack(r.message_id.clone()));
+                        if !(1..=4).contains(&r.status) {
+                            violation(
+                                &mut out,
+                                "ack_forward",
+                                i,
+                                format!("{name}: state {} for {}", r.status, r.message_id),
+                            );
+                        }
+                        let mine = r
+                            .from
+                            .as_ref()
+                            .is_some_and(|f| f.eid == me && f.connection_resource_id == name);
+                        let oldest = if mine {
+                            dev.asked
+                                .get_mut(&r.message_id)
+                                .and_then(std::collections::VecDeque::pop_front)
+                        } else {
+                            None
+                        };
+                        if let Some(asked) = &oldest
+                            && *asked <= 3
+                            && r.status < *asked
+                        {
+                            violation(
+                                &mut out,
+                                "ack_forward",
+                                i,
+                                format!(
+                                    "{name} acknowledged {} with {asked} and was answered {}",
+                                    r.message_id, r.status
+                                ),
+                            );
+                        }
+                        if r.status != 4 {
+                            let (seen, top) = dev.acks.entry(r.message_id.clone()).or_default();
+                            if seen.insert(r.status) && r.status < *top {
+                                violation(
+                                    &mut out,
+                                    "ack_forward",
+                                    i,
+                                    format!("{name}: {} moved back to {} after {top}", r.message_id, r.status),
+                                );
+                            }
+                            *top = (*top).max(r.status);
+                        }
+                    }
+                    Payload::AwarenessNotification(n) => {
+                        let owner = n.from.as_ref().and_then(|f| user_of(&f.eid));
+                        if let Some(a) = owner.filter(|a| *a != u) {
+                            let shows = n.status != 0 || n.awareness_intention != 0;
+                            if shows && social.blocked_pair(a, u, n.timestamp) == Some(true) {
+                                violation(
+                                    &mut out,
+                                    "blocked",
+                                    i,
+                                    format!("{name} got awareness of {} at {} across a block", eid(a), n.timestamp),
+                                );
+                            } else if n.status != 0
+                                && n.awareness_intention == 0
+                                && social.may_see(u, a, n.timestamp) == Some(false)
+                            {
+                                violation(
+                                    &mut out,
+                                    "visibility",
+                                    i,
+                                    format!(
+                                        "{name} got status {} of {} at {} but may not see it",
+                                        n.status,
+                                        eid(a),
+                                        n.timestamp
+                                    ),
+                                );
+                            }
+                        }
+                        let _ = t;
+                    }
+                    Payload::AwarenessResponse(r) => {
+                        let Some(a) = r.from.as_ref().and_then(|f| user_of(&f.eid)) else {
+                            continue;
+                        };
+                        if r.status != 0 && a != u && social.may_see(u, a, r.timestamp) == Some(false) {
+                            violation(
+                                &mut out,
+                                "visibility",
+                                i,
+                                format!(
+                                    "{name} was answered status {} of {} at {} but may not see it",
+                                    r.status,
+                                    eid(a),
+                                    r.timestamp
+                                ),
+                            );
+                        }
+                        if phase == "check"
+                            && let Ok(id) = r.awareness_identifier.parse::<i64>()
+                            && id >= CHECK_ID_BASE
+                        {
+                            check_answers.insert((u, a), (i, r.status, r.timestamp));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    if !ended {
+        return out;
+    }
+    let end = |out: &mut Vec<Violation>, invariant: &'static str, detail: String| {
+        out.push(Violation {
+            invariant,
+            index: None,
+            detail,
+        });
+    };
+    let users: BTreeSet<usize> = devices.keys().filter_map(|n| parse_device(n)).map(|(u, _)| u).collect();
+    let reachable: BTreeSet<&String> = devices.iter().filter(|(_, d)| d.online).map(|(n, _)| n).collect();
+    for (name, d) in &devices {
+        if !d.online {
+            end(
+                &mut out,
+                "heal",
+                format!("{name} has no session once the network healed"),
+            );
+        }
+        let _ = d.session_in_heal;
+    }
+    // Delivery: every confirmed message reached every device of its receiver
+    // and the sender's other devices.
+    for (message_id, (sender, sender_device, chat, version)) in &confirmed {
+        let receiver = users
+            .iter()
+            .map(|v| eid(*v))
+            .find(|r| r != sender && crate::core::chat::chat_id(sender, r) == *chat);
+        for name in &reachable {
+            let Some((u, _)) = parse_device(name) else { continue };
+            let owner = eid(u);
+            let due = Some(&owner) == receiver.as_ref() || (owner == *sender && *name != sender_device);
+            if due && !devices[*name].messages.contains_key(message_id) {
+                end(
+                    &mut out,
+                    "delivery",
+                    format!("{name} never got {message_id} (version {version} of {chat})"),
+                );
+            }
+        }
+    }
+    // No gaps: each chat's versions seen anywhere are 1..=max.
+    let mut per_chat: BTreeMap<&String, BTreeSet<i64>> = BTreeMap::new();
+    for (chat, version) in versions.keys() {
+        per_chat.entry(chat).or_default().insert(*version);
+    }
+    for (chat, seen) in per_chat {
+        let top = seen.last().copied().unwrap_or(0);
+        if let Some(missing) = (1..=top).find(|v| !seen.contains(v)) {
+            end(
+                &mut out,
+                "version_gaps",
+                format!("{chat}: version {missing} never seen, {top} was"),
+            );
+        }
+    }
+    // Presence converged: after healing, each user sees each other as AWR-9 says.
+    for &u in &users {
+        if !reachable.contains(&super::workload::device_name(u, 0)) {
+            continue;
+        }
+        for &a in users.iter().filter(|a| **a != u) {
+            match check_answers.get(&(u, a)) {
+                None => end(
+                    &mut out,
+                    "presence",
+                    format!("{} got no answer about {}", eid(u), eid(a)),
+                ),
+                Some((_, status, t)) => {
+                    let expected = match social.may_see(u, a, *t) {
+                        Some(true) => 1,
+                        Some(false) => 0,
+                        None => continue,
+                    };
+                    if *status != expected {
+                        end(
+                            &mut out,
+                            "presence",
+                            format!("{} sees {} as {status}, expected {expected}", eid(u), eid(a)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
