@@ -1,32 +1,26 @@
 //! Fuzz drivers: each takes raw fuzzer bytes and asserts the properties its
 //! target protects. The cargo-fuzz targets in `fuzz/` call them, and
 //! `tests/fuzz_regressions.rs` replays every saved finding and seed through the
-//! same functions, so a fixed bug stays fixed without libFuzzer.
+//! same functions, so a fixed bug stays fixed without libFuzzer. [`seeds`]
+//! builds the seed corpora (from `vectors/` and from a real queue store).
 
-use arbitrary::{Arbitrary, Unstructured};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use crate::codec::{self, DEFAULT_MAX_STANZA_BYTES, TcpFrameCodec};
 
 /// MessageScheme decoding: never panics; what decodes re-encodes canonically
-/// to bytes that decode to the same stanza.
+/// to bytes that decode to the same stanza, and the canonical form is a fixed
+/// point. Compared as bytes: a NaN double is never equal to itself, but its
+/// bits survive the round trip.
 pub fn decode_stanza(data: &[u8]) {
     if let Ok(payload) = codec::decode(data, DEFAULT_MAX_STANZA_BYTES) {
         let canonical = codec::encode(&payload);
-        assert_eq!(
-            codec::decode(&canonical, DEFAULT_MAX_STANZA_BYTES).as_ref(),
-            Ok(&payload)
-        );
+        let again = codec::decode(&canonical, DEFAULT_MAX_STANZA_BYTES).expect("canonical bytes decode");
+        assert_eq!(crate::codec::Route::of(&again), crate::codec::Route::of(&payload));
+        assert_eq!(codec::encode(&again), canonical);
     }
     let _ = codec::describe(data);
-}
-
-#[derive(Debug, Arbitrary)]
-struct FramingInput {
-    stream: Vec<u8>,
-    cuts: Vec<u16>,
-    max: u8,
 }
 
 fn frames(stream: &[u8], cuts: &[usize], max: usize) -> (Vec<Vec<u8>>, bool) {
@@ -56,21 +50,40 @@ fn frames(stream: &[u8], cuts: &[usize], max: usize) -> (Vec<Vec<u8>>, bool) {
 
 /// TCP framing: the same stream gives the same frames (or the same error)
 /// however it is cut into reads, and no frame exceeds the limit.
+///
+/// Input layout (hand-parsed, so [`seeds`] can write vectors as inputs): the
+/// frame limit `max` (one byte), a cut count `n` (one byte), `n` cut points
+/// (u16 little-endian, taken modulo the stream length + 1), then the stream.
 pub fn tcp_frames(data: &[u8]) {
-    let Ok(input) = FramingInput::arbitrary(&mut Unstructured::new(data)) else {
-        return;
-    };
-    let mut cuts: Vec<usize> = input
-        .cuts
-        .iter()
-        .map(|&c| usize::from(c) % (input.stream.len() + 1))
+    let [max, n, rest @ ..] = data else { return };
+    let cut_bytes = (usize::from(*n) * 2).min(rest.len());
+    let (cut_bytes, stream) = rest.split_at(cut_bytes);
+    let mut cuts: Vec<usize> = cut_bytes
+        .chunks_exact(2)
+        .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (stream.len() + 1))
         .collect();
     cuts.sort_unstable();
-    let max = usize::from(input.max);
-    let whole = frames(&input.stream, &[], max);
-    assert_eq!(whole, frames(&input.stream, &cuts, max));
+    let max = usize::from(*max);
+    let whole = frames(stream, &[], max);
+    assert_eq!(whole, frames(stream, &cuts, max));
     assert!(whole.0.iter().all(|f| f.len() <= max));
 }
+
+/// Builds a `tcp_frames` input (the inverse of its layout).
+pub fn tcp_frames_input(max: u8, cuts: &[u16], stream: &[u8]) -> Vec<u8> {
+    let cuts = &cuts[..cuts.len().min(255)];
+    let mut out = vec![max, cuts.len() as u8];
+    for c in cuts {
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+    out.extend_from_slice(stream);
+    out
+}
+
+mod queue_recovery;
+pub mod seeds;
+
+pub use queue_recovery::{pack_files, queue_recovery};
 
 pub use engine::engine;
 

@@ -1,6 +1,12 @@
 //! Model-based test of the durable queue: random operations run against the store (on the simulated filesystem)
-//! and against a plain in-memory model of SPEC §17; every answer and every observable state must agree. Crashes
-//! lose everything not synced (power loss), so the model's state after one is its state at the last sync.
+//! and against a plain in-memory model of SPEC §17; every answer and every observable state must agree.
+//!
+//! Mid-sequence restarts come in every kind: a clean close and reopen, a reopen after simply dropping the store
+//! (the process died, the kernel kept its writes), and crashes. With a write buffer larger than any workload
+//! (`store_matches_model`), nothing reaches a file before a sync, so a power loss leaves exactly the state at the
+//! last sync. With a small write buffer (`store_matches_model_through_partial_crashes`), unsynced records reach the
+//! files in pieces, and a crash keeps any prefix of the pending writes plus a torn piece of the next: the store must
+//! then come back as the model stood after some operation since the last sync, never anything else.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +46,13 @@ enum Op {
     },
     Reopen,
     Crash,
+    /// Drop the store without closing it and reopen: buffered records are lost, written ones stay.
+    DropReopen,
+    /// Power loss keeping `keep` of the pending filesystem operations and maybe a torn piece of the next write.
+    CrashPartial {
+        keep: prop::sample::Index,
+        tear: Option<prop::sample::Index>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +66,15 @@ fn op() -> impl Strategy<Value = Op> {
         2 => prop_oneof![Just(0i64), Just(5), Just(24 * 31)].prop_map(|hours| Op::Retain { hours }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
+    ]
+}
+
+fn op_with_partial_crashes() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => op(),
+        1 => Just(Op::DropReopen),
+        2 => (any::<prop::sample::Index>(), proptest::option::of(any::<prop::sample::Index>()))
+            .prop_map(|(keep, tear)| Op::CrashPartial { keep, tear }),
     ]
 }
 
@@ -126,15 +148,19 @@ impl Model {
     }
 }
 
-fn config() -> QueueConfig {
+fn config(write_buffer_bytes: usize) -> QueueConfig {
     QueueConfig {
         segment_bytes: 1024,
         index_interval_bytes: 256,
-        // Nothing reaches the file before a sync, so a power loss leaves exactly the last synced state.
-        write_buffer_bytes: 1 << 20,
+        write_buffer_bytes,
         ..QueueConfig::default()
     }
 }
+
+/// Nothing reaches the file before a sync, so a power loss leaves exactly the last synced state.
+const NO_EARLY_WRITES: usize = 1 << 20;
+/// Records reach the file every ~100 bytes, before any sync.
+const EARLY_WRITES: usize = 100;
 
 fn compare(store: &QueueStore<SimFs>, m: &Model) -> Result<(), TestCaseError> {
     for (name, e) in &m.eids {
@@ -165,14 +191,37 @@ fn compare(store: &QueueStore<SimFs>, m: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// After a restart that may keep unsynced records: the store must equal one of the model's states since the last
+/// sync (`since_sync[0]` is the state at the sync), every one of them made durable. Returns the one it equals.
+fn recovered(store: &QueueStore<SimFs>, since_sync: &[Model]) -> Result<Model, TestCaseError> {
+    for candidate in since_sync.iter().rev() {
+        let mut c = candidate.clone();
+        c.sync();
+        if compare(store, &c).is_ok() {
+            return Ok(c);
+        }
+    }
+    Err(TestCaseError::fail(format!(
+        "the recovered store matches none of the {} states since the last sync",
+        since_sync.len()
+    )))
+}
+
+fn run(ops: Vec<Op>, write_buffer_bytes: usize) -> Result<(), TestCaseError> {
+    let config = || config(write_buffer_bytes);
     let fs = SimFs::new();
     let mut store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
     let mut m = Model::default();
     let mut durable = Model::default();
+    // The model after each operation since the last sync (or restart), oldest first.
+    let mut since_sync: Vec<Model> = vec![Model::default()];
     let mut now: i64 = 1_700_000_000_000;
     let mut counter = 0u8;
     for op in ops {
+        let settles = !matches!(
+            op,
+            Op::Append { .. } | Op::Read { .. } | Op::Touch { .. } | Op::Commit { .. }
+        );
         match op {
             Op::Append { eid, len, exclude } => {
                 counter = counter.wrapping_add(1);
@@ -273,8 +322,28 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
                 m = durable.clone();
             }
+            Op::DropReopen => {
+                drop(store);
+                store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+                m = recovered(&store, &since_sync)?;
+                durable = m.clone();
+            }
+            Op::CrashPartial { keep, tear } => {
+                drop(store);
+                let keep = keep.index(fs.pending_ops() + 1);
+                let tear = tear.and_then(|t| fs.pending_write_len(keep).map(|len| t.index(len + 1)));
+                fs.crash(CrashPlan { keep, tear });
+                store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+                m = recovered(&store, &since_sync)?;
+                durable = m.clone();
+            }
         }
         compare(&store, &m)?;
+        // A sync, retention or restart makes everything so far durable: the states to choose from start again.
+        if settles {
+            since_sync.clear();
+        }
+        since_sync.push(m.clone());
     }
     Ok(())
 }
@@ -283,6 +352,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops)?;
+        run(ops, NO_EARLY_WRITES)?;
+    }
+
+    #[test]
+    fn store_matches_model_through_partial_crashes(ops in proptest::collection::vec(op_with_partial_crashes(), 1..80)) {
+        run(ops, EARLY_WRITES)?;
     }
 }
