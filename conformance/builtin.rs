@@ -144,7 +144,9 @@ impl BuiltIn {
                 queue_max_items: Some(self.limits.queue_max_items),
                 quiet: Duration::from_millis(200),
                 clock_tolerance_ms: 2_000,
-                timer_tolerance_ms: 250,
+                // Its timers are short (1 s pings) and it shares the machine
+                // with the suite: a loaded 2-core CI box delays a tick by 400 ms.
+                timer_tolerance_ms: 600,
                 ..TargetInfo::default()
             },
             // The built-in certificate is self-signed.
