@@ -857,6 +857,41 @@ impl<F: Fs> QueueStore<F> {
         self.guarded(|s| s.retain_inner(now))
     }
 
+    /// Drops `eid`'s items below increment `below`, whatever its devices: for a queue its owner consumes itself
+    /// (the chat event log once a checkpoint after them is durable), which QUE-9 retention never empties because it
+    /// has no devices. Only durable items can go; the cut is buffered like an append (a crash before the next sync
+    /// keeps them) and their segments are released by the next [`Self::retain`]. Returns how many were dropped.
+    pub fn trim(&mut self, eid: &str, below: u64) -> Result<u64, QueueError> {
+        check_eid(eid)?;
+        self.guarded(|s| {
+            let Some(&id) = s.ids.get(eid) else { return Ok(0) };
+            let st = &s.eids[id as usize];
+            if below > st.durable_last.saturating_add(1) {
+                return Err(QueueError::Invalid {
+                    what: "trim",
+                    why: "past the durable end of the queue",
+                });
+            }
+            if below <= st.low {
+                return Ok(0);
+            }
+            let rec_seg = s.put_meta(Kind::Trim, id, b"", below, 0)?;
+            let st = &mut s.eids[id as usize];
+            st.trim_seg = Some(rec_seg);
+            let mut dropped = 0;
+            while st.low < below {
+                let loc = st.locs.pop_front().expect("below is within the durable items");
+                st.low += 1;
+                st.bytes -= loc.payload_len as u64;
+                let seg = s.segs.get_mut(&loc.seg).expect("segment of a live item exists");
+                seg.live_items -= 1;
+                seg.live_bytes -= loc.rec_len as u64;
+                dropped += 1;
+            }
+            Ok(dropped)
+        })
+    }
+
     fn retain_inner(&mut self, now: Millis) -> Result<RetainReport, QueueError> {
         let mut report = RetainReport::default();
         for id in 0..self.eids.len() as u32 {
