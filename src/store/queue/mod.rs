@@ -87,7 +87,7 @@ pub use group_commit::{CommitError, CommitterTask, GroupCommitConfig, GroupCommi
 pub use inspect::{
     Finding, SegmentSummary, VerifyReport, inspect, inspect_with, verify, verify_exit_code, verify_with,
 };
-pub use store::QueueStore;
+pub use store::{FsyncDone, QueueStore, SyncTicket};
 
 /// A day in milliseconds.
 pub const DAY_MS: Millis = 24 * 60 * 60 * 1000;
