@@ -560,21 +560,36 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     let root = bench_root();
+    // BIMIP_BENCH_PARTS=commit (or replay, recovery; comma-separated) runs only those parts; default all.
+    let parts = std::env::var("BIMIP_BENCH_PARTS").unwrap_or_else(|_| "commit,replay,recovery".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let data = root.join("dataset");
-    build_dataset(&data, DATASET_BYTES, DATASET_EIDS as u64, BURST as u64);
-    // One user's backlog written without other traffic between its items.
     let backlog = root.join("backlog");
-    build_dataset(&backlog, BACKLOG_BYTES, 1, 1);
-
-    raw_write_fsync(&mut c, &root, "write_fsync");
-    group_commit(&mut c, &root);
-    fsync_vs_group_commit(&root);
-    // The disk's fsync rate drifts on a shared machine: measure it again right after the appends.
-    raw_write_fsync(&mut c, &root, "write_fsync_again");
-    raw_seq_read(&mut c, &seg_files(&backlog));
-    replay(&mut c, &backlog, "contiguous", 1);
-    replay(&mut c, &data, "interleaved", REPLAY_EIDS);
-    recovery(&mut c, &data);
+    if part("replay") || part("recovery") {
+        build_dataset(&data, DATASET_BYTES, DATASET_EIDS as u64, BURST as u64);
+    }
+    if part("replay") {
+        // One user's backlog written without other traffic between its items.
+        build_dataset(&backlog, BACKLOG_BYTES, 1, 1);
+    }
+    if part("commit") {
+        raw_write_fsync(&mut c, &root, "write_fsync");
+        group_commit(&mut c, &root);
+        fsync_vs_group_commit(&root);
+        // The disk's fsync rate drifts on a shared machine: measure it again right after the appends.
+        raw_write_fsync(&mut c, &root, "write_fsync_again");
+    }
+    if part("replay") {
+        raw_seq_read(&mut c, &seg_files(&backlog));
+        replay(&mut c, &backlog, "contiguous", 1);
+        replay(&mut c, &data, "interleaved", REPLAY_EIDS);
+    }
+    if part("recovery") {
+        if !part("replay") {
+            raw_seq_read(&mut c, &seg_files(&data));
+        }
+        recovery(&mut c, &data);
+    }
     c.final_summary();
 
     let table = summary(&root);

@@ -11,8 +11,8 @@ use bimip::core::queue::{ChatStore, FORGET_AFTER_MS};
 use bimip::core::{Config, ConnId, Engine, MemoryRevocations, Millis, Output, Transport};
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentRequest, Identity, TextPayloadRequest};
-use bimip::store::DurableChatStore;
 use bimip::store::queue::{CrashPlan, Fs, QueueConfig, RealFs, SimFs};
+use bimip::store::{ChatOpenReport, ChatStoreConfig, DurableChatStore};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 
 const SECRET: &[u8] = b"queue-chat-test-secret";
@@ -51,6 +51,15 @@ impl Node {
     fn durable<F: Fs>(fs: F, dir: &Path, now: Millis) -> Node {
         let (store, events) = DurableChatStore::open(fs, dir, small_segments()).expect("the store opens");
         Node::new(Box::new(store), &events, now)
+    }
+
+    /// A node over the durable store with checkpoints every `checkpoint_min_events`, and what its open read.
+    fn durable_with<F: Fs>(fs: F, dir: &Path, now: Millis, checkpoint_min_events: u64) -> (Node, ChatOpenReport) {
+        let chat_cfg = ChatStoreConfig { checkpoint_min_events };
+        let (store, events) =
+            DurableChatStore::open_with(fs, dir, small_segments(), chat_cfg).expect("the store opens");
+        let report = store.open_report().clone();
+        (Node::new(Box::new(store), &events, now), report)
     }
 
     fn pump(&mut self) {
@@ -350,7 +359,10 @@ struct Seen {
 /// call is followed by a drain, which syncs. Stops quietly when the filesystem dies.
 fn crash_workload(fs: &SimFs) -> Seen {
     let mut seen = Seen::default();
-    let Ok((store, events)) = DurableChatStore::open(fs.clone(), "/queue", small_segments()) else {
+    let chat_cfg = ChatStoreConfig {
+        checkpoint_min_events: 6,
+    };
+    let Ok((store, events)) = DurableChatStore::open_with(fs.clone(), "/queue", small_segments(), chat_cfg) else {
         return seen;
     };
     let mut node = Node::new(Box::new(store), &events, T0);
@@ -359,6 +371,9 @@ fn crash_workload(fs: &SimFs) -> Seen {
     for i in 0..24 {
         node.now += 10;
         if i == 8 {
+            // Past the retention period: bob's session start runs retention, which releases the segments of the
+            // event log trimmed after each checkpoint.
+            node.now += bimip::store::chat::RETAIN_EVERY_MS;
             bob = Some(node.connect(BOB, "phone"));
         }
         if i == 16
@@ -386,9 +401,10 @@ fn crash_workload(fs: &SimFs) -> Seen {
     seen
 }
 
-/// QUE-2 under crashes: for a power cut before every filesystem operation of the workload, and several ways the
-/// pending writes survive, no message whose VersionUpdate went out is lost: bob's next session replays every one
-/// he did not confirm, alice's resend of it is recognised (CHAT-14), and new messages get higher versions.
+/// QUE-2 and bounded start-up (SPEC §17) under crashes: for a power cut before every filesystem operation of the workload (which writes
+/// checkpoints of the chat state every few events, trims the event log and releases its segments), and several
+/// ways the pending writes survive, no message whose VersionUpdate went out is lost: bob's next session replays
+/// every one he did not confirm, alice's resend of it is recognised (CHAT-14), and new messages get higher versions.
 #[test]
 fn acknowledged_messages_survive_a_crash_at_any_point() {
     let full = SimFs::new();
@@ -396,6 +412,7 @@ fn acknowledged_messages_survive_a_crash_at_any_point() {
     let total_ops = full.ops();
     assert!(total_ops > 40, "the workload does real I/O: {total_ops} ops");
     let mut checked = 0;
+    let (mut from_checkpoint, mut torn_checkpoint) = (0, 0);
     for cut in 0..=total_ops {
         let fs = SimFs::new();
         fs.cut_power_after(cut);
@@ -412,7 +429,9 @@ fn acknowledged_messages_survive_a_crash_at_any_point() {
         for plan in plans {
             let fs = fs.fork();
             fs.crash(plan);
-            let mut node = Node::durable(fs.clone(), Path::new("/queue"), T0 + 1_000_000);
+            let (mut node, report) = Node::durable_with(fs.clone(), Path::new("/queue"), T0 + 10_000_000, 6);
+            from_checkpoint += usize::from(report.checkpoint_entries > 0);
+            torn_checkpoint += usize::from(report.ignored_records > 0);
             let bob = node.connect(BOB, "phone");
             let replayed: BTreeSet<String> = chat_ids(&node.take(bob)).into_iter().collect();
             for (id, version, _) in &seen.acknowledged {
@@ -442,4 +461,152 @@ fn acknowledged_messages_survive_a_crash_at_any_point() {
         }
     }
     assert!(checked > 150);
+    // Checkpoints under crashes: recoveries started from a checkpoint, and from the one before a torn checkpoint.
+    assert!(from_checkpoint > checked / 2, "{from_checkpoint} of {checked}");
+    assert!(torn_checkpoint > 0, "no crash tore a checkpoint");
+}
+
+/// Bytes of segment files in `dir`.
+fn segment_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// The confirmation status `conn` got for `message_id`, or the error it got instead.
+fn ack_answer(node: &mut Node, conn: ConnId, message_id: &str, status: i32) -> Result<i32, String> {
+    node.send(conn, ack(message_id, status));
+    let got = node.take(conn);
+    if let Some(kind) = error_kinds(&got).first() {
+        return Err(kind.clone());
+    }
+    got.into_iter()
+        .find_map(|p| match p {
+            Payload::AcknowledgmentResponse(a) if a.message_id == message_id => Some(a.status),
+            _ => None,
+        })
+        .ok_or_else(|| "no answer".to_string())
+}
+
+/// SPEC §17 (bounded start-up), CHAT-15: start-up reads the latest checkpoint and the events after it, not the history. 200 messages
+/// read and confirmed, then two days later a checkpoint forgets them (READ, older than the resend window, no item
+/// left, not their chat's latest); the next open reads a few dozen records instead of the 400 events, the old
+/// segments are gone, and what must survive did: versions, recent resend keys, a message still in a queue and one
+/// below READ.
+#[test]
+fn open_reads_only_the_checkpoint_and_its_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("queue");
+    // No checkpoint while the history is written.
+    let (mut node, _) = Node::durable_with(RealFs, &dir, T0, 100_000);
+    let alice = node.connect(ALICE, "phone");
+    let bob = node.connect(BOB, "phone");
+    let mut old = Vec::new();
+    for i in 0..200 {
+        node.now += 1000;
+        node.send(alice, text(BOB, &format!("old{i}")));
+        let (id, _) = chat_versions(&node.take(bob))[0].clone();
+        node.send(bob, ack(&id, 3));
+        node.take(bob);
+        // Alice confirms the READ update (QUE-4), so no item of the message is left.
+        node.send(alice, ack(&id, 3));
+        node.take(alice);
+        old.push(id);
+    }
+    // carol is offline: her copy stays in her queue. dave gets his but never reads it (DELIVERED).
+    node.send(alice, text("carol@example.com", "to-carol"));
+    let to_carol = version_updates(&node.take(alice))[0].0.clone();
+    let dave = node.connect("dave@example.com", "phone");
+    node.send(alice, text("dave@example.com", "to-dave"));
+    let to_dave = version_updates(&node.take(alice))[0].0.clone();
+    assert_eq!(ack_answer(&mut node, dave, &to_dave, 2), Ok(2));
+    let sent = node.engine.stats().clone();
+    drop(node);
+
+    // Two days later, with checkpoints every 20 events.
+    let later = T0 + 2 * 24 * 3600 * 1000;
+    let (mut node, report) = Node::durable_with(RealFs, &dir, later, 20);
+    assert_eq!(report.checkpoint_entries, 0, "{report:?}");
+    assert!(
+        report.records_read >= 400,
+        "no checkpoint yet: the whole log is read: {report:?}"
+    );
+    let full_bytes = segment_bytes(&dir);
+    let alice = node.connect(ALICE, "phone"); // retention: the confirmed items go
+    let bob = node.connect(BOB, "phone");
+    let mut recent = Vec::new();
+    for i in 0..12 {
+        node.now += 1000;
+        node.send(alice, text(BOB, &format!("new{i}")));
+        recent.push(version_updates(&node.take(alice))[0].clone());
+        node.take(bob);
+    }
+    // An hour on, the next session start runs retention again: the trimmed log's segments are released.
+    node.now += 2 * 3600 * 1000;
+    let carol_phone = node.connect("eve@example.com", "phone");
+    node.take(carol_phone);
+    drop(node);
+    assert!(
+        segment_bytes(&dir) * 4 < full_bytes,
+        "old segments released: {} bytes left of {full_bytes}",
+        segment_bytes(&dir)
+    );
+
+    let (mut node, report) = Node::durable_with(RealFs, &dir, later + 3 * 3600 * 1000, 20);
+    assert!(report.checkpoint_entries > 0, "{report:?}");
+    assert_eq!(
+        report.records_read,
+        1 + report.checkpoint_entries + report.tail_events + report.item_records + report.ignored_records,
+        "{report:?}"
+    );
+    // The checkpoint (written at the first sync after the reopen, after retention) kept the chat's latest old
+    // message (its version), carol's (still in her queue) and dave's (DELIVERED); the 12 new ones are the tail.
+    assert_eq!(report.checkpoint_entries, 3, "{report:?}");
+    assert_eq!(report.tail_events, 12, "{report:?}");
+    assert!(report.records_read < 40, "{report:?}");
+    assert_eq!(report.messages, 15, "{report:?}");
+
+    let alice = node.connect(ALICE, "phone");
+    node.send(alice, text(BOB, "new0"));
+    assert_eq!(
+        version_updates(&node.take(alice)),
+        [recent[0].clone()],
+        "CHAT-15: the resend key of a recent message survives"
+    );
+    node.send(alice, text(BOB, "next"));
+    assert_eq!(
+        version_updates(&node.take(alice))[0].1,
+        213,
+        "CHAT-7: versions continue"
+    );
+    let carol = node.connect("carol@example.com", "phone");
+    let got = node.take(carol);
+    assert_eq!(
+        chat_ids(&got),
+        std::slice::from_ref(&to_carol),
+        "QUE-6: the retained copy is replayed"
+    );
+    assert_eq!(
+        ack_answer(&mut node, carol, &to_carol, 3),
+        Ok(3),
+        "a retained message is known"
+    );
+    let dave = node.connect("dave@example.com", "phone");
+    node.take(dave);
+    assert_eq!(
+        ack_answer(&mut node, dave, &to_dave, 3),
+        Ok(3),
+        "a message below READ can still be raised"
+    );
+    let bob = node.connect(BOB, "phone");
+    node.take(bob);
+    assert_eq!(
+        ack_answer(&mut node, bob, &old[5], 3),
+        Err("not_found".to_string()),
+        "a forgotten message (SPEC §17, bounded start-up)"
+    );
+    assert!(sent.errors.is_empty(), "{:?}", sent.errors);
 }

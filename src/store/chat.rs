@@ -6,9 +6,36 @@
 //! - each user's queue items are the user's EID queue; an item's payload is the stanza's envelope encoding
 //!   (`codec::encode`, so QUE-10's byte count is the store's payload sum) and its excluded device is the store's;
 //! - device offsets and last-seen times are the store's device records ([`QueueStore::touch`] at session start);
-//! - the chat event log ([`ChatEvent`]: accepted messages with their versions and idempotency keys, raised ack
-//!   states) is the queue of [`EVENTS_EID`], a name no user can have (it has no `@`). It has no devices, so
-//!   retention never removes from it (QUE-9's "EID with no known device"). Its payloads are JSON.
+//! - the chat event log is the queue of [`EVENTS_EID`], a name no user can have (it has no `@`), with JSON
+//!   payloads: the [`ChatEvent`]s (accepted messages with their versions and resend keys, raised states) and
+//!   checkpoints of the chat state they build.
+//!
+//! # Checkpoints (SPEC §17, the decision on bounded start-up)
+//!
+//! Start-up reads the latest complete checkpoint and the events after it, never the whole history. A checkpoint is
+//! a header record naming its entry count followed by one record per remembered message (its accepted fields, its
+//! state, and the highest increment of its items in each queue), all in one batch. Once it is durable the event log
+//! is trimmed up to its header ([`QueueStore::trim`]) and retention releases the old segments. A checkpoint whose
+//! entries are not all there (a crash tore the batch) is ignored: the one before it and its tail still stand,
+//! because the trim that would drop them is only written after the new checkpoint is durable.
+//!
+//! A checkpoint is written at a sync once the events since the last one reach the larger of
+//! [`ChatStoreConfig::checkpoint_min_events`] and the last checkpoint's size, so writing them costs O(1) per event
+//! and an open reads at most about twice the remembered state plus that minimum.
+//!
+//! A checkpoint keeps every message that is the latest of its chat (the chat's version), was accepted less
+//! than [`RESEND_WINDOW_MS`] ago (CHAT-15), still has an item in a queue (CHAT-15's "as long as retained", and so
+//! that a device confirming it is not told `not_found`), or is below READ (its receiver may still raise it, which
+//! appends items). Other messages are forgotten: no item of theirs is left and none can be appended (a READ
+//! message's state never changes again, ACK-1); after the next restart an acknowledgment of one is answered 404
+//! `not_found` and a resend of it is a new message.
+//!
+//! Item positions are tracked from the appends and logged once per batch, at its sync, as one record listing where
+//! the batch's items went. For the events after the last such record (a crash cut their batch) an open takes each
+//! queue's last increment as the bound (items of a message are only appended in the batch of its event, so none
+//! can be higher), which can only keep a message longer.
+//!
+//! # Sync and reads
 //!
 //! Writes are buffered until [`ChatStore::sync`]. Items appended since the last sync are also returned by
 //! `items_after`: the engine holds back every output produced after a buffered write until the sync succeeded, so
@@ -23,9 +50,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::codec;
 use crate::core::queue::{ChatEvent, ChatStore, DeviceStart, QueueItem};
 use crate::core::{Millis, StoreError};
+use crate::proto::message_scheme::Payload;
 use crate::store::queue::{DeviceStatus, Fs, QueueConfig, QueueError, QueueStore};
 
 /// The queue that holds the chat event log. Not an EID: valid EIDs contain exactly one `@`.
@@ -33,6 +63,12 @@ pub const EVENTS_EID: &str = "#chat-events";
 
 /// How often (in the engine's time) retention runs, at the next session start.
 pub const RETAIN_EVERY_MS: Millis = 60 * 60 * 1000;
+
+/// CHAT-15's minimum: resend detection lasts at least this long after acceptance (SPEC §19).
+pub const RESEND_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
+
+/// READ, the last message state (ACK-1).
+const READ: i32 = 3;
 
 /// Why the durable chat store could not open.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +79,187 @@ pub enum ChatStoreError {
     BadEvent { increment: u64, reason: String },
 }
 
+/// Tunables of the chat store (the queue's are [`QueueConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatStoreConfig {
+    /// A checkpoint is written once at least this many events (and at least the last checkpoint's size) were
+    /// recorded since the last one.
+    pub checkpoint_min_events: u64,
+}
+
+impl Default for ChatStoreConfig {
+    fn default() -> Self {
+        ChatStoreConfig {
+            checkpoint_min_events: 10_000,
+        }
+    }
+}
+
+/// What opening read of the chat event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatOpenReport {
+    /// Records of the event log read (checkpoint header and entries, events, torn checkpoints).
+    pub records_read: u64,
+    /// Entries of the checkpoint the state started from (0: none).
+    pub checkpoint_entries: u64,
+    /// Events after that checkpoint.
+    pub tail_events: u64,
+    /// Records of where items went, after that checkpoint.
+    pub item_records: u64,
+    /// Records of a torn checkpoint, ignored.
+    pub ignored_records: u64,
+    /// Messages remembered after the open.
+    pub messages: u64,
+}
+
+/// One record of the event log: an engine event, or the store's checkpoint records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum LogRecord {
+    Event(ChatEvent),
+    Store(StoreRecord),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum StoreRecord {
+    /// The next `entries` records are the checkpoint's messages.
+    Checkpoint {
+        entries: u64,
+    },
+    Message(Remembered),
+    /// Where one batch's items went: (message_id, eid, increment), written at the batch's sync.
+    Items {
+        items: Vec<(String, String, u64)>,
+    },
+}
+
+/// A message as the store remembers it: what the engine's chat state holds of it, and where its items are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    message_id: String,
+    chat_id: String,
+    version: i64,
+    sender: String,
+    sender_device: String,
+    message_id_local: String,
+    receiver: String,
+    at: Millis,
+    state: i32,
+    state_at: Millis,
+    /// The highest increment of an item of this message in each queue (EID) that has one.
+    items: BTreeMap<String, u64>,
+}
+
+impl Remembered {
+    /// The events that rebuild this message in the engine (`ChatState::apply`).
+    fn events(&self) -> impl Iterator<Item = ChatEvent> {
+        let accepted = ChatEvent::Accepted {
+            message_id: self.message_id.clone(),
+            chat_id: self.chat_id.clone(),
+            version: self.version,
+            sender: self.sender.clone(),
+            sender_device: self.sender_device.clone(),
+            message_id_local: self.message_id_local.clone(),
+            receiver: self.receiver.clone(),
+            at: self.at,
+        };
+        let raised = (self.state > 1).then(|| ChatEvent::StateRaised {
+            message_id: self.message_id.clone(),
+            state: self.state,
+            at: self.state_at,
+        });
+        std::iter::once(accepted).chain(raised)
+    }
+}
+
+/// The chat state as the store sees it: what a checkpoint holds.
+#[derive(Debug, Default)]
+struct Mirror {
+    messages: BTreeMap<String, Remembered>,
+    /// chat_id -> (version, message_id) of the chat's latest message.
+    latest: BTreeMap<String, (i64, String)>,
+}
+
+impl Mirror {
+    /// Mirrors `ChatState::apply`.
+    fn apply(&mut self, event: &ChatEvent) {
+        match event {
+            ChatEvent::Accepted {
+                message_id,
+                chat_id,
+                version,
+                sender,
+                sender_device,
+                message_id_local,
+                receiver,
+                at,
+            } => self.insert(Remembered {
+                message_id: message_id.clone(),
+                chat_id: chat_id.clone(),
+                version: *version,
+                sender: sender.clone(),
+                sender_device: sender_device.clone(),
+                message_id_local: message_id_local.clone(),
+                receiver: receiver.clone(),
+                at: *at,
+                state: 1,
+                state_at: *at,
+                items: BTreeMap::new(),
+            }),
+            ChatEvent::StateRaised { message_id, state, at } => {
+                if let Some(m) = self.messages.get_mut(message_id)
+                    && *state > m.state
+                {
+                    m.state = *state;
+                    m.state_at = *at;
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, m: Remembered) {
+        let latest = self
+            .latest
+            .entry(m.chat_id.clone())
+            .or_insert((m.version, m.message_id.clone()));
+        if m.version >= latest.0 {
+            *latest = (m.version, m.message_id.clone());
+        }
+        self.messages.insert(m.message_id.clone(), m);
+    }
+
+    fn note_item(&mut self, message_id: &str, eid: &str, increment: u64) {
+        if let Some(m) = self.messages.get_mut(message_id) {
+            let at = m.items.entry(eid.to_string()).or_default();
+            *at = (*at).max(increment);
+        }
+    }
+
+    fn events(&self) -> Vec<ChatEvent> {
+        self.messages.values().flat_map(Remembered::events).collect()
+    }
+}
+
 /// [`ChatStore`] over a [`QueueStore`] (module doc).
 #[derive(Debug)]
 pub struct DurableChatStore<F: Fs> {
     queue: QueueStore<F>,
+    cfg: ChatStoreConfig,
+    mirror: Mirror,
+    /// Events recorded since the last checkpoint (or the open's tail).
+    events_since_checkpoint: u64,
+    /// Entries of the last checkpoint.
+    checkpoint_size: u64,
+    /// The header increment of a checkpoint made durable by a sync: the event log is trimmed to it at the next one.
+    trim_to: Option<u64>,
+    /// The latest engine time seen (acceptances, session starts): a checkpoint judges the windows by it.
+    now: Millis,
+    report: ChatOpenReport,
     /// Items appended since the last sync, per EID, in increment order.
     pending: BTreeMap<String, Vec<(u64, QueueItem)>>,
+    /// Where this batch's items of messages went, logged at its sync.
+    batch_items: Vec<(String, String, u64)>,
     /// When retention may run next (engine time); None before the first session start.
     next_retain: Option<Millis>,
     /// Items that could not be read back (damaged on disk): logged and counted, never sent.
@@ -59,22 +270,142 @@ fn store_error(e: QueueError) -> StoreError {
     StoreError::Io(std::io::Error::other(e))
 }
 
+/// The message an item belongs to.
+fn message_of(stanza: &Payload) -> Option<&str> {
+    match stanza {
+        Payload::ChatMessage(m) => Some(&m.message_id),
+        Payload::AcknowledgmentResponse(r) => Some(&r.message_id),
+        _ => None,
+    }
+}
+
 impl<F: Fs> DurableChatStore<F> {
-    /// Opens (recovering) the queue in `dir` and reads the chat event log the engine replays
-    /// (`Engine::with_chat(store, &events)`).
+    /// Opens (recovering) the queue in `dir` and reads the chat state the engine replays
+    /// (`Engine::with_chat(store, &events)`): the latest checkpoint and the events after it.
     pub fn open(fs: F, dir: impl AsRef<Path>, cfg: QueueConfig) -> Result<(Self, Vec<ChatEvent>), ChatStoreError> {
+        Self::open_with(fs, dir, cfg, ChatStoreConfig::default())
+    }
+
+    /// [`Self::open`] with the chat store's own tunables.
+    pub fn open_with(
+        fs: F,
+        dir: impl AsRef<Path>,
+        cfg: QueueConfig,
+        chat_cfg: ChatStoreConfig,
+    ) -> Result<(Self, Vec<ChatEvent>), ChatStoreError> {
         let queue = QueueStore::open(fs, dir, cfg)?;
-        let mut events = Vec::new();
-        for item in queue.read(EVENTS_EID, 0, usize::MAX)? {
-            let event = serde_json::from_slice(&item.payload).map_err(|e| ChatStoreError::BadEvent {
-                increment: item.increment,
-                reason: e.to_string(),
-            })?;
-            events.push(event);
+        let mut report = ChatOpenReport::default();
+        // The state before the checkpoint being read, and the checkpoint being read (promoted once complete).
+        let mut mirror = Mirror::default();
+        let mut building: Option<(u64, Mirror, u64)> = None;
+        let mut tail_touched: Vec<String> = Vec::new();
+        let mut bad = None;
+        let mut buf = Vec::new();
+        queue.read_each(EVENTS_EID, 0, usize::MAX, &mut buf, |item| {
+            if bad.is_some() {
+                return;
+            }
+            report.records_read += 1;
+            let record: LogRecord = match serde_json::from_slice(item.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    bad = Some(ChatStoreError::BadEvent {
+                        increment: item.increment,
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            let message = match record {
+                LogRecord::Store(StoreRecord::Message(m)) => m,
+                other => {
+                    if let Some((_, _, read)) = building.take() {
+                        // A torn checkpoint: a crash cut its batch; the state before it stands.
+                        report.ignored_records += read + 1;
+                    }
+                    match other {
+                        LogRecord::Store(StoreRecord::Checkpoint { entries: 0 }) => {
+                            mirror = Mirror::default();
+                            report.checkpoint_entries = 0;
+                            report.tail_events = 0;
+                            report.item_records = 0;
+                            tail_touched.clear();
+                        }
+                        LogRecord::Store(StoreRecord::Checkpoint { entries }) => {
+                            building = Some((entries, Mirror::default(), 0));
+                        }
+                        LogRecord::Store(StoreRecord::Items { items }) => {
+                            for (message_id, eid, increment) in &items {
+                                mirror.note_item(message_id, eid, *increment);
+                            }
+                            // Every event before this record had its items in this batch or an earlier one.
+                            tail_touched.clear();
+                            report.item_records += 1;
+                        }
+                        LogRecord::Event(event) => {
+                            let (ChatEvent::Accepted { message_id, .. } | ChatEvent::StateRaised { message_id, .. }) =
+                                &event;
+                            tail_touched.push(message_id.clone());
+                            mirror.apply(&event);
+                            report.tail_events += 1;
+                        }
+                        LogRecord::Store(StoreRecord::Message(_)) => {}
+                    }
+                    return;
+                }
+            };
+            let Some((entries, next, read)) = building.as_mut() else {
+                bad = Some(ChatStoreError::BadEvent {
+                    increment: item.increment,
+                    reason: "a checkpoint entry outside a checkpoint".into(),
+                });
+                return;
+            };
+            next.insert(message);
+            *read += 1;
+            if *read == *entries
+                && let Some((entries, next, _)) = building.take()
+            {
+                mirror = next;
+                report.checkpoint_entries = entries;
+                report.tail_events = 0;
+                report.item_records = 0;
+                tail_touched.clear();
+            }
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
         }
+        if let Some((_, _, read)) = building {
+            report.ignored_records += read + 1;
+        }
+        // Events after the last item record (a crash cut their batch's record): their items were appended in the
+        // events' batch, so no higher than each queue's end.
+        for id in tail_touched {
+            if let Some(m) = mirror.messages.get_mut(&id) {
+                for eid in [m.sender.clone(), m.receiver.clone()] {
+                    let last = queue.last_increment(&eid);
+                    if last > 0 {
+                        let at = m.items.entry(eid).or_default();
+                        *at = (*at).max(last);
+                    }
+                }
+            }
+        }
+        report.messages = mirror.messages.len() as u64;
+        let now = mirror.messages.values().map(|m| m.at).max().unwrap_or(0);
+        let events = mirror.events();
         let store = DurableChatStore {
             queue,
+            cfg: chat_cfg,
+            events_since_checkpoint: report.tail_events,
+            checkpoint_size: report.checkpoint_entries,
+            mirror,
+            trim_to: None,
+            now,
+            report,
             pending: BTreeMap::new(),
+            batch_items: Vec::new(),
             next_retain: None,
             unreadable_items: 0,
         };
@@ -86,9 +417,58 @@ impl<F: Fs> DurableChatStore<F> {
         &self.queue
     }
 
+    /// What the open read of the chat event log.
+    pub fn open_report(&self) -> &ChatOpenReport {
+        &self.report
+    }
+
+    /// Messages the store remembers (what the next checkpoint starts from).
+    pub fn remembered_messages(&self) -> usize {
+        self.mirror.messages.len()
+    }
+
     /// Syncs and closes the store cleanly (indexes written, nothing to scan at the next open).
     pub fn close(self) -> Result<(), QueueError> {
         self.queue.close()
+    }
+
+    /// Whether a checkpoint at the store's time keeps `m`.
+    fn keeps(&self, m: &Remembered) -> bool {
+        let latest = self
+            .mirror
+            .latest
+            .get(&m.chat_id)
+            .is_some_and(|(_, id)| *id == m.message_id);
+        latest
+            || m.at.saturating_add(RESEND_WINDOW_MS) > self.now
+            || m.state < READ
+            || m.items
+                .iter()
+                .any(|(eid, last)| *last >= self.queue.oldest_retained(eid))
+    }
+
+    /// Appends a checkpoint (header and entries) of the remembered messages, forgetting the others (module doc).
+    fn write_checkpoint(&mut self) -> Result<u64, QueueError> {
+        let keep: Vec<String> = self
+            .mirror
+            .messages
+            .values()
+            .filter(|m| self.keeps(m))
+            .map(|m| m.message_id.clone())
+            .collect();
+        self.mirror.messages.retain(|id, _| keep.binary_search(id).is_ok());
+        let header = StoreRecord::Checkpoint {
+            entries: keep.len() as u64,
+        };
+        let encode = |r: &StoreRecord| serde_json::to_vec(r).expect("checkpoint records serialize");
+        let at = self.queue.append(EVENTS_EID, &encode(&header), None)?.increment;
+        for m in self.mirror.messages.values() {
+            self.queue
+                .append(EVENTS_EID, &encode(&StoreRecord::Message(m.clone())), None)?;
+        }
+        self.checkpoint_size = keep.len() as u64;
+        self.events_since_checkpoint = 0;
+        Ok(at)
     }
 
     fn retain_if_due(&mut self, eid: &str, device: &str, now: Millis) -> Result<(), StoreError> {
@@ -113,6 +493,11 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError> {
         let payload = serde_json::to_vec(event).map_err(|e| StoreError::Io(e.into()))?;
         self.queue.append(EVENTS_EID, &payload, None).map_err(store_error)?;
+        if let ChatEvent::Accepted { at, .. } = event {
+            self.now = self.now.max(*at);
+        }
+        self.mirror.apply(event);
+        self.events_since_checkpoint += 1;
         Ok(())
     }
 
@@ -122,6 +507,11 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             .queue
             .append(eid, &payload, item.exclude_device.as_deref())
             .map_err(store_error)?;
+        if let Some(id) = message_of(&item.stanza) {
+            self.mirror.note_item(id, eid, appended.increment);
+            self.batch_items
+                .push((id.to_string(), eid.to_string(), appended.increment));
+        }
         self.pending
             .entry(eid.to_string())
             .or_default()
@@ -130,7 +520,28 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        if let Err(e) = self.queue.sync() {
+        let result = (|| {
+            if let Some(at) = self.trim_to.take() {
+                self.queue.trim(EVENTS_EID, at)?;
+            }
+            if !self.batch_items.is_empty() {
+                let items = StoreRecord::Items {
+                    items: std::mem::take(&mut self.batch_items),
+                };
+                let payload = serde_json::to_vec(&items).expect("item records serialize");
+                self.queue.append(EVENTS_EID, &payload, None)?;
+            }
+            let checkpoint = if self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
+            {
+                Some(self.write_checkpoint()?)
+            } else {
+                None
+            };
+            self.queue.sync()?;
+            self.trim_to = checkpoint;
+            Ok(())
+        })();
+        if let Err(e) = result {
             // After a failed fsync the store is poisoned (the kernel may have dropped the pages): every later sync
             // fails too and the engine keeps every chat output held, so nothing unacknowledged ever goes out. Only
             // a restart (which recovers the queue) clears it; say so loudly.
@@ -140,7 +551,6 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
         self.pending.clear();
         Ok(())
     }
-
     fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, QueueItem)> {
         let mut out = Vec::new();
         match self.queue.read(eid, after, usize::MAX) {
@@ -198,6 +608,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     }
 
     fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError> {
+        self.now = self.now.max(now);
         self.retain_if_due(eid, device, now)?;
         let status = self.queue.touch(eid, device, now).map_err(store_error)?;
         Ok(DeviceStart {

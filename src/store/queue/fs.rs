@@ -52,6 +52,10 @@ pub trait FsFile: Send + 'static {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Makes this file's data (and its length) durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// A second handle on the same open file (a pipelined sync fsyncs it on another thread while this one writes).
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
 }
 
 /// The real filesystem through `std::fs`.
@@ -125,6 +129,10 @@ impl FsFile for File {
     fn sync(&mut self) -> io::Result<()> {
         // fdatasync: also flushes the size, which is all the metadata an append needs.
         self.sync_data()
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        File::try_clone(self)
     }
 }
 
@@ -546,6 +554,17 @@ impl FsFile for SimFile {
         }
         s.pending = later;
         Ok(())
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        // A handle from before a crash stays dead: state() refuses it.
+        drop(self.state()?);
+        Ok(SimFile {
+            fs: self.fs.clone(),
+            ino: self.ino,
+            generation: self.generation,
+            write: self.write,
+        })
     }
 }
 

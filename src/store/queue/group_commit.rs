@@ -1,9 +1,14 @@
 //! [`GroupCommitter`]: many async writers, one fsync per batch.
 //!
 //! A committer task owns the [`QueueStore`]. Writers put requests on a shared queue and await a oneshot; the task
-//! takes every request that is waiting, appends them all, syncs once (on a blocking thread: fsync must not stall a
-//! runtime worker), and answers each writer only after that sync returned: an `append(..).await` that returns
-//! `Ok` is on stable storage (QUE-2).
+//! takes every request that is waiting, appends them all, syncs once, and answers each writer only after that
+//! sync's fsync returned: an `append(..).await` that returns `Ok` is on stable storage (QUE-2).
+//!
+//! The sync is pipelined ([`QueueStore::begin_sync`]): the task writes a batch and hands its fsync to a blocking
+//! thread (fsync must not stall a runtime worker), then gathers, appends and writes the next batch while that fsync
+//! runs; it acknowledges a batch only once its own fsync finished, and starts the next fsync after that. A cycle
+//! therefore costs the longer of one fsync and one batch's CPU work instead of their sum. Calls
+//! ([`GroupCommitter::call`]) wait for the fsync in flight first, since retention and close need no sync pending.
 //!
 //! Why the linger: with closed-loop writers (each waits for its ack before its next append) the writers answered
 //! by one fsync come back a few microseconds after the task has already taken the next, nearly empty, batch;
@@ -26,7 +31,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use super::fs::Fs;
-use super::{Appended, QueueError, QueueStore};
+use super::{Appended, FsyncDone, QueueError, QueueStore};
 
 /// Why an async append or call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -211,58 +216,126 @@ async fn next_batch<F: Fs>(shared: &Shared<F>, want: usize, cfg: &GroupCommitCon
     }
 }
 
-async fn run<F: Fs>(store: QueueStore<F>, shared: Arc<Shared<F>>, cfg: GroupCommitConfig) -> Option<QueueStore<F>> {
-    // Shared with the blocking sync, which this task awaits before touching the store again.
-    let store = Arc::new(Mutex::new(store));
-    let mut waiting: Vec<(oneshot::Sender<Result<Appended, CommitError>>, Appended)> = Vec::new();
+type Waiters = Vec<(oneshot::Sender<Result<Appended, CommitError>>, Appended)>;
+
+/// A sync whose fsync runs on a blocking thread, and the writers it acknowledges.
+struct InFlight<F: Fs> {
+    fsync: JoinHandle<FsyncDone<F::File>>,
+    waiters: Waiters,
+}
+
+/// Waits for the sync in flight, finishes it and answers its writers. False when the blocking pool is gone.
+async fn land<F: Fs>(store: &mut QueueStore<F>, in_flight: InFlight<F>) -> bool {
+    let done = in_flight.fsync.await;
+    finish(store, done, in_flight.waiters)
+}
+
+/// Finishes a sync whose fsync returned and answers its writers. False when the blocking pool is gone.
+fn finish<F: Fs>(
+    store: &mut QueueStore<F>,
+    done: Result<FsyncDone<F::File>, tokio::task::JoinError>,
+    waiters: Waiters,
+) -> bool {
+    let Ok(done) = done else {
+        // The blocking pool is shutting down: the writers learn the committer stopped.
+        return false;
+    };
+    match store.finish_sync(done) {
+        Ok(_) => {
+            for (reply, a) in waiters {
+                let _ = reply.send(Ok(a));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for (reply, _) in waiters {
+                let _ = reply.send(Err(CommitError::Store(e.clone())));
+            }
+        }
+    }
+    true
+}
+
+async fn run<F: Fs>(mut store: QueueStore<F>, shared: Arc<Shared<F>>, cfg: GroupCommitConfig) -> Option<QueueStore<F>> {
+    let mut in_flight: Option<InFlight<F>> = None;
     let mut want = 1usize;
-    while let Some(batch) = next_batch(&shared, if cfg.linger.is_zero() { 1 } else { want }, &cfg).await {
-        let mut appends = 0usize;
+    loop {
+        let want_now = if cfg.linger.is_zero() { 1 } else { want };
+        // While an fsync runs, the next batch gathers; whichever comes first is handled first.
+        let batch = match in_flight.as_mut() {
+            None => next_batch(&shared, want_now, &cfg).await,
+            Some(f) => {
+                tokio::select! {
+                    biased;
+                    done = &mut f.fsync => {
+                        let waiters = in_flight.take().map(|f| f.waiters).unwrap_or_default();
+                        if !finish(&mut store, done, waiters) {
+                            return None;
+                        }
+                        continue;
+                    }
+                    batch = next_batch(&shared, want_now, &cfg) => batch,
+                }
+            }
+        };
+        let Some(batch) = batch else { break };
+        if batch.iter().any(|r| matches!(r, Request::Call(_)))
+            && let Some(f) = in_flight.take()
+            && !land(&mut store, f).await
         {
-            let mut st = store.lock().unwrap_or_else(|e| e.into_inner());
-            for req in batch {
-                match req {
-                    Request::Append {
-                        eid,
-                        payload,
-                        exclude,
-                        reply,
-                    } => {
-                        appends += 1;
-                        match st.append(&eid, &payload, exclude.as_deref()) {
-                            Ok(a) => waiting.push((reply, a)),
-                            Err(e) => {
-                                let _ = reply.send(Err(CommitError::Store(Arc::new(e))));
-                            }
+            return None;
+        }
+        let mut appends = 0usize;
+        let mut waiters = Vec::new();
+        for req in batch {
+            match req {
+                Request::Append {
+                    eid,
+                    payload,
+                    exclude,
+                    reply,
+                } => {
+                    appends += 1;
+                    match store.append(&eid, &payload, exclude.as_deref()) {
+                        Ok(a) => waiters.push((reply, a)),
+                        Err(e) => {
+                            let _ = reply.send(Err(CommitError::Store(Arc::new(e))));
                         }
                     }
-                    Request::Call(f) => f(&mut st),
                 }
+                Request::Call(f) => f(&mut store),
             }
         }
         want = appends.max(1);
-        if waiting.is_empty() {
+        if waiters.is_empty() {
             continue;
         }
-        let st = store.clone();
-        let synced = tokio::task::spawn_blocking(move || st.lock().unwrap_or_else(|e| e.into_inner()).sync()).await;
-        match synced {
-            Ok(Ok(_)) => {
-                for (reply, a) in waiting.drain(..) {
-                    let _ = reply.send(Ok(a));
-                }
+        // Write this batch now (its fsync starts once the one in flight is done: tickets finish in order).
+        let ticket = store.begin_sync();
+        if let Some(f) = in_flight.take()
+            && !land(&mut store, f).await
+        {
+            return None;
+        }
+        match ticket {
+            Ok(ticket) => {
+                in_flight = Some(InFlight {
+                    fsync: tokio::task::spawn_blocking(move || ticket.fsync()),
+                    waiters,
+                });
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let e = Arc::new(e);
-                for (reply, _) in waiting.drain(..) {
+                for (reply, _) in waiters {
                     let _ = reply.send(Err(CommitError::Store(e.clone())));
                 }
             }
-            // The blocking pool is shutting down: the writers learn the committer stopped.
-            Err(_) => return None,
         }
     }
-    Arc::try_unwrap(store)
-        .ok()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+    if let Some(f) = in_flight.take()
+        && !land(&mut store, f).await
+    {
+        return None;
+    }
+    Some(store)
 }

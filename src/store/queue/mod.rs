@@ -24,7 +24,10 @@
 //! [`DeviceStatus::Returning`] so the server can send 410 `history_gap`). Appends are buffered; [`QueueStore::sync`]
 //! writes the buffer with one write and makes it durable with one fsync, and only then are the appends
 //! acknowledged: `read` returns durable items only, and a commit may not pass the durable end, so nothing a
-//! device was sent or confirmed can be lost by a crash. [`QueueStore::retain`] forgets stale devices, removes
+//! device was sent or confirmed can be lost by a crash. The same sync in two halves ([`QueueStore::begin_sync`]
+//! writes and hands out the fsync, [`QueueStore::finish_sync`] acknowledges what it covered) lets a committer
+//! append the next batch while an fsync runs. [`QueueStore::trim`] cuts a queue its owner consumes itself (the
+//! chat event log after a checkpoint). [`QueueStore::retain`] forgets stale devices, removes
 //! the items every known device has confirmed or is excluded from (QUE-9: never one a known device still needs,
 //! never any of an EID with no known device), copies the few live items out of mostly-dead segments, and deletes
 //! dead segments. The store reports usage against the QUE-10 limits ([`QueueStore::usage`],
@@ -87,7 +90,7 @@ pub use group_commit::{CommitError, CommitterTask, GroupCommitConfig, GroupCommi
 pub use inspect::{
     Finding, SegmentSummary, VerifyReport, inspect, inspect_with, verify, verify_exit_code, verify_with,
 };
-pub use store::QueueStore;
+pub use store::{FsyncDone, QueueStore, SyncTicket};
 
 /// A day in milliseconds.
 pub const DAY_MS: Millis = 24 * 60 * 60 * 1000;

@@ -158,6 +158,56 @@ impl ChunkBuilder {
     }
 }
 
+/// What a pipelined sync must fsync ([`QueueStore::begin_sync`]): cloned handles of the segments written since the
+/// last sync, and what becomes durable once they are synced. Holds no borrow of the store, so the fsync can run on
+/// another thread while the store buffers the next batch.
+#[must_use = "finish it with QueueStore::finish_sync, or the store refuses the next plain sync"]
+pub struct SyncTicket<Fl> {
+    seq: u64,
+    /// (segment, handle, bytes written when the ticket was taken).
+    files: Vec<(u32, Fl, u64)>,
+    lsn: u64,
+    /// (eid, last increment when the ticket was taken).
+    eids: Vec<(u32, u64)>,
+    sealing: Vec<(u32, ChunkBuilder, u64)>,
+    chunk: Option<(u32, ChunkBuilder, u64)>,
+}
+
+impl<Fl: FsFile> SyncTicket<Fl> {
+    /// The store's append order position up to which this sync acknowledges.
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// Runs the fsyncs (blocking; call it off the async runtime).
+    pub fn fsync(mut self) -> FsyncDone<Fl> {
+        let mut result = Ok(());
+        for (id, file, _) in &mut self.files {
+            if let Err(e) = file.sync() {
+                result = Err((*id, e));
+                break;
+            }
+        }
+        FsyncDone { ticket: self, result }
+    }
+}
+
+/// A [`SyncTicket`] after its fsync, for [`QueueStore::finish_sync`].
+#[must_use = "finish it with QueueStore::finish_sync"]
+pub struct FsyncDone<Fl> {
+    ticket: SyncTicket<Fl>,
+    result: Result<(), (u32, std::io::Error)>,
+}
+
+impl<Fl> std::fmt::Debug for SyncTicket<Fl> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncTicket")
+            .field("seq", &self.seq)
+            .field("lsn", &self.lsn)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The durable queue over a directory of `fs`.
 pub struct QueueStore<F: Fs> {
     pub(super) fs: F,
@@ -181,6 +231,9 @@ pub struct QueueStore<F: Fs> {
     /// The next record starts a batch and is preceded by a mark.
     pub(super) mark_needed: bool,
     pub(super) poisoned: bool,
+    /// Pipelined syncs begun and finished ([`QueueStore::begin_sync`]).
+    pub(super) tickets_begun: u64,
+    pub(super) tickets_finished: u64,
     pub(super) report: OpenReport,
     pub(super) stats: StoreStats,
 }
@@ -251,6 +304,8 @@ impl<F: Fs> QueueStore<F> {
             builder: ChunkBuilder::new(FILE_HEADER_LEN as u64),
             dir_dirty: rec.dir_dirty,
             mark_needed: false,
+            tickets_begun: 0,
+            tickets_finished: 0,
             poisoned: false,
             report: rec.report,
             stats: StoreStats::default(),
@@ -479,12 +534,44 @@ impl<F: Fs> QueueStore<F> {
 
     /// Makes every earlier append, touch, commit and retention step durable: one write of the buffer, one fsync
     /// (a second one only when a segment rolled or a file was created since the last sync). Returns the durable
-    /// lsn.
+    /// lsn. Refused while a pipelined sync ([`Self::begin_sync`]) is unfinished.
     pub fn sync(&mut self) -> Result<u64, QueueError> {
         self.guarded(|s| s.sync_inner())
     }
 
     fn sync_inner(&mut self) -> Result<u64, QueueError> {
+        self.no_ticket_out()?;
+        let ticket = self.begin_inner()?;
+        let done = ticket.fsync();
+        self.finish_inner(done)
+    }
+
+    fn no_ticket_out(&self) -> Result<(), QueueError> {
+        if self.tickets_begun != self.tickets_finished {
+            return Err(QueueError::Invalid {
+                what: "call",
+                why: "a pipelined sync is unfinished",
+            });
+        }
+        Ok(())
+    }
+
+    /// The first half of a pipelined sync: writes the buffer out and returns the fsync to run, which needs no
+    /// access to the store ([`SyncTicket::fsync`], on another thread), while appends go on buffering the next
+    /// batch. [`Self::finish_sync`] then acknowledges exactly what was written here (the durable lsn becomes
+    /// [`SyncTicket::lsn`]), never the appends made in between. Tickets finish in the order they began; `sync`,
+    /// `retain` and `close` are refused while one is out.
+    pub fn begin_sync(&mut self) -> Result<SyncTicket<F::File>, QueueError> {
+        self.guarded(|s| s.begin_inner())
+    }
+
+    /// The second half of a pipelined sync (module doc of [`SyncTicket`]): after a successful fsync, marks what
+    /// the ticket covered durable and returns the durable lsn; after a failed one, poisons the store.
+    pub fn finish_sync(&mut self, done: FsyncDone<F::File>) -> Result<u64, QueueError> {
+        self.guarded(|s| s.finish_inner(done))
+    }
+
+    fn begin_inner(&mut self) -> Result<SyncTicket<F::File>, QueueError> {
         self.flush()?;
         let mut to_sync = std::mem::take(&mut self.unsynced);
         let active = &self.segs[&self.active];
@@ -494,34 +581,77 @@ impl<F: Fs> QueueStore<F> {
         if !to_sync.is_empty() {
             self.stats.syncs += 1;
         }
+        let mut files = Vec::with_capacity(to_sync.len());
         for id in to_sync {
             self.stats.fsyncs += 1;
             let path = self.path(seg_name(id));
-            let seg = self.segs.get_mut(&id).expect("unsynced segment exists");
-            seg.file.sync().map_err(QueueError::io("fsync", path))?;
-            seg.durable = seg.written;
+            let seg = &self.segs[&id];
+            let file = seg.file.try_clone().map_err(QueueError::io("open", path))?;
+            files.push((id, file, seg.written));
         }
         if self.dir_dirty {
+            // Rare (a file was created): done here rather than in the ticket, which holds no `Fs`.
             self.stats.fsyncs += 1;
             self.fs
                 .sync_dir(&self.dir)
                 .map_err(QueueError::io("fsync", &self.dir))?;
             self.dir_dirty = false;
         }
-        self.durable_lsn = self.next_lsn - 1;
-        for id in std::mem::take(&mut self.dirty) {
+        let eids = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|id| {
+                let st = &mut self.eids[id as usize];
+                st.dirty = false;
+                (id, st.last())
+            })
+            .collect();
+        let written = self.segs[&self.active].written;
+        // The periodic index chunk covers exactly the bytes written so far; the ticket writes it once durable.
+        let chunk = (written - self.builder.from >= self.cfg.index_interval_bytes).then(|| {
+            let builder = std::mem::replace(&mut self.builder, ChunkBuilder::new(written));
+            (self.active, builder, written)
+        });
+        self.tickets_begun += 1;
+        Ok(SyncTicket {
+            seq: self.tickets_begun,
+            files,
+            lsn: self.next_lsn - 1,
+            eids,
+            sealing: std::mem::take(&mut self.sealing),
+            chunk,
+        })
+    }
+
+    fn finish_inner(&mut self, done: FsyncDone<F::File>) -> Result<u64, QueueError> {
+        let FsyncDone { ticket, result } = done;
+        if ticket.seq != self.tickets_finished + 1 {
+            // Out of order: the durable state could no longer be described; only a reopen knows it.
+            self.poisoned = true;
+            return Err(QueueError::Invalid {
+                what: "finish_sync",
+                why: "tickets must finish in the order they began",
+            });
+        }
+        self.tickets_finished = ticket.seq;
+        if let Err((id, e)) = result {
+            return Err(QueueError::io("fsync", self.path(seg_name(id)))(e));
+        }
+        for (id, _, written) in &ticket.files {
+            if let Some(seg) = self.segs.get_mut(id) {
+                seg.durable = seg.durable.max(*written);
+            }
+        }
+        self.durable_lsn = self.durable_lsn.max(ticket.lsn);
+        for (id, last) in ticket.eids {
             let st = &mut self.eids[id as usize];
-            st.durable_last = st.last();
-            st.dirty = false;
+            st.durable_last = st.durable_last.max(last);
         }
         self.mark_needed = true;
-        for (id, builder, to) in std::mem::take(&mut self.sealing) {
+        for (id, builder, to) in ticket.sealing {
             self.write_chunk(id, &builder, to)?;
         }
-        let written = self.segs[&self.active].written;
-        if written - self.builder.from >= self.cfg.index_interval_bytes {
-            let builder = std::mem::replace(&mut self.builder, ChunkBuilder::new(written));
-            self.write_chunk(self.active, &builder, written)?;
+        if let Some((id, builder, to)) = ticket.chunk {
+            self.write_chunk(id, &builder, to)?;
         }
         Ok(self.durable_lsn)
     }
@@ -857,7 +987,43 @@ impl<F: Fs> QueueStore<F> {
         self.guarded(|s| s.retain_inner(now))
     }
 
+    /// Drops `eid`'s items below increment `below`, whatever its devices: for a queue its owner consumes itself
+    /// (the chat event log once a checkpoint after them is durable), which QUE-9 retention never empties because it
+    /// has no devices. Only durable items can go; the cut is buffered like an append (a crash before the next sync
+    /// keeps them) and their segments are released by the next [`Self::retain`]. Returns how many were dropped.
+    pub fn trim(&mut self, eid: &str, below: u64) -> Result<u64, QueueError> {
+        check_eid(eid)?;
+        self.guarded(|s| {
+            let Some(&id) = s.ids.get(eid) else { return Ok(0) };
+            let st = &s.eids[id as usize];
+            if below > st.durable_last.saturating_add(1) {
+                return Err(QueueError::Invalid {
+                    what: "trim",
+                    why: "past the durable end of the queue",
+                });
+            }
+            if below <= st.low {
+                return Ok(0);
+            }
+            let rec_seg = s.put_meta(Kind::Trim, id, b"", below, 0)?;
+            let st = &mut s.eids[id as usize];
+            st.trim_seg = Some(rec_seg);
+            let mut dropped = 0;
+            while st.low < below {
+                let loc = st.locs.pop_front().expect("below is within the durable items");
+                st.low += 1;
+                st.bytes -= loc.payload_len as u64;
+                let seg = s.segs.get_mut(&loc.seg).expect("segment of a live item exists");
+                seg.live_items -= 1;
+                seg.live_bytes -= loc.rec_len as u64;
+                dropped += 1;
+            }
+            Ok(dropped)
+        })
+    }
+
     fn retain_inner(&mut self, now: Millis) -> Result<RetainReport, QueueError> {
+        self.no_ticket_out()?;
         let mut report = RetainReport::default();
         for id in 0..self.eids.len() as u32 {
             let st = &self.eids[id as usize];
