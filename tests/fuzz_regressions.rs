@@ -87,6 +87,20 @@ fn queue_seeds_hold_a_real_store() {
 }
 
 #[test]
+fn saved_findings_stay_fixed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    for (target, driver) in TARGETS {
+        let Ok(entries) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let data = std::fs::read(entry.path()).unwrap();
+            driver(&data);
+        }
+    }
+}
+
+#[test]
 fn every_vector_passes_the_decoder_driver() {
     let files = bimip::vectors::load_dir(&bimip::vectors::default_dir()).unwrap();
     let mut checked = 0;
