@@ -37,7 +37,7 @@ for target in "${targets[@]}"; do
         exit 1
     fi
     # The last status line has libFuzzer's coverage (cov: edges, ft: features).
-    grep -E "^#[0-9]+ +(DONE|pulse|NEW|REDUCE)" "$log" | tail -n 1 || true
+    grep -E "^#[0-9]+[[:space:]]+DONE" "$log" | tail -n 1 || true
     grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)" "$log" || true
     if [ -n "${FUZZ_LOG_DIR:-}" ]; then mkdir -p "$FUZZ_LOG_DIR" && cp "$log" "$FUZZ_LOG_DIR/$target.log"; fi
     rm -f "$log"
