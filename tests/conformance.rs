@@ -3,9 +3,9 @@
 //! every MUST requirement of SPEC.md must have a scenario or a reasoned entry
 //! in `conformance/uncovered.txt`.
 //!
-//! Then every case again over real loopback sockets against the built-in
-//! reference server (what `bimip-conform` does with no target), a few over
-//! TLS, and a selection against a `bimip serve` process.
+//! Then cases from every area over real loopback sockets against the
+//! built-in reference server, a few over TLS, and every case against a
+//! `bimip serve` process.
 //!
 //! Then the self-check (`conformance/selfcheck.rs`): for each built-in fault
 //! of the reference server, the cases of its areas run against a server with
@@ -204,18 +204,17 @@ fn fault_self_check(faults: &[Fault], all_areas: bool, expected_failures: &[Stri
     ok
 }
 
-/// Every case over real loopback sockets against the built-in reference
-/// server (the server tests of SPEC's requirements, by ID), then the network
-/// driver's own checks: a fault is caught over the network, and TLS targets.
+/// Cases from every area over real loopback sockets against the built-in
+/// reference server, then the network driver's own checks: a fault is caught
+/// over the network, and TLS targets.
 fn network_smoke(verbose: bool) -> Result<String, String> {
     let server = BuiltIn::start().map_err(|e| e.to_string())?;
     let target = server.target().map_err(|e| e.to_string())?;
     let factory = NetworkFactory::new(target).map_err(|e| e.to_string())?;
     let options = RunOptions {
+        tags: Some(NETWORK_SELECTION.into()),
         target: "built-in reference server".into(),
-        // Most of a case's time is waiting (deadlines, "nothing arrives"), so
-        // more workers than cores pay off.
-        jobs: 8,
+        jobs: 4,
         ..RunOptions::default()
     };
     let report = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
@@ -341,8 +340,10 @@ const NETWORK_SELECTION: &str = "@PING-1 or @AUTH-9 or @TRN-7 or @TRN-9 or @ENV-
      or @AWR-9 or @SUB-1 or @BLK-1 or @VIS-1 or @LOC-1 or @CHAT-14 or @ACK-1 or @QUE-6";
 
 /// A `bimip serve` process (RS256, short timers from a settings file), and
-/// `bimip-conform --target ... --jwt-key ...` against it: cases from every
-/// area must pass.
+/// `bimip-conform --target ... --jwt-key ...` against it: every case over real
+/// loopback sockets must pass (the loopback test of each SPEC requirement).
+/// Most of a case's time is waiting (deadlines, "nothing arrives"), so more
+/// jobs than cores pay off.
 fn against_bimip_serve() -> Result<String, String> {
     use std::io::BufRead as _;
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
@@ -407,8 +408,8 @@ fn against_bimip_serve() -> Result<String, String> {
                 "--queue-limit",
                 "20",
                 "--no-color",
-                "--tags",
-                NETWORK_SELECTION,
+                "--jobs",
+                "8",
             ])
             .arg("--jwt-key")
             .arg(format!("{keys}/rs256-test.pem"))
