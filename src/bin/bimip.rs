@@ -32,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Connect to a BIMIP server as a client: ping it, then log out (or stay).
     Connect(ConnectArgs),
+    /// Load a BIMIP server (the reference server by default): chat pairs, or idle connections (--idle N).
+    Bench(Box<bimip::load::BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -173,6 +175,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Serve(args) => serve(args),
         Command::Connect(args) => connect(args),
+        Command::Bench(args) => bench(&args),
     };
     match outcome {
         Ok(code) => code,
@@ -392,6 +395,21 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         running.shutdown().await;
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the figures (text, or JSON with `--json -`) and writes `--json FILE`.
+fn bench(args: &bimip::load::BenchArgs) -> Result<ExitCode> {
+    let report = bimip::load::run(args)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{json}"),
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+            println!("{report}");
+        }
+        None => println!("{report}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
