@@ -21,9 +21,11 @@ fn stanzas() -> BTreeMap<String, Vec<u8>> {
     for (_, file) in files {
         for case in file.valid.iter().filter(|c| c.message == "MessageScheme") {
             let bytes = hex::decode(&case.hex).expect("vector hex");
+            // describe() names a payload "ChatMessage (chat_message)".
             let Some(name) = codec::describe(&bytes).payload else {
                 continue;
             };
+            let name = name.split(' ').next().unwrap_or_default().to_string();
             by_type.entry(name).or_insert(bytes);
         }
     }

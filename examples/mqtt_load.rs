@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bimip::load::spawn::cpu_seconds;
 use bimip::load::stats::{Latencies, MIN_PAYLOAD_BYTES, Summary, parse_stamp, stamped_payload};
 use clap::Parser;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
@@ -78,6 +79,9 @@ struct Report {
     latency_delivery: Summary,
     latency_accepted: Summary,
     broker_rss_after: Option<u64>,
+    /// CPU seconds used during the load (subscribes included).
+    broker_cpu_s: Option<f64>,
+    bench_cpu_s: f64,
     loadavg: String,
 }
 
@@ -279,6 +283,8 @@ async fn main() -> Result<()> {
         bail!("--payload must be at least {MIN_PAYLOAD_BYTES}");
     }
     let run = format!("{:x}", std::process::id());
+    let broker_cpu = || args.broker_pid.and_then(|pid| cpu_seconds(pid).ok());
+    let (broker_cpu_start, bench_cpu_start) = (broker_cpu(), cpu_seconds(std::process::id()).unwrap_or(0.0));
     let mut subscribers = Vec::new();
     for pair in 0..args.pairs {
         subscribers.push(
@@ -368,10 +374,12 @@ async fn main() -> Result<()> {
         latency_delivery: received.delivery.summary(),
         latency_accepted: accepted.summary(),
         broker_rss_after: args.broker_pid.and_then(rss),
+        broker_cpu_s: broker_cpu().zip(broker_cpu_start).map(|(end, start)| end - start),
+        bench_cpu_s: cpu_seconds(std::process::id()).unwrap_or(0.0) - bench_cpu_start,
         loadavg: loadavg(),
     };
     println!(
-        "mqtt qos1: {} pairs, {} B, {}: delivered {:.0} msgs/s\n  send->delivery   {}\n  send->puback     {}\n  sent {} delivered {} undelivered {} duplicates {}",
+        "mqtt qos1: {} pairs, {} B, {}: delivered {:.0} msgs/s\n  send->delivery   {}\n  send->puback     {}\n  sent {} delivered {} undelivered {} duplicates {}\n  CPU              broker {:?} s, bench {:.2} s",
         report.pairs,
         report.payload_bytes,
         report
@@ -383,7 +391,9 @@ async fn main() -> Result<()> {
         report.sent,
         report.delivered,
         report.undelivered,
-        report.duplicates
+        report.duplicates,
+        report.broker_cpu_s,
+        report.bench_cpu_s
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")

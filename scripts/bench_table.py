@@ -54,6 +54,18 @@ def main():
                  fmt(lat(br, "latency_delivered_ack", "p99_ms"), "ms"), "-", "", ""))
     rows.append(("delivered msgs/s at the fixed rate", fmt(mr["delivered_per_sec"] if mr else None),
                  fmt(br["delivered_per_sec"] if br else None), "-", "", ""))
+    def cpu_per_msg(report, key):
+        if not report or not report.get("delivered"):
+            return None
+        value = report.get(key) if key in report else (report.get("cpu") or {}).get(key.split(":")[-1])
+        return value * 1e6 / report["delivered"] if value is not None else None
+
+    m_srv, b_srv = cpu_per_msg(mf, "broker_cpu_s"), cpu_per_msg(bf, "cpu:server_s")
+    rows.append(("server CPU per delivered message, flat out", f"{m_srv:.1f} us" if m_srv else "-",
+                 f"{b_srv:.1f} us" if b_srv else "-", f"{b_srv / m_srv:.2f}x" if m_srv and b_srv else "-", "", ""))
+    m_cli, b_cli = cpu_per_msg(mf, "bench_cpu_s"), cpu_per_msg(bf, "cpu:bench_s")
+    rows.append(("load generator CPU per delivered message, flat out", f"{m_cli:.1f} us" if m_cli else "-",
+                 f"{b_cli:.1f} us" if b_cli else "-", f"{b_cli / m_cli:.2f}x" if m_cli and b_cli else "-", "", ""))
     per = idle.get("server_bytes_per_connection") if idle else None
     rows.append((f"server memory per idle WebSocket connection ({idle['connections']:,} open)" if idle
                  else "server memory per idle connection", "-", fmt(per, "B"), "-", "<= 2 KB",

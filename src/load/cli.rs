@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::chat::{self, ChatOptions, ChatReport};
 use super::idle::{self, IdleOptions, IdleReport};
-use super::spawn::{SpawnOptions, SpawnedServer, StoreMode};
+use super::spawn::{SpawnOptions, SpawnedServer, StoreMode, cpu_seconds};
 use super::{LoadError, Minter};
 use crate::client::ClientOptions;
 use crate::core::auth::Algorithm;
@@ -125,10 +125,18 @@ pub enum Figures {
     Idle(IdleReport),
 }
 
+/// CPU seconds each side used during the load (connects included).
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuUse {
+    pub server_s: Option<f64>,
+    pub bench_s: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub tool: &'static str,
     pub server: ServerInfo,
+    pub cpu: CpuUse,
     pub machine: MachineInfo,
     #[serde(flatten)]
     pub figures: Figures,
@@ -137,9 +145,15 @@ pub struct BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.figures {
-            Figures::Chat(report) => write!(f, "{report}"),
-            Figures::Idle(report) => write!(f, "{report}"),
+            Figures::Chat(report) => writeln!(f, "{report}")?,
+            Figures::Idle(report) => writeln!(f, "{report}")?,
         }
+        let server = self.cpu.server_s.map_or("-".to_string(), |s| format!("{s:.2} s"));
+        write!(
+            f,
+            "  CPU              server {server}, bench {:.2} s (load average {} -> {})",
+            self.cpu.bench_s, self.machine.loadavg_start, self.machine.loadavg_end
+        )
     }
 }
 
@@ -200,6 +214,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, LoadError> {
         timeout: Duration::from_secs(20),
         ..ClientOptions::default()
     };
+    let server_pid = spawned.as_ref().map(|s| s.pid).or(args.server_pid);
+    let server_cpu = || server_pid.map(cpu_seconds).transpose();
+    let (server_cpu_start, bench_cpu_start) = (server_cpu()?, cpu_seconds(std::process::id())?);
     let runtime = tokio::runtime::Runtime::new().map_err(|source| LoadError::Io {
         what: "starting the tokio runtime",
         source,
@@ -235,6 +252,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, LoadError> {
             Figures::Chat(runtime.block_on(chat::run(&options, minter))?)
         }
     };
+    let cpu = CpuUse {
+        server_s: server_cpu()?.zip(server_cpu_start).map(|(end, start)| end - start),
+        bench_s: cpu_seconds(std::process::id())? - bench_cpu_start,
+    };
     // Clients first, then the server: the server sees orderly ends.
     drop(runtime);
     let server = ServerInfo {
@@ -247,6 +268,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, LoadError> {
     Ok(BenchReport {
         tool: "bimip bench",
         server,
+        cpu,
         machine: MachineInfo {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             loadavg_start,

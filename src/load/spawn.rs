@@ -251,6 +251,31 @@ pub fn rss_bytes(pid: u32) -> Result<u64, LoadError> {
     parse_vm_rss(&status).ok_or_else(|| LoadError::Proc(format!("no VmRSS line in {path}")))
 }
 
+/// CPU seconds (user + system) process `pid` has used so far (Linux `/proc`).
+pub fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+        what: "reading /proc/PID/stat",
+        source,
+    })?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / CLOCK_TICKS_PER_SEC)
+        .ok_or_else(|| LoadError::Proc(format!("no CPU times in {path}")))
+}
+
+/// USER_HZ: 100 on every Linux architecture the kit runs on.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime: fields 14 and 15, counted after the parenthesised name
+/// (which may itself hold spaces and parentheses).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut words = line.split_whitespace().skip(1);
@@ -272,5 +297,13 @@ mod tests {
         assert_eq!(parse_vm_rss("VmRSS: 12 MB\n"), None);
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        let stat = "4242 (bimip (x) y) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("4242 (bimip) S 1"), None);
+        assert!(cpu_seconds(std::process::id()).is_ok());
     }
 }
