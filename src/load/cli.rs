@@ -121,7 +121,7 @@ pub struct MachineInfo {
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum Figures {
-    Chat(ChatReport),
+    Chat(Box<ChatReport>),
     Idle(IdleReport),
 }
 
@@ -249,7 +249,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, LoadError> {
                 progress: !args.quiet,
                 client,
             };
-            Figures::Chat(runtime.block_on(chat::run(&options, minter))?)
+            Figures::Chat(Box::new(runtime.block_on(chat::run(&options, minter))?))
         }
     };
     let cpu = CpuUse {
