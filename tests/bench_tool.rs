@@ -124,8 +124,11 @@ async fn a_server_that_rate_limits_shows_up_as_errors_not_a_hang() {
         .expect("the run succeeds");
     assert!(report.errors.get("rate_limited").copied().unwrap_or(0) > 0, "{report}");
     assert_eq!(report.sent, 230, "{report}");
+    // Every refused request is counted (the receiver's refused acknowledgments
+    // may add to the count), and every accepted message is delivered.
     let refused = report.errors.get("rate_limited").copied().unwrap_or(0);
-    assert_eq!(report.accepted + refused, 230, "{report}");
+    assert!(report.accepted < 230 && report.accepted + refused >= 230, "{report}");
+    assert_eq!(report.delivered, report.accepted, "{report}");
     server.shutdown().await;
 }
 
