@@ -106,6 +106,7 @@ impl BuiltIn {
             }),
             tls: tls.clone(),
             limits: limits.clone(),
+            chat_store: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

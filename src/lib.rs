@@ -6,6 +6,7 @@
 //! - [`codec`]: bytes <-> stanzas: the envelope rule, TCP framing, canonical
 //!   encoding, the proto3 JSON mapping, and the error table of SPEC §5.
 //! - [`vectors`]: the YAML test vectors of `vectors/`, loaded and checked.
+//! - [`load`]: `bimip bench`, the load generator.
 
 pub mod admin;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod conformance;
 pub mod core;
 pub mod fuzz;
 pub mod keys;
+pub mod load;
 pub mod net;
 pub mod proto;
 pub mod server;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::core::auth::{Algorithm, Signer, Verifier};
+use crate::core::queue::{ChatStore, MemoryChatStore};
 use crate::core::social::SocialEvent;
 use crate::core::{Config as EngineConfig, Engine};
 use crate::keys::{self, KeyError};
@@ -36,6 +37,20 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Limits and timers (SPEC §19).
     pub limits: EngineConfig,
+    /// Where chat lives: on disk in `data_dir/queue` (default), or in memory, lost at exit (for load tests and
+    /// throwaway development servers).
+    pub chat_store: ChatStorage,
+}
+
+/// Where the server keeps chat: queue items, device offsets and the chat history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatStorage {
+    /// `data_dir/queue`: survives restarts and crashes (SPEC SES-8, QUE-2).
+    #[default]
+    Durable,
+    /// Process memory: every message is lost when the server stops.
+    Memory,
 }
 
 /// Where the token keys come from.
@@ -72,6 +87,7 @@ impl Default for Settings {
             jwt: None,
             tls: None,
             limits: EngineConfig::default(),
+            chat_store: ChatStorage::default(),
         }
     }
 }
@@ -153,11 +169,17 @@ impl Settings {
             max_bytes_per_eid: u64::try_from(self.limits.queue_max_bytes).unwrap_or(u64::MAX),
             ..QueueConfig::default()
         };
-        let (chat_store, chat_events) = DurableChatStore::open(RealFs, self.data_dir.join("queue"), queue_config)?;
+        let (chat_store, chat_events): (Box<dyn ChatStore>, _) = match self.chat_store {
+            ChatStorage::Durable => {
+                let (store, events) = DurableChatStore::open(RealFs, self.data_dir.join("queue"), queue_config)?;
+                (Box::new(store), events)
+            }
+            ChatStorage::Memory => (Box::new(MemoryChatStore::default()), Vec::new()),
+        };
         let engine = Engine::new(self.limits.clone(), verifier, signer, Box::new(revocations));
         Ok(engine
             .with_social(Box::new(social_log), &social_events)
-            .with_chat(Box::new(chat_store), &chat_events))
+            .with_chat(chat_store, &chat_events))
     }
 }
 

@@ -40,6 +40,8 @@ enum Command {
     Queue(QueueCommand),
     /// Sweep seeds of the deterministic simulation (workload, faults, invariant checks).
     Sim(sim::SimArgs),
+    /// Load a BIMIP server (the reference server by default): chat pairs, or idle connections (--idle N).
+    Bench(Box<bimip::load::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -98,9 +100,12 @@ struct ServeArgs {
     no_tcp: bool,
     #[arg(long)]
     no_admin: bool,
-    /// Keys, revocations and the social graph live here (default ./bimip-data).
+    /// Keys, revocations, the social graph and the offline queue live here (default ./bimip-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Where chat is kept: durable (DATA_DIR/queue, the default) or memory (lost at exit; for load tests).
+    #[arg(long, value_name = "KIND")]
+    store: Option<bimip::server::ChatStorage>,
     /// Token algorithm of --jwt-key: RS256, EdDSA or HS256 (default: the development EdDSA key).
     #[arg(long, requires = "jwt_key")]
     jwt_alg: Option<String>,
@@ -204,6 +209,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect(args),
         Command::Queue(command) => queue(command),
         Command::Sim(args) => sim::run(args),
+        Command::Bench(args) => bench(&args),
     };
     match outcome {
         Ok(code) => code,
@@ -394,6 +400,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
+    if let Some(store) = args.store {
+        settings.chat_store = store;
+    }
     if let (Some(alg), Some(key)) = (args.jwt_alg, args.jwt_key) {
         let signing_key = args.jwt_signing_key;
         settings.jwt = Some(JwtSettings {
@@ -448,6 +457,21 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         running.shutdown().await;
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the figures (text, or JSON with `--json -`) and writes `--json FILE`.
+fn bench(args: &bimip::load::BenchArgs) -> Result<ExitCode> {
+    let report = bimip::load::run(args)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{json}"),
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+            println!("{report}");
+        }
+        None => println!("{report}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
