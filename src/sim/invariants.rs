@@ -208,8 +208,30 @@ struct DeviceView {
     pending: BTreeMap<Pending, u64>,
     /// (local id) -> text, of the TextPayloadRequests it sent.
     texts: BTreeMap<String, String>,
+    /// (local id) -> how often it was sent: an answer to a resend carries
+    /// the resend's time (CHAT-14 names only the original ids), not the
+    /// acceptance time.
+    text_sends: BTreeMap<String, usize>,
     sessions: usize,
     session_in_heal: bool,
+}
+
+/// chat -> message_id -> (acceptance time, version), as devices saw them.
+type Accepted = BTreeMap<String, BTreeMap<String, (Millis, i64)>>;
+
+/// versions_grow: records one message's acceptance and says what it
+/// contradicts, if anything: a later acceptance in one chat has a higher version.
+fn grow(accepted: &mut Accepted, chat: &str, message_id: &str, t: Millis, version: i64) -> Option<String> {
+    let list = accepted.entry(chat.to_string()).or_default();
+    if list.contains_key(message_id) {
+        return None;
+    }
+    let clash = list
+        .values()
+        .find(|(t0, v0)| (*t0 < t && *v0 >= version) || (*t0 > t && *v0 <= version))
+        .map(|(t0, v0)| format!("{chat}: version {version} accepted at {t} against version {v0} at {t0}"));
+    list.insert(message_id.to_string(), (t, version));
+    clash
 }
 
 /// Checks every invariant on `entries`; see the module docs.
@@ -221,8 +243,8 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     let mut connect_after_revoke: BTreeMap<String, String> = BTreeMap::new();
     // (chat, version) -> (sender eid, sender device, local, text)
     let mut versions: BTreeMap<(String, i64), (String, String, String, String)> = BTreeMap::new();
-    // chat -> (timestamp, version) of each first VersionUpdate
-    let mut confirmations: BTreeMap<String, Vec<(Millis, i64)>> = BTreeMap::new();
+    // chat -> message_id -> (acceptance time, version)
+    let mut accepted: Accepted = BTreeMap::new();
     // message_id -> (sender eid, sender device, chat, version)
     let mut confirmed: BTreeMap<String, (String, String, String, i64)> = BTreeMap::new();
     let mut phase = String::new();
@@ -281,6 +303,8 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
         match &entry.what {
             What::Connect { jti } => {
                 dev.pending.clear();
+                // Acknowledgments of an ended connection get no answer any more.
+                dev.asked.clear();
                 dev.online = false;
                 dev.jti = Some(jti.clone());
                 if revoked.contains_key(jti) {
@@ -305,9 +329,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             What::Refused { .. } | What::Closed { .. } | What::Dropped => {
                 dev.online = false;
                 dev.pending.clear();
+                dev.asked.clear();
             }
             What::Sent(payload) => match payload {
                 Payload::TextPayloadRequest(r) => {
+                    *dev.text_sends.entry(r.message_id_local.clone()).or_default() += 1;
                     dev.texts.insert(r.message_id_local.clone(), r.content.clone());
                     dev.pending.insert(Pending::Text(r.message_id_local.clone()), entry.at);
                 }
@@ -367,27 +393,15 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                             );
                         }
                         versions.entry(key).or_insert(who);
-                        if !confirmed.contains_key(&v.message_id) {
-                            let list = confirmations.entry(v.chat_id.clone()).or_default();
-                            if let Some((t0, v0)) = list.iter().find(|(t0, v0)| {
-                                (*t0 < v.timestamp && *v0 >= v.version) || (*t0 > v.timestamp && *v0 <= v.version)
-                            }) {
-                                violation(
-                                    &mut out,
-                                    "versions_grow",
-                                    i,
-                                    format!(
-                                        "{}: version {} at {} against version {v0} at {t0}",
-                                        v.chat_id, v.version, v.timestamp
-                                    ),
-                                );
-                            }
-                            list.push((v.timestamp, v.version));
-                            confirmed.insert(
-                                v.message_id.clone(),
-                                (me.clone(), name.clone(), v.chat_id.clone(), v.version),
-                            );
+                        // Only the answer to a first send carries the acceptance time (CHAT-5).
+                        if dev.text_sends.get(&v.message_id_local).copied().unwrap_or(0) <= 1
+                            && let Some(detail) = grow(&mut accepted, &v.chat_id, &v.message_id, v.timestamp, v.version)
+                        {
+                            violation(&mut out, "versions_grow", i, detail);
                         }
+                        confirmed
+                            .entry(v.message_id.clone())
+                            .or_insert_with(|| (me.clone(), name.clone(), v.chat_id.clone(), v.version));
                     }
                     Payload::ChatMessage(m) => {
                         let from = m.from.as_ref().map(|f| f.eid.clone()).unwrap_or_default();
@@ -432,6 +446,15 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                                 *top = (*top).max(m.version);
                                 dev.messages.insert(m.message_id.clone(), held);
                             }
+                        }
+                        if let Some(detail) = grow(
+                            &mut accepted,
+                            &m.chat_id,
+                            &m.message_id,
+                            m.server_received_at,
+                            m.version,
+                        ) {
+                            violation(&mut out, "versions_grow", i, detail);
                         }
                         let sender_device = m
                             .from
