@@ -43,6 +43,9 @@ pub const INVARIANTS: &[&str] = &[
     "ack_forward",
     "answered",
     "revoked_session",
+    "expired_session",
+    "spoof_refused",
+    "canonical",
     "blocked",
     "visibility",
     "delivery",
@@ -181,6 +184,14 @@ impl Social {
     }
 }
 
+/// Whether an identity field a device filled names someone else (ENV-11).
+fn names_other(identity: Option<&crate::proto::Identity>, eid: &str, device: &str) -> bool {
+    identity.is_some_and(|i| {
+        (!i.eid.is_empty() && i.eid != eid)
+            || (!i.connection_resource_id.is_empty() && i.connection_resource_id != device)
+    })
+}
+
 fn subject(identity: Option<&crate::proto::Identity>) -> usize {
     identity.and_then(|i| user_of(&i.eid)).unwrap_or(usize::MAX)
 }
@@ -191,6 +202,9 @@ enum Pending {
     Text(String),
     Ping(String),
     Ack(String),
+    /// The session of this jti was reported ended by a revocation (TOK-4,
+    /// TOK-7): its connection must close.
+    Revoked(String),
 }
 
 #[derive(Default)]
@@ -214,6 +228,14 @@ struct DeviceView {
     text_sends: BTreeMap<String, usize>,
     sessions: usize,
     session_in_heal: bool,
+    /// The current dial used an expired token.
+    dialed_expired: bool,
+    /// Index of the current dial's Connect entry.
+    connected_at: usize,
+    /// Ping ids and local ids of stanzas that named another identity.
+    spoofed: BTreeSet<String>,
+    /// Target device -> indexes of this device's revocation requests for it, unanswered.
+    revoking: BTreeMap<String, std::collections::VecDeque<usize>>,
 }
 
 /// chat -> message_id -> (acceptance time, version), as devices saw them.
@@ -261,6 +283,12 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     for (i, entry) in entries.iter().enumerate() {
         match &entry.what {
             What::Panic(m) => violation(&mut out, "no_panic", i, m.clone()),
+            What::NotCanonical(hex) => violation(
+                &mut out,
+                "canonical",
+                i,
+                format!("{} got a stanza not in canonical encoding: {hex}", entry.who),
+            ),
             What::Phase(p) => {
                 phase = p.split(' ').next().unwrap_or_default().to_string();
                 ended |= phase == "end";
@@ -293,15 +321,24 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             .collect();
         for p in overdue {
             dev.pending.remove(&p);
-            violation(
-                &mut out,
-                "answered",
-                i,
-                format!("{name}: no answer to {p:?} within {ANSWER_MS} ms"),
-            );
+            let (invariant, detail) = match &p {
+                Pending::Revoked(jti) => (
+                    "revoked_session",
+                    format!(
+                        "{name}: the session of jti {jti} was reported ended by a revocation but is still open {ANSWER_MS} ms later"
+                    ),
+                ),
+                _ => ("answered", format!("{name}: no answer to {p:?} within {ANSWER_MS} ms")),
+            };
+            violation(&mut out, invariant, i, detail);
         }
+        // A revocation reported to end a device's session: applied below.
+        let mut ended_by_revocation: Option<(String, usize)> = None;
         match &entry.what {
-            What::Connect { jti } => {
+            What::Connect { jti, expired } => {
+                dev.dialed_expired = *expired;
+                dev.connected_at = i;
+                dev.revoking.clear();
                 dev.pending.clear();
                 // Acknowledgments of an ended connection get no answer any more.
                 dev.asked.clear();
@@ -316,6 +353,14 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             What::Session { jti } => {
                 dev.online = true;
                 dev.sessions += 1;
+                if dev.dialed_expired {
+                    violation(
+                        &mut out,
+                        "expired_session",
+                        i,
+                        format!("{name} got a session with expired token jti {jti}"),
+                    );
+                }
                 dev.session_in_heal |= phase == "heal";
                 if connect_after_revoke.get(&name) == Some(jti) {
                     violation(
@@ -330,15 +375,30 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 dev.online = false;
                 dev.pending.clear();
                 dev.asked.clear();
+                dev.revoking.clear();
             }
             What::Sent(payload) => match payload {
                 Payload::TextPayloadRequest(r) => {
+                    if names_other(r.from.as_ref(), &me, &name) {
+                        dev.spoofed.insert(r.message_id_local.clone());
+                    }
                     *dev.text_sends.entry(r.message_id_local.clone()).or_default() += 1;
                     dev.texts.insert(r.message_id_local.clone(), r.content.clone());
                     dev.pending.insert(Pending::Text(r.message_id_local.clone()), entry.at);
                 }
                 Payload::PingpongMessage(p) => {
+                    if names_other(p.to.as_ref(), &me, &name) {
+                        dev.spoofed.insert(p.id.clone());
+                    }
                     dev.pending.insert(Pending::Ping(p.id.clone()), entry.at);
+                }
+                Payload::TokenRevokeRequest(r) if r.token.is_empty() => {
+                    if let Some(to) = r.to.as_ref().filter(|t| !t.connection_resource_id.is_empty()) {
+                        dev.revoking
+                            .entry(to.connection_resource_id.clone())
+                            .or_default()
+                            .push_back(i);
+                    }
                 }
                 Payload::AcknowledgmentRequest(a) => {
                     dev.asked.entry(a.message_id.clone()).or_default().push_back(a.status);
@@ -375,9 +435,40 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                     }
                     Payload::PingpongMessage(p) if p.r#type == 2 => {
                         dev.pending.remove(&Pending::Ping(p.id.clone()));
+                        if dev.spoofed.contains(&p.id) {
+                            violation(
+                                &mut out,
+                                "spoof_refused",
+                                i,
+                                format!(
+                                    "{name} was answered a pong to ping {} whose `to` named another identity",
+                                    p.id
+                                ),
+                            );
+                        }
+                    }
+                    Payload::TokenRevokeResponse(r) if r.status == 1 => {
+                        let target = r.to.as_ref().filter(|t| t.eid == me);
+                        if let Some(target) = target.map(|t| t.connection_resource_id.clone())
+                            && let Some(sent) = dev.revoking.get_mut(&target).and_then(|q| q.pop_front())
+                            && r.sessions_ended >= 1
+                        {
+                            ended_by_revocation = Some((target, sent));
+                        }
                     }
                     Payload::VersionUpdate(v) => {
                         dev.pending.remove(&Pending::Text(v.message_id_local.clone()));
+                        if dev.spoofed.contains(&v.message_id_local) {
+                            violation(
+                                &mut out,
+                                "spoof_refused",
+                                i,
+                                format!(
+                                    "{name}: message {} accepted though its `from` named another identity",
+                                    v.message_id_local
+                                ),
+                            );
+                        }
                         let text = dev.texts.get(&v.message_id_local).cloned().unwrap_or_default();
                         let who = (me.clone(), name.clone(), v.message_id_local.clone(), text);
                         let key = (v.chat_id.clone(), v.version);
@@ -597,6 +688,15 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             }
             _ => {}
         }
+        // The target's session known at the request (dialed before it) is the
+        // one ended; a session dialed since may be a newer one.
+        if let Some((target, sent)) = ended_by_revocation
+            && let Some(d) = devices.get_mut(&target).filter(|d| d.online && d.connected_at < sent)
+            && let Some(jti) = d.jti.clone()
+        {
+            d.pending.insert(Pending::Revoked(jti.clone()), entry.at);
+            revoked.entry(jti).or_insert(i);
+        }
     }
 
     if !ended {
@@ -609,6 +709,20 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             detail,
         });
     };
+    // Requests still unanswered when the history ends.
+    let last = entries.last().map_or(0, |e| e.at);
+    for (name, d) in &devices {
+        for (p, sent) in &d.pending {
+            if sent.saturating_add(ANSWER_MS) < last {
+                let invariant = if matches!(p, Pending::Revoked(_)) {
+                    "revoked_session"
+                } else {
+                    "answered"
+                };
+                end(&mut out, invariant, format!("{name}: {p:?} still open at the end"));
+            }
+        }
+    }
     let users: BTreeSet<usize> = devices.keys().filter_map(|n| parse_device(n)).map(|(u, _)| u).collect();
     let reachable: BTreeSet<&String> = devices.iter().filter(|(_, d)| d.online).map(|(n, _)| n).collect();
     for (name, d) in &devices {
