@@ -55,7 +55,7 @@ pub const INVARIANTS: &[&str] = &[
 ];
 
 /// How long a request may wait for its answer on an undisturbed connection.
-const ANSWER_MS: u64 = 8_000;
+const ANSWER_MS: u64 = 3_000;
 /// Tolerance between the server's clock and simulated time at window edges.
 const EDGE_MS: Millis = 20;
 
@@ -271,6 +271,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     let mut confirmed: BTreeMap<String, (String, String, String, i64)> = BTreeMap::new();
     let mut phase = String::new();
     let mut ended = false;
+    // Devices whose link has a fault now, and whether the server is down:
+    // their requests are not expected to be answered in time.
+    let mut disturbed: BTreeSet<String> = BTreeSet::new();
+    let mut broken: BTreeSet<String> = BTreeSet::new();
+    let mut server_down = false;
     let mut check_answers: BTreeMap<(usize, usize), (usize, i32, Millis)> = BTreeMap::new();
     let violation = |out: &mut Vec<Violation>, invariant: &'static str, index: usize, detail: String| {
         out.push(Violation {
@@ -294,11 +299,27 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 ended |= phase == "end";
             }
             What::Crash => {
+                server_down = true;
                 for d in devices.values_mut() {
                     d.pending.clear();
                 }
             }
+            What::Boot { .. } => server_down = false,
             What::Fault(f) => {
+                // A link fault disturbs its device until lifted; a
+                // disconnect ends the connection, which the device records.
+                if let Some(device) = f.split('"').nth(1) {
+                    if f.starts_with("lift ") {
+                        disturbed.remove(device);
+                    } else if !f.starts_with("Disconnect") {
+                        disturbed.insert(device.to_string());
+                    }
+                    // Segments dropped for good leave the connection dead,
+                    // though neither end may know it yet: until the device dials again.
+                    if f.starts_with("Partition") {
+                        broken.insert(device.to_string());
+                    }
+                }
                 for (name, d) in devices.iter_mut() {
                     if f.contains(&format!("\"{name}\"")) {
                         d.pending.clear();
@@ -336,6 +357,7 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
         let mut ended_by_revocation: Option<(String, usize)> = None;
         match &entry.what {
             What::Connect { jti, expired } => {
+                broken.remove(&name);
                 dev.dialed_expired = *expired;
                 dev.connected_at = i;
                 dev.revoking.clear();
@@ -376,6 +398,25 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 dev.pending.clear();
                 dev.asked.clear();
                 dev.revoking.clear();
+            }
+            // A request on a disturbed link or to a crashed server is not timed.
+            What::Sent(payload) if server_down || disturbed.contains(&name) || broken.contains(&name) => {
+                match payload {
+                    Payload::TextPayloadRequest(r) => {
+                        if names_other(r.from.as_ref(), &me, &name) {
+                            dev.spoofed.insert(r.message_id_local.clone());
+                        }
+                        *dev.text_sends.entry(r.message_id_local.clone()).or_default() += 1;
+                        dev.texts.insert(r.message_id_local.clone(), r.content.clone());
+                    }
+                    Payload::PingpongMessage(p) if names_other(p.to.as_ref(), &me, &name) => {
+                        dev.spoofed.insert(p.id.clone());
+                    }
+                    Payload::AcknowledgmentRequest(a) => {
+                        dev.asked.entry(a.message_id.clone()).or_default().push_back(a.status);
+                    }
+                    _ => {}
+                }
             }
             What::Sent(payload) => match payload {
                 Payload::TextPayloadRequest(r) => {
@@ -691,6 +732,9 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
         // The target's session known at the request (dialed before it) is the
         // one ended; a session dialed since may be a newer one.
         if let Some((target, sent)) = ended_by_revocation
+            && !server_down
+            && !disturbed.contains(&target)
+            && !broken.contains(&target)
             && let Some(d) = devices.get_mut(&target).filter(|d| d.online && d.connected_at < sent)
             && let Some(jti) = d.jti.clone()
         {

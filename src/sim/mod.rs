@@ -72,6 +72,15 @@ impl Outcome {
             "bimip sim --seeds 1 --from {} --clients {} --devices {} --chaos-ms {}",
             self.seed, options.users, options.devices, options.chaos_ms
         );
+        let storage = match options.storage {
+            storage::StorageModel::Durable => None,
+            storage::StorageModel::CrashLosesUnsynced => Some("crash-model"),
+            storage::StorageModel::Shared => Some("shared"),
+            storage::StorageModel::ForgetsOnCrash => Some("forgets-on-crash"),
+        };
+        if let Some(storage) = storage {
+            command.push_str(&format!(" --storage {storage}"));
+        }
         for fault in options.config.faults.iter() {
             command.push_str(&format!(" --fault {fault}"));
         }

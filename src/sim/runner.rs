@@ -185,7 +185,13 @@ impl Runner {
                 async move {
                     log.push("server", What::Boot { restart });
                     let verifier = Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET));
-                    let (chat, chat_events) = storage.boot_chat();
+                    let (chat, chat_events) = match storage.boot_chat() {
+                        Ok(booted) => booted,
+                        Err(why) => {
+                            log.push("server", What::Panic(why.clone()));
+                            return Err(why.into());
+                        }
+                    };
                     let (social, social_events) = storage.boot_social();
                     let engine = Engine::new(config, verifier, Some(signer), storage.boot_revocations())
                         .with_social(social, &social_events)
@@ -387,7 +393,7 @@ impl Runner {
                 self.crashes += 1;
                 self.server_up = false;
                 self.sim.crash("server");
-                self.disk.crash();
+                self.disk.crash(&mut self.rng);
                 self.note("server", What::Crash);
                 self.lifts.push((now + down_ms, Lift::Boot));
             }

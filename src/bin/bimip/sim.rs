@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use bimip::core::faults::{Fault, Faults};
+use bimip::sim::storage::StorageModel;
 use bimip::sim::{self, SimOptions};
 
 #[derive(clap::Args)]
@@ -36,6 +37,22 @@ pub struct SimArgs {
     /// Stop at the first failing seed.
     #[arg(long)]
     first_failure: bool,
+    /// What survives a server crash.
+    #[arg(long, value_enum, default_value_t = Storage::Durable)]
+    storage: Storage,
+}
+
+/// `--storage`: see `bimip::sim::storage`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Storage {
+    /// The durable chat store (the queue store) on a simulated filesystem.
+    Durable,
+    /// An in-memory log that loses un-synced chat writes.
+    CrashModel,
+    /// Nothing is ever lost.
+    Shared,
+    /// A broken disk that loses everything on a crash (the checkers must fail).
+    ForgetsOnCrash,
 }
 
 pub fn run(args: SimArgs) -> Result<ExitCode> {
@@ -43,6 +60,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         users: args.clients.max(2),
         devices: args.devices.max(1),
         chaos_ms: args.chaos_ms,
+        storage: match args.storage {
+            Storage::Durable => StorageModel::Durable,
+            Storage::CrashModel => StorageModel::CrashLosesUnsynced,
+            Storage::Shared => StorageModel::Shared,
+            Storage::ForgetsOnCrash => StorageModel::ForgetsOnCrash,
+        },
         ..SimOptions::default()
     };
     options.config.faults = Faults::of(args.faults.iter().copied());
