@@ -5,6 +5,7 @@
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentResponse, AwarenessNotification, Identity};
 use bimip::sim::runner::BASE_MS;
+use bimip::sim::storage::StorageModel;
 use bimip::sim::{Entry, Outcome, SimOptions, What, check, render, run_seed};
 
 /// Short runs: the sweep (`bimip sim`) runs the long ones.
@@ -24,8 +25,14 @@ fn clean(seed: u64) -> Outcome {
 
 #[test]
 fn fixed_seeds_run_clean() {
+    let mut restarts = 0;
     for seed in [1, 2, 3, 4, 5, 6] {
         let outcome = clean(seed);
+        restarts += outcome
+            .history
+            .iter()
+            .filter(|e| matches!(e.what, What::Boot { restart: true }))
+            .count();
         let sessions = outcome
             .history
             .iter()
@@ -41,6 +48,33 @@ fn fixed_seeds_run_clean() {
             sessions >= 8 && chats > 20,
             "seed {seed}: {sessions} sessions, {chats} chat messages"
         );
+    }
+    // The durable store (the default storage) recovered from a crash at least once.
+    assert!(restarts > 0, "no server restart in the fixed seeds");
+}
+
+/// The crash model matters: a disk that loses synced chat writes on a crash
+/// (SPEC: QUE-2, SES-8) is caught within 100 seeds, by a real search.
+#[test]
+fn a_disk_that_forgets_synced_writes_is_caught() {
+    let o = SimOptions {
+        storage: StorageModel::ForgetsOnCrash,
+        ..options()
+    };
+    let hit = (0..100).find(|seed| !run_seed(&o, *seed).passed());
+    assert!(hit.is_some(), "a forgetful disk went unnoticed for 100 seeds");
+}
+
+/// Seeds of the full-length sweep that once failed on checker false
+/// positives: 41 and 54 (acknowledgments of a connection that ended were
+/// still awaited) and 15 (the answer to a resend, CHAT-14, carries the
+/// resend's time, not the acceptance time, and was read as one).
+#[test]
+fn triaged_sweep_seeds_run_clean() {
+    let o = SimOptions::default();
+    for seed in [15, 41, 54] {
+        let outcome = run_seed(&o, seed);
+        assert!(outcome.passed(), "{}", outcome.report(&o));
     }
 }
 
@@ -204,6 +238,7 @@ fn each_checker_catches_a_planted_fault() {
     let extra = vec![
         mk(What::Connect {
             jti: "forged-jti".into(),
+            expired: false,
         }),
         mk(What::Session {
             jti: "forged-jti".into(),
@@ -219,6 +254,7 @@ fn each_checker_catches_a_planted_fault() {
         }),
         mk(What::Connect {
             jti: "forged-jti".into(),
+            expired: false,
         }),
         mk(What::Session {
             jti: "forged-jti".into(),
@@ -326,12 +362,69 @@ fn each_checker_catches_a_planted_fault() {
     }
     assert!(found_block, "the blocked checker never caught a planted leak");
     assert!(found_private, "the visibility checker never caught a planted leak");
+
+    // answered: no device gets the VersionUpdates of its messages.
+    let h: Vec<Entry> = history
+        .iter()
+        .filter(|e| !matches!(received(e), Some(Payload::VersionUpdate(_))))
+        .cloned()
+        .collect();
+    expect("answered", h);
+
+    // expired_session: a dial with an expired token gets a session.
+    let mut h = history.clone();
+    let c = at(&h, |e| matches!(e.what, What::Connect { .. })).expect("a dial");
+    if let What::Connect { expired, .. } = &mut h[c].what {
+        *expired = true;
+    }
+    expect("expired_session", h);
+
+    // spoof_refused: a ping naming another user is answered with a pong.
+    let mut h = history.clone();
+    let (t, dev) = (h[i].at, h[i].who.clone());
+    let ping = |r#type, to| bimip::proto::PingPong {
+        to,
+        r#type,
+        status: r#type,
+        id: "forged-ping".into(),
+        ..Default::default()
+    };
+    let other = Some(Identity {
+        eid: "u9@sim.test".into(),
+        connection_resource_id: "u9d0".into(),
+    });
+    let pong = Entry {
+        at: t,
+        who: dev.clone(),
+        what: What::Received(Payload::PingpongMessage(ping(2, other.clone()))),
+    };
+    h.insert(i + 1, pong);
+    h.insert(
+        i + 1,
+        Entry {
+            at: t,
+            who: dev,
+            what: What::Sent(Payload::PingpongMessage(ping(1, other))),
+        },
+    );
+    expect("spoof_refused", h);
+
+    // canonical: the tap saw a stanza not in canonical form.
+    let mut h = history.clone();
+    h.insert(
+        i + 1,
+        Entry {
+            at: history[i].at,
+            who: history[i].who.clone(),
+            what: What::NotCanonical("0801".into()),
+        },
+    );
+    expect("canonical", h);
+
     caught.extend(["blocked", "visibility"]);
 
     // Every checker was shown to fail at least once.
-    // Not yet shown to fail: `answered` (a planted missing VersionUpdate went
-    // unflagged; to be investigated), so it is named here rather than hidden.
-    for name in bimip::sim::INVARIANTS.iter().filter(|n| **n != "answered") {
+    for name in bimip::sim::INVARIANTS {
         assert!(caught.contains(name), "no mutation check for {name}");
     }
 }
@@ -356,4 +449,47 @@ fn a_failure_names_its_seed_shortest_prefix_and_replay() {
     assert!(report.contains("seed 21"), "{report}");
     assert!(report.contains("bimip sim --seeds 1 --from 21"), "{report}");
     assert!(report.contains("planted"), "{report}");
+}
+
+/// Each of the conformance suite's built-in server faults (`Fault::ALL`) is
+/// found by a real search: seeds from 0 on, with that fault in the engine's
+/// `Config`, until one fails (at most 100), and the checker expected for the
+/// fault is among those that flag it. Shorter runs than the sweep's keep the
+/// test quick; `bimip sim --fault NAME` runs the full-length search.
+#[test]
+fn each_built_in_server_fault_is_found_within_100_seeds() {
+    use bimip::core::faults::{Fault, Faults};
+    let expected = |fault: Fault| match fault {
+        Fault::SkipVersionUpdate | Fault::NeverPong => "answered", // SPEC: CHAT-5, PING-1
+        Fault::ReorderChat => "chat_order",                        // SPEC: CHAT-16
+        Fault::WrongAckCode => "ack_forward",
+        Fault::LeakPresenceToBlocked => "blocked", // or visibility: AWR-9 folds blocks in
+        Fault::IgnoreRevocation => "revoked_session", // SPEC: TOK-4, TOK-7
+        Fault::AcceptExpiredToken => "expired_session",
+        Fault::DropOfflineQueue => "delivery",      // SPEC: QUE-3
+        Fault::TrustClientFrom => "spoof_refused",  // SPEC: ENV-11
+        Fault::NonCanonicalEncoding => "canonical", // SPEC: ENV-12
+    };
+    let mut found = Vec::new();
+    for fault in Fault::ALL {
+        let mut o = SimOptions {
+            chaos_ms: 8_000,
+            ..SimOptions::default()
+        };
+        o.config.faults = Faults::of([fault]);
+        let hit = (0..100).find_map(|seed| {
+            let outcome = run_seed(&o, seed);
+            (!outcome.passed()).then_some((seed, outcome))
+        });
+        let Some((seed, outcome)) = hit else {
+            panic!("{fault} was not found within 100 seeds");
+        };
+        let names: Vec<&str> = outcome.violations.iter().map(|v| v.invariant).collect();
+        let want = expected(fault);
+        let ok = names.contains(&want) || (fault == Fault::LeakPresenceToBlocked && names.contains(&"visibility"));
+        assert!(ok, "{fault}: seed {seed} was flagged by {names:?}, not {want}");
+        found.push(format!("{fault}: seed {seed} ({want})"));
+    }
+    assert_eq!(found.len(), Fault::ALL.len());
+    eprintln!("{}", found.join("\n"));
 }

@@ -29,9 +29,10 @@ pub enum What {
     },
     /// The server host crashed.
     Crash,
-    /// A device dials with the token of `jti`.
+    /// A device dials with the token of `jti` (`expired`: its `exp` has passed).
     Connect {
         jti: String,
+        expired: bool,
     },
     /// The device got its session (Authenticate RESPONSE).
     Session {
@@ -53,6 +54,9 @@ pub enum What {
     Received(Payload),
     /// A host panicked or the simulation failed: the server must never do this.
     Panic(String),
+    /// The bytes of a stanza the server sent (hex) are not the canonical
+    /// encoding of what they decode to (ENV-12), or do not decode at all.
+    NotCanonical(String),
 }
 
 impl fmt::Display for Entry {
@@ -63,7 +67,9 @@ impl fmt::Display for Entry {
             What::Fault(s) => write!(f, "fault {s}"),
             What::Boot { restart } => write!(f, "boot{}", if *restart { " (restart)" } else { "" }),
             What::Crash => write!(f, "crash"),
-            What::Connect { jti } => write!(f, "connect jti={jti}"),
+            What::Connect { jti, expired } => {
+                write!(f, "connect jti={jti}{}", if *expired { " (expired)" } else { "" })
+            }
             What::Session { jti } => write!(f, "session jti={jti}"),
             What::Refused { jti, reason } => write!(f, "refused jti={jti}: {reason}"),
             What::Closed { code, reason } => write!(f, "closed code={code:?} {reason}"),
@@ -71,6 +77,7 @@ impl fmt::Display for Entry {
             What::Sent(p) => write!(f, "> {p:?}"),
             What::Received(p) => write!(f, "< {p:?}"),
             What::Panic(m) => write!(f, "PANIC {m}"),
+            What::NotCanonical(hex) => write!(f, "< not canonical: {hex}"),
         }
     }
 }

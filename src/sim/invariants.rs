@@ -43,6 +43,9 @@ pub const INVARIANTS: &[&str] = &[
     "ack_forward",
     "answered",
     "revoked_session",
+    "expired_session",
+    "spoof_refused",
+    "canonical",
     "blocked",
     "visibility",
     "delivery",
@@ -52,7 +55,7 @@ pub const INVARIANTS: &[&str] = &[
 ];
 
 /// How long a request may wait for its answer on an undisturbed connection.
-const ANSWER_MS: u64 = 8_000;
+const ANSWER_MS: u64 = 3_000;
 /// Tolerance between the server's clock and simulated time at window edges.
 const EDGE_MS: Millis = 20;
 
@@ -181,6 +184,14 @@ impl Social {
     }
 }
 
+/// Whether an identity field a device filled names someone else (ENV-11).
+fn names_other(identity: Option<&crate::proto::Identity>, eid: &str, device: &str) -> bool {
+    identity.is_some_and(|i| {
+        (!i.eid.is_empty() && i.eid != eid)
+            || (!i.connection_resource_id.is_empty() && i.connection_resource_id != device)
+    })
+}
+
 fn subject(identity: Option<&crate::proto::Identity>) -> usize {
     identity.and_then(|i| user_of(&i.eid)).unwrap_or(usize::MAX)
 }
@@ -191,6 +202,9 @@ enum Pending {
     Text(String),
     Ping(String),
     Ack(String),
+    /// The session of this jti was reported ended by a revocation (TOK-4,
+    /// TOK-7): its connection must close.
+    Revoked(String),
 }
 
 #[derive(Default)]
@@ -208,8 +222,38 @@ struct DeviceView {
     pending: BTreeMap<Pending, u64>,
     /// (local id) -> text, of the TextPayloadRequests it sent.
     texts: BTreeMap<String, String>,
+    /// (local id) -> how often it was sent: an answer to a resend carries
+    /// the resend's time (CHAT-14 names only the original ids), not the
+    /// acceptance time.
+    text_sends: BTreeMap<String, usize>,
     sessions: usize,
     session_in_heal: bool,
+    /// The current dial used an expired token.
+    dialed_expired: bool,
+    /// Index of the current dial's Connect entry.
+    connected_at: usize,
+    /// Ping ids and local ids of stanzas that named another identity.
+    spoofed: BTreeSet<String>,
+    /// Target device -> indexes of this device's revocation requests for it, unanswered.
+    revoking: BTreeMap<String, std::collections::VecDeque<usize>>,
+}
+
+/// chat -> message_id -> (acceptance time, version), as devices saw them.
+type Accepted = BTreeMap<String, BTreeMap<String, (Millis, i64)>>;
+
+/// versions_grow: records one message's acceptance and says what it
+/// contradicts, if anything: a later acceptance in one chat has a higher version.
+fn grow(accepted: &mut Accepted, chat: &str, message_id: &str, t: Millis, version: i64) -> Option<String> {
+    let list = accepted.entry(chat.to_string()).or_default();
+    if list.contains_key(message_id) {
+        return None;
+    }
+    let clash = list
+        .values()
+        .find(|(t0, v0)| (*t0 < t && *v0 >= version) || (*t0 > t && *v0 <= version))
+        .map(|(t0, v0)| format!("{chat}: version {version} accepted at {t} against version {v0} at {t0}"));
+    list.insert(message_id.to_string(), (t, version));
+    clash
 }
 
 /// Checks every invariant on `entries`; see the module docs.
@@ -221,12 +265,17 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     let mut connect_after_revoke: BTreeMap<String, String> = BTreeMap::new();
     // (chat, version) -> (sender eid, sender device, local, text)
     let mut versions: BTreeMap<(String, i64), (String, String, String, String)> = BTreeMap::new();
-    // chat -> (timestamp, version) of each first VersionUpdate
-    let mut confirmations: BTreeMap<String, Vec<(Millis, i64)>> = BTreeMap::new();
+    // chat -> message_id -> (acceptance time, version)
+    let mut accepted: Accepted = BTreeMap::new();
     // message_id -> (sender eid, sender device, chat, version)
     let mut confirmed: BTreeMap<String, (String, String, String, i64)> = BTreeMap::new();
     let mut phase = String::new();
     let mut ended = false;
+    // Devices whose link has a fault now, and whether the server is down:
+    // their requests are not expected to be answered in time.
+    let mut disturbed: BTreeSet<String> = BTreeSet::new();
+    let mut broken: BTreeSet<String> = BTreeSet::new();
+    let mut server_down = false;
     let mut check_answers: BTreeMap<(usize, usize), (usize, i32, Millis)> = BTreeMap::new();
     let violation = |out: &mut Vec<Violation>, invariant: &'static str, index: usize, detail: String| {
         out.push(Violation {
@@ -239,16 +288,38 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     for (i, entry) in entries.iter().enumerate() {
         match &entry.what {
             What::Panic(m) => violation(&mut out, "no_panic", i, m.clone()),
+            What::NotCanonical(hex) => violation(
+                &mut out,
+                "canonical",
+                i,
+                format!("{} got a stanza not in canonical encoding: {hex}", entry.who),
+            ),
             What::Phase(p) => {
                 phase = p.split(' ').next().unwrap_or_default().to_string();
                 ended |= phase == "end";
             }
             What::Crash => {
+                server_down = true;
                 for d in devices.values_mut() {
                     d.pending.clear();
                 }
             }
+            What::Boot { .. } => server_down = false,
             What::Fault(f) => {
+                // A link fault disturbs its device until lifted; a
+                // disconnect ends the connection, which the device records.
+                if let Some(device) = f.split('"').nth(1) {
+                    if f.starts_with("lift ") {
+                        disturbed.remove(device);
+                    } else if !f.starts_with("Disconnect") {
+                        disturbed.insert(device.to_string());
+                    }
+                    // Segments dropped for good leave the connection dead,
+                    // though neither end may know it yet: until the device dials again.
+                    if f.starts_with("Partition") {
+                        broken.insert(device.to_string());
+                    }
+                }
                 for (name, d) in devices.iter_mut() {
                     if f.contains(&format!("\"{name}\"")) {
                         d.pending.clear();
@@ -271,16 +342,28 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             .collect();
         for p in overdue {
             dev.pending.remove(&p);
-            violation(
-                &mut out,
-                "answered",
-                i,
-                format!("{name}: no answer to {p:?} within {ANSWER_MS} ms"),
-            );
+            let (invariant, detail) = match &p {
+                Pending::Revoked(jti) => (
+                    "revoked_session",
+                    format!(
+                        "{name}: the session of jti {jti} was reported ended by a revocation but is still open {ANSWER_MS} ms later"
+                    ),
+                ),
+                _ => ("answered", format!("{name}: no answer to {p:?} within {ANSWER_MS} ms")),
+            };
+            violation(&mut out, invariant, i, detail);
         }
+        // A revocation reported to end a device's session: applied below.
+        let mut ended_by_revocation: Option<(String, usize)> = None;
         match &entry.what {
-            What::Connect { jti } => {
+            What::Connect { jti, expired } => {
+                broken.remove(&name);
+                dev.dialed_expired = *expired;
+                dev.connected_at = i;
+                dev.revoking.clear();
                 dev.pending.clear();
+                // Acknowledgments of an ended connection get no answer any more.
+                dev.asked.clear();
                 dev.online = false;
                 dev.jti = Some(jti.clone());
                 if revoked.contains_key(jti) {
@@ -292,6 +375,14 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             What::Session { jti } => {
                 dev.online = true;
                 dev.sessions += 1;
+                if dev.dialed_expired {
+                    violation(
+                        &mut out,
+                        "expired_session",
+                        i,
+                        format!("{name} got a session with expired token jti {jti}"),
+                    );
+                }
                 dev.session_in_heal |= phase == "heal";
                 if connect_after_revoke.get(&name) == Some(jti) {
                     violation(
@@ -305,14 +396,50 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             What::Refused { .. } | What::Closed { .. } | What::Dropped => {
                 dev.online = false;
                 dev.pending.clear();
+                dev.asked.clear();
+                dev.revoking.clear();
+            }
+            // A request on a disturbed link or to a crashed server is not timed.
+            What::Sent(payload) if server_down || disturbed.contains(&name) || broken.contains(&name) => {
+                match payload {
+                    Payload::TextPayloadRequest(r) => {
+                        if names_other(r.from.as_ref(), &me, &name) {
+                            dev.spoofed.insert(r.message_id_local.clone());
+                        }
+                        *dev.text_sends.entry(r.message_id_local.clone()).or_default() += 1;
+                        dev.texts.insert(r.message_id_local.clone(), r.content.clone());
+                    }
+                    Payload::PingpongMessage(p) if names_other(p.to.as_ref(), &me, &name) => {
+                        dev.spoofed.insert(p.id.clone());
+                    }
+                    Payload::AcknowledgmentRequest(a) => {
+                        dev.asked.entry(a.message_id.clone()).or_default().push_back(a.status);
+                    }
+                    _ => {}
+                }
             }
             What::Sent(payload) => match payload {
                 Payload::TextPayloadRequest(r) => {
+                    if names_other(r.from.as_ref(), &me, &name) {
+                        dev.spoofed.insert(r.message_id_local.clone());
+                    }
+                    *dev.text_sends.entry(r.message_id_local.clone()).or_default() += 1;
                     dev.texts.insert(r.message_id_local.clone(), r.content.clone());
                     dev.pending.insert(Pending::Text(r.message_id_local.clone()), entry.at);
                 }
                 Payload::PingpongMessage(p) => {
+                    if names_other(p.to.as_ref(), &me, &name) {
+                        dev.spoofed.insert(p.id.clone());
+                    }
                     dev.pending.insert(Pending::Ping(p.id.clone()), entry.at);
+                }
+                Payload::TokenRevokeRequest(r) if r.token.is_empty() => {
+                    if let Some(to) = r.to.as_ref().filter(|t| !t.connection_resource_id.is_empty()) {
+                        dev.revoking
+                            .entry(to.connection_resource_id.clone())
+                            .or_default()
+                            .push_back(i);
+                    }
                 }
                 Payload::AcknowledgmentRequest(a) => {
                     dev.asked.entry(a.message_id.clone()).or_default().push_back(a.status);
@@ -349,9 +476,40 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                     }
                     Payload::PingpongMessage(p) if p.r#type == 2 => {
                         dev.pending.remove(&Pending::Ping(p.id.clone()));
+                        if dev.spoofed.contains(&p.id) {
+                            violation(
+                                &mut out,
+                                "spoof_refused",
+                                i,
+                                format!(
+                                    "{name} was answered a pong to ping {} whose `to` named another identity",
+                                    p.id
+                                ),
+                            );
+                        }
+                    }
+                    Payload::TokenRevokeResponse(r) if r.status == 1 => {
+                        let target = r.to.as_ref().filter(|t| t.eid == me);
+                        if let Some(target) = target.map(|t| t.connection_resource_id.clone())
+                            && let Some(sent) = dev.revoking.get_mut(&target).and_then(|q| q.pop_front())
+                            && r.sessions_ended >= 1
+                        {
+                            ended_by_revocation = Some((target, sent));
+                        }
                     }
                     Payload::VersionUpdate(v) => {
                         dev.pending.remove(&Pending::Text(v.message_id_local.clone()));
+                        if dev.spoofed.contains(&v.message_id_local) {
+                            violation(
+                                &mut out,
+                                "spoof_refused",
+                                i,
+                                format!(
+                                    "{name}: message {} accepted though its `from` named another identity",
+                                    v.message_id_local
+                                ),
+                            );
+                        }
                         let text = dev.texts.get(&v.message_id_local).cloned().unwrap_or_default();
                         let who = (me.clone(), name.clone(), v.message_id_local.clone(), text);
                         let key = (v.chat_id.clone(), v.version);
@@ -367,27 +525,15 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                             );
                         }
                         versions.entry(key).or_insert(who);
-                        if !confirmed.contains_key(&v.message_id) {
-                            let list = confirmations.entry(v.chat_id.clone()).or_default();
-                            if let Some((t0, v0)) = list.iter().find(|(t0, v0)| {
-                                (*t0 < v.timestamp && *v0 >= v.version) || (*t0 > v.timestamp && *v0 <= v.version)
-                            }) {
-                                violation(
-                                    &mut out,
-                                    "versions_grow",
-                                    i,
-                                    format!(
-                                        "{}: version {} at {} against version {v0} at {t0}",
-                                        v.chat_id, v.version, v.timestamp
-                                    ),
-                                );
-                            }
-                            list.push((v.timestamp, v.version));
-                            confirmed.insert(
-                                v.message_id.clone(),
-                                (me.clone(), name.clone(), v.chat_id.clone(), v.version),
-                            );
+                        // Only the answer to a first send carries the acceptance time (CHAT-5).
+                        if dev.text_sends.get(&v.message_id_local).copied().unwrap_or(0) <= 1
+                            && let Some(detail) = grow(&mut accepted, &v.chat_id, &v.message_id, v.timestamp, v.version)
+                        {
+                            violation(&mut out, "versions_grow", i, detail);
                         }
+                        confirmed
+                            .entry(v.message_id.clone())
+                            .or_insert_with(|| (me.clone(), name.clone(), v.chat_id.clone(), v.version));
                     }
                     Payload::ChatMessage(m) => {
                         let from = m.from.as_ref().map(|f| f.eid.clone()).unwrap_or_default();
@@ -432,6 +578,15 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                                 *top = (*top).max(m.version);
                                 dev.messages.insert(m.message_id.clone(), held);
                             }
+                        }
+                        if let Some(detail) = grow(
+                            &mut accepted,
+                            &m.chat_id,
+                            &m.message_id,
+                            m.server_received_at,
+                            m.version,
+                        ) {
+                            violation(&mut out, "versions_grow", i, detail);
                         }
                         let sender_device = m
                             .from
@@ -574,6 +729,18 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             }
             _ => {}
         }
+        // The target's session known at the request (dialed before it) is the
+        // one ended; a session dialed since may be a newer one.
+        if let Some((target, sent)) = ended_by_revocation
+            && !server_down
+            && !disturbed.contains(&target)
+            && !broken.contains(&target)
+            && let Some(d) = devices.get_mut(&target).filter(|d| d.online && d.connected_at < sent)
+            && let Some(jti) = d.jti.clone()
+        {
+            d.pending.insert(Pending::Revoked(jti.clone()), entry.at);
+            revoked.entry(jti).or_insert(i);
+        }
     }
 
     if !ended {
@@ -586,6 +753,20 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             detail,
         });
     };
+    // Requests still unanswered when the history ends.
+    let last = entries.last().map_or(0, |e| e.at);
+    for (name, d) in &devices {
+        for (p, sent) in &d.pending {
+            if sent.saturating_add(ANSWER_MS) < last {
+                let invariant = if matches!(p, Pending::Revoked(_)) {
+                    "revoked_session"
+                } else {
+                    "answered"
+                };
+                end(&mut out, invariant, format!("{name}: {p:?} still open at the end"));
+            }
+        }
+    }
     let users: BTreeSet<usize> = devices.keys().filter_map(|n| parse_device(n)).map(|(u, _)| u).collect();
     let reachable: BTreeSet<&String> = devices.iter().filter(|(_, d)| d.online).map(|(n, _)| n).collect();
     for (name, d) in &devices {

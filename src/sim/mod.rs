@@ -8,6 +8,7 @@
 //! - [`runner`]: the turmoil set-up and the phases of one run;
 //! - [`history`]: what was observed; [`invariants`]: what must hold of it;
 //! - [`storage`]: what survives a crash (the seam for a durable store);
+//! - [`tap`]: the raw bytes under each device's client (ENV-12);
 //! - this module: one seed checked, the shortest failing prefix, the replay
 //!   command, and sweeps.
 
@@ -16,6 +17,7 @@ pub mod history;
 pub mod invariants;
 pub mod runner;
 pub mod storage;
+pub mod tap;
 pub mod workload;
 
 pub use history::{Entry, What, render};
@@ -66,10 +68,24 @@ impl Outcome {
 
     /// The command that replays this seed and prints its history.
     pub fn replay_command(&self, options: &SimOptions) -> String {
-        format!(
-            "bimip sim --seeds 1 --from {} --clients {} --history",
-            self.seed, options.users
-        )
+        let mut command = format!(
+            "bimip sim --seeds 1 --from {} --clients {} --devices {} --chaos-ms {}",
+            self.seed, options.users, options.devices, options.chaos_ms
+        );
+        let storage = match options.storage {
+            storage::StorageModel::Durable => None,
+            storage::StorageModel::CrashLosesUnsynced => Some("crash-model"),
+            storage::StorageModel::Shared => Some("shared"),
+            storage::StorageModel::ForgetsOnCrash => Some("forgets-on-crash"),
+        };
+        if let Some(storage) = storage {
+            command.push_str(&format!(" --storage {storage}"));
+        }
+        for fault in options.config.faults.iter() {
+            command.push_str(&format!(" --fault {fault}"));
+        }
+        command.push_str(" --history");
+        command
     }
 
     /// A failure report: seed, violations, the shortest prefix, the replay command.

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::faults::{self, Fault, FaultRates};
 use super::history::{Entry, Log, What};
 use super::storage::StorageModel;
-use super::workload::{self, Action, Model, device_name, eid};
+use super::workload::{self, Action, Model, Token, device_name, eid};
 use crate::client::{Client, ClientOptions, Event};
 use crate::core::auth::{Algorithm, Claims, Signer, Verifier};
 use crate::core::{Config, Engine, Millis};
@@ -86,7 +86,7 @@ pub fn sim_config() -> Config {
 // Payload is large; these are short-lived commands, boxing buys nothing here.
 #[allow(clippy::large_enum_variant)]
 enum Cmd {
-    Connect { token: String, jti: String },
+    Connect { token: String, jti: String, expired: bool },
     Send(Payload),
     Drop,
 }
@@ -185,7 +185,13 @@ impl Runner {
                 async move {
                     log.push("server", What::Boot { restart });
                     let verifier = Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET));
-                    let (chat, chat_events) = storage.boot_chat();
+                    let (chat, chat_events) = match storage.boot_chat() {
+                        Ok(booted) => booted,
+                        Err(why) => {
+                            log.push("server", What::Panic(why.clone()));
+                            return Err(why.into());
+                        }
+                    };
                     let (social, social_events) = storage.boot_social();
                     let engine = Engine::new(config, verifier, Some(signer), storage.boot_revocations())
                         .with_social(social, &social_events)
@@ -293,30 +299,37 @@ impl Runner {
         }
     }
 
-    fn connect(&mut self, u: usize, d: usize, reuse: bool) {
+    fn connect(&mut self, u: usize, d: usize, token: Token) {
         let name = device_name(u, d);
         let now = now_ms();
         let dev = &mut self.model.dev[u][d];
         if dev.dialing || dev.online {
             return;
         }
-        if !reuse || dev.jti.is_empty() {
+        if token != Token::Reuse || dev.jti.is_empty() {
             dev.minted += 1;
             dev.jti = format!("{name}-t{}", dev.minted);
             dev.token_spent = false;
         }
         dev.dialing = true;
+        let expired = token == Token::Expired;
+        // An expired token was issued two hours ago for one hour.
+        let (iat, exp) = if expired {
+            (now / 1000 - 7_200, now / 1000 - 3_600)
+        } else {
+            (now / 1000, now / 1000 + 24 * 3600)
+        };
         let claims = Claims {
             eid: eid(u),
             device_id: name.clone(),
             jti: dev.jti.clone(),
-            iat: now / 1000,
-            exp: now / 1000 + 24 * 3600,
+            iat,
+            exp,
             ..Claims::default()
         };
         let jti = dev.jti.clone();
         match self.signer.mint(&claims) {
-            Ok(token) => self.send(&name, Cmd::Connect { token, jti }),
+            Ok(token) => self.send(&name, Cmd::Connect { token, jti, expired }),
             Err(error) => self.note("sim", What::Panic(format!("minting a token: {error}"))),
         }
     }
@@ -380,7 +393,7 @@ impl Runner {
                 self.crashes += 1;
                 self.server_up = false;
                 self.sim.crash("server");
-                self.disk.crash();
+                self.disk.crash(&mut self.rng);
                 self.note("server", What::Crash);
                 self.lifts.push((now + down_ms, Lift::Boot));
             }
@@ -395,7 +408,7 @@ impl Runner {
         );
         for u in 0..o.users {
             for d in 0..o.devices {
-                self.connect(u, d, false);
+                self.connect(u, d, Token::Fresh);
             }
         }
         if !self.run_until(1_000) {
@@ -416,7 +429,7 @@ impl Runner {
                 if let Some(action) = self.model.next_action(&mut self.rng, now_ms_at(now)) {
                     match action {
                         Action::Send(u, d, payload) => self.send(&device_name(u, d), Cmd::Send(payload)),
-                        Action::Connect(u, d, reuse) => self.connect(u, d, reuse),
+                        Action::Connect(u, d, token) => self.connect(u, d, token),
                     }
                 }
                 next_action = now + self.rng.random_range(1..=o.action_gap_ms * 2);
@@ -459,7 +472,7 @@ impl Runner {
         for _ in 0..4 {
             for u in 0..o.users {
                 for d in 0..o.devices {
-                    self.connect(u, d, false);
+                    self.connect(u, d, Token::Fresh);
                 }
             }
             until = self.elapsed() + 2_000;
@@ -548,10 +561,16 @@ async fn device_task(name: String, eid: String, mut rx: mpsc::UnboundedReceiver<
         };
         match step {
             Step::Cmd(None) => return Ok(()),
-            Step::Cmd(Some(Cmd::Connect { token, jti })) => {
+            Step::Cmd(Some(Cmd::Connect { token, jti, expired })) => {
                 drop(client.take());
-                log.push(&name, What::Connect { jti: jti.clone() });
-                match dial(&token).await {
+                log.push(
+                    &name,
+                    What::Connect {
+                        jti: jti.clone(),
+                        expired,
+                    },
+                );
+                match dial(&token, &log, &name).await {
                     Ok(c) if c.session().is_some() => {
                         log.push(&name, What::Session { jti });
                         client = Some(c);
@@ -613,7 +632,7 @@ async fn device_task(name: String, eid: String, mut rx: mpsc::UnboundedReceiver<
     }
 }
 
-async fn dial(token: &str) -> Result<Client, String> {
+async fn dial(token: &str, log: &Log, name: &str) -> Result<Client, String> {
     let options = ClientOptions {
         timeout: Duration::from_secs(3),
         clock: Arc::new(SimClock::new(now_ms())),
@@ -623,7 +642,7 @@ async fn dial(token: &str) -> Result<Client, String> {
         let stream = turmoil::net::TcpStream::connect(("server", PORT))
             .await
             .map_err(|e| format!("dial: {e}"))?;
-        Client::over_stream(stream, URL, token, options)
+        Client::over_stream(super::tap::Tap::new(stream, log.clone(), name), URL, token, options)
             .await
             .map_err(|e| e.to_string())
     };

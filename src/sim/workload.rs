@@ -81,8 +81,19 @@ pub struct Model {
 pub enum Action {
     /// Device (u, d) sends a stanza.
     Send(usize, usize, Payload),
-    /// Device (u, d) dials, minting a fresh token first unless `reuse`.
-    Connect(usize, usize, bool),
+    /// Device (u, d) dials with the token described.
+    Connect(usize, usize, Token),
+}
+
+/// The token a device dials with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// A fresh jti.
+    Fresh,
+    /// The jti it used last (spent or revoked, maybe), minted again.
+    Reuse,
+    /// A fresh jti whose `exp` has passed: the server must refuse it.
+    Expired,
 }
 
 impl Model {
@@ -116,7 +127,8 @@ impl Model {
         let u = rng.random_range(0..self.users);
         let roll = rng.random_range(0..100);
         if roll >= 92 {
-            // Reconnect an offline device (sometimes with its spent token).
+            // Reconnect an offline device (sometimes with its spent token,
+            // sometimes with an expired one).
             let offline: Vec<usize> = (0..self.devices)
                 .filter(|&d| !self.dev[u][d].online && !self.dev[u][d].dialing)
                 .collect();
@@ -124,7 +136,12 @@ impl Model {
                 return None;
             }
             let d = offline[rng.random_range(0..offline.len())];
-            return Some(Action::Connect(u, d, rng.random_bool(0.3)));
+            let token = match rng.random_range(0..10) {
+                0..=2 => Token::Reuse,
+                3 => Token::Expired,
+                _ => Token::Fresh,
+            };
+            return Some(Action::Connect(u, d, token));
         }
         let d = self.online_device(rng, u)?;
         let v = self.other(rng, u);
@@ -218,6 +235,7 @@ impl Model {
             }),
             78..=81 => Payload::PingpongMessage(PingPong {
                 r#type: 1,
+                status: 1,
                 request_time: now_ms,
                 id: format!("p{}", rng.random_range(0..1_000_000)),
                 ..PingPong::default()
@@ -238,6 +256,32 @@ impl Model {
                     timestamp: now_ms,
                     ..TokenRevokeRequest::default()
                 })
+            }
+            // A stanza naming another user as its sender (ENV-11): refused.
+            88..=89 => {
+                let model = &mut self.dev[u][d];
+                model.sent += 1;
+                let id = format!("{}-spoof{}", device_name(u, d), model.sent);
+                let other = Some(Identity {
+                    eid: eid(v),
+                    connection_resource_id: device_name(v, 0),
+                });
+                if rng.random_bool(0.5) {
+                    Payload::PingpongMessage(PingPong {
+                        to: other,
+                        r#type: 1,
+                        status: 1,
+                        request_time: now_ms,
+                        id,
+                        ..PingPong::default()
+                    })
+                } else {
+                    let mut request = text_request(v, id.clone(), format!("spoofed {id}"), now_ms);
+                    if let Payload::TextPayloadRequest(r) = &mut request {
+                        r.from = other;
+                    }
+                    request
+                }
             }
             _ => return None,
         };

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use bimip::core::faults::{Fault, Faults};
+use bimip::sim::storage::StorageModel;
 use bimip::sim::{self, SimOptions};
 
 #[derive(clap::Args)]
@@ -29,20 +31,51 @@ pub struct SimArgs {
     /// Print each seed's whole history (for a replay).
     #[arg(long)]
     history: bool,
+    /// Run a deliberately faulty server (repeatable): the sweep should fail.
+    #[arg(long = "fault", value_name = "NAME")]
+    faults: Vec<Fault>,
+    /// Stop at the first failing seed.
+    #[arg(long)]
+    first_failure: bool,
+    /// What survives a server crash.
+    #[arg(long, value_enum, default_value_t = Storage::Durable)]
+    storage: Storage,
+}
+
+/// `--storage`: see `bimip::sim::storage`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Storage {
+    /// The durable chat store (the queue store) on a simulated filesystem.
+    Durable,
+    /// An in-memory log that loses un-synced chat writes.
+    CrashModel,
+    /// Nothing is ever lost.
+    Shared,
+    /// A broken disk that loses everything on a crash (the checkers must fail).
+    ForgetsOnCrash,
 }
 
 pub fn run(args: SimArgs) -> Result<ExitCode> {
-    let options = SimOptions {
+    let mut options = SimOptions {
         users: args.clients.max(2),
         devices: args.devices.max(1),
         chaos_ms: args.chaos_ms,
+        storage: match args.storage {
+            Storage::Durable => StorageModel::Durable,
+            Storage::CrashModel => StorageModel::CrashLosesUnsynced,
+            Storage::Shared => StorageModel::Shared,
+            Storage::ForgetsOnCrash => StorageModel::ForgetsOnCrash,
+        },
         ..SimOptions::default()
     };
+    options.config.faults = Faults::of(args.faults.iter().copied());
     let started = Instant::now();
     let mut failed = Vec::new();
+    let mut ran = 0u64;
     let mut stderr = std::io::stderr();
-    for (done, seed) in (args.from..args.from.saturating_add(args.seeds)).enumerate() {
+    for seed in args.from..args.from.saturating_add(args.seeds) {
         let outcome = sim::run_seed(&options, seed);
+        ran += 1;
         if args.history {
             print!("{}", sim::render(&outcome.history));
         }
@@ -50,34 +83,37 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             let _ = writeln!(stderr, "\n{}", outcome.report(&options));
             failed.push(seed);
         }
-        let done = done as u64 + 1;
-        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let rate = ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let _ = write!(
             stderr,
-            "\r[{done}/{}] seed {seed}, {} failed, {rate:.2} seeds/s   ",
+            "\r[{ran}/{}] seed {seed}, {} failed, {rate:.2} seeds/s   ",
             args.seeds,
             failed.len()
         );
         let _ = stderr.flush();
+        if args.first_failure && !failed.is_empty() {
+            break;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(
-        "{} seeds ({}..{}) in {secs:.1} s ({:.2} seeds/s): {} passed, {} failed",
-        args.seeds,
+        "{ran} seeds ({}..{}) in {secs:.1} s ({:.2} seeds/s): {} passed, {} failed",
         args.from,
-        args.from.saturating_add(args.seeds),
-        args.seeds as f64 / secs.max(1e-9),
-        args.seeds as usize - failed.len(),
+        args.from.saturating_add(ran),
+        ran as f64 / secs.max(1e-9),
+        ran as usize - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     println!("failing seeds: {failed:?}");
-    println!(
-        "replay one: bimip sim --seeds 1 --from {} --clients {} --history",
-        failed[0], options.users
-    );
+    let first = sim::Outcome {
+        seed: failed[0],
+        history: Vec::new(),
+        violations: Vec::new(),
+    };
+    println!("replay one: {}", first.replay_command(&options));
     Ok(ExitCode::from(1))
 }
