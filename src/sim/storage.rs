@@ -329,9 +329,16 @@ mod tests {
 
     #[test]
     fn the_durable_model_keeps_synced_events_across_crashes() {
-        let event = |n: i64| ChatEvent::StateRaised {
-            message_id: format!("m{n}"),
-            state: 2,
+        // Acceptances: the durable store's open keeps only the state of known
+        // messages, so a state change of a message it never saw is dropped.
+        let event = |n: i64| ChatEvent::Accepted {
+            message_id: format!("c/{n}"),
+            chat_id: "c".into(),
+            version: n,
+            sender: "a@sim.test".into(),
+            sender_device: "d0".into(),
+            message_id_local: format!("l{n}"),
+            receiver: "b@sim.test".into(),
             at: n,
         };
         for seed in 0..20 {
