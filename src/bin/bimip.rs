@@ -420,7 +420,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         tracing::warn!(faults = ?args.fault, "TEST ONLY: this server breaks SPEC on purpose");
         settings.limits.faults = bimip::core::faults::Faults::of(args.fault);
     }
-    let runtime = tokio::runtime::Runtime::new()?;
+    // At least two workers even on one CPU (e.g. under `taskset -c 0`): the worker holding the engine blocks in the
+    // chat store's fsync, and only another worker can read the stanzas that are to share the next one (group commit,
+    // QUE-2). With one worker every stanza paid its own fsync (BENCHMARKS.md, Load).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let running = settings.start().await?;
         let (ws, tcp) = if settings.tls.is_some() {

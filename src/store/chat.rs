@@ -241,6 +241,25 @@ impl Mirror {
     }
 }
 
+/// [`StoreRecord::Message`] serialized from a borrowed message (same JSON).
+#[derive(Serialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum MessageRecord<'a> {
+    Message(&'a Remembered),
+}
+
+fn encode_record(record: &StoreRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("store records serialize")
+}
+
+/// Whether a checkpoint at `now` keeps `m` (module doc).
+fn keeps<F: Fs>(latest: &BTreeMap<String, (i64, String)>, queue: &QueueStore<F>, now: Millis, m: &Remembered) -> bool {
+    latest.get(&m.chat_id).is_some_and(|(_, id)| *id == m.message_id)
+        || m.at.saturating_add(RESEND_WINDOW_MS) > now
+        || m.state < READ
+        || m.items.iter().any(|(eid, last)| *last >= queue.oldest_retained(eid))
+}
+
 /// [`ChatStore`] over a [`QueueStore`] (module doc).
 #[derive(Debug)]
 pub struct DurableChatStore<F: Fs> {
@@ -432,41 +451,23 @@ impl<F: Fs> DurableChatStore<F> {
         self.queue.close()
     }
 
-    /// Whether a checkpoint at the store's time keeps `m`.
-    fn keeps(&self, m: &Remembered) -> bool {
-        let latest = self
-            .mirror
-            .latest
-            .get(&m.chat_id)
-            .is_some_and(|(_, id)| *id == m.message_id);
-        latest
-            || m.at.saturating_add(RESEND_WINDOW_MS) > self.now
-            || m.state < READ
-            || m.items
-                .iter()
-                .any(|(eid, last)| *last >= self.queue.oldest_retained(eid))
-    }
-
     /// Appends a checkpoint (header and entries) of the remembered messages, forgetting the others (module doc).
     fn write_checkpoint(&mut self) -> Result<u64, QueueError> {
-        let keep: Vec<String> = self
-            .mirror
-            .messages
-            .values()
-            .filter(|m| self.keeps(m))
-            .map(|m| m.message_id.clone())
-            .collect();
-        self.mirror.messages.retain(|id, _| keep.binary_search(id).is_ok());
-        let header = StoreRecord::Checkpoint {
-            entries: keep.len() as u64,
-        };
-        let encode = |r: &StoreRecord| serde_json::to_vec(r).expect("checkpoint records serialize");
-        let at = self.queue.append(EVENTS_EID, &encode(&header), None)?.increment;
-        for m in self.mirror.messages.values() {
-            self.queue
-                .append(EVENTS_EID, &encode(&StoreRecord::Message(m.clone())), None)?;
+        let Self { mirror, queue, now, .. } = self;
+        let Mirror { messages, latest } = mirror;
+        messages.retain(|_, m| keeps(latest, queue, *now, m));
+        let entries = messages.len() as u64;
+        let at = queue
+            .append(EVENTS_EID, &encode_record(&StoreRecord::Checkpoint { entries }), None)?
+            .increment;
+        let mut buf = Vec::new();
+        for m in messages.values() {
+            // Borrowed, not cloned: a checkpoint entry is written for every remembered message.
+            buf.clear();
+            serde_json::to_writer(&mut buf, &MessageRecord::Message(m)).expect("checkpoint records serialize");
+            queue.append(EVENTS_EID, &buf, None)?;
         }
-        self.checkpoint_size = keep.len() as u64;
+        self.checkpoint_size = entries;
         self.events_since_checkpoint = 0;
         Ok(at)
     }
@@ -528,8 +529,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
                 let items = StoreRecord::Items {
                     items: std::mem::take(&mut self.batch_items),
                 };
-                let payload = serde_json::to_vec(&items).expect("item records serialize");
-                self.queue.append(EVENTS_EID, &payload, None)?;
+                self.queue.append(EVENTS_EID, &encode_record(&items), None)?;
             }
             let checkpoint = if self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
             {
@@ -615,5 +615,32 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             committed: status.committed(),
             returning: matches!(status, DeviceStatus::Returning { .. }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SPEC: §17 (checkpoints): an entry written from a borrowed message must read back as the owned record.
+    #[test]
+    fn borrowed_checkpoint_entry_reads_back_as_a_message_record() {
+        let m = Remembered {
+            message_id: "m\"1".into(),
+            chat_id: "c1".into(),
+            version: 7,
+            sender: "a@x".into(),
+            sender_device: "d1".into(),
+            message_id_local: "l1".into(),
+            receiver: "b@x".into(),
+            at: 5,
+            state: 2,
+            state_at: 6,
+            items: BTreeMap::from([("a@x".to_string(), 3), ("b@x".to_string(), 4)]),
+        };
+        let borrowed = serde_json::to_vec(&MessageRecord::Message(&m)).unwrap();
+        assert_eq!(borrowed, encode_record(&StoreRecord::Message(m.clone())));
+        let read: LogRecord = serde_json::from_slice(&borrowed).unwrap();
+        assert_eq!(read, LogRecord::Store(StoreRecord::Message(m)));
     }
 }
