@@ -354,15 +354,16 @@ impl Engine {
     pub(super) fn confirm_items(&mut self, conn: ConnId, message_id: &str, status: i32, receiver_side: bool) {
         let Some(me) = self.identity(conn).cloned() else { return };
         let confirmed = self.with_session(conn, |s| {
+            // Keys sort by message id first and `Copy` is the least kind, so
+            // this message's items are one contiguous range (a scan of every
+            // item sent in the session cost a fifth of the server's CPU).
             s.delivered
                 .items
-                .iter()
-                .filter(|((m, kind), _)| {
-                    m == message_id
-                        && match kind {
-                            ItemKind::Copy => (receiver_side && status >= 2) || (!receiver_side && status == 4),
-                            ItemKind::Update(s) => (receiver_side && *s <= status) || *s == status,
-                        }
+                .range((message_id.to_string(), ItemKind::Copy)..)
+                .take_while(|((m, _), _)| m == message_id)
+                .filter(|((_, kind), _)| match kind {
+                    ItemKind::Copy => (receiver_side && status >= 2) || (!receiver_side && status == 4),
+                    ItemKind::Update(s) => (receiver_side && *s <= status) || *s == status,
                 })
                 .map(|(_, i)| *i)
                 .max()
