@@ -394,18 +394,30 @@ pub trait Driver {
         self.send_raw(name, codec::encode(payload))
     }
 
+    /// Hands `command` to connection `name`'s client task and notes it in the
+    /// transcript: the one way the drivers send anything.
+    fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError>;
+
     /// Sends any bytes as one WebSocket binary message or one TCP frame.
-    fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError>;
+    fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
+        self.command(name, Command::Stanza(bytes))
+    }
 
     /// Sends stanzas as one burst: all handed to the connection at once, so
     /// they leave together (in simulation, within a tick or two).
-    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError>;
+    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError> {
+        self.command(name, Command::Burst(stanzas))
+    }
 
     /// Writes bytes to a TCP connection as they are (no length prefix).
-    fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError>;
+    fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
+        self.command(name, Command::Wire(bytes))
+    }
 
     /// Sends a WebSocket text message.
-    fn send_text(&mut self, name: &str, text: &str) -> Result<(), DriverError>;
+    fn send_text(&mut self, name: &str, text: &str) -> Result<(), DriverError> {
+        self.command(name, Command::Text(text.to_string()))
+    }
 
     /// The next event of `name`, waiting at most `within` (simulated time in
     /// the simulation, real time on the network).

@@ -191,7 +191,7 @@ impl SimDriver {
         self.sim.elapsed()
     }
 
-    fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
+    fn deliver(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
         let at = self.elapsed_ms();
         let conn = self
             .conns
@@ -312,20 +312,8 @@ impl Driver for SimDriver {
         }
     }
 
-    fn send_raw(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
-        self.command(name, Command::Stanza(bytes))
-    }
-
-    fn send_burst(&mut self, name: &str, stanzas: Vec<Vec<u8>>) -> Result<(), DriverError> {
-        self.command(name, Command::Burst(stanzas))
-    }
-
-    fn send_wire(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DriverError> {
-        self.command(name, Command::Wire(bytes))
-    }
-
-    fn send_text(&mut self, name: &str, text: &str) -> Result<(), DriverError> {
-        self.command(name, Command::Text(text.to_string()))
+    fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
+        self.deliver(name, command)
     }
 
     fn next(&mut self, name: &str, within: Duration) -> Option<Event> {
