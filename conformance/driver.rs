@@ -269,6 +269,28 @@ impl Transcript {
         self.push(at_ms, conn, "--", text.into());
     }
 
+    /// Notes how opening `conn` ended, and turns a failure into the drivers' error.
+    pub fn connected(
+        &mut self,
+        at_ms: u64,
+        conn: &str,
+        outcome: Result<ConnectOutcome, String>,
+    ) -> Result<ConnectOutcome, DriverError> {
+        match outcome {
+            Ok(outcome) => {
+                self.note(at_ms, conn, describe_outcome(&outcome));
+                Ok(outcome)
+            }
+            Err(error) => {
+                self.note(at_ms, conn, format!("connect failed: {error}"));
+                Err(DriverError::Connect {
+                    name: conn.to_string(),
+                    error,
+                })
+            }
+        }
+    }
+
     pub fn sent(&mut self, at_ms: u64, conn: &str, bytes: &[u8]) {
         self.push(at_ms, conn, "->", describe_bytes(bytes));
     }

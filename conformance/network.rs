@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome,
-    run_connection,
+    Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
 };
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
@@ -220,21 +219,10 @@ impl Driver for NetworkDriver {
             Err(_) => Err("no outcome in time".to_string()),
         };
         let at = self.elapsed_ms();
-        match outcome {
-            Ok(outcome) => {
-                self.transcript.note(at, name, describe_outcome(&outcome));
-                handle.drain(name, &mut self.transcript);
-                self.conns.insert(name.to_string(), handle);
-                Ok(outcome)
-            }
-            Err(error) => {
-                self.transcript.note(at, name, format!("connect failed: {error}"));
-                Err(DriverError::Connect {
-                    name: name.to_string(),
-                    error,
-                })
-            }
-        }
+        let outcome = self.transcript.connected(at, name, outcome)?;
+        handle.drain(name, &mut self.transcript);
+        self.conns.insert(name.to_string(), handle);
+        Ok(outcome)
     }
 
     fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {

@@ -18,7 +18,7 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_outcome, run_connection,
+    ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
 };
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
@@ -296,20 +296,9 @@ impl Driver for SimDriver {
             }
         };
         let at = self.elapsed_ms();
-        match outcome {
-            Ok(outcome) => {
-                self.transcript.note(at, name, describe_outcome(&outcome));
-                self.conns.insert(name.to_string(), handle);
-                Ok(outcome)
-            }
-            Err(error) => {
-                self.transcript.note(at, name, format!("connect failed: {error}"));
-                Err(DriverError::Connect {
-                    name: name.to_string(),
-                    error,
-                })
-            }
-        }
+        let outcome = self.transcript.connected(at, name, outcome)?;
+        self.conns.insert(name.to_string(), handle);
+        Ok(outcome)
     }
 
     fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
