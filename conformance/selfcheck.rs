@@ -67,3 +67,21 @@ pub fn run_fault(fault: Fault, all_areas: bool, expected_failures: &[String]) ->
     let report = run(&run_options, Arc::new(SimFactory { options }), "simulation")?;
     Ok(FaultRun { fault, report })
 }
+
+/// The feature files a server's optional behaviour (a SPEC MAY) can touch.
+pub const MAY_AREAS: &[&str] = &["token.feature", "logout.feature"];
+
+/// Runs [`MAY_AREAS`] in simulation against the reference server with every MAY it offers turned on (OUT-4's
+/// Logout DISCONNECT before `token_revoked`). A server that uses a MAY conforms, so every case must still pass:
+/// a failure here is a check stricter than SPEC, the mirror image of a fault nobody catches.
+pub fn run_with_mays(expected_failures: &[String]) -> Result<Report, RunError> {
+    let mut options = SimOptions::default();
+    options.config.revoke_notice = true;
+    let run_options = RunOptions {
+        files: MAY_AREAS.iter().map(|f| (*f).to_string()).collect(),
+        expected_failures: expected_failures.to_vec(),
+        target: "reference server in simulation using every MAY (OUT-4)".into(),
+        ..RunOptions::default()
+    };
+    run(&run_options, Arc::new(SimFactory { options }), "simulation")
+}

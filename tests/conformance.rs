@@ -10,6 +10,8 @@
 //! Then the self-check (`conformance/selfcheck.rs`): for each built-in fault
 //! of the reference server, the cases of its areas run against a server with
 //! that fault, and at least one must fail; the catching cases are printed.
+//! The mirror check: against a server using every MAY of SPEC it offers
+//! (`selfcheck::run_with_mays`), every case of those areas must pass.
 //!
 //! `cargo test --test conformance` runs everything; arguments after `--`
 //! narrow it: `--tags EXPR`, `--req ID`, `--name TEXT`, `--verbose`,
@@ -158,6 +160,21 @@ fn main() -> ExitCode {
     }
     if faults && !fault_self_check(&Fault::ALL, all_areas, &options.expected_failures, verbose) {
         ok = false;
+    }
+    match selfcheck::run_with_mays(&options.expected_failures) {
+        Ok(report) if report.ok() => println!(
+            "optional behaviour: {} cases pass against a server using every MAY",
+            report.cases.len()
+        ),
+        Ok(report) => {
+            print!("{}", report.render_tree(false, verbose));
+            println!("optional behaviour FAILED: a check rejects a server that uses a MAY");
+            ok = false;
+        }
+        Err(error) => {
+            println!("optional behaviour FAILED: {error}");
+            ok = false;
+        }
     }
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

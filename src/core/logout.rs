@@ -8,6 +8,7 @@ use crate::proto::Logout;
 use crate::proto::message_scheme::Payload;
 
 const RESPONSE: i32 = 2;
+const DISCONNECT: i32 = 1;
 const SUCCESS: i32 = 3;
 
 impl Engine {
@@ -28,5 +29,20 @@ impl Engine {
         self.send(conn, Payload::Logout(answer));
         self.close(conn, CloseReason::Normal, now);
         Ok(())
+    }
+
+    /// OUT-4: tells a session that another device revoked it, before the
+    /// 401 `token_revoked` that ends it (sent only with `Config::revoke_notice`).
+    pub(super) fn send_revoke_notice(&mut self, victim: ConnId, now: Millis) {
+        let Some(identity) = self.with_session(victim, |s| s.identity.clone()) else {
+            return;
+        };
+        let notice = Logout {
+            entity: Some(identity.to_proto()),
+            r#type: RESPONSE,
+            status: DISCONNECT,
+            timestamp: now,
+        };
+        self.send(victim, Payload::Logout(notice));
     }
 }

@@ -115,6 +115,11 @@ pub struct Config {
     pub queue_max_items: usize,
     /// Retained queue bytes per receiver before new chats get 503 (QUE-10).
     pub queue_max_bytes: usize,
+    /// OUT-4 (MAY): send `Logout{type: 2, status: 1}` (DISCONNECT) to a
+    /// session another device revoked, ahead of 401 `token_revoked`. Off by
+    /// default; the conformance suite is run with it on too, so that checks
+    /// stay tolerant of a server that uses the MAY.
+    pub revoke_notice: bool,
     /// Deliberate faults for the conformance self-check (`faults.rs`):
     /// empty unless a test or a test-only flag sets them; never read from a
     /// settings file.
@@ -135,6 +140,7 @@ impl Default for Config {
             max_sessions_per_eid: 10,
             queue_max_items: 100_000,
             queue_max_bytes: 64 * 1024 * 1024,
+            revoke_notice: false,
             faults: faults::Faults::none(),
         }
     }

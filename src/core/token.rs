@@ -87,6 +87,9 @@ impl Engine {
         };
         self.send(conn, Payload::TokenRevokeResponse(answer));
         for victim in ended.into_iter().filter(|_| !ignore) {
+            if self.config.revoke_notice && victim != conn {
+                self.send_revoke_notice(victim, now);
+            }
             self.reject(
                 victim,
                 None,

@@ -604,6 +604,46 @@ fn revoke_a_device() {
     );
 }
 
+/// OUT-4: with `revoke_notice`, a revoked session hears Logout DISCONNECT before 401 token_revoked; the caller
+/// revoking its own session (revoke all) does not, and without the option nobody does.
+#[test]
+fn revoke_notice_comes_before_token_revoked() {
+    for notice in [false, true] {
+        let mut h = Harness::new(Config {
+            revoke_notice: notice,
+            ..Config::default()
+        });
+        let phone = h.ws("a@x.io", "phone");
+        let laptop = h.ws("a@x.io", "laptop");
+        h.drain(phone);
+        h.drain(laptop);
+        h.send(phone, revoke("", ""));
+        let (phone_seen, laptop_seen) = (h.drain(phone), h.drain(laptop));
+        let logouts = |seen: &Seen| {
+            seen.stanzas
+                .iter()
+                .filter_map(|p| match p {
+                    Payload::Logout(l) => Some((l.r#type, l.status, l.entity.clone())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(logouts(&phone_seen), vec![], "the caller ended its own session");
+        assert_eq!(phone_seen.errors(), vec![(401, "token_revoked".to_string())]);
+        if notice {
+            assert_eq!(logouts(&laptop_seen), vec![(2, 1, me("a@x.io", "laptop"))]);
+            assert!(matches!(
+                laptop_seen.stanzas[..],
+                [Payload::Logout(_), Payload::ErrorMessage(_)]
+            ));
+        } else {
+            assert_eq!(logouts(&laptop_seen), vec![]);
+        }
+        assert_eq!(laptop_seen.errors(), vec![(401, "token_revoked".to_string())]);
+        assert_eq!(laptop_seen.close, Some(CloseReason::Error(ErrorKind::TokenRevoked)));
+    }
+}
+
 /// TOK-3, TOK-5: revoke by token value, and revoke every session of the eid (the caller's included).
 #[test]
 fn revoke_by_token_and_all() {
