@@ -3,7 +3,7 @@
 //! checks: a history with one planted fault is caught by that checker).
 
 use bimip::proto::message_scheme::Payload;
-use bimip::proto::{AcknowledgmentResponse, AwarenessNotification, Identity};
+use bimip::proto::{AcknowledgmentResponse, AwarenessNotification, ErrorMessage, Identity, LocationStream, PingPong};
 use bimip::sim::runner::BASE_MS;
 use bimip::sim::storage::StorageModel;
 use bimip::sim::{Entry, Outcome, SimOptions, What, check, render, run_seed};
@@ -26,6 +26,7 @@ fn clean(seed: u64) -> Outcome {
 #[test]
 fn fixed_seeds_run_clean() {
     let mut restarts = 0;
+    let (mut streams, mut refusals) = (0, 0);
     for seed in [1, 2, 3, 4, 5, 6] {
         let outcome = clean(seed);
         restarts += outcome
@@ -43,12 +44,24 @@ fn fixed_seeds_run_clean() {
             .iter()
             .filter(|e| matches!(e.what, What::Received(Payload::ChatMessage(_))))
             .count();
+        for e in &outcome.history {
+            match &e.what {
+                What::Received(Payload::LocationStream(_)) => streams += 1,
+                What::Received(Payload::ErrorMessage(m)) if m.route == "24" => refusals += 1,
+                _ => {}
+            }
+        }
         // The run did something worth checking.
         assert!(
             sessions >= 8 && chats > 20,
             "seed {seed}: {sessions} sessions, {chats} chat messages"
         );
     }
+    // Location streams were delivered and refused (LOC-2, LOC-5, LOC-6).
+    assert!(
+        streams > 0 && refusals > 0,
+        "{streams} LocationStreams delivered, {refusals} refused"
+    );
     // The durable store (the default storage) recovered from a crash at least once.
     assert!(restarts > 0, "no server restart in the fixed seeds");
 }
@@ -162,12 +175,18 @@ fn each_checker_catches_a_planted_fault() {
     expect("exactly_once", h);
 
     // chat_order: a device sees version 2 of a chat before version 1.
-    let j = at(&history, |e| chat(e).is_some_and(|m| m.version == 2)).expect("a version 2");
-    let m2 = chat(&history[j]).cloned().unwrap_or_default();
-    let k = at(&history, |e| {
-        e.who == history[j].who && chat(e).is_some_and(|m| m.chat_id == m2.chat_id && m.version == 1)
-    })
-    .expect("its version 1 at the same device");
+    let (j, k) = history
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| chat(e).is_some_and(|m| m.version == 2))
+        .find_map(|(j, e2)| {
+            let m2 = chat(e2)?;
+            let k = at(&history, |e| {
+                e.who == e2.who && chat(e).is_some_and(|m| m.chat_id == m2.chat_id && m.version == 1)
+            })?;
+            Some((j, k))
+        })
+        .expect("a version 2 and its version 1 at the same device");
     let mut h = history.clone();
     let moved = h.remove(j);
     h.insert(k, moved);
@@ -264,14 +283,19 @@ fn each_checker_catches_a_planted_fault() {
     expect("revoked_session", h);
 
     // presence: a final answer that disagrees with the rules.
-    let p = history
-        .iter()
-        .rposition(|e| matches!(received(e), Some(Payload::AwarenessResponse(_))))
-        .expect("a final awareness answer");
-    let mut h = history.clone();
-    if let What::Received(Payload::AwarenessResponse(r)) = &mut h[p].what {
-        r.status = if r.status == 0 { 1 } else { 0 };
-    }
+    // (the last answer whose viewer's and owner's settings are known then).
+    let h = (0..history.len())
+        .rev()
+        .filter(|p| matches!(received(&history[*p]), Some(Payload::AwarenessResponse(_))))
+        .map(|p| {
+            let mut h = history.clone();
+            if let What::Received(Payload::AwarenessResponse(r)) = &mut h[p].what {
+                r.status = if r.status == 0 { 1 } else { 0 };
+            }
+            h
+        })
+        .find(|h| flagged(h).contains(&"presence"))
+        .expect("a final awareness answer the presence checker can judge");
     expect("presence", h);
 
     // heal: a device that never came back.
@@ -420,6 +444,111 @@ fn each_checker_catches_a_planted_fault() {
         },
     );
     expect("canonical", h);
+
+    // Location (SPEC §14): planted just before the chaos phase, when every
+    // user still has the defaults (sharing OFF, no subscribers) and no social
+    // change is in flight.
+    let chaos = at(
+        &history,
+        |e| matches!(&e.what, What::Phase(p) if p.starts_with("chaos")),
+    )
+    .expect("a chaos phase");
+    let t0 = history[chaos].at - 50;
+    let dev = |who: &str, at: u64, what: What| Entry {
+        at,
+        who: who.into(),
+        what,
+    };
+    let fix = LocationStream {
+        id: "u0d0-loc-forged".into(),
+        latitude: 52.5,
+        longitude: 13.4,
+        altitude: 30.0,
+        timestamp: BASE_MS + i64::try_from(t0).unwrap_or(0),
+        ..LocationStream::default()
+    };
+    let delivered = |fix: &LocationStream| LocationStream {
+        from: Some(Identity {
+            eid: "u0@sim.test".into(),
+            connection_resource_id: "u0d0".into(),
+        }),
+        to: Some(Identity {
+            eid: "u1@sim.test".into(),
+            connection_resource_id: "u1d0".into(),
+        }),
+        ..fix.clone()
+    };
+    let sent = dev("u0d0", t0, What::Sent(Payload::LocationStream(fix.clone())));
+
+    // location_audience: u1 gets u0's fix though u0 shares with nobody (LOC-1, LOC-6).
+    let mut h = history.clone();
+    let got = dev("u1d0", t0 + 5, What::Received(Payload::LocationStream(delivered(&fix))));
+    h.splice(chaos..chaos, [sent.clone(), got]);
+    expect("location_audience", h);
+
+    // location_integrity: the fix arrives with other coordinates (LOC-2).
+    let mut h = history.clone();
+    let mut moved = delivered(&fix);
+    moved.latitude += 1.0;
+    let got = dev("u1d0", t0 + 5, What::Received(Payload::LocationStream(moved)));
+    h.splice(chaos..chaos, [sent.clone(), got]);
+    expect("location_integrity", h);
+
+    // location_answer: an out-of-range fix refused 403, not 400 (LOC-5).
+    let mut h = history.clone();
+    let bad = LocationStream {
+        latitude: 95.0,
+        ..fix.clone()
+    };
+    let refused = ErrorMessage {
+        code: 403,
+        message: "forbidden".into(),
+        route: "24".into(),
+        ref_id: fix.id.clone(),
+        ..ErrorMessage::default()
+    };
+    h.splice(
+        chaos..chaos,
+        [
+            dev("u0d0", t0, What::Sent(Payload::LocationStream(bad))),
+            dev("u0d0", t0 + 5, What::Received(Payload::ErrorMessage(refused))),
+        ],
+    );
+    expect("location_answer", h);
+
+    // location_live: u1d0 gets the fix on a connection it dialed after the
+    // server had answered a later ping of u0d0's connection (LOC-3).
+    let mut h = history.clone();
+    let ping = |r#type| PingPong {
+        r#type,
+        status: r#type,
+        id: "forged-loc-ping".into(),
+        ..PingPong::default()
+    };
+    let dial = at(&h, |e| {
+        e.who == "u1d0" && e.at > t0 + 10 && matches!(e.what, What::Connect { .. })
+    })
+    .expect("a later dial of u1d0");
+    let session = dial
+        + at(&h[dial..], |e| {
+            e.who == "u1d0" && matches!(e.what, What::Session { .. })
+        })
+        .expect("its session");
+    let got = dev(
+        "u1d0",
+        h[session].at,
+        What::Received(Payload::LocationStream(delivered(&fix))),
+    );
+    h.insert(session + 1, got);
+    h.splice(
+        chaos..chaos,
+        [
+            sent,
+            dev("u0d0", t0, What::Sent(Payload::PingpongMessage(ping(1)))),
+            dev("u0d0", t0 + 5, What::Received(Payload::PingpongMessage(ping(2)))),
+        ],
+    );
+    expect("location_live", h);
 
     caught.extend(["blocked", "visibility"]);
 

@@ -12,6 +12,7 @@ use super::runner::{BASE_MS, CHECK_ID_BASE, parse_device};
 use super::workload::{eid, user_of};
 use crate::core::Millis;
 use crate::proto::message_scheme::Payload;
+use crate::proto::{ErrorMessage, LocationStream, PingPong};
 
 /// One broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub const INVARIANTS: &[&str] = &[
     "canonical",
     "blocked",
     "visibility",
+    "location_integrity",
+    "location_audience",
+    "location_live",
+    "location_answer",
     "delivery",
     "version_gaps",
     "heal",
@@ -74,7 +79,8 @@ struct SocialChange {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Change {
-    Visibility(i32),
+    /// AwarenessVisibility: (visibility, location_sharing), 0 = unchanged (VIS-2).
+    Settings(i32, i32),
     Subscriber(usize, bool),
     Block(usize, bool),
 }
@@ -97,7 +103,8 @@ impl Social {
             match &entry.what {
                 What::Sent(payload) => {
                     let change = match payload {
-                        Payload::AwarenessVisibility(r) if r.visibility != 0 => Change::Visibility(r.visibility),
+                        // Every request, even one that changes nothing: answers are matched in order.
+                        Payload::AwarenessVisibility(r) => Change::Settings(r.visibility, r.location_sharing),
                         Payload::SubscriberAddRequest(r) => Change::Subscriber(subject(r.subscriber.as_ref()), true),
                         Payload::SubscriberRemove(r) => Change::Subscriber(subject(r.subscriber.as_ref()), false),
                         Payload::BlockSubscriber(r) => Change::Block(subject(r.subscriber.as_ref()), r.action != 2),
@@ -112,7 +119,7 @@ impl Social {
                 What::Received(payload) => {
                     let answered = match payload {
                         Payload::AwarenessVisibility(r) if r.r#type == 2 => {
-                            |c: &Change| matches!(c, Change::Visibility(_))
+                            |c: &Change| matches!(c, Change::Settings(..))
                         }
                         Payload::SubscriberAddResponse(_) | Payload::SubscriberRemove(_) => {
                             |c: &Change| matches!(c, Change::Subscriber(..))
@@ -138,39 +145,62 @@ impl Social {
     }
 
     /// User `u`'s settings at `t`, or `None` when a change was in flight.
-    fn state_at(&self, u: usize, t: Millis) -> Option<(i32, BTreeSet<usize>, BTreeSet<usize>)> {
-        let mut visibility = 2;
-        let mut subs = BTreeSet::new();
-        let mut blocks = BTreeSet::new();
+    fn state_at(&self, u: usize, t: Millis) -> Option<State> {
+        let mut state = State {
+            visibility: 2,
+            sharing: 2,
+            ..State::default()
+        };
         for c in self.changes.get(&u).into_iter().flatten() {
             match c.confirmed_at {
                 None if c.sent_at - EDGE_MS <= t => return None,
                 Some(done) if c.sent_at - EDGE_MS <= t && t <= done + EDGE_MS => return None,
                 Some(done) if done < t => match c.change {
-                    Change::Visibility(v) => visibility = v,
+                    Change::Settings(visibility, sharing) => {
+                        if visibility != 0 {
+                            state.visibility = visibility;
+                        }
+                        if sharing != 0 {
+                            state.sharing = sharing;
+                        }
+                    }
                     Change::Subscriber(v, true) => {
-                        subs.insert(v);
+                        state.subs.insert(v);
                     }
                     Change::Subscriber(v, false) => {
-                        subs.remove(&v);
+                        state.subs.remove(&v);
                     }
                     Change::Block(v, true) => {
-                        blocks.insert(v);
+                        state.blocks.insert(v);
                     }
                     Change::Block(v, false) => {
-                        blocks.remove(&v);
+                        state.blocks.remove(&v);
                     }
                 },
                 _ => {}
             }
         }
-        Some((visibility, subs, blocks))
+        Some(state)
+    }
+
+    /// Whether no change of `users` was in flight at any time of `from..=to`:
+    /// their settings then held still over the whole span.
+    fn still(&self, users: &[usize], from: Millis, to: Millis) -> bool {
+        users.iter().all(|u| {
+            self.changes.get(u).into_iter().flatten().all(|c| {
+                let start = c.sent_at - EDGE_MS;
+                match c.confirmed_at {
+                    None => to < start,
+                    Some(done) => to < start || done + EDGE_MS < from,
+                }
+            })
+        })
     }
 
     /// Whether either user blocks the other at `t`, when known.
     fn blocked_pair(&self, a: usize, b: usize, t: Millis) -> Option<bool> {
-        let (_, _, a_blocks) = self.state_at(a, t)?;
-        let (_, _, b_blocks) = self.state_at(b, t)?;
+        let a_blocks = self.state_at(a, t)?.blocks;
+        let b_blocks = self.state_at(b, t)?.blocks;
         Some(a_blocks.contains(&b) || b_blocks.contains(&a))
     }
 
@@ -179,9 +209,30 @@ impl Social {
         if self.blocked_pair(viewer, owner, t)? {
             return Some(false);
         }
-        let (visibility, subs, _) = self.state_at(owner, t)?;
-        Some(visibility == 1 || (visibility == 2 && subs.contains(&viewer)))
+        let state = self.state_at(owner, t)?;
+        Some(state.visibility == 1 || (state.visibility == 2 && state.subs.contains(&viewer)))
     }
+
+    /// LOC-1: may `viewer` see `owner`'s location at `t`, when known.
+    fn may_see_location(&self, viewer: usize, owner: usize, t: Millis) -> Option<bool> {
+        let sees = self.may_see(viewer, owner, t)?;
+        let state = self.state_at(owner, t)?;
+        Some(viewer != owner && sees && state.subs.contains(&viewer) && state.sharing == 1)
+    }
+
+    /// A's location sharing at `t` (1 ON, 2 OFF), when known.
+    fn sharing(&self, owner: usize, t: Millis) -> Option<i32> {
+        Some(self.state_at(owner, t)?.sharing)
+    }
+}
+
+/// One user's social settings at a time (see [`Social::state_at`]).
+#[derive(Debug, Default)]
+struct State {
+    visibility: i32,
+    sharing: i32,
+    subs: BTreeSet<usize>,
+    blocks: BTreeSet<usize>,
 }
 
 /// Whether an identity field a device filled names someone else (ENV-11).
@@ -232,10 +283,77 @@ struct DeviceView {
     dialed_expired: bool,
     /// Index of the current dial's Connect entry.
     connected_at: usize,
+    /// When the current dial began (the Connect entry's time).
+    dialed_at: u64,
+    /// Ids of the pings sent on this connection -> the indexes of their
+    /// sends, unanswered (ENV-14: answers come in order).
+    answerable: BTreeMap<String, std::collections::VecDeque<usize>>,
+    /// LocationStreams sent on this connection whose handling time is not
+    /// bounded yet: (index of the send, id).
+    loc_open: Vec<(usize, String)>,
     /// Ping ids and local ids of stanzas that named another identity.
     spoofed: BTreeSet<String>,
     /// Target device -> indexes of this device's revocation requests for it, unanswered.
     revoking: BTreeMap<String, std::collections::VecDeque<usize>>,
+}
+
+/// A LocationStream a device sent (SPEC §14).
+struct LocSent {
+    at: u64,
+    user: usize,
+    fix: LocationStream,
+    /// LOC-5: coordinates in range and finite, `to` empty or another user.
+    valid: bool,
+    /// An upper bound on when the server handled it: the time (and entry) of
+    /// an answer on the same connection that comes after its own (ENV-14).
+    handled_by: Option<(u64, usize)>,
+}
+
+fn valid_fix(fix: &LocationStream, me: &str) -> bool {
+    let peer = fix.to.as_ref().map(|t| t.eid.as_str()).unwrap_or_default();
+    fix.latitude.is_finite()
+        && fix.longitude.is_finite()
+        && fix.altitude.is_finite()
+        && (-90.0..=90.0).contains(&fix.latitude)
+        && (-180.0..=180.0).contains(&fix.longitude)
+        && (peer.is_empty() || (crate::core::auth::valid_eid(peer) && peer != me))
+}
+
+/// LOC-1 and LOC-4 in an awareness stanza about `owner` that viewer `u`
+/// received: nonzero coordinates only for a viewer that may see the owner's
+/// location (location_audience), and only a fix the owner sent (location_integrity).
+fn location_leak(
+    social: &Social,
+    fixes: &BTreeMap<usize, BTreeSet<(u64, u64)>>,
+    u: usize,
+    owner: Option<&crate::proto::Identity>,
+    latitude: f64,
+    longitude: f64,
+    t: Millis,
+) -> Option<(&'static str, String)> {
+    let a = owner.and_then(|f| user_of(&f.eid)).filter(|a| *a != u)?;
+    if latitude == 0.0 && longitude == 0.0 {
+        return None;
+    }
+    if social.may_see_location(u, a, t) == Some(false) {
+        return Some((
+            "location_audience",
+            format!(
+                "location {latitude}, {longitude} of {} at {t} but may not see it (LOC-1)",
+                eid(a)
+            ),
+        ));
+    }
+    let bits = (latitude.to_bits(), longitude.to_bits());
+    (!fixes.get(&a).is_some_and(|f| f.contains(&bits))).then(|| {
+        (
+            "location_integrity",
+            format!(
+                "location {latitude}, {longitude} of {} was never sent by it (LOC-4)",
+                eid(a)
+            ),
+        )
+    })
 }
 
 /// chat -> message_id -> (acceptance time, version), as devices saw them.
@@ -277,6 +395,12 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
     let mut broken: BTreeSet<String> = BTreeSet::new();
     let mut server_down = false;
     let mut check_answers: BTreeMap<(usize, usize), (usize, i32, Millis)> = BTreeMap::new();
+    // (sending device, id) -> the LocationStream it sent.
+    let mut loc_sent: BTreeMap<(String, String), LocSent> = BTreeMap::new();
+    // LocationStreams received: (entry, receiving device, its dial time, (sending device, id)).
+    let mut loc_received: Vec<(usize, String, u64, (String, String))> = Vec::new();
+    // user -> the (latitude, longitude) bits of every valid fix it sent (LOC-4).
+    let mut fixes: BTreeMap<usize, BTreeSet<(u64, u64)>> = BTreeMap::new();
     let violation = |out: &mut Vec<Violation>, invariant: &'static str, index: usize, detail: String| {
         out.push(Violation {
             invariant,
@@ -355,9 +479,95 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
         }
         // A revocation reported to end a device's session: applied below.
         let mut ended_by_revocation: Option<(String, usize)> = None;
+        // LocationStreams and pings sent, and answers that bound when the
+        // server handled the streams sent before them on this connection.
+        match &entry.what {
+            What::Sent(Payload::LocationStream(fix)) => {
+                dev.loc_open.push((i, fix.id.clone()));
+                let valid = valid_fix(fix, &me);
+                if valid {
+                    let bits = (fix.latitude.to_bits(), fix.longitude.to_bits());
+                    fixes.entry(u).or_default().insert(bits);
+                }
+                loc_sent.entry((name.clone(), fix.id.clone())).or_insert(LocSent {
+                    at: entry.at,
+                    user: u,
+                    fix: fix.clone(),
+                    valid,
+                    handled_by: None,
+                });
+            }
+            What::Sent(Payload::PingpongMessage(p)) if p.r#type == 1 => {
+                dev.answerable.entry(p.id.clone()).or_default().push_back(i);
+            }
+            // ERR-3 gives a LocationStream's ErrorMessage no ref_id, but
+            // ENV-14 orders answers: the n-th one on a connection answers its
+            // n-th open fix or a later one, so that one was handled by now.
+            What::Received(Payload::ErrorMessage(e)) if e.route == "24" && !dev.loc_open.is_empty() => {
+                let t = server_ms(entry.at);
+                let open: Vec<&LocSent> = dev
+                    .loc_open
+                    .iter()
+                    .filter_map(|(_, id)| loc_sent.get(&(name.clone(), id.clone())))
+                    .collect();
+                let sharing_on = |l: &LocSent| {
+                    let s = server_ms(l.at);
+                    social.still(&[u], s, t) && social.sharing(u, s) == Some(1)
+                };
+                // location_answer: 400 for an invalid fix (LOC-5, first by
+                // ENV-13), 403 forbidden for a valid one while sharing is
+                // OFF (LOC-6), nothing else (LOC-2).
+                let wrong = match e.code {
+                    401 | 429 => None,
+                    400 if open.iter().any(|l| !l.valid) => None,
+                    400 => Some("400 though every fix awaiting an answer is valid (LOC-5)".to_string()),
+                    403 if e.message != "forbidden" => Some(format!("403 {:?}, not forbidden (LOC-6)", e.message)),
+                    403 if !open.iter().any(|l| l.valid) => {
+                        Some("403 though every fix awaiting an answer is invalid (LOC-5 first, ENV-13)".to_string())
+                    }
+                    403 if open.iter().all(|l| !l.valid || sharing_on(l)) => {
+                        Some("403 though sharing was ON for every valid fix awaiting an answer (LOC-2)".to_string())
+                    }
+                    403 => None,
+                    code => Some(format!("{code} {:?} (LOC-2)", e.message)),
+                };
+                if let Some(wrong) = wrong {
+                    let ids: Vec<&str> = open.iter().map(|l| l.fix.id.as_str()).collect();
+                    violation(
+                        &mut out,
+                        "location_answer",
+                        i,
+                        format!("{name}: a LocationStream answered {wrong}; awaiting {ids:?}"),
+                    );
+                }
+                let (_, first) = dev.loc_open.remove(0);
+                if let Some(l) = loc_sent.get_mut(&(name.clone(), first)) {
+                    l.handled_by = Some((entry.at, i));
+                }
+            }
+            What::Received(Payload::PingpongMessage(PingPong { r#type: 2, id, .. }))
+            | What::Received(Payload::ErrorMessage(ErrorMessage { ref_id: id, .. })) => {
+                if let Some(sent) = dev
+                    .answerable
+                    .get_mut(id)
+                    .and_then(std::collections::VecDeque::pop_front)
+                {
+                    for (_, open) in dev.loc_open.iter().filter(|(k, _)| *k <= sent) {
+                        if let Some(l) = loc_sent.get_mut(&(name.clone(), open.clone())) {
+                            l.handled_by = Some((entry.at, i));
+                        }
+                    }
+                    dev.loc_open.retain(|(k, _)| *k > sent);
+                }
+            }
+            _ => {}
+        }
         match &entry.what {
             What::Connect { jti, expired } => {
                 broken.remove(&name);
+                dev.dialed_at = entry.at;
+                dev.answerable.clear();
+                dev.loc_open.clear();
                 dev.dialed_expired = *expired;
                 dev.connected_at = i;
                 dev.revoking.clear();
@@ -670,7 +880,81 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                             *top = (*top).max(r.status);
                         }
                     }
+                    Payload::LocationStream(f) => {
+                        let from = f.from.clone().unwrap_or_default();
+                        let key = (from.connection_resource_id.clone(), f.id.clone());
+                        let Some(l) = loc_sent.get(&key) else {
+                            violation(
+                                &mut out,
+                                "location_integrity",
+                                i,
+                                format!("{name} got LocationStream {} from {from:?}, which never sent it", f.id),
+                            );
+                            continue;
+                        };
+                        let peer = l.fix.to.as_ref().map(|t| t.eid.clone()).unwrap_or_default();
+                        let to = f.to.clone().unwrap_or_default();
+                        let same = f.latitude.to_bits() == l.fix.latitude.to_bits()
+                            && f.longitude.to_bits() == l.fix.longitude.to_bits()
+                            && f.altitude.to_bits() == l.fix.altitude.to_bits()
+                            && f.timestamp == l.fix.timestamp;
+                        let wrong = if from.eid != eid(l.user) {
+                            Some(format!("`from` {:?} is not the sender {}", from.eid, eid(l.user)))
+                        } else if l.user == u {
+                            Some("an echo to the sender's own device".to_string())
+                        } else if !l.valid {
+                            Some("an invalid fix was forwarded (LOC-5)".to_string())
+                        } else if !peer.is_empty() && peer != me {
+                            Some(format!("it was sent to {peer}"))
+                        } else if to.eid != me || to.connection_resource_id != name {
+                            Some(format!("`to` {to:?} is not the receiving device"))
+                        } else if !same {
+                            Some(format!("fields differ from those sent: {f:?} vs {:?}", l.fix))
+                        } else {
+                            None
+                        };
+                        if let Some(wrong) = wrong {
+                            violation(
+                                &mut out,
+                                "location_integrity",
+                                i,
+                                format!("{name} got LocationStream {}: {wrong} (LOC-2)", f.id),
+                            );
+                        }
+                        // LOC-1, LOC-6, BLK-5: the server handled it between
+                        // its send and now; judged when neither user's
+                        // settings moved in that span.
+                        let (s, r) = (server_ms(l.at), server_ms(entry.at));
+                        if l.user != u
+                            && social.still(&[l.user, u], s, r)
+                            && social.may_see_location(u, l.user, s) == Some(false)
+                        {
+                            violation(
+                                &mut out,
+                                "location_audience",
+                                i,
+                                format!(
+                                    "{name} got LocationStream {} of {} (sharing {:?}) but may not see its location",
+                                    f.id,
+                                    eid(l.user),
+                                    social.sharing(l.user, s)
+                                ),
+                            );
+                        }
+                        loc_received.push((i, name.clone(), dev.dialed_at, key));
+                    }
                     Payload::AwarenessNotification(n) => {
+                        if let Some(detail) = location_leak(
+                            &social,
+                            &fixes,
+                            u,
+                            n.from.as_ref(),
+                            n.latitude,
+                            n.longitude,
+                            n.timestamp,
+                        ) {
+                            violation(&mut out, detail.0, i, format!("{name}: {}", detail.1));
+                        }
                         let owner = n.from.as_ref().and_then(|f| user_of(&f.eid));
                         if let Some(a) = owner.filter(|a| *a != u) {
                             let shows = n.status != 0 || n.awareness_intention != 0;
@@ -701,6 +985,17 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         let _ = t;
                     }
                     Payload::AwarenessResponse(r) => {
+                        if let Some(detail) = location_leak(
+                            &social,
+                            &fixes,
+                            u,
+                            r.from.as_ref(),
+                            r.latitude,
+                            r.longitude,
+                            r.timestamp,
+                        ) {
+                            violation(&mut out, detail.0, i, format!("{name}: {}", detail.1));
+                        }
                         let Some(a) = r.from.as_ref().and_then(|f| user_of(&f.eid)) else {
                             continue;
                         };
@@ -740,6 +1035,24 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
         {
             d.pending.insert(Pending::Revoked(jti.clone()), entry.at);
             revoked.entry(jti).or_insert(i);
+        }
+    }
+
+    // location_live (LOC-3): a stream received on a connection dialed after
+    // the server had already handled it was queued or replayed.
+    for (ri, name, dialed_at, key) in &loc_received {
+        if let Some((handled, hi)) = loc_sent.get(key).and_then(|l| l.handled_by)
+            && handled < *dialed_at
+        {
+            violation(
+                &mut out,
+                "location_live",
+                (*ri).max(hi),
+                format!(
+                    "{name} got LocationStream {} of {} on a connection dialed at {dialed_at}, after the server handled it (by {handled})",
+                    key.1, key.0
+                ),
+            );
         }
     }
 

@@ -485,7 +485,14 @@ impl Runner {
         for u in 0..o.users {
             let intent = self.model.social[u].clone();
             let host = device_name(u, 0);
-            self.send(&host, Cmd::Send(workload::visibility_request(intent.visibility, now)));
+            self.send(
+                &host,
+                Cmd::Send(workload::visibility_request(
+                    intent.visibility,
+                    intent.location_sharing,
+                    now,
+                )),
+            );
             for v in (0..o.users).filter(|v| *v != u) {
                 let sub = if intent.subscribers.contains(&v) {
                     workload::add_subscriber(v, now)

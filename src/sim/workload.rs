@@ -1,6 +1,7 @@
 //! The workload: users with several devices each, chatting, acknowledging,
 //! changing presence and intentions, subscribing, blocking, changing
-//! visibility, pinging, reconnecting, logging out and revoking tokens. Every
+//! visibility and location sharing, streaming locations (SPEC §14), pinging,
+//! reconnecting, logging out and revoking tokens. Every
 //! choice is drawn from the run's seeded generator, against the runner's
 //! belief of who is online (learnt from the history, never from the server's
 //! internals).
@@ -13,8 +14,8 @@ use rand::rngs::StdRng;
 use crate::proto::message_scheme::Payload;
 use crate::proto::{
     AcknowledgmentRequest, AwarenessNotification, AwarenessRequest, AwarenessSubscription, AwarenessVisibility,
-    BlockSubscriber, Identity, Logout, PingPong, SubscriberAddRequest, SubscriberRemove, TextPayloadRequest,
-    TokenRevokeRequest,
+    BlockSubscriber, Identity, LocationStream, Logout, PingPong, SubscriberAddRequest, SubscriberRemove,
+    TextPayloadRequest, TokenRevokeRequest,
 };
 
 /// The EID of user `u`.
@@ -61,6 +62,8 @@ pub struct DeviceModel {
 #[derive(Clone, Debug, Default)]
 pub struct SocialIntent {
     pub visibility: i32,
+    /// Location sharing (SPEC §13): 1 ON, 2 OFF (the default).
+    pub location_sharing: i32,
     pub subscribers: BTreeSet<usize>,
     pub blocks: BTreeSet<usize>,
 }
@@ -105,6 +108,7 @@ impl Model {
             social: vec![
                 SocialIntent {
                     visibility: 2,
+                    location_sharing: 2,
                     ..SocialIntent::default()
                 };
                 users
@@ -125,8 +129,9 @@ impl Model {
     /// Draws the next action, or `None` when the drawn one has no device to act.
     pub fn next_action(&mut self, rng: &mut StdRng, now_ms: i64) -> Option<Action> {
         let u = rng.random_range(0..self.users);
-        let roll = rng.random_range(0..100);
-        if roll >= 92 {
+        // Slots 0..100 are the original mix; 100..108 add location (SPEC §14).
+        let roll = rng.random_range(0..108);
+        if (92..100).contains(&roll) {
             // Reconnect an offline device (sometimes with its spent token,
             // sometimes with an expired one).
             let offline: Vec<usize> = (0..self.devices)
@@ -142,6 +147,15 @@ impl Model {
                 _ => Token::Fresh,
             };
             return Some(Action::Connect(u, d, token));
+        }
+        // Location sharing on (mostly) or off, from device 0 (a social change).
+        if (100..104).contains(&roll) {
+            if !self.dev[u][0].online {
+                return None;
+            }
+            let sharing = if rng.random_bool(0.8) { 1 } else { 2 };
+            self.social[u].location_sharing = sharing;
+            return Some(Action::Send(u, 0, sharing_request(sharing, now_ms)));
         }
         let d = self.online_device(rng, u)?;
         let v = self.other(rng, u);
@@ -218,7 +232,7 @@ impl Model {
             70..=72 if d == 0 => {
                 let visibility = rng.random_range(1..4);
                 self.social[u].visibility = visibility;
-                visibility_request(visibility, now_ms)
+                visibility_request(visibility, 0, now_ms)
             }
             73..=75 => Payload::AwarenessRequest(AwarenessRequest {
                 to: who(eid(v)),
@@ -283,6 +297,22 @@ impl Model {
                     request
                 }
             }
+            // A location fix from any online device: to one peer or to every
+            // allowed viewer, now and then an invalid one (LOC-5: 400).
+            90..=91 | 104..=107 => {
+                let model = &mut self.dev[u][d];
+                model.sent += 1;
+                let id = format!("{}-loc{}", device_name(u, d), model.sent);
+                let to = rng.random_bool(0.5).then_some(v);
+                let mut fix = location_stream(id, to, rng, now_ms);
+                match rng.random_range(0..20) {
+                    0 => fix.latitude = 90.5,
+                    1 => fix.longitude = -180.5,
+                    2 => fix.to = who(eid(u)),
+                    _ => {}
+                }
+                Payload::LocationStream(fix)
+            }
             _ => return None,
         };
         Some(Action::Send(u, d, payload))
@@ -328,11 +358,39 @@ pub fn block_request(u: usize, v: usize, block: bool, now_ms: i64) -> Payload {
     })
 }
 
-pub fn visibility_request(visibility: i32, now_ms: i64) -> Payload {
+/// A valid fix (coordinates on a 1e-4 degree grid) for `to`, or for every
+/// allowed viewer when `None`.
+pub fn location_stream(id: String, to: Option<usize>, rng: &mut StdRng, now_ms: i64) -> LocationStream {
+    let grid = |limit: i64, rng: &mut StdRng| rng.random_range(-limit..=limit) as f64 / 10_000.0;
+    LocationStream {
+        id,
+        to: to.and_then(|v| who(eid(v))),
+        latitude: grid(900_000, rng),
+        longitude: grid(1_800_000, rng),
+        altitude: grid(10_000_000, rng).abs(),
+        timestamp: now_ms,
+        ..LocationStream::default()
+    }
+}
+
+/// Location sharing on (1) or off (2), visibility unchanged (VIS-2).
+pub fn sharing_request(location_sharing: i32, now_ms: i64) -> Payload {
+    Payload::AwarenessVisibility(AwarenessVisibility {
+        id: format!("share-{now_ms}"),
+        r#type: 1,
+        location_sharing,
+        timestamp: now_ms,
+        ..AwarenessVisibility::default()
+    })
+}
+
+/// Visibility and location sharing (0 = unchanged, VIS-2).
+pub fn visibility_request(visibility: i32, location_sharing: i32, now_ms: i64) -> Payload {
     Payload::AwarenessVisibility(AwarenessVisibility {
         id: format!("vis-{now_ms}"),
         r#type: 1,
         visibility,
+        location_sharing,
         timestamp: now_ms,
         ..AwarenessVisibility::default()
     })
