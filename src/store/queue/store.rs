@@ -25,6 +25,9 @@ const READ_SPAN: u64 = 1 << 20;
 /// How far ahead of its read position a replay hints its records to the disk ([`FsFile::prefetch`]): enough runs
 /// in flight to keep the disk busy while the current one is checked.
 const READ_AHEAD: u64 = 8 << 20;
+/// Records this close together count as one sequential stretch for the read-ahead (well inside the kernel's own
+/// read-ahead window, so it reads through the gap anyway).
+const SEQUENTIAL_GAP: u64 = 128 << 10;
 
 /// The read-ahead position of one [`QueueStore::walk`]: its records are hinted in order, one hint per run of
 /// adjacent records, until the hinted bytes reach [`READ_AHEAD`] past the end of the run being read.
@@ -87,13 +90,28 @@ impl ReadAhead {
             let mut k = self.items + 1;
             while k < avail {
                 let next = st.locs[first + k];
-                if next.seg != head.seg || next.off as u64 != head.off as u64 + len || len >= READ_AHEAD {
+                let end = head.off as u64 + len;
+                if next.seg != head.seg
+                    || (next.off as u64) < end
+                    || next.off as u64 - end > SEQUENTIAL_GAP
+                    || len >= READ_AHEAD
+                {
                     break;
                 }
-                len += next.rec_len as u64;
+                len = next.off as u64 + next.rec_len as u64 - head.off as u64;
                 k += 1;
             }
-            if let Some(seg) = store.segs.get(&head.seg) {
+            // A run that continues the previous item's bytes (across at most a small gap: the mark record that
+            // starts each batch, a few other records) is what the kernel's own sequential read-ahead already
+            // fetches; hinting it only costs CPU (measured: contiguous cold replay 0.68x -> 0.38x of raw with
+            // every run hinted). Only a run after a real gap (another segment, other EIDs' bursts) is hinted.
+            let pos = first + self.items;
+            let continues = pos > 0 && {
+                let prev = st.locs[pos - 1];
+                let end = prev.off as u64 + prev.rec_len as u64;
+                prev.seg != head.seg || (head.off as u64 >= end && head.off as u64 - end <= SEQUENTIAL_GAP)
+            };
+            if !continues && let Some(seg) = store.segs.get(&head.seg) {
                 seg.file.prefetch(head.off as u64, len);
             }
             self.items = k;
