@@ -17,6 +17,9 @@
 //!
 //! [`SimFs::cut_power_after`] makes every operation after the n-th fail, which is how a test stops the store at
 //! an exact point before crashing.
+//!
+//! [`FsFile::prefetch`] is a read-ahead hint (`posix_fadvise(POSIX_FADV_WILLNEED)` on Linux, nothing elsewhere and
+//! in [`SimFs`]): it never changes what a read returns, so the crash model has nothing to say about it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -48,6 +51,13 @@ pub trait FsFile: Send + 'static {
     }
     /// Fills `buf` from `offset`; reading past the end is an error.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// A hint that the `len` bytes at `offset` will be read soon, so an implementation may start fetching them in
+    /// the background (a reader keeps several reads in flight this way). Only a hint: it never changes what a
+    /// read returns, never fails (a hint that cannot be given is dropped), and may be ignored, as the default
+    /// does.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Makes this file's data (and its length) durable.
@@ -116,6 +126,15 @@ impl FsFile for File {
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+
+    /// `posix_fadvise(POSIX_FADV_WILLNEED)`: the kernel queues the reads and returns without waiting for them.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn prefetch(&self, offset: u64, len: u64) {
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            // A refused hint (an odd file type, a kernel without the call) costs nothing to ignore.
+            let _ = rustix::fs::fadvise(self, offset, Some(len), rustix::fs::Advice::WillNeed);
+        }
     }
 
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -594,6 +613,38 @@ mod tests {
         let mut buf = vec![0; f.len().unwrap() as usize];
         f.read_exact_at(0, &mut buf).unwrap();
         assert_eq!(buf, b"hello wo");
+    }
+
+    #[test]
+    fn prefetch_is_only_a_hint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let mut f = RealFs.create(&path).unwrap();
+        f.write_all_at(0, &data).unwrap();
+        let f = RealFs.open(&path, false).unwrap();
+        // Empty, inside, across and past the end, and at offsets no file reaches: all silently accepted.
+        for (offset, len) in [
+            (0, 0),
+            (0, 4096),
+            (5_000, 90_000),
+            (99_000, 1 << 20),
+            (1 << 40, 10),
+            (u64::MAX, u64::MAX),
+        ] {
+            f.prefetch(offset, len);
+        }
+        let mut buf = vec![0; data.len()];
+        f.read_exact_at(0, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        let sim = SimFs::new();
+        sim.create_dir_all(Path::new("/q")).unwrap();
+        let mut g = sim.create(Path::new("/q/f")).unwrap();
+        g.write_all_at(0, b"abc").unwrap();
+        g.prefetch(0, u64::MAX);
+        let mut buf = [0; 3];
+        g.read_exact_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"abc");
     }
 
     #[test]

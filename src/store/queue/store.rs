@@ -1,12 +1,14 @@
 //! [`QueueStore`]: the in-memory view of the log and every operation on it.
 //!
 //! Memory holds, per EID, the location of every retained item (16 bytes each, so a replay is one positioned read
-//! per run of adjacent items) and the device states; the log holds everything else. Every mutation is a record
+//! per run of adjacent items, with the runs of the next few MiB hinted to the disk ahead of it so that several
+//! are in flight) and the device states; the log holds everything else. Every mutation is a record
 //! appended to a buffer; [`QueueStore::sync`] turns the buffer into one write and one fsync, which is the whole
 //! group-commit story at this layer.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
@@ -20,6 +22,107 @@ use super::{
 
 /// Reads of adjacent items are merged up to this size.
 const READ_SPAN: u64 = 1 << 20;
+/// How far ahead of its read position a replay hints its records to the disk ([`FsFile::prefetch`]): enough runs
+/// in flight to keep the disk busy while the current one is checked.
+const READ_AHEAD: u64 = 8 << 20;
+/// Records this close together count as one sequential stretch for the read-ahead (well inside the kernel's own
+/// read-ahead window, so it reads through the gap anyway).
+const SEQUENTIAL_GAP: u64 = 128 << 10;
+
+/// The read-ahead position of one [`QueueStore::walk`]: its records are hinted in order, one hint per run of
+/// adjacent records, until the hinted bytes reach [`READ_AHEAD`] past the end of the run being read.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    /// Items (from the walk's first) hinted so far.
+    items: usize,
+    /// Record bytes of those items.
+    hinted: u64,
+    /// Record bytes of the items already read.
+    read: u64,
+}
+
+/// Where the last walk left its read-ahead, so that the next page of the same replay (the next call, from the
+/// increment after the last one read) goes on from there instead of hinting its whole window again: a hint of
+/// cached pages is not free (about as much CPU as checking their records when they are all cached).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct ReadAheadCursor {
+    eid: u32,
+    /// The increment the next walk of the replay starts at.
+    next: u64,
+    /// Increments from `next` up to (excluding) this one are hinted.
+    hinted_to: u64,
+    /// Record bytes of those.
+    hinted: u64,
+}
+
+impl ReadAhead {
+    /// Continues from `cursor` if it is where a replay of `eid` from `start` left off.
+    fn resume(cursor: ReadAheadCursor, eid: u32, start: u64, avail: usize) -> ReadAhead {
+        if cursor.eid == eid && cursor.next == start && cursor.hinted_to >= start {
+            let items = cursor.hinted_to - start;
+            if items <= avail as u64 {
+                return ReadAhead {
+                    items: items as usize,
+                    hinted: cursor.hinted,
+                    read: 0,
+                };
+            }
+        }
+        ReadAhead::default()
+    }
+
+    /// The cursor for a replay that goes on at `next`, `read` items after `start`.
+    fn suspend(&self, eid: u32, start: u64, read: usize) -> ReadAheadCursor {
+        ReadAheadCursor {
+            eid,
+            next: start + read as u64,
+            hinted_to: start + self.items as u64,
+            hinted: self.hinted.saturating_sub(self.read),
+        }
+    }
+
+    /// Hints, before a read of `span` bytes, what is not yet hinted of the window after it.
+    fn hint<F: Fs>(&mut self, store: &QueueStore<F>, st: &EidState, first: usize, avail: usize, span: u64) {
+        let want = self.read + span + READ_AHEAD;
+        while self.items < avail && self.hinted < want {
+            let head = st.locs[first + self.items];
+            let mut len = head.rec_len as u64;
+            let mut k = self.items + 1;
+            while k < avail {
+                let next = st.locs[first + k];
+                let end = head.off as u64 + len;
+                if next.seg != head.seg
+                    || (next.off as u64) < end
+                    || next.off as u64 - end > SEQUENTIAL_GAP
+                    || len >= READ_AHEAD
+                {
+                    break;
+                }
+                len = next.off as u64 + next.rec_len as u64 - head.off as u64;
+                k += 1;
+            }
+            // A run that continues the previous item's bytes (across at most a small gap: the mark record that
+            // starts each batch, a few other records) is what the kernel's own sequential read-ahead already
+            // fetches; hinting it only costs CPU (measured: contiguous cold replay 0.68x -> 0.38x of raw with
+            // every run hinted). Only a run after a real gap (another segment, other EIDs' bursts) is hinted.
+            let pos = first + self.items;
+            let continues = pos > 0 && {
+                let prev = st.locs[pos - 1];
+                let end = prev.off as u64 + prev.rec_len as u64;
+                prev.seg != head.seg || (head.off as u64 >= end && head.off as u64 - end <= SEQUENTIAL_GAP)
+            };
+            if !continues && let Some(seg) = store.segs.get(&head.seg) {
+                seg.file.prefetch(head.off as u64, len);
+            }
+            self.items = k;
+            self.hinted += len;
+        }
+    }
+
+    fn consumed(&mut self, span: u64) {
+        self.read += span;
+    }
+}
 
 /// Where an item's record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +339,8 @@ pub struct QueueStore<F: Fs> {
     pub(super) tickets_finished: u64,
     pub(super) report: OpenReport,
     pub(super) stats: StoreStats,
+    /// Where the last read left its read-ahead (a hint position only: never affects what is read).
+    pub(super) read_ahead: Mutex<ReadAheadCursor>,
 }
 
 impl<F: Fs> std::fmt::Debug for QueueStore<F> {
@@ -309,6 +414,7 @@ impl<F: Fs> QueueStore<F> {
             poisoned: false,
             report: rec.report,
             stats: StoreStats::default(),
+            read_ahead: Mutex::default(),
         };
         match store.segs.last_key_value() {
             Some((&id, seg)) => {
@@ -735,7 +841,12 @@ impl<F: Fs> QueueStore<F> {
     ) -> Result<usize, QueueError> {
         let mut count = 0;
         self.walk(eid, after, limit, buf, |_, _, rec| {
-            let exclude = std::str::from_utf8(rec.aux).ok().filter(|d| !d.is_empty());
+            // Checked UTF-8 by the decoder; most items exclude no device.
+            let exclude = if rec.aux.is_empty() {
+                None
+            } else {
+                std::str::from_utf8(rec.aux).ok()
+            };
             f(ItemRef {
                 increment: rec.a,
                 payload: rec.payload,
@@ -748,7 +859,9 @@ impl<F: Fs> QueueStore<F> {
 
     /// The read loop of [`Self::read`] and [`Self::read_each`]: one positioned read (into `buf`) per run of
     /// adjacent records up to [`READ_SPAN`] bytes; every record is checked (CRC, kind, EID, increment) before
-    /// `f(span, offset in span, record)` sees it.
+    /// `f(span, offset in span, record)` sees it. Before each read, the runs of the next [`READ_AHEAD`] bytes of
+    /// `eid`'s durable records are hinted to the file ([`FsFile::prefetch`]), past `limit` too (a replay goes on
+    /// with the next call), so that the disk works on them while this one is checked.
     fn walk(
         &self,
         eid: &str,
@@ -757,13 +870,18 @@ impl<F: Fs> QueueStore<F> {
         buf: &mut Vec<u8>,
         mut f: impl FnMut(&[u8], usize, &record::RecordRef<'_>),
     ) -> Result<(), QueueError> {
-        let Some(st) = self.state(eid) else { return Ok(()) };
+        let Some(&id) = self.ids.get(eid) else { return Ok(()) };
+        let st = &self.eids[id as usize];
         let start = after.saturating_add(1).max(st.low);
         if start > st.durable_last || limit == 0 {
             return Ok(());
         }
-        let n = (st.durable_last - start + 1).min(limit as u64) as usize;
         let first = (start - st.low) as usize;
+        // Durable items from `start`: the read covers the first `n`, the read-ahead may go on to all of them.
+        let avail = (st.durable_last - start + 1) as usize;
+        let n = avail.min(limit);
+        let cursor = *self.read_ahead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ahead = ReadAhead::resume(cursor, id, start, avail);
         let mut i = 0;
         while i < n {
             let head = st.locs[first + i];
@@ -780,6 +898,7 @@ impl<F: Fs> QueueStore<F> {
                 span += next.rec_len as u64;
                 j += 1;
             }
+            ahead.hint(self, st, first, avail, span);
             let missing = || QueueError::Missing {
                 eid: eid.into(),
                 increment: start + i as u64,
@@ -809,8 +928,10 @@ impl<F: Fs> QueueStore<F> {
                 f(raw, at, &rec);
                 at += rec.len;
             }
+            ahead.consumed(span);
             i = j;
         }
+        *self.read_ahead.lock().unwrap_or_else(|e| e.into_inner()) = ahead.suspend(id, start, n);
         Ok(())
     }
 
