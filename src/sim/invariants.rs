@@ -658,7 +658,6 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 _ => {}
             },
             What::Received(payload) => {
-                let t = server_ms(entry.at);
                 match payload {
                     Payload::ErrorMessage(e) => {
                         // A refused acknowledgment gets no confirmation.
@@ -982,7 +981,6 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                                 );
                             }
                         }
-                        let _ = t;
                     }
                     Payload::AwarenessResponse(r) => {
                         if let Some(detail) = location_leak(
