@@ -26,6 +26,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::DropOfflineQueue => &["queue.feature"],
         Fault::TrustClientFrom => &["envelope.feature"],
         Fault::NonCanonicalEncoding => &["envelope.feature"],
+        Fault::LeakLocation => &["location.feature"],
     }
 }
 

@@ -598,6 +598,7 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         Fault::DropOfflineQueue => "delivery",      // SPEC: QUE-3
         Fault::TrustClientFrom => "spoof_refused",  // SPEC: ENV-11
         Fault::NonCanonicalEncoding => "canonical", // SPEC: ENV-12
+        Fault::LeakLocation => "location_audience", // SPEC: LOC-1
     };
     let mut found = Vec::new();
     for fault in Fault::ALL {

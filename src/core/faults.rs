@@ -44,10 +44,13 @@ pub enum Fault {
     /// Every stanza repeats its route field at the end: it decodes the
     /// same, but is not canonical (ENV-12).
     NonCanonicalEncoding,
+    /// A LocationStream reaches its named peer, or every subscriber, whether
+    /// or not they may see the sender's location (LOC-1, LOC-2).
+    LeakLocation,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -58,6 +61,7 @@ impl Fault {
         Fault::DropOfflineQueue,
         Fault::TrustClientFrom,
         Fault::NonCanonicalEncoding,
+        Fault::LeakLocation,
     ];
 
     /// The name on command lines: kebab-case.
@@ -73,6 +77,7 @@ impl Fault {
             Fault::DropOfflineQueue => "drop-offline-queue",
             Fault::TrustClientFrom => "trust-client-from",
             Fault::NonCanonicalEncoding => "non-canonical-encoding",
+            Fault::LeakLocation => "leak-location",
         }
     }
 }
