@@ -31,15 +31,6 @@ impl XorShift {
     }
 }
 
-fn config() -> QueueConfig {
-    QueueConfig {
-        segment_bytes: 1024,
-        index_interval_bytes: 300,
-        write_buffer_bytes: 400,
-        ..QueueConfig::default()
-    }
-}
-
 /// An appended item: payload and excluded device.
 type Attempted = (Vec<u8>, Option<&'static str>);
 
@@ -83,7 +74,7 @@ fn workload(fs: &SimFs, seed: u64, steps: usize) -> (Model, bool) {
     let mut rng = XorShift(seed);
     let mut m = Model::default();
     let mut now: i64 = 1_700_000_000_000;
-    let Ok(mut store) = QueueStore::open(fs.clone(), DIR, config()) else {
+    let Ok(mut store) = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()) else {
         return (m, false);
     };
     // A pipelined sync in flight (QueueStore::begin_sync) and the model when it began.
@@ -201,7 +192,7 @@ fn workload(fs: &SimFs, seed: u64, steps: usize) -> (Model, bool) {
             94..97 => match store.close() {
                 Ok(()) => {
                     m.acknowledge();
-                    match QueueStore::open(fs.clone(), DIR, config()) {
+                    match QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()) {
                         Ok(s) => {
                             store = s;
                             true
@@ -302,7 +293,7 @@ fn continue_after(fs: &SimFs, mut store: QueueStore<SimFs>, eid: &str, what: &st
     assert_eq!(a.increment, before + 1, "{what}");
     store.sync().unwrap();
     store.close().unwrap();
-    let store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     assert_eq!(store.last_increment(eid), before + 1, "{what}");
     let items = store.read(eid, before, 10).unwrap();
     assert_eq!(&items[0].payload[..], b"after the crash", "{what}");
@@ -324,7 +315,7 @@ fn crash_at_every_operation() {
         let (model, finished) = workload(&clean, seed, steps);
         assert!(finished, "the workload must complete without faults");
         let total = clean.ops();
-        let store = QueueStore::open(clean.clone(), DIR, config()).unwrap();
+        let store = QueueStore::open(clean.clone(), DIR, QueueConfig::tiny()).unwrap();
         check(&store, &model, "clean run");
         println!(
             "seed {seed:x}: {total} filesystem operations, {} segments at the end, retention (removed, copied, \
@@ -359,7 +350,7 @@ fn crash_at_every_operation() {
                 let crashed = fs.fork();
                 crashed.crash(plan);
                 let what = format!("seed {seed:x} op {n}/{total} {name} {plan:?}");
-                let store = match QueueStore::open(crashed.clone(), DIR, config()) {
+                let store = match QueueStore::open(crashed.clone(), DIR, QueueConfig::tiny()) {
                     Ok(s) => s,
                     Err(e) => panic!("{what}: reopen failed: {e}"),
                 };
@@ -377,19 +368,19 @@ fn crash_at_every_operation() {
                             break;
                         }
                         again.cut_power_after(base + k);
-                        let _ = QueueStore::open(again.clone(), DIR, config());
+                        let _ = QueueStore::open(again.clone(), DIR, QueueConfig::tiny());
                         again.crash(if k % 2 == 0 {
                             CrashPlan::LOSE_ALL
                         } else {
                             CrashPlan::KEEP_ALL
                         });
-                        let store = QueueStore::open(again.clone(), DIR, config())
+                        let store = QueueStore::open(again.clone(), DIR, QueueConfig::tiny())
                             .unwrap_or_else(|e| panic!("{what}: crash {k} ops into recovery: reopen failed: {e}"));
                         check(&store, &model, &format!("{what}, crash {k} ops into recovery"));
                         points += 1;
                     }
                 }
-                let store = QueueStore::open(crashed.clone(), DIR, config()).unwrap();
+                let store = QueueStore::open(crashed.clone(), DIR, QueueConfig::tiny()).unwrap();
                 if n % 7 == 0 {
                     continue_after(&crashed, store, EIDS[(n % 3) as usize], &what);
                 }
@@ -407,7 +398,7 @@ fn crash_at_every_operation() {
 #[test]
 fn fsync_failure_poisons_until_reopen() {
     let fs = SimFs::new();
-    let mut store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let mut store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     store.append("alice", b"one", None).unwrap();
     store.sync().unwrap();
     store.append("alice", b"two", None).unwrap();
@@ -419,14 +410,14 @@ fn fsync_failure_poisons_until_reopen() {
     ));
     drop(store);
     fs.crash(CrashPlan::LOSE_ALL);
-    let store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     assert_eq!(store.last_increment("alice"), 1);
 }
 
 #[test]
 fn rot_in_acknowledged_data_is_reported_not_skipped() {
     let fs = SimFs::new();
-    let mut store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let mut store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     for i in 0..3u8 {
         store.append("alice", &[i; 40], None).unwrap();
         store.sync().unwrap();
@@ -435,7 +426,7 @@ fn rot_in_acknowledged_data_is_reported_not_skipped() {
     let seg = Path::new(DIR).join("0000000001.seg");
     // Damage the first item (offset 16 + 32-byte header + "alice" + payload).
     assert!(fs.corrupt(&seg, 16 + 40, 0xff));
-    match QueueStore::open(fs.clone(), DIR, config()) {
+    match QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()) {
         Err(QueueError::Corrupt {
             segment: 1, offset: 16, ..
         }) => {}
@@ -456,12 +447,12 @@ fn rot_in_acknowledged_data_is_reported_not_skipped() {
 #[test]
 fn rot_in_indexed_data_fails_the_read() {
     let fs = SimFs::new();
-    let mut store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let mut store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     store.append("alice", &[1; 40], None).unwrap();
     store.append("alice", &[2; 40], None).unwrap();
     store.close().unwrap();
     assert!(fs.corrupt(&Path::new(DIR).join("0000000001.seg"), 16 + 40, 0xff));
-    let store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     assert!(matches!(
         store.read("alice", 0, 10),
         Err(QueueError::Corrupt {
@@ -476,7 +467,7 @@ fn rot_in_indexed_data_fails_the_read() {
 #[test]
 fn acknowledged_appends_in_rolled_segments_survive_power_loss() {
     let fs = SimFs::new();
-    let mut store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let mut store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     for i in 0..30u8 {
         store.append("alice", &[i; 60], None).unwrap();
         store.sync().unwrap();
@@ -484,7 +475,7 @@ fn acknowledged_appends_in_rolled_segments_survive_power_loss() {
     let segs = store.segments();
     drop(store);
     fs.crash(CrashPlan::LOSE_ALL);
-    let store = QueueStore::open(fs.clone(), DIR, config()).unwrap();
+    let store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).unwrap();
     assert_eq!(store.segments(), segs);
     assert_eq!(store.last_increment("alice"), 30);
 }

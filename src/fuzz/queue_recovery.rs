@@ -25,16 +25,6 @@ const NOW: i64 = 1_761_831_141_000;
 /// Bounds one input's work (and keeps every execution fast).
 const MAX_OPS: usize = 200;
 
-/// Tiny segments and index intervals, so a few hundred bytes of workload roll segments and write index chunks.
-fn config() -> QueueConfig {
-    QueueConfig {
-        segment_bytes: 1024,
-        index_interval_bytes: 300,
-        write_buffer_bytes: 400,
-        ..QueueConfig::default()
-    }
-}
-
 /// One valid item record found in the bytes handed to the store: (eid, increment, excluded device, payload).
 type RecordKey = (Vec<u8>, u64, Vec<u8>, Vec<u8>);
 
@@ -122,7 +112,7 @@ fn files(mut rest: &[u8]) {
     }
     let fs = fs_with(&files);
     let valid = valid_items(&files);
-    if let Ok(store) = QueueStore::open(fs.clone(), DIR, config()) {
+    if let Ok(store) = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()) {
         read_all(&store, &valid, None);
         still_works(store, &fs);
     }
@@ -238,7 +228,7 @@ fn still_works(mut store: QueueStore<SimFs>, fs: &SimFs) {
     assert_eq!(a.increment, before + 1);
     store.sync().expect("sync after recovery");
     store.close().expect("close after recovery");
-    let store = QueueStore::open(fs.clone(), DIR, config()).expect("a clean close reopens");
+    let store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).expect("a clean close reopens");
     let items = store.read(eid, before, 1).expect("the new item reads back");
     assert_eq!(items.len(), 1);
     assert_eq!(&items[0].payload[..], b"after recovery");
@@ -268,7 +258,7 @@ fn seg_id(name: &str) -> Option<u32> {
 
 fn damaged(s: Scenario) {
     let fs = SimFs::new();
-    let mut store = QueueStore::open(fs.clone(), DIR, config()).expect("a fresh store opens");
+    let mut store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).expect("a fresh store opens");
     let mut expected: Appended = BTreeMap::new();
     let mut acked: BTreeMap<&str, u64> = BTreeMap::new();
     let mut counter = 0u8;
@@ -307,7 +297,7 @@ fn damaged(s: Scenario) {
             }
             BuildOp::Reopen => {
                 store.close().expect("close");
-                store = QueueStore::open(fs.clone(), DIR, config()).expect("a clean close reopens");
+                store = QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()).expect("a clean close reopens");
                 for (eid, items) in &expected {
                     acked.insert(eid, items.len() as u64);
                 }
@@ -388,7 +378,7 @@ fn damaged(s: Scenario) {
 
     let fs = fs_with(&files);
     let valid = valid_items(&files);
-    match QueueStore::open(fs.clone(), DIR, config()) {
+    match QueueStore::open(fs.clone(), DIR, QueueConfig::tiny()) {
         Ok(store) => {
             let readable = read_all(&store, &valid, Some(&expected));
             // Every acknowledged item before the first damaged byte survives, exactly.

@@ -54,12 +54,7 @@ fn streams() -> Result<Vec<(String, Vec<u8>)>, LoadError> {
 
 /// A small store over several segments with index chunks, device states and an unsynced tail, as files.
 fn stores() -> Vec<(String, Vec<u8>)> {
-    let cfg = QueueConfig {
-        segment_bytes: 1024,
-        index_interval_bytes: 300,
-        write_buffer_bytes: 400,
-        ..QueueConfig::default()
-    };
+    let cfg = QueueConfig::tiny();
     let dir = Path::new("/queue");
     let snapshot = |fs: &SimFs| -> BTreeMap<String, Vec<u8>> {
         let names = fs.list(dir).unwrap_or_default();

@@ -118,6 +118,19 @@ pub struct QueueConfig {
     pub compact_below_live_ratio: f64,
 }
 
+impl QueueConfig {
+    /// Tiny segments, index intervals and write buffer, so that a few hundred bytes of appends roll segments and
+    /// write index chunks: what crash tests, fuzzing and its seed corpus run on.
+    pub fn tiny() -> QueueConfig {
+        QueueConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 300,
+            write_buffer_bytes: 400,
+            ..QueueConfig::default()
+        }
+    }
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
