@@ -27,8 +27,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Directory-level operations.
-pub trait Fs: Send + 'static {
+/// Directory-level operations. Clones reach the same filesystem (a spare segment is prepared through a clone on
+/// another thread).
+pub trait Fs: Clone + Send + 'static {
     type File: FsFile;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the plain files in `dir`.

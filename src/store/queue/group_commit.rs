@@ -17,6 +17,9 @@
 //! idea as PostgreSQL's `commit_delay` or Kafka's `linger.ms`), yielding to the runtime so the writers it just
 //! woke run first. A lone writer never waits: its previous batch had one request, which it already has.
 //!
+//! The task also keeps a spare segment prepared ([`QueueStore::spare_job`]) on a blocking thread, so a roll never
+//! waits for a file to be zero-filled and appends overwrite allocated blocks.
+//!
 //! Why a task in the writers' runtime rather than a thread with a channel: waking a hundred writers from a foreign
 //! thread goes through the runtime's injection queue and unparks workers, and a channel wakes its receiver for
 //! every message; measured on this project's machines that overhead per batch was larger than the fsync itself.
@@ -31,7 +34,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use super::fs::Fs;
-use super::{Appended, FsyncDone, QueueError, QueueStore};
+use super::{Appended, FsyncDone, QueueError, QueueStore, SpareDone};
 
 /// Why an async append or call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -256,10 +259,36 @@ fn finish<F: Fs>(
     true
 }
 
+type SpareTask<F> = JoinHandle<SpareDone<<F as Fs>::File>>;
+
+/// Installs a finished spare and starts the next one when the store wants one. `wait` waits for one still being
+/// prepared (at shutdown).
+async fn tend_spare<F: Fs>(store: &mut QueueStore<F>, spare: &mut Option<SpareTask<F>>, wait: bool) {
+    if let Some(task) = spare.take_if(|t| wait || t.is_finished()) {
+        match task.await {
+            Ok(done) => {
+                if let Err(e) = store.install_spare(done) {
+                    tracing::warn!(error = %e, "queue: no spare segment; appends go on without preallocation");
+                }
+            }
+            // The blocking pool is shutting down; so is the committer.
+            Err(_) => return,
+        }
+    }
+    if spare.is_none()
+        && !wait
+        && let Some(job) = store.spare_job()
+    {
+        *spare = Some(tokio::task::spawn_blocking(move || job.run()));
+    }
+}
+
 async fn run<F: Fs>(mut store: QueueStore<F>, shared: Arc<Shared<F>>, cfg: GroupCommitConfig) -> Option<QueueStore<F>> {
     let mut in_flight: Option<InFlight<F>> = None;
+    let mut spare: Option<SpareTask<F>> = None;
     let mut want = 1usize;
     loop {
+        tend_spare(&mut store, &mut spare, false).await;
         let want_now = if cfg.linger.is_zero() { 1 } else { want };
         // While an fsync runs, the next batch gathers; whichever comes first is handled first.
         let batch = match in_flight.as_mut() {
@@ -337,5 +366,6 @@ async fn run<F: Fs>(mut store: QueueStore<F>, shared: Arc<Shared<F>>, cfg: Group
     {
         return None;
     }
+    tend_spare(&mut store, &mut spare, true).await;
     Some(store)
 }

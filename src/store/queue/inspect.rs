@@ -18,6 +18,7 @@ use super::{QueueError, idx_name, parse_name, recovery, seg_name};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentSummary {
     pub id: u32,
+    /// Bytes up to the end of the data (a preallocated segment's zero tail is not counted).
     pub bytes: u64,
     /// Well-formed records.
     pub records: u64,
@@ -192,7 +193,11 @@ pub fn verify_with<F: Fs>(fs: &F, dir: &Path) -> Result<VerifyReport, QueueError
             indexed: false,
         };
         let mut items: BTreeMap<u64, (Vec<u8>, u64)> = BTreeMap::new();
-        let header_zero = bytes.len() < FILE_HEADER_LEN || bytes[..FILE_HEADER_LEN].iter().all(|b| *b == 0);
+        // As recovery reads it: a header that never became whole, or a torn one over a spare's zeros.
+        let header_zero = bytes.len() < FILE_HEADER_LEN
+            || bytes[..FILE_HEADER_LEN].iter().all(|b| *b == 0)
+            || (index::check_header(&bytes, index::SEG_MAGIC, id).is_err()
+                && recovery::zero_tail_start(&bytes) <= FILE_HEADER_LEN);
         if header_zero {
             s.bad.push(0);
         } else if let Err(reason) = index::check_header(&bytes, index::SEG_MAGIC, id) {
@@ -204,7 +209,9 @@ pub fn verify_with<F: Fs>(fs: &F, dir: &Path) -> Result<VerifyReport, QueueError
         } else {
             let mut at = FILE_HEADER_LEN;
             let mut in_bad = false;
-            while at < bytes.len() {
+            // A preallocated segment's zero tail is unused space, not damage (recovery reads it the same way).
+            let data_end = recovery::zero_tail_start(&bytes);
+            while at < data_end {
                 match record::decode(&bytes[at..]) {
                     Ok(rec) => {
                         s.records.push((at as u64, rec.kind, rec.a));
@@ -223,6 +230,7 @@ pub fn verify_with<F: Fs>(fs: &F, dir: &Path) -> Result<VerifyReport, QueueError
                     }
                 }
             }
+            s.len = at as u64;
         }
         let index_state = if !idx {
             "missing".to_string()

@@ -79,6 +79,7 @@ pub mod index;
 mod inspect;
 pub mod record;
 mod recovery;
+mod spare;
 mod store;
 
 use std::io;
@@ -90,6 +91,7 @@ pub use group_commit::{CommitError, CommitterTask, GroupCommitConfig, GroupCommi
 pub use inspect::{
     Finding, SegmentSummary, VerifyReport, inspect, inspect_with, verify, verify_exit_code, verify_with,
 };
+pub use spare::{SpareDone, SpareJob};
 pub use store::{FsyncDone, QueueStore, SyncTicket};
 
 /// A day in milliseconds.
@@ -116,6 +118,10 @@ pub struct QueueConfig {
     /// Retention copies the live items out of a sealed segment whose live share of bytes is below this, so the
     /// segment can be deleted (0 disables copying).
     pub compact_below_live_ratio: f64,
+    /// Offer spare segments ([`QueueStore::spare_job`]): files of `segment_bytes` zeros prepared and fsynced off the
+    /// append path, so that appends overwrite allocated blocks and an fsync writes data only, not the file's size
+    /// too. Nothing happens unless the store's driver runs the jobs (the [`GroupCommitter`] does).
+    pub preallocate: bool,
 }
 
 impl QueueConfig {
@@ -142,6 +148,7 @@ impl Default for QueueConfig {
             max_bytes_per_eid: 64 << 20,
             forget_after_ms: 30 * DAY_MS,
             compact_below_live_ratio: 0.5,
+            preallocate: true,
         }
     }
 }
@@ -256,6 +263,8 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Bytes written to segment files.
     pub bytes_written: u64,
+    /// Segments started from a prepared spare ([`QueueStore::spare_job`]).
+    pub spare_segments: u64,
 }
 
 /// What [`QueueStore::retain`] did.
@@ -296,6 +305,9 @@ pub struct OpenReport {
     /// Segments whose index was missing, damaged or stale and was rewritten.
     pub rebuilt_indexes: Vec<u32>,
 }
+
+/// The spare segment being prepared or ready ([`SpareJob`]); like every `*.tmp` file, removed on open.
+const SPARE_NAME: &str = "spare.tmp";
 
 fn seg_name(id: u32) -> String {
     format!("{id:010}.seg")

@@ -258,6 +258,26 @@ fn find_proof<F: Fs>(
     Ok((false, found))
 }
 
+/// Where the run of zero bytes that ends `bytes` begins (`bytes.len()` when the last byte is not zero).
+pub(super) fn zero_tail_start(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)
+}
+
+/// Whether bytes `from..len` of `file` are all zero (read in pieces: a spare is a whole segment of zeros).
+fn zeros_from<Fl: FsFile>(file: &Fl, from: u64, len: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; (len.saturating_sub(from)).min(1 << 20) as usize];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(at, &mut buf[..n])?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 fn remove_if_present<F: Fs>(fs: &F, path: &Path) -> Result<(), QueueError> {
     match fs.remove(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(QueueError::Io {
@@ -334,7 +354,22 @@ pub(super) fn recover<F: Fs>(fs: &F, dir: &Path, write: bool) -> Result<Recovere
         let mut head = vec![0u8; len.min(FILE_HEADER_LEN as u64) as usize];
         file.read_exact_at(0, &mut head)
             .map_err(QueueError::io("read", &seg_path))?;
-        if len < FILE_HEADER_LEN as u64 || head.iter().all(|b| *b == 0) {
+        let header = if len < FILE_HEADER_LEN as u64 {
+            Err("file shorter than its header")
+        } else {
+            index::check_header(&head, index::SEG_MAGIC, id)
+        };
+        // A header that is not whole over a file with nothing after it is a torn start (on a spare, the zeros keep
+        // the length a torn write would otherwise have cut short).
+        let unwritten = match header {
+            Ok(()) => false,
+            Err(_) => {
+                len < FILE_HEADER_LEN as u64
+                    || head.iter().all(|b| *b == 0)
+                    || zeros_from(&file, FILE_HEADER_LEN as u64, len).map_err(QueueError::io("read", &seg_path))?
+            }
+        };
+        if unwritten {
             // A segment whose header never became durable held nothing acknowledged, nor does anything after it.
             if write {
                 remove_if_present(fs, &seg_path)?;
@@ -345,7 +380,7 @@ pub(super) fn recover<F: Fs>(fs: &F, dir: &Path, write: bool) -> Result<Recovere
             cut = true;
             continue;
         }
-        index::check_header(&head, index::SEG_MAGIC, id).map_err(|reason| QueueError::Corrupt {
+        header.map_err(|reason| QueueError::Corrupt {
             segment: id,
             offset: 0,
             reason,
@@ -393,8 +428,11 @@ pub(super) fn recover<F: Fs>(fs: &F, dir: &Path, write: bool) -> Result<Recovere
         file.read_exact_at(covered, &mut tail)
             .map_err(QueueError::io("read", &seg_path))?;
         report.scanned_bytes += tail.len() as u64;
+        // A preallocated segment's unused space is zeros, and no record starts with zeros (its length field is at
+        // least 32): from here on there is nothing, torn or not.
+        let data_end = zero_tail_start(&tail);
         let mut at = 0usize;
-        while at < tail.len() {
+        while at < data_end {
             match record::decode(&tail[at..]) {
                 Ok(rec) => {
                     loader.record(&rec, id, covered + at as u64, builder.as_mut());
@@ -402,7 +440,8 @@ pub(super) fn recover<F: Fs>(fs: &F, dir: &Path, write: bool) -> Result<Recovere
                 }
                 Err(e) => {
                     let x = covered + at as u64;
-                    let (proof, found) = find_proof(fs, dir, &tail[at..], x, &seg_ids[pos + 1..], &idx_ids)?;
+                    let rest = &tail[at..data_end.max(at)];
+                    let (proof, found) = find_proof(fs, dir, rest, x, &seg_ids[pos + 1..], &idx_ids)?;
                     if proof {
                         let reason = match e {
                             record::DecodeError::Incomplete => "record cut short",
@@ -453,6 +492,7 @@ pub(super) fn recover<F: Fs>(fs: &F, dir: &Path, write: bool) -> Result<Recovere
                 live_items: 0,
                 live_bytes: 0,
                 idx_len,
+                preallocated: false,
             },
         );
     }

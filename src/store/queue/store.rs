@@ -15,9 +15,10 @@ use bytes::Bytes;
 use super::fs::{Fs, FsFile};
 use super::index::{self, Chunk, FILE_HEADER_LEN, ItemEntry};
 use super::record::{self, Kind, MAX_DEVICE_LEN, MAX_EID_LEN};
+use super::spare::Spare;
 use super::{
     Appended, DeviceInfo, DeviceStatus, Item, ItemRef, Millis, OpenReport, QueueConfig, QueueError, RetainReport,
-    StoreStats, Usage, idx_name, seg_name,
+    SPARE_NAME, StoreStats, Usage, idx_name, seg_name,
 };
 
 /// Reads of adjacent items are merged up to this size.
@@ -205,6 +206,8 @@ pub(super) struct Segment<Fl> {
     pub live_bytes: u64,
     /// Length of the index file (0: none).
     pub idx_len: u64,
+    /// The file was a spare: zeros from `written` to `segment_bytes` (cut at roll and at a clean close).
+    pub preallocated: bool,
 }
 
 /// Index content gathered for a segment range not yet written to its index.
@@ -341,6 +344,8 @@ pub struct QueueStore<F: Fs> {
     pub(super) stats: StoreStats,
     /// Where the last read left its read-ahead (a hint position only: never affects what is read).
     pub(super) read_ahead: Mutex<ReadAheadCursor>,
+    /// The next segment file, prepared off the append path (`spare.rs`).
+    pub(super) spare: Spare<F::File>,
 }
 
 impl<F: Fs> std::fmt::Debug for QueueStore<F> {
@@ -415,6 +420,7 @@ impl<F: Fs> QueueStore<F> {
             report: rec.report,
             stats: StoreStats::default(),
             read_ahead: Mutex::default(),
+            spare: Spare::Idle,
         };
         match store.segs.last_key_value() {
             Some((&id, seg)) => {
@@ -483,9 +489,21 @@ impl<F: Fs> QueueStore<F> {
         self.ids.get(eid).map(|&id| &self.eids[id as usize])
     }
 
+    /// Starts segment `id`: the spare renamed when one is ready, else a new empty file.
     fn new_segment(&mut self, id: u32) -> Result<(), QueueError> {
         let path = self.path(seg_name(id));
-        let file = self.fs.create(&path).map_err(QueueError::io("create", &path))?;
+        let (file, preallocated) = match std::mem::take(&mut self.spare) {
+            Spare::Ready(file) => {
+                let spare = self.path(SPARE_NAME.into());
+                self.fs.rename(&spare, &path).map_err(QueueError::io("rename", spare))?;
+                self.stats.spare_segments += 1;
+                (file, true)
+            }
+            other => {
+                self.spare = other;
+                (self.fs.create(&path).map_err(QueueError::io("create", &path))?, false)
+            }
+        };
         self.segs.insert(
             id,
             Segment {
@@ -495,6 +513,7 @@ impl<F: Fs> QueueStore<F> {
                 live_items: 0,
                 live_bytes: 0,
                 idx_len: 0,
+                preallocated,
             },
         );
         self.buf.clear();
@@ -529,10 +548,19 @@ impl<F: Fs> QueueStore<F> {
     fn roll(&mut self) -> Result<(), QueueError> {
         self.flush()?;
         let old = self.active;
-        let seg = &self.segs[&old];
-        if seg.written > seg.durable {
+        let path = self.path(seg_name(old));
+        let seg = self.segs.get_mut(&old).expect("active segment exists");
+        // A sealed segment ends at its last record: only the active one may have a zero tail.
+        let cut = std::mem::take(&mut seg.preallocated);
+        if cut {
+            seg.file
+                .set_len(seg.written)
+                .map_err(QueueError::io("truncate", path))?;
+        }
+        if seg.written > seg.durable || cut {
             self.unsynced.push(old);
         }
+        let seg = &self.segs[&old];
         let builder = std::mem::take(&mut self.builder);
         self.sealing.push((old, builder, seg.written));
         self.new_segment(old + 1)
@@ -547,7 +575,10 @@ impl<F: Fs> QueueStore<F> {
         };
         let len = (record::HEADER_LEN + name_len + aux.len() + payload.len()) as u64;
         let end = self.active_end();
-        if end + len > self.cfg.segment_bytes && end > FILE_HEADER_LEN as u64 {
+        let full = end + len > self.cfg.segment_bytes && end > FILE_HEADER_LEN as u64;
+        // A store on a plain segment (new, or just recovered) moves to the spare as soon as there is one.
+        let to_spare = !self.segs[&self.active].preallocated && matches!(self.spare, Spare::Ready(_));
+        if full || to_spare {
             self.roll()?;
         }
         if std::mem::take(&mut self.mark_needed) {
@@ -1334,6 +1365,19 @@ impl<F: Fs> QueueStore<F> {
             let written = s.segs[&s.active].written;
             let builder = std::mem::replace(&mut s.builder, ChunkBuilder::new(written));
             s.write_chunk(s.active, &builder, written)?;
+            let path = s.path(seg_name(s.active));
+            let seg = s.segs.get_mut(&s.active).expect("active segment exists");
+            if std::mem::take(&mut seg.preallocated) {
+                // The next open then scans nothing, not the zeros.
+                seg.file.set_len(written).map_err(QueueError::io("truncate", &path))?;
+                seg.file.sync().map_err(QueueError::io("fsync", &path))?;
+            }
+            if let Spare::Ready(file) = std::mem::take(&mut s.spare) {
+                drop(file);
+                let spare = s.path(SPARE_NAME.into());
+                s.fs.remove(&spare).map_err(QueueError::io("remove", spare))?;
+                s.dir_dirty = true;
+            }
             if s.dir_dirty {
                 s.fs.sync_dir(&s.dir).map_err(QueueError::io("fsync", &s.dir))?;
             }

@@ -242,133 +242,129 @@ fn group_committer_acknowledges_durable_appends() {
     for e in 0..4 {
         assert_eq!(store.read(&format!("eid{e}"), 0, usize::MAX).unwrap().len(), 125);
     }
+    // The committer kept spares coming: the store moved onto one at once and rolled onto others.
+    assert!(store.stats().spare_segments >= 2, "{:?}", store.stats());
+    let segments = store.segments();
     store.close().unwrap();
-}
-
-/// `trim` drops an owner-consumed queue's durable items below a point, never undurable ones; the cut survives a
-/// reopen once synced, and retention then releases the segments it emptied.
-#[test]
-fn trim_drops_durable_items_and_survives_reopen() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
-    for i in 0..300u32 {
-        store.append("#log", &[b'x'; 60], None).unwrap();
-        if i % 10 == 9 {
-            store.sync().unwrap();
-        }
+    // Sealed segments and, after the close, the active one end at their last record; the spare is gone.
+    for (id, written, _) in segments {
+        let len = std::fs::metadata(tmp.path().join(seg_name(id))).unwrap().len();
+        assert_eq!(len, written, "segment {id}");
     }
-    store.append("#log", b"pending", None).unwrap();
-    assert!(
-        matches!(store.trim("#log", 302), Err(QueueError::Invalid { .. })),
-        "item 301 is not durable yet"
-    );
-    assert_eq!(store.trim("#log", 251).unwrap(), 250);
-    assert_eq!(store.trim("#log", 100).unwrap(), 0, "never moves back");
-    assert_eq!(store.oldest_retained("#log"), 251);
-    store.sync().unwrap();
-    let before = store.segments().len();
-    let report = store.retain(1).unwrap();
-    assert!(!report.deleted_segments.is_empty(), "{report:?}");
-    assert!(store.segments().len() < before);
-    drop(store); // no clean close
+    assert!(!tmp.path().join(SPARE_NAME).exists());
     let store = QueueStore::open(RealFs, tmp.path(), small()).unwrap();
-    assert_eq!(store.oldest_retained("#log"), 251);
-    let items = store.read("#log", 0, usize::MAX).unwrap();
-    assert_eq!(items.len(), 51);
-    assert_eq!(items[0].increment, 251);
-    assert_eq!(&items[50].payload[..], b"pending");
+    assert_eq!(store.open_report().scanned_bytes, 0);
+    for e in 0..4 {
+        assert_eq!(store.read(&format!("eid{e}"), 0, usize::MAX).unwrap().len(), 125);
+    }
 }
 
-/// An item read back, owned: (increment, payload, exclude).
-type Owned = (u64, Vec<u8>, Option<String>);
-
-/// A replay past several read-ahead windows through the real filesystem (hints on, `posix_fadvise` on Linux):
-/// paged reads, interleaved between EIDs, from arbitrary starts, after a trim and a compaction moved items, all
-/// return exactly what one whole `read` does and what was appended.
+/// Spares on the real filesystem, driven by hand: the roll renames the spare, seals the old segment at its last
+/// record; a crash leaves the active segment's zero tail, which recovery reads as the end, not as a torn write.
 #[test]
-fn replay_with_read_ahead_reads_what_was_written() {
+fn spare_segments_roll_seal_and_recover() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = QueueConfig {
-        segment_bytes: 4 << 20,
-        ..QueueConfig::default()
+        segment_bytes: 64 << 10,
+        ..small()
     };
     let mut store = QueueStore::open(RealFs, tmp.path(), cfg.clone()).unwrap();
-    let payload = |eid: usize, i: u64| {
-        let mut p = vec![(i % 251) as u8; 12_000 + (i as usize * 7) % 5_000];
-        p[..8].copy_from_slice(&i.to_le_bytes());
-        p[8] = eid as u8;
-        p
-    };
-    // Runs of 5 items per EID (~70 KB), ~24 MB per EID: three read-ahead windows, six segments each.
-    let per_eid = 1_700u64;
-    for i in 0..per_eid * 3 {
-        let eid = ((i / 5) % 3) as usize;
-        let n = i / 15 * 5 + i % 5 + 1;
-        let exclude = n.is_multiple_of(7).then_some("phone");
-        store.append(&format!("e{eid}"), &payload(eid, n), exclude).unwrap();
-        if (i + 1).is_multiple_of(100) {
-            store.sync().unwrap();
-        }
-    }
+    store.append("alice", b"before the spare", None).unwrap();
     store.sync().unwrap();
-    let check = |store: &QueueStore<RealFs>, eid: usize, from: u64| {
-        let name = format!("e{eid}");
-        let all = store.read(&name, from - 1, usize::MAX).unwrap();
-        assert_eq!(all.len() as u64, per_eid - from + 1);
-        for (k, item) in all.iter().enumerate() {
-            let n = from + k as u64;
-            assert_eq!(item.increment, n);
-            assert_eq!(&item.payload[..], &payload(eid, n)[..]);
-            assert_eq!(item.exclude.as_deref(), n.is_multiple_of(7).then_some("phone"));
-        }
-        all
-    };
-    let whole: Vec<_> = (0..3).map(|e| check(&store, e, 1)).collect();
-    // Paged replays of the three EIDs in turn (each call moves the read-ahead cursor to another EID), with page
-    // sizes that do and do not divide the runs.
-    for limit in [1, 3, 64, 1_000] {
-        let mut after = [0u64; 3];
-        let mut got: [Vec<Owned>; 3] = Default::default();
-        let mut buf = Vec::new();
-        while after.iter().any(|a| *a < per_eid) {
-            for e in 0..3 {
-                store
-                    .read_each(&format!("e{e}"), after[e], limit, &mut buf, |item| {
-                        got[e].push((item.increment, item.payload.to_vec(), item.exclude.map(str::to_owned)));
-                        after[e] = item.increment;
-                    })
-                    .unwrap();
-            }
-        }
-        for e in 0..3 {
-            let want: Vec<_> = whole[e]
-                .iter()
-                .map(|i| (i.increment, i.payload.to_vec(), i.exclude.clone()))
-                .collect();
-            assert_eq!(got[e], want, "limit {limit}");
-        }
-    }
-    // Starts that are not where the last read stopped: backwards, forwards, repeated.
-    for from in [900, 2, 1_699, 901, 901, 1_700] {
-        check(&store, 1, from);
-    }
-    // Items moved by compaction (a trim empties most of the early segments, retain copies their live items out):
-    // the cursor's hints point at the old places, the reads must still be right.
-    store.trim("e0", 1_600).unwrap();
-    store.trim("e2", 1_650).unwrap();
+    assert!(store.prepare_spare().unwrap());
+    assert!(store.spare_ready());
+    assert!(!store.prepare_spare().unwrap(), "one spare at a time");
+    // The first append after the spare is ready moves the store onto it.
+    store.append("alice", b"on the spare", None).unwrap();
     store.sync().unwrap();
-    let mut buf = Vec::new();
-    store.read_each("e1", 0, 10, &mut buf, |_| {}).unwrap();
-    let report = store.retain(0).unwrap();
+    assert_eq!(store.segments().len(), 2);
+    let len = |id: u32| std::fs::metadata(tmp.path().join(seg_name(id))).unwrap().len();
+    assert_eq!(len(1), store.segments()[0].1, "sealed at its last record");
+    assert_eq!(len(2), cfg.segment_bytes, "the spare keeps its zeros");
+    // Fill segment 2 past its size with a spare ready: the roll renames it.
+    assert!(store.prepare_spare().unwrap());
+    let mut i = 0u32;
+    while store.segments().len() < 3 {
+        store
+            .append("bob", format!("item {i:05} {}", "x".repeat(200)).as_bytes(), None)
+            .unwrap();
+        store.sync().unwrap();
+        i += 1;
+    }
+    assert_eq!(store.stats().spare_segments, 2);
+    assert_eq!(len(2), store.segments()[1].1);
+    assert_eq!(len(3), cfg.segment_bytes);
+    drop(store); // a crash: no close, the zero tail stays
+
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.findings.is_empty(), "{report}");
+    let store = QueueStore::open(RealFs, tmp.path(), cfg.clone()).unwrap();
+    let open = store.open_report();
     assert!(
-        report.copied_items > 0 && !report.deleted_segments.is_empty(),
-        "{report:?}"
+        open.truncated.is_empty() && open.dropped_segments.is_empty(),
+        "{open:?}"
     );
-    assert_eq!(store.read("e1", 10, usize::MAX).unwrap(), whole[1][10..].to_vec());
-    check(&store, 0, 1_600);
-    check(&store, 2, 1_650);
+    assert_eq!(store.last_increment("alice"), 2);
+    assert_eq!(store.last_increment("bob"), i as u64);
+    let bob = store.read("bob", 0, usize::MAX).unwrap();
+    assert_eq!(
+        &bob[i as usize - 1].payload[..11],
+        format!("item {:05} ", i - 1).as_bytes()
+    );
+    assert_eq!(len(3), store.segments()[2].1, "recovery released the zeros");
     store.close().unwrap();
-    let store = QueueStore::open(RealFs, tmp.path(), cfg).unwrap();
-    check(&store, 1, 1);
-    check(&store, 1, 1_234);
+}
+
+/// A torn write inside a spare's zeros is still a torn write: cut, reported, and nothing before it lost.
+#[test]
+fn torn_write_in_a_spare_is_cut() {
+    let fs = SimFs::new();
+    let dir = Path::new("/q");
+    let cfg = QueueConfig::tiny();
+    let mut store = QueueStore::open(fs.clone(), dir, cfg.clone()).unwrap();
+    assert!(store.prepare_spare().unwrap());
+    store.append("alice", &[1; 60], None).unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.stats().spare_segments, 1);
+    store.append("alice", &[2; 60], None).unwrap();
+    // The batch's write is issued, its fsync is not.
+    fs.cut_power_after(fs.ops() + 1);
+    assert!(store.sync().is_err());
+    drop(store);
+    // 40 bytes of it land on the zeros: the batch's mark (32 bytes) and the start of the item's header.
+    fs.crash(CrashPlan {
+        keep: 0,
+        tear: Some(40),
+    });
+    let report = verify_with(&fs, dir).unwrap();
+    assert!(
+        matches!(report.findings[..], [Finding::TornTail { segment: 2, .. }]),
+        "{report}"
+    );
+    let store = QueueStore::open(fs.clone(), dir, cfg).unwrap();
+    assert_eq!(store.last_increment("alice"), 1);
+    assert_eq!(store.open_report().truncated.len(), 1, "{:?}", store.open_report());
+    assert_eq!(&store.read("alice", 0, 10).unwrap()[0].payload[..], &[1; 60]);
+}
+
+/// A spare that could not be prepared turns preallocation off and leaves the store as it was.
+#[test]
+fn failed_spare_turns_preallocation_off() {
+    let fs = SimFs::new();
+    let dir = Path::new("/q");
+    let mut store = QueueStore::open(fs.clone(), dir, QueueConfig::tiny()).unwrap();
+    store.append("alice", b"kept", None).unwrap();
+    store.sync().unwrap();
+    let job = store.spare_job().unwrap();
+    assert!(store.spare_job().is_none(), "one job at a time");
+    let other = fs.fork();
+    // The job runs on a filesystem whose power is cut: its create fails.
+    other.cut_power_after(other.ops());
+    let failed = SpareJob { fs: other, ..job }.run();
+    assert!(matches!(store.install_spare(failed), Err(QueueError::Io { .. })));
+    assert!(store.spare_job().is_none() && !store.spare_ready());
+    store.append("alice", b"still works", None).unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.stats().spare_segments, 0);
+    assert_eq!(store.read("alice", 0, 10).unwrap().len(), 2);
 }
