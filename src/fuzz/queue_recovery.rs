@@ -33,11 +33,24 @@ type Appended = BTreeMap<&'static str, Vec<(Vec<u8>, Option<&'static str>)>>;
 
 #[derive(Debug, Arbitrary)]
 enum BuildOp {
-    Append { eid: u8, len: u8, exclude: Option<bool> },
+    Append {
+        eid: u8,
+        len: u8,
+        exclude: Option<bool>,
+    },
     Sync,
-    Touch { eid: u8, phone: bool },
-    Commit { eid: u8, phone: bool, delta: u8 },
+    Touch {
+        eid: u8,
+        phone: bool,
+    },
+    Commit {
+        eid: u8,
+        phone: bool,
+        delta: u8,
+    },
     Reopen,
+    /// Prepares a spare segment: the next append moves onto it, and a crash can leave its zero tail.
+    Spare,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -294,6 +307,9 @@ fn damaged(s: Scenario) {
                         store.commit(eid, device, to).expect("commit");
                     }
                 }
+            }
+            BuildOp::Spare => {
+                store.prepare_spare().expect("spare");
             }
             BuildOp::Reopen => {
                 store.close().expect("close");

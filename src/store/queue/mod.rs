@@ -51,6 +51,10 @@
 //! - otherwise it is a **torn tail**: that record and everything after it in the log (the rest of the segment,
 //!   any later segments) was never acknowledged and is cut; [`OpenReport`] says where and how much.
 //!
+//! Zeros that run to the end of a segment are unused space of a preallocated segment (`spare.rs`), read like the
+//! end of the file: no record starts with zeros. Likewise a segment whose header is not whole and holds only zeros
+//! after it never got its first write, like one too short for its header.
+//!
 //! Damage inside indexed (already durable) data is not scanned at open; it is found by every read, which checks
 //! each record's CRC, EID and increment before returning it ([`QueueError::Corrupt`] for that read, never bad
 //! bytes), and by `verify`, which reads everything. A damaged, torn, missing or stale index is rebuilt from its
@@ -68,6 +72,7 @@
 //!   where the next one tears at every operation, without a simulation runtime (the `fs` doc says more).
 //! - `store.rs`: [`QueueStore`]: appends, group sync, reads, commits, retention.
 //! - `recovery.rs`: open: indexes, tail scans, the damage rule, index rebuilds.
+//! - `spare.rs`: spare segments, zero-filled off the append path so that a batch's fsync writes data only.
 //! - `group_commit.rs`: [`GroupCommitter`], the async layer.
 //! - `inspect.rs`: [`inspect`] and [`verify`] for the CLI.
 //! - `tests.rs`: the store on the real filesystem (reopen, damage, lost indexes, the CLI functions, the committer).

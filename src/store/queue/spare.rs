@@ -12,7 +12,7 @@
 //! instead of creating an empty file; a store whose active segment is not preallocated (a new store, or one just
 //! recovered) rolls onto the spare as soon as one is ready. A sealed segment is cut back to its last record at
 //! the roll, and a clean close cuts the active one, so only the active segment of a store that crashed ever has a
-//! zero tail; recovery reads a zero tail as the end of the data (SPEC §17.3).
+//! zero tail; recovery reads a zero tail as the end of the data (SPEC §17, "durability and throughput of the log").
 //!
 //! Crash safety: the spare is only named `spare.tmp` until the rename, and every `*.tmp` file is removed on open,
 //! so a half-prepared spare is never mistaken for a segment. A renamed spare whose header never became durable is
