@@ -379,11 +379,76 @@ fn seg_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Replays `n_eids` whole EID queues of the queue in `dir` (`label` names the data layout).
+/// Where `eids`' item records lie in `files`, per EID in log order, adjacent records merged into one run:
+/// `(file index, offset, length)`. Found by decoding every segment once, outside any timing.
+fn item_runs(files: &[PathBuf], eids: &[String]) -> Vec<(usize, u64, u64)> {
+    use bimip::store::queue::{index::FILE_HEADER_LEN, record};
+    let mut per_eid: Vec<Vec<(usize, u64, u64)>> = vec![Vec::new(); eids.len()];
+    for (f, path) in files.iter().enumerate() {
+        let bytes = std::fs::read(path).unwrap();
+        let mut at = FILE_HEADER_LEN;
+        while let Ok(rec) = record::decode(&bytes[at..]) {
+            if rec.kind == record::Kind::Item
+                && let Some(e) = eids.iter().position(|e| e.as_bytes() == rec.eid)
+            {
+                let runs = &mut per_eid[e];
+                match runs.last_mut() {
+                    Some((rf, off, len)) if *rf == f && *off + *len == at as u64 => *len += rec.len as u64,
+                    _ => runs.push((f, at as u64, rec.len as u64)),
+                }
+            }
+            at += rec.len;
+        }
+    }
+    per_eid.concat()
+}
+
+/// Reads `runs` with plain positioned reads of at most 1 MiB, in order, checking nothing: the raw read of exactly
+/// the bytes a replay reads, in the same order.
+fn raw_runs(c: &mut Criterion, files: &[PathBuf], runs: &[(usize, u64, u64)], label: &str) {
+    use std::os::unix::fs::FileExt;
+    let total: u64 = runs.iter().map(|r| r.2).sum();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut g = c.benchmark_group("raw");
+    g.throughput(Throughput::Bytes(total));
+    for cold in [false, true] {
+        let temp = if cold { "cold" } else { "warm" };
+        let name = format!("raw read of the replayed runs MB/s ({label}, {temp})");
+        g.bench_function(format!("runs_{label}_{temp}"), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    if cold {
+                        files.iter().for_each(|f| evict(f));
+                    }
+                    let start = Instant::now();
+                    let open: Vec<std::fs::File> = files.iter().map(|f| std::fs::File::open(f).unwrap()).collect();
+                    for &(f, off, len) in runs {
+                        let mut at = 0;
+                        while at < len {
+                            let n = (len - at).min(buf.len() as u64) as usize;
+                            open[f].read_exact_at(&mut buf[..n], off + at).unwrap();
+                            std::hint::black_box(&buf);
+                            at += n as u64;
+                        }
+                    }
+                    elapsed += start.elapsed();
+                }
+                record(&name, (iters * total) as f64 / 1e6, elapsed);
+                elapsed
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Replays `n_eids` whole EID queues of the queue in `dir` (`label` names the data layout), after a raw read of the
+/// same records for comparison.
 fn replay(c: &mut Criterion, dir: &Path, label: &str, n_eids: usize) {
     let seg_files = seg_files(dir);
     let store = QueueStore::open(RealFs, dir, QueueConfig::default()).unwrap();
     let eids: Vec<String> = store.eids().take(n_eids).map(str::to_string).collect();
+    raw_runs(c, &seg_files, &item_runs(&seg_files, &eids), label);
     let mut total_rec = 0u64;
     let mut total_payload = 0u64;
     for e in &eids {
@@ -568,34 +633,42 @@ fn summary(root: &Path) -> String {
          fsync/s | | |\n",
         every / alt_fsync
     ));
-    for (k, base, bname, target) in [
-        ("replay MB/s (contiguous, cold)", cold, "cold read", true),
-        ("replay MB/s (contiguous, warm)", warm, "warm read", true),
-        (
-            "replay MB/s (contiguous, warm, allocating read)",
-            warm,
-            "warm read",
-            false,
-        ),
-        ("replay MB/s (interleaved, cold)", cold, "cold read", true),
-        ("replay MB/s (interleaved, warm)", warm, "warm read", true),
-        (
-            "replay MB/s (interleaved, warm, allocating read)",
-            warm,
-            "warm read",
-            false,
-        ),
-    ] {
-        let r = rate(k);
-        let (t, met) = if target {
-            ("≥ 0.5x", if r >= 0.5 * base { "yes" } else { "NO" })
-        } else {
-            ("", "")
-        };
+    // The replay target compares a replay with a raw read of the same disk, page cache cold (BENCHMARKS.md,
+    // "What the replay target compares"): the raw sequential read for a backlog laid out in sequence, the raw read
+    // of the same runs for an interleaved one. Warm rows are reported, not judged: a page-cache copy is not a
+    // disk's bandwidth, and a replay also checks each record's CRC.
+    for layout in ["contiguous", "interleaved"] {
+        let runs_cold = rate(&format!("raw read of the replayed runs MB/s ({layout}, cold)"));
+        let runs_warm = rate(&format!("raw read of the replayed runs MB/s ({layout}, warm)"));
         out.push_str(&format!(
-            "| {k} | {r:.0} MB/s | {:.2}x {bname} | {t} | {met} |\n",
-            r / base
+            "| raw read of the replayed records only, {layout} layout, cold / warm | {runs_cold:.0} / {runs_warm:.0} \
+             MB/s | {:.2}x / {:.2}x sequential read | | |\n",
+            runs_cold / cold,
+            runs_warm / warm
         ));
+        let (base, bname) = if layout == "contiguous" {
+            (cold, "raw sequential read, cold")
+        } else {
+            (runs_cold, "raw read of the same runs, cold")
+        };
+        let r = rate(&format!("replay MB/s ({layout}, cold)"));
+        out.push_str(&format!(
+            "| replay MB/s ({layout}, cold) | {r:.0} MB/s | {:.2}x {bname} ({:.2}x sequential) | ≥ 0.5x | {} |\n",
+            r / base,
+            r / cold,
+            if r >= 0.5 * base { "yes" } else { "NO" }
+        ));
+        for k in [
+            format!("replay MB/s ({layout}, warm)"),
+            format!("replay MB/s ({layout}, warm, allocating read)"),
+        ] {
+            let r = rate(&k);
+            out.push_str(&format!(
+                "| {k} | {r:.0} MB/s | {:.2}x warm sequential read, {:.2}x warm read of the same runs | | |\n",
+                r / warm,
+                r / runs_warm
+            ));
+        }
     }
     for (k, label) in [
         ("recovery s (clean)", "open 1 GiB after a clean close"),
