@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bimip::codec;
 use bimip::core::auth::{Algorithm, Claims, Signer, Verifier};
-use bimip::core::queue::{ChatStore, FORGET_AFTER_MS};
+use bimip::core::queue::{ChatStore, FORGET_AFTER_MS, QueueItem};
 use bimip::core::{Config, ConnId, Engine, MemoryRevocations, Millis, Output, Transport};
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentRequest, Identity, TextPayloadRequest};
@@ -55,7 +55,10 @@ impl Node {
 
     /// A node over the durable store with checkpoints every `checkpoint_min_events`, and what its open read.
     fn durable_with<F: Fs>(fs: F, dir: &Path, now: Millis, checkpoint_min_events: u64) -> (Node, ChatOpenReport) {
-        let chat_cfg = ChatStoreConfig { checkpoint_min_events };
+        let chat_cfg = ChatStoreConfig {
+            checkpoint_min_events,
+            ..ChatStoreConfig::default()
+        };
         let (store, events) =
             DurableChatStore::open_with(fs, dir, small_segments(), chat_cfg).expect("the store opens");
         let report = store.open_report().clone();
@@ -181,6 +184,41 @@ fn error_kinds(stanzas: &[Payload]) -> Vec<String> {
 
 /// SES-8, CHAT-7, CHAT-14, QUE-6, QUE-12 through the real store: undelivered messages, versions, resend detection
 /// and raised ack states survive a restart (a clean one, then one without close).
+/// With `prepare_spares` (as `bimip serve` opens it), the chat log moves onto spare segments prepared by its own
+/// thread, and everything appended reads back after a reopen.
+#[test]
+fn chat_log_runs_on_prepared_spares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("queue");
+    let spares = ChatStoreConfig {
+        prepare_spares: true,
+        ..ChatStoreConfig::default()
+    };
+    let (mut store, _) = DurableChatStore::open_with(RealFs, &dir, small_segments(), spares).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut appended = 0usize;
+    while store.queue().stats().spare_segments < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{appended} items and syncs, {:?}",
+            store.queue().stats()
+        );
+        let item = QueueItem {
+            exclude_device: None,
+            stanza: text(BOB, &format!("m{appended}")),
+        };
+        store.append(BOB, item).unwrap();
+        store.sync().unwrap();
+        appended += 1;
+        // The spare thread needs a moment of the disk; a sync picks its result up.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    store.close().unwrap();
+    assert!(!dir.join("spare.tmp").exists(), "close removes a ready spare");
+    let (store, _) = DurableChatStore::open(RealFs, &dir, small_segments()).unwrap();
+    assert_eq!(store.items_after(BOB, 0).len(), appended);
+}
+
 #[test]
 fn restart_keeps_undelivered_messages_versions_and_states() {
     let tmp = tempfile::tempdir().unwrap();
@@ -361,6 +399,7 @@ fn crash_workload(fs: &SimFs) -> Seen {
     let mut seen = Seen::default();
     let chat_cfg = ChatStoreConfig {
         checkpoint_min_events: 6,
+        ..ChatStoreConfig::default()
     };
     let Ok((store, events)) = DurableChatStore::open_with(fs.clone(), "/queue", small_segments(), chat_cfg) else {
         return seen;

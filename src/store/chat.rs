@@ -56,7 +56,7 @@ use crate::codec;
 use crate::core::queue::{ChatEvent, ChatStore, DeviceStart, QueueItem};
 use crate::core::{Millis, StoreError};
 use crate::proto::message_scheme::Payload;
-use crate::store::queue::{DeviceStatus, Fs, QueueConfig, QueueError, QueueStore};
+use crate::store::queue::{DeviceStatus, Fs, QueueConfig, QueueError, QueueStore, SpareDone};
 
 /// The queue that holds the chat event log. Not an EID: valid EIDs contain exactly one `@`.
 pub const EVENTS_EID: &str = "#chat-events";
@@ -85,12 +85,17 @@ pub struct ChatStoreConfig {
     /// A checkpoint is written once at least this many events (and at least the last checkpoint's size) were
     /// recorded since the last one.
     pub checkpoint_min_events: u64,
+    /// Prepare the log's spare segments ([`QueueStore::spare_job`]) on a thread of their own, so the fsync that
+    /// acknowledges a batch writes data only. Off by default: a thread is I/O outside the caller's control, which
+    /// a deterministic simulation cannot have; `bimip serve` turns it on.
+    pub prepare_spares: bool,
 }
 
 impl Default for ChatStoreConfig {
     fn default() -> Self {
         ChatStoreConfig {
             checkpoint_min_events: 10_000,
+            prepare_spares: false,
         }
     }
 }
@@ -283,6 +288,8 @@ pub struct DurableChatStore<F: Fs> {
     next_retain: Option<Millis>,
     /// Items that could not be read back (damaged on disk): logged and counted, never sent.
     pub unreadable_items: u64,
+    /// The spare segment being prepared ([`ChatStoreConfig::prepare_spares`]).
+    spare: Option<std::thread::JoinHandle<SpareDone<F::File>>>,
 }
 
 fn store_error(e: QueueError) -> StoreError {
@@ -427,6 +434,7 @@ impl<F: Fs> DurableChatStore<F> {
             batch_items: Vec::new(),
             next_retain: None,
             unreadable_items: 0,
+            spare: None,
         };
         Ok((store, events))
     }
@@ -447,8 +455,38 @@ impl<F: Fs> DurableChatStore<F> {
     }
 
     /// Syncs and closes the store cleanly (indexes written, nothing to scan at the next open).
-    pub fn close(self) -> Result<(), QueueError> {
+    pub fn close(mut self) -> Result<(), QueueError> {
+        // A spare still being prepared is installed, so the close removes its file.
+        self.tend_spare(true);
         self.queue.close()
+    }
+
+    /// Installs a spare the thread has finished (or, with `wait`, waits for it) and starts the next one when the log
+    /// wants one. A spare is only an optimisation: failures are logged and the log goes on without.
+    fn tend_spare(&mut self, wait: bool) {
+        if let Some(thread) = self.spare.take_if(|t| wait || t.is_finished()) {
+            match thread.join() {
+                Ok(done) => {
+                    if let Err(e) = self.queue.install_spare(done) {
+                        tracing::warn!(error = %e, "offline queue: no spare segment; appends go on without");
+                    }
+                }
+                Err(_) => tracing::warn!("offline queue: the spare segment thread panicked"),
+            }
+        }
+        if wait || !self.cfg.prepare_spares || self.spare.is_some() {
+            return;
+        }
+        if let Some(job) = self.queue.spare_job() {
+            match std::thread::Builder::new()
+                .name("bimip-spare-segment".into())
+                .spawn(move || job.run())
+            {
+                Ok(thread) => self.spare = Some(thread),
+                // The job is dropped: the store offers no other, and goes on without spares.
+                Err(e) => tracing::warn!(error = %e, "offline queue: cannot start the spare segment thread"),
+            }
+        }
     }
 
     /// Appends a checkpoint (header and entries) of the remembered messages, forgetting the others (module doc).
@@ -539,6 +577,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             };
             self.queue.sync()?;
             self.trim_to = checkpoint;
+            self.tend_spare(false);
             Ok(())
         })();
         if let Err(e) = result {

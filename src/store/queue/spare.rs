@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use super::fs::{Fs, FsFile};
 use super::{QueueError, QueueStore, SPARE_NAME};
 
-/// Zeros are written in pieces of this size, so preparing a spare never holds a whole segment in memory.
+/// Zeros are written and made durable in pieces of this size: preparing a spare never holds a whole segment in
+/// memory, and an fsync of the log that runs meanwhile (which flushes the disk's cache, behind whatever writes it
+/// holds) never waits behind more than one piece of it.
 const ZERO_PIECE: u64 = 1 << 20;
 
 /// Where the store's spare segment stands.
@@ -51,8 +53,8 @@ pub struct SpareJob<F: Fs> {
 }
 
 impl<F: Fs> SpareJob<F> {
-    /// Creates the spare file, fills it with zeros and fsyncs it (blocking: about one segment's worth of sequential
-    /// writing; call it off the async runtime).
+    /// Creates the spare file and fills it with zeros, fsyncing each piece (blocking: about one segment's worth of
+    /// sequential writing; call it off the async runtime).
     pub fn run(self) -> SpareDone<F::File> {
         let result = self.fill();
         SpareDone {
@@ -68,9 +70,9 @@ impl<F: Fs> SpareJob<F> {
         while at < self.len {
             let n = (self.len - at).min(ZERO_PIECE);
             file.write_all_at(at, &zeros[..n as usize])?;
+            file.sync()?;
             at += n;
         }
-        file.sync()?;
         Ok(file)
     }
 }
