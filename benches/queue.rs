@@ -144,38 +144,25 @@ fn raw_seq_read(c: &mut Criterion, files: &[PathBuf]) {
     let mut buf = vec![0u8; 1 << 20];
     let mut g = c.benchmark_group("raw");
     g.throughput(Throughput::Bytes(total));
-    for cold in [false, true] {
-        let name = if cold {
-            "raw read MB/s (cold)"
-        } else {
-            "raw read MB/s (warm)"
-        };
-        g.bench_function(if cold { "seq_read_cold" } else { "seq_read_warm" }, |b| {
-            b.iter_custom(|iters| {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iters {
-                    if cold {
-                        files.iter().for_each(|f| evict(f));
-                    }
-                    let start = Instant::now();
-                    for f in files {
-                        let file = std::fs::File::open(f).unwrap();
-                        let len = file.metadata().unwrap().len();
-                        let mut off = 0;
-                        while off < len {
-                            let n = (len - off).min(buf.len() as u64) as usize;
-                            file.read_exact_at(&mut buf[..n], off).unwrap();
-                            std::hint::black_box(&buf);
-                            off += n as u64;
-                        }
-                    }
-                    elapsed += start.elapsed();
+    warm_and_cold(
+        &mut g,
+        ("seq_read", "raw read MB/s", "sequential"),
+        files,
+        total as f64 / 1e6,
+        || {
+            for f in files {
+                let file = std::fs::File::open(f).unwrap();
+                let len = file.metadata().unwrap().len();
+                let mut off = 0;
+                while off < len {
+                    let n = (len - off).min(buf.len() as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], off).unwrap();
+                    std::hint::black_box(&buf);
+                    off += n as u64;
                 }
-                record(name, (iters * total) as f64 / 1e6, elapsed);
-                elapsed
-            })
-        });
-    }
+            }
+        },
+    );
     g.finish();
 }
 
@@ -403,6 +390,36 @@ fn item_runs(files: &[PathBuf], eids: &[String]) -> Vec<(usize, u64, u64)> {
     per_eid.concat()
 }
 
+/// Benches `read` warm, then cold (`files` dropped from the page cache before each iteration, outside the timing),
+/// as `{id}_warm` / `{id}_cold`, recording `mb` MB per iteration as `{metric} ({label}, warm|cold)`.
+fn warm_and_cold(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    (id, metric, label): (&str, &str, &str),
+    files: &[PathBuf],
+    mb: f64,
+    mut read: impl FnMut(),
+) {
+    for cold in [false, true] {
+        let temp = if cold { "cold" } else { "warm" };
+        let name = format!("{metric} ({label}, {temp})");
+        g.bench_function(format!("{id}_{temp}"), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    if cold {
+                        files.iter().for_each(|f| evict(f));
+                    }
+                    let start = Instant::now();
+                    read();
+                    elapsed += start.elapsed();
+                }
+                record(&name, iters as f64 * mb, elapsed);
+                elapsed
+            })
+        });
+    }
+}
+
 /// Reads `runs` with plain positioned reads of at most 1 MiB, in order, checking nothing: the raw read of exactly
 /// the bytes a replay reads, in the same order.
 fn raw_runs(c: &mut Criterion, files: &[PathBuf], runs: &[(usize, u64, u64)], label: &str) {
@@ -411,34 +428,20 @@ fn raw_runs(c: &mut Criterion, files: &[PathBuf], runs: &[(usize, u64, u64)], la
     let mut buf = vec![0u8; 1 << 20];
     let mut g = c.benchmark_group("raw");
     g.throughput(Throughput::Bytes(total));
-    for cold in [false, true] {
-        let temp = if cold { "cold" } else { "warm" };
-        let name = format!("raw read of the replayed runs MB/s ({label}, {temp})");
-        g.bench_function(format!("runs_{label}_{temp}"), |b| {
-            b.iter_custom(|iters| {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iters {
-                    if cold {
-                        files.iter().for_each(|f| evict(f));
-                    }
-                    let start = Instant::now();
-                    let open: Vec<std::fs::File> = files.iter().map(|f| std::fs::File::open(f).unwrap()).collect();
-                    for &(f, off, len) in runs {
-                        let mut at = 0;
-                        while at < len {
-                            let n = (len - at).min(buf.len() as u64) as usize;
-                            open[f].read_exact_at(&mut buf[..n], off + at).unwrap();
-                            std::hint::black_box(&buf);
-                            at += n as u64;
-                        }
-                    }
-                    elapsed += start.elapsed();
-                }
-                record(&name, (iters * total) as f64 / 1e6, elapsed);
-                elapsed
-            })
-        });
-    }
+    let id = format!("runs_{label}");
+    let metric = "raw read of the replayed runs MB/s";
+    warm_and_cold(&mut g, (&id, metric, label), files, total as f64 / 1e6, || {
+        let open: Vec<std::fs::File> = files.iter().map(|f| std::fs::File::open(f).unwrap()).collect();
+        for &(f, off, len) in runs {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                open[f].read_exact_at(&mut buf[..n], off + at).unwrap();
+                std::hint::black_box(&buf);
+                at += n as u64;
+            }
+        }
+    });
     g.finish();
 }
 
@@ -459,40 +462,30 @@ fn replay(c: &mut Criterion, dir: &Path, label: &str, n_eids: usize) {
     let mut g = c.benchmark_group("replay");
     g.throughput(Throughput::Bytes(total_rec));
     let mut buf = Vec::new();
-    for cold in [false, true] {
-        let temp = if cold { "cold" } else { "warm" };
-        let name = format!("replay MB/s ({label}, {temp})");
-        g.bench_function(format!("{label}_{temp}"), |b| {
-            b.iter_custom(|iters| {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iters {
-                    if cold {
-                        seg_files.iter().for_each(|f| evict(f));
+    warm_and_cold(
+        &mut g,
+        (label, "replay MB/s", label),
+        &seg_files,
+        total_rec as f64 / 1e6,
+        || {
+            let mut payload_bytes = 0u64;
+            for e in &eids {
+                let mut after = 0;
+                loop {
+                    let n = store
+                        .read_each(e, after, 10_000, &mut buf, |item| {
+                            payload_bytes += item.payload.len() as u64;
+                            after = item.increment;
+                        })
+                        .unwrap();
+                    if n == 0 {
+                        break;
                     }
-                    let start = Instant::now();
-                    let mut payload_bytes = 0u64;
-                    for e in &eids {
-                        let mut after = 0;
-                        loop {
-                            let n = store
-                                .read_each(e, after, 10_000, &mut buf, |item| {
-                                    payload_bytes += item.payload.len() as u64;
-                                    after = item.increment;
-                                })
-                                .unwrap();
-                            if n == 0 {
-                                break;
-                            }
-                        }
-                    }
-                    elapsed += start.elapsed();
-                    assert_eq!(payload_bytes, total_payload);
                 }
-                record(&name, (iters * total_rec) as f64 / 1e6, elapsed);
-                elapsed
-            })
-        });
-    }
+            }
+            assert_eq!(payload_bytes, total_payload);
+        },
+    );
     g.bench_function(format!("{label}_warm_allocating"), |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
@@ -592,8 +585,8 @@ fn summary(root: &Path) -> String {
         rate("raw fsync/s (write_fsync_again)"),
     );
     let fsync = before.max(after);
-    let warm = rate("raw read MB/s (warm)");
-    let cold = rate("raw read MB/s (cold)");
+    let warm = rate("raw read MB/s (sequential, warm)");
+    let cold = rate("raw read MB/s (sequential, cold)");
     let mut out = String::new();
     out.push_str(&format!("disk: {}\n\n", fs_type(root)));
     out.push_str("| measurement | value | vs raw baseline | target | met |\n|---|---|---|---|---|\n");
