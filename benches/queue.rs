@@ -31,23 +31,11 @@ const REPLAY_EIDS: usize = 2;
 /// One EID's contiguous backlog for the contiguous replay.
 const BACKLOG_BYTES: u64 = 256 << 20;
 
-unsafe extern "C" {
-    fn posix_fadvise(
-        fd: std::os::raw::c_int,
-        offset: i64,
-        len: i64,
-        advice: std::os::raw::c_int,
-    ) -> std::os::raw::c_int;
-}
-
 /// Drops `path`'s clean pages from the page cache (POSIX_FADV_DONTNEED), so the next read comes from the disk
 /// without disturbing anyone else's cached files.
 fn evict(path: &Path) {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).unwrap();
-    // SAFETY: a plain syscall on a file descriptor we own for the duration of the call.
-    let rc = unsafe { posix_fadvise(file.as_raw_fd(), 0, 0, 4) };
-    assert_eq!(rc, 0, "posix_fadvise failed");
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).expect("posix_fadvise(DONTNEED)");
 }
 
 /// (metric, total units, total seconds).
