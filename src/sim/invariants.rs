@@ -322,6 +322,15 @@ fn valid_fix(fix: &LocationStream, me: &str) -> bool {
 /// LOC-1 and LOC-4 in an awareness stanza about `owner` that viewer `u`
 /// received: nonzero coordinates only for a viewer that may see the owner's
 /// location (location_audience), and only a fix the owner sent (location_integrity).
+/// The location an awareness stanza carries: (whose, latitude, longitude, when).
+fn location_of(payload: &Payload) -> Option<(Option<&crate::proto::Identity>, f64, f64, Millis)> {
+    match payload {
+        Payload::AwarenessNotification(n) => Some((n.from.as_ref(), n.latitude, n.longitude, n.timestamp)),
+        Payload::AwarenessResponse(r) => Some((r.from.as_ref(), r.latitude, r.longitude, r.timestamp)),
+        _ => None,
+    }
+}
+
 fn location_leak(
     social: &Social,
     fixes: &BTreeMap<usize, BTreeSet<(u64, u64)>>,
@@ -658,6 +667,11 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                 _ => {}
             },
             What::Received(payload) => {
+                if let Some((from, latitude, longitude, t)) = location_of(payload)
+                    && let Some((kind, detail)) = location_leak(&social, &fixes, u, from, latitude, longitude, t)
+                {
+                    violation(&mut out, kind, i, format!("{name}: {detail}"));
+                }
                 match payload {
                     Payload::ErrorMessage(e) => {
                         // A refused acknowledgment gets no confirmation.
@@ -943,17 +957,6 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         loc_received.push((i, name.clone(), dev.dialed_at, key));
                     }
                     Payload::AwarenessNotification(n) => {
-                        if let Some(detail) = location_leak(
-                            &social,
-                            &fixes,
-                            u,
-                            n.from.as_ref(),
-                            n.latitude,
-                            n.longitude,
-                            n.timestamp,
-                        ) {
-                            violation(&mut out, detail.0, i, format!("{name}: {}", detail.1));
-                        }
                         let owner = n.from.as_ref().and_then(|f| user_of(&f.eid));
                         if let Some(a) = owner.filter(|a| *a != u) {
                             let shows = n.status != 0 || n.awareness_intention != 0;
@@ -983,17 +986,6 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         }
                     }
                     Payload::AwarenessResponse(r) => {
-                        if let Some(detail) = location_leak(
-                            &social,
-                            &fixes,
-                            u,
-                            r.from.as_ref(),
-                            r.latitude,
-                            r.longitude,
-                            r.timestamp,
-                        ) {
-                            violation(&mut out, detail.0, i, format!("{name}: {}", detail.1));
-                        }
                         let Some(a) = r.from.as_ref().and_then(|f| user_of(&f.eid)) else {
                             continue;
                         };
