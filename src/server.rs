@@ -165,6 +165,8 @@ impl Settings {
         let revocations = FileRevocations::open(&self.data_dir.join("revoked-tokens"), now_ms)?;
         let (social_log, social_events) = Journal::<SocialEvent>::open(&self.data_dir.join("social"))?;
         let queue_config = QueueConfig {
+            // Spares only for a log past a quarter of its first segment (QueueConfig::spare_after_bytes).
+            spare_after_bytes: QueueConfig::default().segment_bytes / 4,
             max_items_per_eid: u64::try_from(self.limits.queue_max_items).unwrap_or(u64::MAX),
             max_bytes_per_eid: u64::try_from(self.limits.queue_max_bytes).unwrap_or(u64::MAX),
             ..QueueConfig::default()

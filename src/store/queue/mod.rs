@@ -127,6 +127,10 @@ pub struct QueueConfig {
     /// append path, so that appends overwrite allocated blocks and an fsync writes data only, not the file's size
     /// too. Nothing happens unless the store's driver runs the jobs (the [`GroupCommitter`] does).
     pub preallocate: bool,
+    /// A spare is offered only once the active segment holds this many bytes: a small log (a development server,
+    /// a test) then never writes a whole segment of zeros, and a busy one still has the rest of the segment's
+    /// worth of appends to prepare it in.
+    pub spare_after_bytes: u64,
 }
 
 impl QueueConfig {
@@ -154,6 +158,7 @@ impl Default for QueueConfig {
             forget_after_ms: 30 * DAY_MS,
             compact_below_live_ratio: 0.5,
             preallocate: true,
+            spare_after_bytes: 0,
         }
     }
 }

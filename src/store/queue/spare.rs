@@ -86,10 +86,15 @@ pub struct SpareDone<Fl> {
 }
 
 impl<F: Fs> QueueStore<F> {
-    /// A spare segment to prepare, when preallocation is on and none is ready or being prepared. The store rolls onto
-    /// the spare once [`Self::install_spare`] has it; until then it creates segments as empty files.
+    /// A spare segment to prepare, when preallocation is on, none is ready or being prepared, and the active segment
+    /// holds at least [`spare_after_bytes`](super::QueueConfig::spare_after_bytes). The store rolls onto the spare once
+    /// [`Self::install_spare`] has it; until then it creates segments as empty files.
     pub fn spare_job(&mut self) -> Option<SpareJob<F>> {
-        if !self.cfg.preallocate || self.poisoned || !matches!(self.spare, Spare::Idle) {
+        if !self.cfg.preallocate
+            || self.poisoned
+            || !matches!(self.spare, Spare::Idle)
+            || self.active_end() < self.cfg.spare_after_bytes
+        {
             return None;
         }
         self.spare = Spare::Preparing;

@@ -525,7 +525,7 @@ impl<F: Fs> QueueStore<F> {
         Ok(())
     }
 
-    fn active_end(&self) -> u64 {
+    pub(super) fn active_end(&self) -> u64 {
         self.segs[&self.active].written + self.buf.len() as u64
     }
 

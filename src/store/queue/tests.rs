@@ -347,6 +347,28 @@ fn torn_write_in_a_spare_is_cut() {
     assert_eq!(&store.read("alice", 0, 10).unwrap()[0].payload[..], &[1; 60]);
 }
 
+/// `spare_after_bytes`: no spare while the active segment holds less.
+#[test]
+fn spares_wait_for_a_filled_quarter() {
+    let fs = SimFs::new();
+    let cfg = QueueConfig {
+        spare_after_bytes: 512,
+        ..QueueConfig::tiny()
+    };
+    let mut store = QueueStore::open(fs.clone(), Path::new("/q"), cfg).unwrap();
+    let mut appended = 0;
+    while store.spare_job().is_none() {
+        assert!(store.active_end() < 512, "refused at {} bytes", store.active_end());
+        store.append("alice", &[7; 40], None).unwrap();
+        appended += 1;
+    }
+    assert!(store.active_end() >= 512);
+    assert_eq!(
+        appended, 7,
+        "77-byte records after the 16-byte header: 16 + 7 x 77 is the first end past 512"
+    );
+}
+
 /// A spare that could not be prepared turns preallocation off and leaves the store as it was.
 #[test]
 fn failed_spare_turns_preallocation_off() {
