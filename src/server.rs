@@ -17,7 +17,7 @@ use crate::core::social::SocialEvent;
 use crate::core::{Config as EngineConfig, Engine};
 use crate::keys::{self, KeyError};
 use crate::store::queue::{QueueConfig, RealFs};
-use crate::store::{ChatStoreConfig, ChatStoreError, DurableChatStore, FileRevocations, Journal, OpenError};
+use crate::store::{ChatStoreConfig, ChatStoreError, DurableChatStore, FileRevocations, Journal, OpenError, Spares};
 
 /// Every setting of the reference server; the TOML file has the same shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,7 +176,7 @@ impl Settings {
                 // Spare segments prepared on their own thread: the fsync that acknowledges a batch then writes data
                 // only (SPEC §17, durability and throughput of the log).
                 let chat_config = ChatStoreConfig {
-                    prepare_spares: true,
+                    spares: Spares::Thread,
                     ..ChatStoreConfig::default()
                 };
                 let (store, events) =

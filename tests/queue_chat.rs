@@ -12,7 +12,7 @@ use bimip::core::{Config, ConnId, Engine, MemoryRevocations, Millis, Output, Tra
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentRequest, Identity, TextPayloadRequest};
 use bimip::store::queue::{CrashPlan, Fs, QueueConfig, RealFs, SimFs};
-use bimip::store::{ChatOpenReport, ChatStoreConfig, DurableChatStore};
+use bimip::store::{ChatOpenReport, ChatStoreConfig, DurableChatStore, Spares};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 
 const SECRET: &[u8] = b"queue-chat-test-secret";
@@ -184,14 +184,14 @@ fn error_kinds(stanzas: &[Payload]) -> Vec<String> {
 
 /// SES-8, CHAT-7, CHAT-14, QUE-6, QUE-12 through the real store: undelivered messages, versions, resend detection
 /// and raised ack states survive a restart (a clean one, then one without close).
-/// With `prepare_spares` (as `bimip serve` opens it), the chat log moves onto spare segments prepared by its own
+/// With `Spares::Thread` (as `bimip serve` opens it), the chat log moves onto spare segments prepared by their own
 /// thread, and everything appended reads back after a reopen.
 #[test]
 fn chat_log_runs_on_prepared_spares() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("queue");
     let spares = ChatStoreConfig {
-        prepare_spares: true,
+        spares: Spares::Thread,
         ..ChatStoreConfig::default()
     };
     let (mut store, _) = DurableChatStore::open_with(RealFs, &dir, small_segments(), spares).unwrap();
@@ -397,9 +397,10 @@ struct Seen {
 /// call is followed by a drain, which syncs. Stops quietly when the filesystem dies.
 fn crash_workload(fs: &SimFs) -> Seen {
     let mut seen = Seen::default();
+    // Spares prepared inline: the cuts also land in their zero-filling, renames and zero tails.
     let chat_cfg = ChatStoreConfig {
         checkpoint_min_events: 6,
-        ..ChatStoreConfig::default()
+        spares: Spares::Inline,
     };
     let Ok((store, events)) = DurableChatStore::open_with(fs.clone(), "/queue", small_segments(), chat_cfg) else {
         return seen;
@@ -450,6 +451,16 @@ fn acknowledged_messages_survive_a_crash_at_any_point() {
     crash_workload(&full);
     let total_ops = full.ops();
     assert!(total_ops > 40, "the workload does real I/O: {total_ops} ops");
+    // The log ran on spares: one is waiting, or the active segment still has its zero tail.
+    let names = full.list(Path::new("/queue")).unwrap();
+    let preallocated = names.iter().filter(|n| n.ends_with(".seg")).any(|n| {
+        let bytes = full.read_file(&Path::new("/queue").join(n)).unwrap_or_default();
+        bytes.len() as u64 == small_segments().segment_bytes && bytes.last() == Some(&0)
+    });
+    assert!(
+        preallocated || names.iter().any(|n| n == "spare.tmp"),
+        "no spare in {names:?}"
+    );
     let mut checked = 0;
     let (mut from_checkpoint, mut torn_checkpoint) = (0, 0);
     for cut in 0..=total_ops {

@@ -85,19 +85,30 @@ pub struct ChatStoreConfig {
     /// A checkpoint is written once at least this many events (and at least the last checkpoint's size) were
     /// recorded since the last one.
     pub checkpoint_min_events: u64,
-    /// Prepare the log's spare segments ([`QueueStore::spare_job`]) on a thread of their own, so the fsync that
-    /// acknowledges a batch writes data only. Off by default: a thread is I/O outside the caller's control, which
-    /// a deterministic simulation cannot have; `bimip serve` turns it on.
-    pub prepare_spares: bool,
+    /// How the log's spare segments are prepared ([`QueueStore::spare_job`]).
+    pub spares: Spares,
 }
 
 impl Default for ChatStoreConfig {
     fn default() -> Self {
         ChatStoreConfig {
             checkpoint_min_events: 10_000,
-            prepare_spares: false,
+            spares: Spares::Off,
         }
     }
+}
+
+/// Who prepares the log's spare segments, which make the fsync that acknowledges a batch write data only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spares {
+    /// None: segments are created empty.
+    Off,
+    /// At a sync, when the log wants one, in the caller's thread: deterministic, for simulations and crash tests
+    /// (the sync's caller waits for a whole segment of zeros, so only with small segments).
+    Inline,
+    /// On a thread of their own (`bimip serve`): I/O outside the caller's control, which a deterministic
+    /// simulation cannot have.
+    Thread,
 }
 
 /// What opening read of the chat event log.
@@ -288,7 +299,7 @@ pub struct DurableChatStore<F: Fs> {
     next_retain: Option<Millis>,
     /// Items that could not be read back (damaged on disk): logged and counted, never sent.
     pub unreadable_items: u64,
-    /// The spare segment being prepared ([`ChatStoreConfig::prepare_spares`]).
+    /// The spare segment being prepared by its thread ([`Spares::Thread`]).
     spare: Option<std::thread::JoinHandle<SpareDone<F::File>>>,
 }
 
@@ -474,7 +485,16 @@ impl<F: Fs> DurableChatStore<F> {
                 Err(_) => tracing::warn!("offline queue: the spare segment thread panicked"),
             }
         }
-        if wait || !self.cfg.prepare_spares || self.spare.is_some() {
+        if wait || self.spare.is_some() {
+            return;
+        }
+        if self.cfg.spares == Spares::Inline {
+            if let Err(e) = self.queue.prepare_spare() {
+                tracing::warn!(error = %e, "offline queue: no spare segment; appends go on without");
+            }
+            return;
+        }
+        if self.cfg.spares == Spares::Off {
             return;
         }
         if let Some(job) = self.queue.spare_job() {

@@ -7,6 +7,6 @@ pub mod journal;
 pub mod queue;
 pub mod revocations;
 
-pub use chat::{ChatOpenReport, ChatStoreConfig, ChatStoreError, DurableChatStore};
+pub use chat::{ChatOpenReport, ChatStoreConfig, ChatStoreError, DurableChatStore, Spares};
 pub use journal::{Journal, OpenError};
 pub use revocations::FileRevocations;
