@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::fs::{Fs, FsFile, RealFs};
 use super::index::{self, FILE_HEADER_LEN};
 use super::record::{self, Kind};
-use super::{QueueError, idx_name, parse_name, recovery, seg_name};
+use super::{QueueError, SPARE_NAME, idx_name, parse_name, recovery, seg_name};
 
 /// One segment as `verify` saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,6 +354,12 @@ pub fn inspect_with<F: Fs>(fs: &F, dir: &Path) -> Result<String, QueueError> {
             "  {:010}.seg  {} bytes  {} live items",
             id, s.written, s.live_items
         );
+    }
+    if let Ok(spare) = fs.open(&dir.join(SPARE_NAME), false)
+        && let Ok(len) = spare.len()
+    {
+        // Prepared ahead for the next roll (spare.rs); like every *.tmp file, an open removes it.
+        let _ = writeln!(out, "spare segment: {len} bytes (removed by the next open)");
     }
     for t in &r.report.truncated {
         let _ = writeln!(

@@ -294,10 +294,22 @@ fn spare_segments_roll_seal_and_recover() {
     assert_eq!(store.stats().spare_segments, 2);
     assert_eq!(len(2), store.segments()[1].1);
     assert_eq!(len(3), cfg.segment_bytes);
+    assert!(store.prepare_spare().unwrap());
+    let written = store.segments();
     drop(store); // a crash: no close, the zero tail stays
 
     let report = verify(tmp.path()).unwrap();
     assert!(report.findings.is_empty(), "{report}");
+    let dump = inspect(tmp.path()).unwrap();
+    assert!(
+        dump.contains(&format!("spare segment: {} bytes", cfg.segment_bytes)),
+        "{dump}"
+    );
+    // The active segment's zeros are not counted as its bytes.
+    assert!(
+        dump.contains(&format!("0000000003.seg  {} bytes", written[2].1)),
+        "{dump}"
+    );
     let store = QueueStore::open(RealFs, tmp.path(), cfg.clone()).unwrap();
     let open = store.open_report();
     assert!(
