@@ -488,14 +488,15 @@ impl<F: Fs> DurableChatStore<F> {
         if wait || self.spare.is_some() {
             return;
         }
-        if self.cfg.spares == Spares::Inline {
-            if let Err(e) = self.queue.prepare_spare() {
-                tracing::warn!(error = %e, "offline queue: no spare segment; appends go on without");
+        match self.cfg.spares {
+            Spares::Off => return,
+            Spares::Inline => {
+                if let Err(e) = self.queue.prepare_spare() {
+                    tracing::warn!(error = %e, "offline queue: no spare segment; appends go on without");
+                }
+                return;
             }
-            return;
-        }
-        if self.cfg.spares == Spares::Off {
-            return;
+            Spares::Thread => {}
         }
         if let Some(job) = self.queue.spare_job() {
             match std::thread::Builder::new()

@@ -265,7 +265,7 @@ pub(super) fn zero_tail_start(bytes: &[u8]) -> usize {
 
 /// Whether bytes `from..len` of `file` are all zero (read in pieces: a spare is a whole segment of zeros).
 fn zeros_from<Fl: FsFile>(file: &Fl, from: u64, len: u64) -> std::io::Result<bool> {
-    let mut buf = vec![0u8; (len.saturating_sub(from)).min(1 << 20) as usize];
+    let mut buf = vec![0u8; len.saturating_sub(from).min(1 << 20) as usize];
     let mut at = from;
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
