@@ -12,7 +12,7 @@ use super::driver::{Credentials, TargetInfo};
 use super::network::NetworkTarget;
 use crate::core::Config;
 use crate::core::auth::Algorithm;
-use crate::core::faults::Faults;
+use crate::faults::Faults;
 use crate::net::Clock as _;
 use crate::server::{JwtSettings, Running, Settings, StartError, TlsSettings};
 
@@ -64,10 +64,7 @@ impl BuiltIn {
     /// self-signed certificate for localhost and 127.0.0.1; the target
     /// accepts it (`insecure`).
     pub fn start_with(faults: Faults, tls: bool) -> Result<BuiltIn, BuiltInError> {
-        let limits = Config {
-            faults,
-            ..Self::limits()
-        };
+        let limits = Self::limits();
         let data_dir = std::env::temp_dir().join(format!(
             "bimip-conform-server-{}-{}",
             std::process::id(),
@@ -107,6 +104,7 @@ impl BuiltIn {
             tls: tls.clone(),
             limits: limits.clone(),
             chat_store: Default::default(),
+            faults,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

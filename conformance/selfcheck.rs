@@ -1,5 +1,5 @@
 //! The suite's self-check (issue 7): the reference server runs in simulation
-//! with one built-in fault (`crate::core::faults`) at a time, and the suite
+//! with one built-in fault (`crate::faults`) at a time, and the suite
 //! must fail at least one case for each. A fault nobody catches is a hole in
 //! the suite.
 //!
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::report::{Report, Verdict};
 use super::runner::{RunError, RunOptions, run};
 use super::sim::{SimFactory, SimOptions};
-use crate::core::faults::{Fault, Faults};
+use crate::faults::{Fault, Faults};
 
 /// The feature files whose scenarios are expected to catch `fault`.
 pub fn areas(fault: Fault) -> &'static [&'static str] {
@@ -19,7 +19,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::SkipVersionUpdate => &["chat.feature"],
         Fault::ReorderChat => &["chat.feature", "queue.feature"],
         Fault::WrongAckCode => &["ack.feature"],
-        Fault::LeakPresenceToBlocked => &["block.feature"],
+        Fault::IgnoreBlock => &["block.feature"],
         Fault::IgnoreRevocation => &["token.feature"],
         Fault::NeverPong => &["pingpong.feature"],
         Fault::AcceptExpiredToken => &["auth.feature"],
@@ -53,8 +53,10 @@ impl FaultRun {
 /// against a server with that fault. `expected_failures` are the reference
 /// server's known deviations: they do not count as catching anything.
 pub fn run_fault(fault: Fault, all_areas: bool, expected_failures: &[String]) -> Result<FaultRun, RunError> {
-    let mut options = SimOptions::default();
-    options.config.faults = Faults::of([fault]);
+    let options = SimOptions {
+        faults: Faults::of([fault]),
+        ..SimOptions::default()
+    };
     let run_options = RunOptions {
         files: if all_areas {
             Vec::new()

@@ -24,6 +24,7 @@ use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::{Config, Engine, MemoryRevocations, Millis};
+use crate::faults::Faults;
 use crate::net::{ServerHandle, ServerOptions, SimClock};
 
 /// The simulated Unix time at the start of every case, ms (2026-01-01).
@@ -42,6 +43,8 @@ pub struct SimOptions {
     pub tick: Duration,
     /// The reference server's limits and timers.
     pub config: Config,
+    /// Deliberate server faults, applied at the edge (the self-check).
+    pub faults: Faults,
     pub info: TargetInfo,
 }
 
@@ -55,6 +58,7 @@ impl Default for SimOptions {
                 queue_max_items: 20,
                 ..Config::default()
             },
+            faults: Faults::none(),
             info: TargetInfo {
                 queue_max_items: Some(20),
                 timeout: Duration::from_secs(5),
@@ -159,16 +163,21 @@ impl SimDriver {
         }
         self.started = true;
         let config = self.options.config.clone();
-        let verifier = self.keys.verifier.clone();
+        let faults = self.options.faults.clone();
+        let verifier = faults.verifier(self.keys.verifier.clone());
         let signer = self.keys.server_signs.then(|| self.keys.signer.clone());
         self.sim.host("server", move || {
             let config = config.clone();
             let verifier = verifier.clone();
             let signer = signer.clone();
+            let options = ServerOptions {
+                faults: faults.clone(),
+                ..ServerOptions::default()
+            };
             async move {
                 let engine = Engine::new(config, verifier, signer, Box::new(MemoryRevocations::default()));
                 let clock = Arc::new(SimClock::new(BASE_MS));
-                let mut server = ServerHandle::start(engine, clock, ServerOptions::default());
+                let mut server = ServerHandle::start(engine, clock, options);
                 server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", TCP_PORT)).await?)?;
                 server.listen_ws(turmoil::net::TcpListener::bind(("0.0.0.0", WS_PORT)).await?)?;
                 server.stopped().await;

@@ -2,7 +2,7 @@
 //! the verdict "fail"), the verdict rules, and the requirement index.
 //!
 //! The full self-check of issue 7 (every built-in server fault of
-//! `crate::core::faults` must be caught) runs in `tests/conformance.rs`
+//! `crate::faults` must be caught) runs in `tests/conformance.rs`
 //! through [`super::selfcheck`].
 
 use std::sync::Arc;

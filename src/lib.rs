@@ -14,6 +14,7 @@ pub mod codec;
 #[path = "../conformance/mod.rs"]
 pub mod conformance;
 pub mod core;
+pub mod faults;
 pub mod fuzz;
 pub mod keys;
 pub mod load;

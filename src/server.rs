@@ -40,6 +40,9 @@ pub struct Settings {
     /// Where chat lives: on disk in `data_dir/queue` (default), or in memory, lost at exit (for load tests and
     /// throwaway development servers).
     pub chat_store: ChatStorage,
+    /// Deliberate faults (`crate::faults`), for the test-only `bimip serve --fault`; never read from a file.
+    #[serde(skip)]
+    pub faults: crate::faults::Faults,
 }
 
 /// Where the server keeps chat: queue items, device offsets and the chat history.
@@ -88,6 +91,7 @@ impl Default for Settings {
             tls: None,
             limits: EngineConfig::default(),
             chat_store: ChatStorage::default(),
+            faults: crate::faults::Faults::none(),
         }
     }
 }
@@ -139,7 +143,7 @@ impl Settings {
             return Ok((verifier, Some(signer)));
         };
         let alg: Algorithm = jwt.alg.parse().map_err(|_| StartError::Algorithm(jwt.alg.clone()))?;
-        let mut verifier = keys::load_verifier(alg, &jwt.key)?;
+        let mut verifier = self.faults.verifier(keys::load_verifier(alg, &jwt.key)?);
         if let Some(iss) = &jwt.issuer {
             verifier = verifier.with_issuer(iss.clone());
         }
@@ -214,7 +218,10 @@ impl Settings {
     pub async fn start(&self) -> Result<Running, StartError> {
         let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
         let engine = self.engine(clock.now_ms())?;
-        let mut options = crate::net::ServerOptions::default();
+        let mut options = crate::net::ServerOptions {
+            faults: self.faults.clone(),
+            ..crate::net::ServerOptions::default()
+        };
         if let Some(tls) = &self.tls {
             let read = |path: &Path| {
                 std::fs::read(path).map_err(|source| StartError::ReadConfig {

@@ -30,7 +30,7 @@ use bimip::conformance::runner::{self, RunOptions};
 use bimip::conformance::selfcheck;
 use bimip::conformance::sim::SimFactory;
 use bimip::conformance::spec;
-use bimip::core::faults::{Fault, Faults};
+use bimip::faults::{Fault, Faults};
 
 /// Known failures of the reference server in simulation (scenario names or
 /// requirement IDs), each a bug to fix in the server, not in the suite.

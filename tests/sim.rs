@@ -587,12 +587,12 @@ fn a_failure_names_its_seed_shortest_prefix_and_replay() {
 /// test quick; `bimip sim --fault NAME` runs the full-length search.
 #[test]
 fn each_built_in_server_fault_is_found_within_100_seeds() {
-    use bimip::core::faults::{Fault, Faults};
+    use bimip::faults::{Fault, Faults};
     let expected = |fault: Fault| match fault {
         Fault::SkipVersionUpdate | Fault::NeverPong => "answered", // SPEC: CHAT-5, PING-1
         Fault::ReorderChat => "chat_order",                        // SPEC: CHAT-16
         Fault::WrongAckCode => "ack_forward",
-        Fault::LeakPresenceToBlocked => "blocked", // or visibility: AWR-9 folds blocks in
+        Fault::IgnoreBlock => "blocked", // or visibility: AWR-9 folds blocks in
         Fault::IgnoreRevocation => "revoked_session", // SPEC: TOK-4, TOK-7
         Fault::AcceptExpiredToken => "expired_session",
         Fault::DropOfflineQueue => "delivery",      // SPEC: QUE-3
@@ -606,7 +606,7 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
             chaos_ms: 8_000,
             ..SimOptions::default()
         };
-        o.config.faults = Faults::of([fault]);
+        o.server_faults = Faults::of([fault]);
         let hit = (0..100).find_map(|seed| {
             let outcome = run_seed(&o, seed);
             (!outcome.passed()).then_some((seed, outcome))
@@ -616,7 +616,7 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         };
         let names: Vec<&str> = outcome.violations.iter().map(|v| v.invariant).collect();
         let want = expected(fault);
-        let ok = names.contains(&want) || (fault == Fault::LeakPresenceToBlocked && names.contains(&"visibility"));
+        let ok = names.contains(&want) || (fault == Fault::IgnoreBlock && names.contains(&"visibility"));
         assert!(ok, "{fault}: seed {seed} was flagged by {names:?}, not {want}");
         found.push(format!("{fault}: seed {seed} ({want})"));
     }

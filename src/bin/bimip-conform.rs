@@ -134,9 +134,9 @@ struct Args {
     #[arg(long)]
     no_color: bool,
     /// TEST ONLY: the built-in server breaks this rule on purpose, to check
-    /// that the suite catches it (names in src/core/faults.rs). Repeatable.
+    /// that the suite catches it (names in src/faults.rs). Repeatable.
     #[arg(long, value_name = "NAME", hide = true)]
-    fault: Vec<bimip::core::faults::Fault>,
+    fault: Vec<bimip::faults::Fault>,
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>> {
@@ -211,7 +211,7 @@ fn run(args: Args) -> Result<bool> {
         if args.jwt_key.is_some() || args.token_cmd.is_some() {
             bail!("--jwt-key and --token-cmd need a --target (the built-in server brings its own key)");
         }
-        let faults = bimip::core::faults::Faults::of(args.fault.iter().copied());
+        let faults = bimip::faults::Faults::of(args.fault.iter().copied());
         let server = BuiltIn::start_with_faults(faults).context("starting the built-in reference server")?;
         let mut target = server.target()?;
         target.info.timeout = info.timeout;

@@ -121,9 +121,9 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// TEST ONLY: break one protocol rule on purpose (conformance self-check;
-    /// names in src/core/faults.rs). Repeatable.
+    /// names in src/faults.rs). Repeatable.
     #[arg(long, value_name = "NAME", hide = true)]
-    fault: Vec<bimip::core::faults::Fault>,
+    fault: Vec<bimip::faults::Fault>,
 }
 
 #[derive(clap::Args)]
@@ -418,7 +418,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     if !args.fault.is_empty() {
         tracing::warn!(faults = ?args.fault, "TEST ONLY: this server breaks SPEC on purpose");
-        settings.limits.faults = bimip::core::faults::Faults::of(args.fault);
+        settings.faults = bimip::faults::Faults::of(args.fault);
     }
     // At least two workers even on one CPU (e.g. under `taskset -c 0`): the worker holding the engine blocks in the
     // chat store's fsync, and only another worker can read the stanzas that are to share the next one (group commit,

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use super::auth::{Signer, Verifier};
 use super::awareness::AwarenessState;
 use super::chat::ChatState;
-use super::faults::{Fault, FaultState};
 use super::queue::{ChatEvent, ChatStore, MemoryChatStore};
 use super::session::{Conn, ConnState, Session};
 use super::social::{EventLog, MemoryEventLog, Social, SocialEvent};
@@ -126,20 +125,11 @@ pub struct Engine {
     unsynced: bool,
     pub(super) stats: Stats,
     next_id: u64,
-    /// What the configured faults remember (none unless configured).
-    fault_state: FaultState,
 }
 
 impl Engine {
     /// An engine with no connections. `signer` is needed for token refresh.
     pub fn new(config: Config, verifier: Verifier, signer: Option<Signer>, revocations: Box<dyn Revocations>) -> Self {
-        let verifier = if config.faults.has(Fault::AcceptExpiredToken) {
-            verifier.with_leeway_s(u64::MAX)
-        } else {
-            verifier
-        };
-        let mut social = Social::default();
-        social.leak_to_blocked = config.faults.has(Fault::LeakPresenceToBlocked);
         Engine {
             config,
             verifier,
@@ -148,7 +138,7 @@ impl Engine {
             conns: BTreeMap::new(),
             registry: Registry::default(),
             timers: Timers::default(),
-            social,
+            social: Social::default(),
             social_log: Box::new(MemoryEventLog::default()),
             awareness: AwarenessState::default(),
             chat_store: Box::new(MemoryChatStore::default()),
@@ -158,7 +148,6 @@ impl Engine {
             unsynced: false,
             stats: Stats::default(),
             next_id: 0,
-            fault_state: FaultState::default(),
         }
     }
 
@@ -166,7 +155,6 @@ impl Engine {
     /// rebuild (what `log` held at startup).
     pub fn with_social(mut self, log: Box<dyn EventLog>, events: &[SocialEvent]) -> Self {
         self.social = Social::replay(events);
-        self.social.leak_to_blocked = self.config.faults.has(Fault::LeakPresenceToBlocked);
         self.social_log = log;
         self
     }
@@ -213,7 +201,6 @@ impl Engine {
         if self.conns.contains_key(&conn) {
             return Err(ErrorKind::Internal);
         }
-        self.fault_state.replaying = None;
         match transport {
             Transport::WebSocket => {
                 let token = token.filter(|t| !t.is_empty()).ok_or(ErrorKind::TokenMissing)?;
@@ -249,7 +236,6 @@ impl Engine {
 
     /// One stanza's bytes arrived (a WebSocket binary message or a TCP frame).
     pub fn receive(&mut self, conn: ConnId, stanza: &[u8], now: Millis) {
-        self.fault_state.replaying = None;
         let Some(state) = self.conns.get_mut(&conn).map(|c| &mut c.state) else {
             return;
         };
@@ -307,9 +293,6 @@ impl Engine {
 
     /// Runs every timer due at `now`.
     pub fn tick(&mut self, now: Millis) {
-        for (_, held) in std::mem::take(&mut self.fault_state.held_chat) {
-            self.push_output(held);
-        }
         while let Some((at, timer)) = self.timers.pop_due(now) {
             match timer {
                 Timer::AuthDeadline(conn) => {
@@ -454,33 +437,10 @@ impl Engine {
     }
 
     /// Queues one stanza for a connection.
-    pub(super) fn send(&mut self, conn: ConnId, mut payload: Payload) {
-        if !self.config.faults.is_empty() && !self.fault_state.on_send(&self.config.faults, conn, &mut payload) {
-            return;
-        }
+    pub(super) fn send(&mut self, conn: ConnId, payload: Payload) {
         *self.stats.stanzas_out.entry(Route::of(&payload).number()).or_default() += 1;
-        let mut stanza = codec::encode(&payload);
-        if self.config.faults.has(Fault::NonCanonicalEncoding) {
-            // Field 1 (the route) again: the last one counts, so it decodes the same.
-            prost::encoding::int64::encode(1, &Route::of(&payload).number(), &mut stanza);
-        }
-        let output = Output::Send {
-            conn,
-            stanza: Bytes::from(stanza),
-        };
-        if self.config.faults.has(Fault::ReorderChat) && matches!(payload, Payload::ChatMessage(_)) {
-            match self.fault_state.held_chat.remove(&conn) {
-                None => {
-                    self.fault_state.held_chat.insert(conn, output);
-                }
-                Some(held) => {
-                    self.push_output(output);
-                    self.push_output(held);
-                }
-            }
-            return;
-        }
-        self.push_output(output);
+        let stanza = Bytes::from(codec::encode(&payload));
+        self.push_output(Output::Send { conn, stanza });
     }
 
     /// Ends a connection: forget it, then tell the adapter to close it.
@@ -496,7 +456,6 @@ impl Engine {
             return false;
         };
         self.stats.connections_closed += 1;
-        self.fault_state.held_chat.remove(&conn);
         match old.state {
             ConnState::AwaitingAuth { deadline } => {
                 if let Some(at) = deadline {
@@ -557,9 +516,6 @@ impl Engine {
         if let Some(given) = slot {
             let eid_differs = !given.eid.is_empty() && given.eid != me.eid;
             let device_differs = !given.connection_resource_id.is_empty() && given.connection_resource_id != me.device;
-            if (eid_differs || device_differs) && self.config.faults.has(Fault::TrustClientFrom) {
-                return Ok(());
-            }
             if eid_differs || device_differs {
                 return Err(Rejection::new(
                     ErrorKind::IdentityMismatch,

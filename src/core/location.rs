@@ -3,7 +3,6 @@
 
 use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection};
-use super::faults::Fault;
 use super::social::SHARING_ON;
 use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::ErrorKind;
@@ -43,9 +42,7 @@ impl Engine {
         } else {
             vec![peer]
         };
-        if !self.config.faults.has(Fault::LeakLocation) {
-            viewers.retain(|v| self.social.may_see_location(v, &me.eid));
-        }
+        viewers.retain(|v| self.social.may_see_location(v, &me.eid));
         for viewer in &viewers {
             let devices: Vec<ConnId> = self.registry.devices(viewer).map(|(_, c)| c).collect();
             for device in devices {

@@ -16,7 +16,6 @@ mod awareness;
 mod block;
 pub mod chat;
 mod engine;
-pub mod faults;
 mod limits;
 mod location;
 mod logout;
@@ -120,11 +119,6 @@ pub struct Config {
     /// default; the conformance suite is run with it on too, so that checks
     /// stay tolerant of a server that uses the MAY.
     pub revoke_notice: bool,
-    /// Deliberate faults for the conformance self-check (`faults.rs`):
-    /// empty unless a test or a test-only flag sets them; never read from a
-    /// settings file.
-    #[serde(skip)]
-    pub faults: faults::Faults,
 }
 
 impl Default for Config {
@@ -141,7 +135,6 @@ impl Default for Config {
             queue_max_items: 100_000,
             queue_max_bytes: 64 * 1024 * 1024,
             revoke_notice: false,
-            faults: faults::Faults::none(),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! stop: on the tick that finds `max_missed_pongs` consecutive pings unanswered.
 
 use super::engine::{Engine, Handled, MAX_REF_BYTES, Rejection};
-use super::faults::Fault;
 use super::timers::Timer;
 use super::{CloseReason, ConnId, Millis};
 use crate::codec::ErrorKind;
@@ -28,7 +27,6 @@ impl Engine {
             );
         }
         match ping.r#type {
-            REQUEST if self.config.faults.has(Fault::NeverPong) => Ok(()),
             REQUEST => {
                 let pong = PingPong {
                     to: ping.to,

@@ -81,8 +81,6 @@ pub struct Social {
     blocks: BTreeSet<(String, String)>,
     /// eid -> (visibility, location sharing)
     settings: BTreeMap<String, (i32, i32)>,
-    /// The LeakPresenceToBlocked fault (`faults.rs`): sight ignores blocks.
-    pub(super) leak_to_blocked: bool,
 }
 
 impl Social {
@@ -181,7 +179,7 @@ impl Social {
         if viewer == owner {
             return true;
         }
-        if self.blocked_pair(viewer, owner) && !self.leak_to_blocked {
+        if self.blocked_pair(viewer, owner) {
             return false;
         }
         match self.settings(owner).0 {

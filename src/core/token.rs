@@ -5,7 +5,6 @@
 
 use super::auth::Claims;
 use super::engine::{Engine, Handled, Rejection, request_only};
-use super::faults::Fault;
 use super::timers::Timer;
 use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
@@ -54,9 +53,7 @@ impl Engine {
                 .filter_map(|c| self.with_session(c, |s| (s.token.jti.clone(), s.token.exp_ms)))
                 .collect()
         };
-        // The IgnoreRevocation fault (`faults.rs`): confirm, change nothing.
-        let ignore = self.config.faults.has(Fault::IgnoreRevocation);
-        for (jti, exp) in targets.iter().filter(|_| !ignore) {
+        for (jti, exp) in &targets {
             self.revocations
                 .revoke(jti, *exp)
                 .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the revocation: {e}")))?;
@@ -86,7 +83,7 @@ impl Engine {
             sessions_ended: i32::try_from(ended.len()).unwrap_or(i32::MAX),
         };
         self.send(conn, Payload::TokenRevokeResponse(answer));
-        for victim in ended.into_iter().filter(|_| !ignore) {
+        for victim in ended {
             if self.config.revoke_notice && victim != conn {
                 self.send_revoke_notice(victim, now);
             }

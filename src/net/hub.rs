@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::Clock;
+use super::{Clock, Edge};
 use crate::codec::{ErrorKind, FrameError};
 use crate::core::{CloseReason, ConnId, Engine, Millis, Output, Stats, Transport};
 
@@ -67,6 +67,8 @@ pub struct Snapshot {
 
 struct Core {
     engine: Engine,
+    /// A layer that alters traffic at the edge (tests only; `edge.rs`).
+    edge: Option<Box<dyn Edge>>,
     max_stanza_bytes: usize,
     links: BTreeMap<ConnId, Link>,
     /// The deadline the timer task sleeps until; an earlier one must wake it.
@@ -96,12 +98,19 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub fn new(engine: Engine, clock: Arc<dyn Clock>, queue_capacity: usize, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        engine: Engine,
+        edge: Option<Box<dyn Edge>>,
+        clock: Arc<dyn Clock>,
+        queue_capacity: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
         let max_stanza_bytes = engine.config().max_stanza_bytes;
         let (snapshot, _) = watch::channel(snapshot_of(&engine));
         Hub {
             core: Mutex::new(Core {
                 engine,
+                edge,
                 max_stanza_bytes,
                 links: BTreeMap::new(),
                 armed: None,
@@ -187,7 +196,7 @@ impl Hub {
     pub fn closed(&self, conn: ConnId) {
         let known = self.lock().links.remove(&conn).is_some();
         if known {
-            self.with_engine(|engine, now| engine.closed(conn, now));
+            self.with_core(|core, now| core.closed(conn, now));
         }
     }
 
@@ -218,6 +227,11 @@ impl Hub {
     /// Runs one engine call at `now` (after the stanzas waiting in the inbox),
     /// then routes everything it produced.
     fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
+        self.with_core(|core, now| f(&mut core.engine, now))
+    }
+
+    /// As [`Hub::with_engine`], for calls that also concern the edge layer.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let core = self.lock();
         let result = self.run(core, f);
         // Stanzas that arrived while this call held the engine.
@@ -225,22 +239,23 @@ impl Hub {
         result
     }
 
-    fn run<R>(&self, mut core: MutexGuard<'_, Core>, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
+    fn run<R>(&self, mut core: MutexGuard<'_, Core>, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let now = self.clock.now_ms();
         let mut fed = 0;
         let feed = |core: &mut Core| {
             let batch = std::mem::take(&mut *self.inbox());
-            for (conn, stanza) in &batch {
-                core.engine.receive(*conn, stanza, now);
+            let fed = batch.len();
+            for (conn, stanza) in batch {
+                core.receive(conn, stanza, now);
             }
-            batch.len()
+            fed
         };
         let result = loop {
             fed += feed(&mut core);
             // Looked at again under the engine lock: what arrived meanwhile
             // joins this batch's sync.
             if self.inbox().is_empty() {
-                break f(&mut core.engine, now);
+                break f(&mut core, now);
             }
         };
         if fed > 0 {
@@ -290,17 +305,71 @@ impl Hub {
                 biased;
                 () = self.shutdown.cancelled() => return,
                 () = woken => {}
-                () = sleep => self.with_engine(|engine, now| engine.tick(now)),
+                () = sleep => self.with_core(Core::tick),
             }
         }
     }
 }
 
 impl Core {
+    /// One stanza, through the edge layer if there is one.
+    fn receive(&mut self, conn: ConnId, stanza: Bytes, now: Millis) {
+        let Some(edge) = &mut self.edge else {
+            return self.engine.receive(conn, &stanza, now);
+        };
+        let mut answers = Vec::new();
+        let passed = edge.inbound(conn, stanza, now, &mut answers);
+        if !answers.is_empty() {
+            // After what the engine said before, in order.
+            self.route_outputs(now);
+            self.route(answers, now);
+        }
+        if let Some(stanza) = passed {
+            self.engine.receive(conn, &stanza, now);
+        }
+    }
+
+    fn tick(&mut self, now: Millis) {
+        self.engine.tick(now);
+        if let Some(edge) = &mut self.edge {
+            let mut released = Vec::new();
+            edge.tick(&mut released);
+            self.route_outputs(now);
+            self.route(released, now);
+        }
+    }
+
+    fn closed(&mut self, conn: ConnId, now: Millis) {
+        if let Some(edge) = &mut self.edge {
+            edge.closed(conn);
+        }
+        self.engine.closed(conn, now);
+    }
+
+    /// Routes the engine's outputs (through the edge layer, if any).
     fn route_outputs(&mut self, now: Millis) {
+        let outputs = self.engine_outputs();
+        self.route(outputs, now);
+    }
+
+    /// Everything the engine has to say now, through the edge layer if any.
+    fn engine_outputs(&mut self) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        while let Some(output) = self.engine.poll_output() {
+            match &mut self.edge {
+                Some(edge) => edge.outbound(output, &mut outputs),
+                None => outputs.push(output),
+            }
+        }
+        outputs
+    }
+
+    /// Puts outputs on their connections' queues. A connection found dead is
+    /// told to the engine, whose answer (for other connections) is routed too.
+    fn route(&mut self, mut outputs: Vec<Output>, now: Millis) {
         loop {
             let mut dead = Vec::new();
-            while let Some(output) = self.engine.poll_output() {
+            for output in outputs.drain(..) {
                 let (conn, out, last) = match output {
                     Output::Send { conn, stanza } if stanza.len() > self.max_stanza_bytes => {
                         // SPEC TRN-1: never send more than the limit. The engine
@@ -348,8 +417,9 @@ impl Core {
             // Telling the engine may produce more outputs (for other
             // connections): route those too.
             for conn in dead {
-                self.engine.closed(conn, now);
+                self.closed(conn, now);
             }
+            outputs = self.engine_outputs();
         }
     }
 }

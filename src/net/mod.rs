@@ -32,6 +32,7 @@
 
 mod accept;
 mod clock;
+mod edge;
 mod hub;
 mod tcp;
 pub mod tls;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use accept::Accept;
 pub use clock::{Clock, ManualClock, SimClock, SystemClock};
+pub use edge::Edge;
 pub use hub::Snapshot;
 
 /// Sends operator PushNotifications into a running server (see [`ServerHandle::pusher`]).
@@ -84,6 +86,8 @@ pub struct ServerOptions {
     /// After the server closes a connection: how long it waits for the peer
     /// to close its side before dropping the socket.
     pub close_linger: Duration,
+    /// Deliberate faults, applied at the edge (`crate::faults`): tests only.
+    pub faults: crate::faults::Faults,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -93,6 +97,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("outbound_queue", &self.outbound_queue)
             .field("close_linger", &self.close_linger)
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -104,6 +109,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             outbound_queue: 1024,
             close_linger: Duration::from_secs(2),
+            faults: crate::faults::Faults::none(),
         }
     }
 }
@@ -161,7 +167,8 @@ impl ServerHandle {
     /// [`listen_ws`]: ServerHandle::listen_ws
     pub fn start(engine: Engine, clock: Arc<dyn Clock>, options: ServerOptions) -> ServerHandle {
         let shutdown = CancellationToken::new();
-        let hub = Arc::new(Hub::new(engine, clock, options.outbound_queue, shutdown));
+        let edge = options.faults.layer();
+        let hub = Arc::new(Hub::new(engine, edge, clock, options.outbound_queue, shutdown));
         let (tasks, tasks_done) = mpsc::channel(1);
         let guard = tasks.clone();
         tokio::spawn({

@@ -81,7 +81,7 @@ impl Outcome {
         if let Some(storage) = storage {
             command.push_str(&format!(" --storage {storage}"));
         }
-        for fault in options.config.faults.iter() {
+        for fault in options.server_faults.iter() {
             command.push_str(&format!(" --fault {fault}"));
         }
         command.push_str(" --history");

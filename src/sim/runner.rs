@@ -26,6 +26,7 @@ use super::workload::{self, Action, Model, Token, device_name, eid};
 use crate::client::{Client, ClientOptions, Event};
 use crate::core::auth::{Algorithm, Claims, Signer, Verifier};
 use crate::core::{Config, Engine, Millis};
+use crate::faults::Faults;
 use crate::net::{ServerHandle, ServerOptions, SimClock};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{AcknowledgmentRequest, AwarenessNotification, AwarenessRequest, Identity};
@@ -38,8 +39,9 @@ const URL: &str = "tcp://server:7000";
 /// The `awareness_identifier` of the final awareness check's requests.
 pub const CHECK_ID_BASE: i64 = 9_000_000;
 
-/// How a simulation is set up. `config` is the engine's: a server fault set
-/// there (or any other setting) is what the simulation exercises.
+/// How a simulation is set up. `config` is the engine's; `server_faults`
+/// are deliberate server faults applied at the edge (`crate::faults`), for
+/// the self-check that the checkers catch each.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub seed: u64,
@@ -54,6 +56,7 @@ pub struct SimOptions {
     pub faults: FaultRates,
     pub storage: StorageModel,
     pub config: Config,
+    pub server_faults: Faults,
 }
 
 impl Default for SimOptions {
@@ -68,6 +71,7 @@ impl Default for SimOptions {
             faults: FaultRates::default(),
             storage: StorageModel::default(),
             config: sim_config(),
+            server_faults: Faults::none(),
         }
     }
 }
@@ -174,17 +178,20 @@ impl Runner {
         let boots = Arc::new(AtomicU32::new(0));
         {
             let config = options.config.clone();
+            let server_faults = options.server_faults.clone();
             let signer = signer.clone();
             let log = log.clone();
             sim.host("server", move || {
                 let config = config.clone();
+                let server_faults = server_faults.clone();
                 let signer = signer.clone();
                 let storage = Arc::clone(&storage);
                 let log = log.clone();
                 let restart = boots.fetch_add(1, Ordering::Relaxed) > 0;
                 async move {
                     log.push("server", What::Boot { restart });
-                    let verifier = Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET));
+                    let verifier =
+                        server_faults.verifier(Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET)));
                     let (chat, chat_events) = match storage.boot_chat() {
                         Ok(booted) => booted,
                         Err(why) => {
@@ -197,7 +204,11 @@ impl Runner {
                         .with_social(social, &social_events)
                         .with_chat(chat, &chat_events);
                     let clock = Arc::new(SimClock::new(now_ms()));
-                    let mut server = ServerHandle::start(engine, clock, ServerOptions::default());
+                    let options = ServerOptions {
+                        faults: server_faults,
+                        ..ServerOptions::default()
+                    };
+                    let mut server = ServerHandle::start(engine, clock, options);
                     server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?)?;
                     server.stopped().await;
                     Ok(())

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use bimip::core::faults::{Fault, Faults};
+use bimip::faults::{Fault, Faults};
 use bimip::sim::storage::StorageModel;
 use bimip::sim::{self, SimOptions};
 
@@ -68,7 +68,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
         },
         ..SimOptions::default()
     };
-    options.config.faults = Faults::of(args.faults.iter().copied());
+    options.server_faults = Faults::of(args.faults.iter().copied());
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut ran = 0u64;

@@ -1,0 +1,412 @@
+//! Deliberate protocol faults of the reference server, for the conformance
+//! suite's and the simulation's self-checks only: each must be caught.
+//!
+//! None of them lives in the protocol core. A fault is applied at the edge,
+//! by [`FaultLayer`]: a [`net::Edge`](crate::net::Edge) between the engine and
+//! the connections that drops, holds, rewrites or answers stanzas on their
+//! way in or out, as a broken server would. The one fault that is not about
+//! stanzas (accepting expired tokens) is a verifier setting,
+//! [`Faults::verifier`]. Faults are active only when a caller names them:
+//! the simulation drivers, the built-in server of `bimip-conform --fault` and
+//! the hidden, test-only `bimip serve --fault`; never a settings file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+
+use crate::codec::{self, Route};
+use crate::core::auth::Verifier;
+use crate::core::{ConnId, Millis, Output};
+use crate::net::Edge;
+use crate::proto::message_scheme::Payload;
+use crate::proto::{BlockSubscriber, Identity, TokenRevokeResponse};
+
+/// One way the server can be wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// Never sends the sender its VersionUpdate (CHAT-9).
+    SkipVersionUpdate,
+    /// Holds each chat delivery back until the next one for the same
+    /// connection (or the next timer), then sends it second (CHAT-16).
+    ReorderChat,
+    /// Acknowledgment responses carry delivered and read swapped (ACK).
+    WrongAckCode,
+    /// Block requests are confirmed but change nothing: presence still
+    /// flows and chats still pass (BLK-1, AWR-9).
+    IgnoreBlock,
+    /// Token revocation answers success but records nothing and ends no session (TOK).
+    IgnoreRevocation,
+    /// Client pings are never answered (PING-1).
+    NeverPong,
+    /// Tokens are accepted whatever their `exp` and `nbf` (AUTH).
+    AcceptExpiredToken,
+    /// The queue replay at session start is dropped (QUE-3).
+    DropOfflineQueue,
+    /// A client's `from` (or `owner`, `to`, `entity`) naming another identity
+    /// is not refused (ENV-11).
+    TrustClientFrom,
+    /// Every stanza repeats its route field at the end: it decodes the
+    /// same, but is not canonical (ENV-12).
+    NonCanonicalEncoding,
+    /// A LocationStream reaches its named peer, or every subscriber, whether
+    /// or not they may see the sender's location (LOC-1, LOC-2).
+    LeakLocation,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 11] = [
+        Fault::SkipVersionUpdate,
+        Fault::ReorderChat,
+        Fault::WrongAckCode,
+        Fault::IgnoreBlock,
+        Fault::IgnoreRevocation,
+        Fault::NeverPong,
+        Fault::AcceptExpiredToken,
+        Fault::DropOfflineQueue,
+        Fault::TrustClientFrom,
+        Fault::NonCanonicalEncoding,
+        Fault::LeakLocation,
+    ];
+
+    /// The name on command lines: kebab-case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::SkipVersionUpdate => "skip-version-update",
+            Fault::ReorderChat => "reorder-chat",
+            Fault::WrongAckCode => "wrong-ack-code",
+            Fault::IgnoreBlock => "ignore-block",
+            Fault::IgnoreRevocation => "ignore-revocation",
+            Fault::NeverPong => "never-pong",
+            Fault::AcceptExpiredToken => "accept-expired-token",
+            Fault::DropOfflineQueue => "drop-offline-queue",
+            Fault::TrustClientFrom => "trust-client-from",
+            Fault::NonCanonicalEncoding => "non-canonical-encoding",
+            Fault::LeakLocation => "leak-location",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fault {given:?}; known: {}", Fault::ALL.map(Fault::name).join(", "))]
+pub struct UnknownFault {
+    pub given: String,
+}
+
+impl FromStr for Fault {
+    type Err = UnknownFault;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| UnknownFault { given: s.to_string() })
+    }
+}
+
+/// The active faults; empty (a correct server) by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Faults(BTreeSet<Fault>);
+
+impl Faults {
+    pub fn none() -> Faults {
+        Faults::default()
+    }
+
+    pub fn of(faults: impl IntoIterator<Item = Fault>) -> Faults {
+        Faults(faults.into_iter().collect())
+    }
+
+    pub fn has(&self, fault: Fault) -> bool {
+        self.0.contains(&fault)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Fault> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// The verifier a server with these faults checks tokens with:
+    /// AcceptExpiredToken is an unbounded clock leeway (AUTH-6).
+    pub fn verifier(&self, verifier: Verifier) -> Verifier {
+        if self.has(Fault::AcceptExpiredToken) {
+            verifier.with_leeway_s(u64::MAX)
+        } else {
+            verifier
+        }
+    }
+
+    /// The edge layer that applies the stanza faults; `None` when there are
+    /// none (a correct server runs with no layer at all).
+    pub fn layer(&self) -> Option<Box<dyn Edge>> {
+        let stanza_faults = self.iter().any(|f| f != Fault::AcceptExpiredToken);
+        stanza_faults.then(|| {
+            Box::new(FaultLayer {
+                faults: self.clone(),
+                ..FaultLayer::default()
+            }) as Box<dyn Edge>
+        })
+    }
+}
+
+/// Acknowledgment states the WrongAckCode fault swaps.
+const DELIVERED: i32 = 2;
+const READ: i32 = 3;
+/// `type` of a stanza's RESPONSE.
+const RESPONSE: i32 = 2;
+
+/// Applies [`Faults`] to the stanzas between the engine and the connections.
+/// It knows each connection's identity from the Authenticate RESPONSE the
+/// engine sent it, as any proxy in front of a server could.
+#[derive(Default)]
+pub struct FaultLayer {
+    faults: Faults,
+    /// Live sessions: connection -> identity.
+    sessions: BTreeMap<ConnId, Identity>,
+    /// ReorderChat: the chat delivery held back, per connection.
+    held_chat: BTreeMap<ConnId, Bytes>,
+    /// DropOfflineQueue: connections whose queue replay is under way (from
+    /// the Authenticate RESPONSE to the first stanza that is not a queue item,
+    /// within one batch of the engine's outputs).
+    replaying: BTreeSet<ConnId>,
+}
+
+impl FaultLayer {
+    fn has(&self, fault: Fault) -> bool {
+        self.faults.has(fault)
+    }
+
+    /// A stanza the layer itself sends, as the engine would have.
+    fn answer(conn: ConnId, payload: &Payload, out: &mut Vec<Output>) {
+        out.push(Output::Send {
+            conn,
+            stanza: Bytes::from(codec::encode(payload)),
+        });
+    }
+
+    /// The identity slot the engine checks against the session (ENV-11).
+    fn claimed_identity(payload: &mut Payload) -> Option<&mut Option<Identity>> {
+        match payload {
+            Payload::TextPayloadRequest(r) => Some(&mut r.from),
+            Payload::MediaPayloadRequest(r) => Some(&mut r.from),
+            Payload::AcknowledgmentRequest(r) => Some(&mut r.from),
+            Payload::AwarenessNotification(r) => Some(&mut r.from),
+            Payload::AwarenessRequest(r) => Some(&mut r.from),
+            Payload::AwarenessSubscription(r) => Some(&mut r.from),
+            Payload::AwarenessVisibility(r) => Some(&mut r.from),
+            Payload::LocationStream(r) => Some(&mut r.from),
+            Payload::PingpongMessage(r) => Some(&mut r.to),
+            Payload::SubscriberAddRequest(r) => Some(&mut r.owner),
+            Payload::SubscriberRemove(r) => Some(&mut r.owner),
+            Payload::BlockSubscriber(r) => Some(&mut r.owner),
+            Payload::TokenRefreshRequest(r) => Some(&mut r.to),
+            Payload::Logout(r) => Some(&mut r.entity),
+            _ => None,
+        }
+    }
+}
+
+impl Edge for FaultLayer {
+    fn inbound(&mut self, conn: ConnId, stanza: Bytes, now: Millis, out: &mut Vec<Output>) -> Option<Bytes> {
+        self.replaying.clear();
+        let Ok(mut payload) = codec::decode(&stanza, usize::MAX) else {
+            return Some(stanza);
+        };
+        let me = self.sessions.get(&conn).cloned();
+        match &mut payload {
+            Payload::TokenRevokeRequest(request) if self.has(Fault::IgnoreRevocation) && request.r#type == 1 => {
+                let Some(me) = me else { return Some(stanza) };
+                let to = request.to.clone().filter(|t| !t.eid.is_empty()).unwrap_or(Identity {
+                    eid: me.eid,
+                    connection_resource_id: String::new(),
+                });
+                let answer = TokenRevokeResponse {
+                    to: Some(to),
+                    status: 1,
+                    r#type: RESPONSE,
+                    timestamp: now,
+                    rtt: if request.timestamp > 0 {
+                        now.saturating_sub(request.timestamp)
+                    } else {
+                        0
+                    },
+                    sessions_ended: 1,
+                };
+                Self::answer(conn, &Payload::TokenRevokeResponse(answer), out);
+                return None;
+            }
+            Payload::BlockSubscriber(request)
+                if self.has(Fault::IgnoreBlock) && request.r#type == 1 && matches!(request.action, 0 | 1) =>
+            {
+                let (Some(me), Some(other)) = (me, request.subscriber.clone()) else {
+                    return Some(stanza);
+                };
+                let answer = BlockSubscriber {
+                    owner: Some(Identity {
+                        eid: me.eid,
+                        connection_resource_id: String::new(),
+                    }),
+                    subscriber: Some(Identity {
+                        eid: other.eid,
+                        connection_resource_id: String::new(),
+                    }),
+                    r#type: RESPONSE,
+                    status: 1,
+                    message: "blocked".into(),
+                    timestamp: now,
+                    action: 1,
+                };
+                Self::answer(conn, &Payload::BlockSubscriber(answer), out);
+                return None;
+            }
+            Payload::LocationStream(fix) if self.has(Fault::LeakLocation) => {
+                // Every other session hears it (or the named peer's), allowed or not.
+                let peer = fix.to.as_ref().map(|t| t.eid.clone()).filter(|p| !p.is_empty());
+                if let Some(me) = me {
+                    for (other, identity) in &self.sessions {
+                        let audience = peer.as_ref().map_or(identity.eid != me.eid, |p| *p == identity.eid);
+                        if audience {
+                            let mut leaked = fix.clone();
+                            leaked.from = Some(me.clone());
+                            leaked.to = Some(identity.clone());
+                            Self::answer(*other, &Payload::LocationStream(leaked), out);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.has(Fault::TrustClientFrom)
+            && let Some(slot) = Self::claimed_identity(&mut payload)
+            && slot.is_some()
+        {
+            // Whatever identity the client named, the engine sees none, so it
+            // serves the stanza instead of refusing a spoof.
+            *slot = None;
+            return Some(Bytes::from(codec::encode(&payload)));
+        }
+        Some(stanza)
+    }
+
+    fn outbound(&mut self, output: Output, out: &mut Vec<Output>) {
+        let (conn, stanza) = match output {
+            Output::Send { conn, stanza } => (conn, stanza),
+            Output::Close { conn, reason } => {
+                self.closed(conn);
+                out.push(Output::Close { conn, reason });
+                return;
+            }
+        };
+        let Ok(mut payload) = codec::decode(&stanza, usize::MAX) else {
+            out.push(Output::Send { conn, stanza });
+            return;
+        };
+        if let Payload::Authenticate(answer) = &payload
+            && answer.r#type == RESPONSE
+            && let Some(identity) = &answer.identity
+        {
+            self.sessions.insert(conn, identity.clone());
+            if self.has(Fault::DropOfflineQueue) {
+                self.replaying.insert(conn);
+            }
+        }
+        let queue_item = matches!(payload, Payload::ChatMessage(_) | Payload::AcknowledgmentResponse(_));
+        if self.replaying.contains(&conn) && !matches!(payload, Payload::Authenticate(_)) {
+            if queue_item {
+                return;
+            }
+            self.replaying.remove(&conn);
+        }
+        let mut rewritten = false;
+        match &mut payload {
+            Payload::VersionUpdate(_) if self.has(Fault::SkipVersionUpdate) => return,
+            Payload::PingpongMessage(pong) if self.has(Fault::NeverPong) && pong.r#type == RESPONSE => return,
+            Payload::AcknowledgmentResponse(ack) if self.has(Fault::WrongAckCode) => {
+                ack.status = match ack.status {
+                    DELIVERED => READ,
+                    READ => DELIVERED,
+                    other => other,
+                };
+                rewritten = true;
+            }
+            _ => {}
+        }
+        let mut stanza = if rewritten {
+            Bytes::from(codec::encode(&payload))
+        } else {
+            stanza
+        };
+        if self.has(Fault::NonCanonicalEncoding) {
+            // Field 1 (the route) again: the last one counts, so it decodes the same.
+            let mut bytes = stanza.to_vec();
+            prost::encoding::int64::encode(1, &Route::of(&payload).number(), &mut bytes);
+            stanza = Bytes::from(bytes);
+        }
+        if self.has(Fault::ReorderChat) && matches!(payload, Payload::ChatMessage(_)) {
+            match self.held_chat.remove(&conn) {
+                None => {
+                    self.held_chat.insert(conn, stanza);
+                }
+                Some(held) => {
+                    out.push(Output::Send { conn, stanza });
+                    out.push(Output::Send { conn, stanza: held });
+                }
+            }
+            return;
+        }
+        out.push(Output::Send { conn, stanza });
+    }
+
+    fn tick(&mut self, out: &mut Vec<Output>) {
+        self.replaying.clear();
+        for (conn, stanza) in std::mem::take(&mut self.held_chat) {
+            out.push(Output::Send { conn, stanza });
+        }
+    }
+
+    fn closed(&mut self, conn: ConnId) {
+        self.sessions.remove(&conn);
+        self.held_chat.remove(&conn);
+        self.replaying.remove(&conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for fault in Fault::ALL {
+            assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
+        }
+        let error = "drop-everything".parse::<Fault>().unwrap_err();
+        assert!(error.to_string().contains("never-pong"), "{error}");
+        assert!(Faults::default().is_empty());
+        assert!(Faults::of([Fault::NeverPong]).has(Fault::NeverPong));
+        assert!(!Faults::of([Fault::NeverPong]).has(Fault::ReorderChat));
+    }
+
+    /// Faults are never active unless a test sets them: a settings file
+    /// cannot name one, and no fault means no layer.
+    #[test]
+    fn faults_cannot_come_from_a_settings_file() {
+        let parsed = toml::from_str::<crate::core::Config>("faults = [\"never-pong\"]");
+        assert!(parsed.is_err(), "{parsed:?}");
+        let parsed = toml::from_str::<crate::server::Settings>("faults = [\"never-pong\"]");
+        assert!(parsed.is_err(), "{parsed:?}");
+        assert!(Faults::none().layer().is_none());
+        assert!(Faults::of([Fault::AcceptExpiredToken]).layer().is_none());
+        assert!(Faults::of([Fault::NeverPong]).layer().is_some());
+    }
+}

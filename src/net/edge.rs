@@ -1,0 +1,24 @@
+//! The seam between the engine and the connections where a test may alter
+//! traffic as a broken (or merely different) server would: every stanza on
+//! its way in, every engine output on its way out, and the timer ticks. The
+//! protocol core knows nothing of it; a server without a layer routes the
+//! engine's outputs untouched.
+
+use bytes::Bytes;
+
+use crate::core::{ConnId, Millis, Output};
+
+/// A layer between the engine and the connections ([`crate::faults::FaultLayer`]
+/// is one). Calls come in engine order, under the hub's lock.
+pub trait Edge: Send {
+    /// A stanza arrived on `conn`: what the engine gets instead (`None`: it
+    /// gets nothing). Stanzas pushed to `out` go to connections after what
+    /// the engine produced before.
+    fn inbound(&mut self, conn: ConnId, stanza: Bytes, now: Millis, out: &mut Vec<Output>) -> Option<Bytes>;
+    /// One engine output: push what goes to the connections instead.
+    fn outbound(&mut self, output: Output, out: &mut Vec<Output>);
+    /// The engine's timers ran.
+    fn tick(&mut self, out: &mut Vec<Output>);
+    /// The connection is gone.
+    fn closed(&mut self, conn: ConnId);
+}
