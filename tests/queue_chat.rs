@@ -203,10 +203,7 @@ fn chat_log_runs_on_prepared_spares() {
             "{appended} items and syncs, {:?}",
             store.queue().stats()
         );
-        let item = QueueItem {
-            exclude_device: None,
-            stanza: text(BOB, &format!("m{appended}")),
-        };
+        let item = QueueItem::new(None, text(BOB, &format!("m{appended}")));
         store.append(BOB, item).unwrap();
         store.sync().unwrap();
         appended += 1;

@@ -62,14 +62,8 @@ impl Engine {
                 chat_id: meta.chat_id.clone(),
                 version: meta.version,
             };
-            let to_sender = QueueItem {
-                exclude_device: None,
-                stanza: Payload::AcknowledgmentResponse(update.clone()),
-            };
-            let to_receiver = QueueItem {
-                exclude_device: Some(me.device.clone()),
-                stanza: Payload::AcknowledgmentResponse(update),
-            };
+            let to_sender = QueueItem::new(None, Payload::AcknowledgmentResponse(update.clone()));
+            let to_receiver = QueueItem::new(Some(me.device.clone()), Payload::AcknowledgmentResponse(update));
             self.enqueue(&meta.sender, to_sender).map_err(unavailable)?;
             self.enqueue(&meta.receiver, to_receiver).map_err(unavailable)?;
         }

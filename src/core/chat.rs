@@ -258,14 +258,8 @@ impl Engine {
             }
             Payload::ChatMessage(message)
         };
-        let receiver_copy = QueueItem {
-            exclude_device: None,
-            stanza: copy("receiver", 1),
-        };
-        let sender_copy = QueueItem {
-            exclude_device: Some(me.device.clone()),
-            stanza: copy("sender", 4),
-        };
+        let receiver_copy = QueueItem::new(None, copy("receiver", 1));
+        let sender_copy = QueueItem::new(Some(me.device.clone()), copy("sender", 4));
         // The VersionUpdate goes first in engine order; it is held back with
         // everything after these writes until they are durable (QUE-2).
         self.send_version_update(conn, &me, &message_id, &local, version, &chat, now);

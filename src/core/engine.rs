@@ -438,8 +438,13 @@ impl Engine {
 
     /// Queues one stanza for a connection.
     pub(super) fn send(&mut self, conn: ConnId, payload: Payload) {
-        *self.stats.stanzas_out.entry(Route::of(&payload).number()).or_default() += 1;
         let stanza = Bytes::from(codec::encode(&payload));
+        self.send_encoded(conn, Route::of(&payload), stanza);
+    }
+
+    /// Queues one stanza already encoded (shared by several copies).
+    pub(super) fn send_encoded(&mut self, conn: ConnId, route: Route, stanza: Bytes) {
+        *self.stats.stanzas_out.entry(route.number()).or_default() += 1;
         self.push_output(Output::Send { conn, stanza });
     }
 

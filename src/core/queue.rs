@@ -8,20 +8,58 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
 use super::{ConnId, Millis, StoreError};
-use crate::codec::{self, ErrorKind};
+use crate::codec::{self, ErrorKind, Route};
 use crate::proto::message_scheme::Payload;
 
 /// One queued stanza: a ChatMessage copy or an AcknowledgmentResponse update.
+///
+/// The stanza is encoded once, when the item is made: that envelope encoding
+/// is what the store writes and what every device is sent of a ChatMessage
+/// copy (the copies share its bytes), and its length is the item's size for
+/// QUE-10.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueItem {
     /// The device that must not receive it (the sending or acking device).
     pub exclude_device: Option<String>,
-    /// The stanza as appended (QUE-12); `to` is filled per device on delivery.
-    pub stanza: Payload,
+    stanza: Payload,
+    encoded: Bytes,
+}
+
+impl QueueItem {
+    pub fn new(exclude_device: Option<String>, stanza: Payload) -> QueueItem {
+        let encoded = Bytes::from(codec::encode(&stanza));
+        QueueItem {
+            exclude_device,
+            stanza,
+            encoded,
+        }
+    }
+
+    /// An item read back from its envelope encoding.
+    pub fn decode(exclude_device: Option<String>, encoded: Bytes) -> Result<QueueItem, codec::EnvelopeError> {
+        let stanza = codec::decode(&encoded, usize::MAX)?;
+        Ok(QueueItem {
+            exclude_device,
+            stanza,
+            encoded,
+        })
+    }
+
+    /// The stanza as appended (QUE-12); an AcknowledgmentResponse's `to` is
+    /// filled per device on delivery.
+    pub fn stanza(&self) -> &Payload {
+        &self.stanza
+    }
+
+    /// The stanza's envelope encoding.
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
 }
 
 /// A durable fact about chat messages, replayed at startup.
@@ -141,7 +179,7 @@ impl MemoryQueue {
 }
 
 fn encoded_len(item: &QueueItem) -> usize {
-    codec::encode(&item.stanza).len()
+    item.encoded.len()
 }
 
 impl ChatStore for MemoryChatStore {
@@ -301,17 +339,21 @@ impl Engine {
         if item.exclude_device.as_deref() == Some(me.device.as_str()) {
             return;
         }
-        let mut stanza = item.stanza.clone();
-        let key = match &mut stanza {
-            Payload::ChatMessage(chat) => (chat.message_id.clone(), ItemKind::Copy),
-            Payload::AcknowledgmentResponse(update) => {
-                update.to = Some(me.to_proto());
-                (update.message_id.clone(), ItemKind::Update(update.status))
+        match &item.stanza {
+            Payload::ChatMessage(chat) => {
+                let key = (chat.message_id.clone(), ItemKind::Copy);
+                self.with_session(conn, |s| s.delivered.items.insert(key, increment));
+                self.send_encoded(conn, Route::ChatMessage, item.encoded.clone());
             }
-            _ => return,
-        };
-        self.with_session(conn, |s| s.delivered.items.insert(key, increment));
-        self.send(conn, stanza);
+            Payload::AcknowledgmentResponse(update) => {
+                let key = (update.message_id.clone(), ItemKind::Update(update.status));
+                self.with_session(conn, |s| s.delivered.items.insert(key, increment));
+                let mut update = update.clone();
+                update.to = Some(me.to_proto());
+                self.send(conn, Payload::AcknowledgmentResponse(update));
+            }
+            _ => {}
+        }
     }
 
     /// QUE-3, QUE-8, QUE-11: at session start, tells a returning forgotten device `history_gap`, then replays

@@ -302,6 +302,11 @@ enum Kind {
 }
 
 /// One accepted stream: TLS if configured, then its transport.
+///
+/// Every stage is boxed: an async function's state is as large as its largest
+/// stage, and a task that held the TLS handshake or the other transport's
+/// future inline would carry their size for as long as the connection lives
+/// (most connections are idle: SPEC §19's memory budget is per connection).
 async fn connection<S>(hub: Arc<Hub>, stream: S, kind: Kind, options: Arc<ServerOptions>)
 where
     S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
@@ -310,11 +315,11 @@ where
     let conn = endpoint.conn;
     match options.tls.clone() {
         None => match kind {
-            Kind::Tcp => tcp::serve(hub, stream, endpoint, options).await,
-            Kind::Ws => ws::serve(hub, stream, endpoint, options).await,
+            Kind::Tcp => Box::pin(tcp::serve(hub, stream, endpoint, options)).await,
+            Kind::Ws => Box::pin(ws::serve(hub, stream, endpoint, options)).await,
         },
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream));
+            let handshake = Box::pin(tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)));
             let tls = tokio::select! {
                 biased;
                 () = endpoint.kill.cancelled() => None,
@@ -333,8 +338,8 @@ where
             match tls {
                 None => hub.closed(conn),
                 Some(tls) => match kind {
-                    Kind::Tcp => tcp::serve(hub, tls, endpoint, options).await,
-                    Kind::Ws => ws::serve(hub, tls, endpoint, options).await,
+                    Kind::Tcp => Box::pin(tcp::serve(hub, tls, endpoint, options)).await,
+                    Kind::Ws => Box::pin(ws::serve(hub, tls, endpoint, options)).await,
                 },
             }
         }

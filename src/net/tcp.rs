@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use futures::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Encoder, FramedRead};
 
 use super::hub::{Endpoint, Hub, Out};
 use super::{ServerOptions, linger};
@@ -15,8 +16,9 @@ use crate::codec::{FrameError, TcpFrameCodec};
 use crate::core::Transport;
 
 /// Read buffer a connection starts with; it grows for larger frames. Idle
-/// connections are the common case, so start small.
-const READ_CAPACITY: usize = 1024;
+/// connections are the common case, so start small. Writes take a buffer
+/// only while a batch is written (`write_batch`): `Framed` would keep 8 KiB.
+const READ_CAPACITY: usize = 256;
 
 enum End {
     /// The engine closed it: flush, FIN, then let the peer finish.
@@ -36,7 +38,7 @@ where
         return;
     }
     let codec = TcpFrameCodec::new(hub.max_stanza_bytes());
-    let mut framed = Framed::with_capacity(io, codec, READ_CAPACITY);
+    let mut framed = FramedRead::with_capacity(io, codec, READ_CAPACITY);
     // False once the framing is broken (an oversized length): the rest of the
     // byte stream cannot be trusted, so it is never parsed (SPEC TRN-10).
     let mut reading = true;
@@ -97,18 +99,19 @@ where
 /// Writes `first` and whatever else is queued, then flushes once. `Ok(true)`
 /// when a Close was among them (everything before it is flushed).
 async fn write_batch<S>(
-    framed: &mut Framed<S, TcpFrameCodec>,
+    framed: &mut FramedRead<S, TcpFrameCodec>,
     first: Out,
     rx: &mut tokio::sync::mpsc::Receiver<Out>,
 ) -> Result<bool, FrameError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut batch = BytesMut::new();
     let mut next = Some(first);
     let mut closing = false;
     while let Some(out) = next.take() {
         match out {
-            Out::Send(stanza) => framed.feed(stanza).await?,
+            Out::Send(stanza) => framed.decoder_mut().encode(stanza, &mut batch)?,
             Out::Close(_) => {
                 closing = true;
                 break;
@@ -116,6 +119,8 @@ where
         }
         next = rx.try_recv().ok();
     }
-    framed.flush().await?;
+    let io = framed.get_mut();
+    io.write_all(&batch).await?;
+    io.flush().await?;
     Ok(closing)
 }

@@ -28,8 +28,10 @@ use crate::core::auth::token_from_request;
 pub const SUBPROTOCOL: &str = "bimip.v1";
 
 /// tungstenite's default buffers are 128 KiB each, allocated per connection;
-/// a BIMIP server holds mostly idle connections with small stanzas.
-const READ_BUFFER: usize = 4 * 1024;
+/// a BIMIP server holds mostly idle connections with small stanzas. The read
+/// buffer is also the most one read takes, so it is not made smaller still:
+/// a 64 KiB stanza already takes 64 reads.
+const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// WebSocket settings for a peer whose stanzas may be up to `max_stanza_bytes`.
@@ -65,7 +67,12 @@ where
         move |request: &Request, response: Response| decide(&hub, conn, request, response)
     };
     let config = ws_config(hub.max_stanza_bytes());
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config));
+    // Boxed, so the connection's task does not keep the handshake's size.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        io,
+        callback,
+        Some(config),
+    ));
     let accepted = tokio::select! {
         biased;
         () = kill.cancelled() => None,

@@ -210,7 +210,7 @@ impl SimStorage for Forgetful {
 #[derive(Clone, Debug)]
 enum Op {
     Record(ChatEvent),
-    Append(String, QueueItem),
+    Append(String, Box<QueueItem>),
     Commit(String, String, u64),
     StartDevice(String, String, Millis),
 }
@@ -230,7 +230,7 @@ impl Disk {
             // MemoryChatStore never fails a write.
             let _ = match op {
                 Op::Record(event) => store.record(event),
-                Op::Append(eid, item) => store.append(eid, item.clone()).map(|_| ()),
+                Op::Append(eid, item) => store.append(eid, (**item).clone()).map(|_| ()),
                 Op::Commit(eid, device, offset) => store.commit(eid, device, *offset),
                 Op::StartDevice(eid, device, now) => store.start_device(eid, device, *now).map(|_| ()),
             };
@@ -273,7 +273,7 @@ impl ChatStore for CrashModel {
     }
     fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError> {
         let mut disk = lock(&self.disk);
-        disk.ops.push(Op::Append(eid.to_string(), item.clone()));
+        disk.ops.push(Op::Append(eid.to_string(), Box::new(item.clone())));
         disk.live.append(eid, item)
     }
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -52,7 +52,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
 use crate::core::queue::{ChatEvent, ChatStore, DeviceStart, QueueItem};
 use crate::core::{Millis, StoreError};
 use crate::proto::message_scheme::Payload;
@@ -562,12 +561,11 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     }
 
     fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError> {
-        let payload = codec::encode(&item.stanza);
         let appended = self
             .queue
-            .append(eid, &payload, item.exclude_device.as_deref())
+            .append(eid, item.encoded(), item.exclude_device.as_deref())
             .map_err(store_error)?;
-        if let Some(id) = message_of(&item.stanza) {
+        if let Some(id) = message_of(item.stanza()) {
             self.mirror.note_item(id, eid, appended.increment);
             self.batch_items
                 .push((id.to_string(), eid.to_string(), appended.increment));
@@ -616,14 +614,8 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
         match self.queue.read(eid, after, usize::MAX) {
             Ok(items) => {
                 for item in items {
-                    match codec::decode(&item.payload, usize::MAX) {
-                        Ok(stanza) => out.push((
-                            item.increment,
-                            QueueItem {
-                                exclude_device: item.exclude,
-                                stanza,
-                            },
-                        )),
+                    match QueueItem::decode(item.exclude, item.payload) {
+                        Ok(decoded) => out.push((item.increment, decoded)),
                         Err(e) => {
                             // Written by this store and CRC-checked: only a bug gets here. Stop at the item
                             // rather than skip it, so the device's offset cannot pass it.
