@@ -346,80 +346,83 @@ impl Core {
         self.engine.closed(conn, now);
     }
 
-    /// Routes the engine's outputs (through the edge layer, if any).
-    fn route_outputs(&mut self, now: Millis) {
-        let outputs = self.engine_outputs();
-        self.route(outputs, now);
-    }
-
-    /// Everything the engine has to say now, through the edge layer if any.
-    fn engine_outputs(&mut self) -> Vec<Output> {
-        let mut outputs = Vec::new();
-        while let Some(output) = self.engine.poll_output() {
-            match &mut self.edge {
-                Some(edge) => edge.outbound(output, &mut outputs),
-                None => outputs.push(output),
-            }
-        }
-        outputs
-    }
-
-    /// Puts outputs on their connections' queues. A connection found dead is
+    /// Routes everything the engine has to say now, through the edge layer if any. A connection found dead is
     /// told to the engine, whose answer (for other connections) is routed too.
-    fn route(&mut self, mut outputs: Vec<Output>, now: Millis) {
+    fn route_outputs(&mut self, now: Millis) {
+        let mut outputs = Vec::new();
         loop {
             let mut dead = Vec::new();
-            for output in outputs.drain(..) {
-                let (conn, out, last) = match output {
-                    Output::Send { conn, stanza } if stanza.len() > self.max_stanza_bytes => {
-                        // SPEC TRN-1: never send more than the limit. The engine
-                        // should not produce it; dropping this one stanza keeps
-                        // the session, where a write error would end it.
-                        tracing::error!(%conn, len = stanza.len(), "engine produced an oversized stanza; not sent");
-                        continue;
-                    }
-                    Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
-                    Output::Close { conn, reason } => (conn, Out::Close(reason), true),
-                };
-                let Some(link) = self.links.get(&conn) else {
-                    // Already given up on (and the engine told); nothing to deliver.
-                    continue;
-                };
-                match link.tx.try_send(out) {
-                    Ok(()) if last => {
-                        // The engine has forgotten the connection; dropping our
-                        // sender lets its writer see the end after the Close.
-                        self.links.remove(&conn);
-                    }
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // A peer that does not read its stanzas is as good as
-                        // dead, and an unbounded queue would let it eat memory.
-                        tracing::debug!(%conn, "outbound queue full; dropping the connection");
-                        if let Some(link) = self.links.remove(&conn) {
-                            link.kill.cancel();
-                        }
-                        if !last {
-                            dead.push(conn);
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        self.links.remove(&conn);
-                        if !last {
-                            dead.push(conn);
-                        }
-                    }
+            while let Some(output) = self.engine.poll_output() {
+                match &mut self.edge {
+                    Some(edge) => edge.outbound(output, &mut outputs),
+                    None => outputs.push(output),
+                }
+                for output in outputs.drain(..) {
+                    self.route_one(output, &mut dead);
                 }
             }
             if dead.is_empty() {
                 return;
             }
-            // Telling the engine may produce more outputs (for other
-            // connections): route those too.
             for conn in dead {
                 self.closed(conn, now);
             }
-            outputs = self.engine_outputs();
+        }
+    }
+
+    /// Routes outputs that did not come from the engine (the edge layer's), then the engine's.
+    fn route(&mut self, outputs: Vec<Output>, now: Millis) {
+        let mut dead = Vec::new();
+        for output in outputs {
+            self.route_one(output, &mut dead);
+        }
+        for conn in dead {
+            self.closed(conn, now);
+        }
+        self.route_outputs(now);
+    }
+
+    /// Puts one output on its connection's queue; a connection found dead goes to `dead`.
+    fn route_one(&mut self, output: Output, dead: &mut Vec<ConnId>) {
+        let (conn, out, last) = match output {
+            Output::Send { conn, stanza } if stanza.len() > self.max_stanza_bytes => {
+                // SPEC TRN-1: never send more than the limit. The engine
+                // should not produce it; dropping this one stanza keeps
+                // the session, where a write error would end it.
+                tracing::error!(%conn, len = stanza.len(), "engine produced an oversized stanza; not sent");
+                return;
+            }
+            Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
+            Output::Close { conn, reason } => (conn, Out::Close(reason), true),
+        };
+        let Some(link) = self.links.get(&conn) else {
+            // Already given up on (and the engine told); nothing to deliver.
+            return;
+        };
+        match link.tx.try_send(out) {
+            Ok(()) if last => {
+                // The engine has forgotten the connection; dropping our
+                // sender lets its writer see the end after the Close.
+                self.links.remove(&conn);
+            }
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // A peer that does not read its stanzas is as good as
+                // dead, and an unbounded queue would let it eat memory.
+                tracing::debug!(%conn, "outbound queue full; dropping the connection");
+                if let Some(link) = self.links.remove(&conn) {
+                    link.kill.cancel();
+                }
+                if !last {
+                    dead.push(conn);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.links.remove(&conn);
+                if !last {
+                    dead.push(conn);
+                }
+            }
         }
     }
 }

@@ -150,19 +150,31 @@ enum StoreRecord {
 }
 
 /// A message as the store remembers it: what the engine's chat state holds of it, and where its items are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Written as a checkpoint entry in its binary form (the prost tags below, [`wire`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 struct Remembered {
+    #[prost(string, tag = "1")]
     message_id: String,
+    #[prost(string, tag = "2")]
     chat_id: String,
+    #[prost(int64, tag = "3")]
     version: i64,
+    #[prost(string, tag = "4")]
     sender: String,
+    #[prost(string, tag = "5")]
     sender_device: String,
+    #[prost(string, tag = "6")]
     message_id_local: String,
+    #[prost(string, tag = "7")]
     receiver: String,
+    #[prost(int64, tag = "8")]
     at: Millis,
+    #[prost(int32, tag = "9")]
     state: i32,
+    #[prost(int64, tag = "10")]
     state_at: Millis,
     /// The highest increment of an item of this message in each queue (EID) that has one.
+    #[prost(btree_map = "string, uint64", tag = "11")]
     items: BTreeMap<String, u64>,
 }
 
@@ -256,15 +268,177 @@ impl Mirror {
     }
 }
 
-/// [`StoreRecord::Message`] serialized from a borrowed message (same JSON).
-#[derive(Serialize)]
-#[serde(tag = "record", rename_all = "snake_case")]
-enum MessageRecord<'a> {
-    Message(&'a Remembered),
+/// The event log's records on disk: binary (prost) since the store stopped writing JSON, which cost more CPU
+/// than the rest of a message's durable path (BENCHMARKS.md). A JSON record starts with `{`, which no binary
+/// record does (a binary record starts with the tag of its kind, field 1 to 5 of wire type 2), so logs written
+/// before still open.
+mod wire {
+    use super::{ChatEvent, LogRecord, Remembered, StoreRecord};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Record {
+        #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5")]
+        pub kind: Option<Kind>,
+    }
+
+    /// The field number of [`Kind::Message`], for entries encoded from a borrowed message.
+    pub const MESSAGE_TAG: u32 = 4;
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Accepted(Accepted),
+        #[prost(message, tag = "2")]
+        Raised(Raised),
+        #[prost(message, tag = "3")]
+        Checkpoint(Checkpoint),
+        #[prost(message, tag = "4")]
+        Message(Remembered),
+        #[prost(message, tag = "5")]
+        Items(Items),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Accepted {
+        #[prost(string, tag = "1")]
+        pub message_id: String,
+        #[prost(string, tag = "2")]
+        pub chat_id: String,
+        #[prost(int64, tag = "3")]
+        pub version: i64,
+        #[prost(string, tag = "4")]
+        pub sender: String,
+        #[prost(string, tag = "5")]
+        pub sender_device: String,
+        #[prost(string, tag = "6")]
+        pub message_id_local: String,
+        #[prost(string, tag = "7")]
+        pub receiver: String,
+        #[prost(int64, tag = "8")]
+        pub at: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Raised {
+        #[prost(string, tag = "1")]
+        pub message_id: String,
+        #[prost(int32, tag = "2")]
+        pub state: i32,
+        #[prost(int64, tag = "3")]
+        pub at: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Checkpoint {
+        #[prost(uint64, tag = "1")]
+        pub entries: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Items {
+        #[prost(message, repeated, tag = "1")]
+        pub items: Vec<Item>,
+    }
+
+    /// Where one item of a message went.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Item {
+        #[prost(string, tag = "1")]
+        pub message_id: String,
+        #[prost(string, tag = "2")]
+        pub eid: String,
+        #[prost(uint64, tag = "3")]
+        pub increment: u64,
+    }
+
+    pub fn encode(kind: Kind) -> Vec<u8> {
+        prost::Message::encode_to_vec(&Record { kind: Some(kind) })
+    }
+
+    pub fn event(event: &ChatEvent) -> Kind {
+        match event.clone() {
+            ChatEvent::Accepted {
+                message_id,
+                chat_id,
+                version,
+                sender,
+                sender_device,
+                message_id_local,
+                receiver,
+                at,
+            } => Kind::Accepted(Accepted {
+                message_id,
+                chat_id,
+                version,
+                sender,
+                sender_device,
+                message_id_local,
+                receiver,
+                at,
+            }),
+            ChatEvent::StateRaised { message_id, state, at } => Kind::Raised(Raised { message_id, state, at }),
+        }
+    }
+
+    pub fn store(record: StoreRecord) -> Kind {
+        match record {
+            StoreRecord::Checkpoint { entries } => Kind::Checkpoint(Checkpoint { entries }),
+            StoreRecord::Message(m) => Kind::Message(m),
+            StoreRecord::Items { items } => Kind::Items(Items {
+                items: items
+                    .into_iter()
+                    .map(|(message_id, eid, increment)| Item {
+                        message_id,
+                        eid,
+                        increment,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// A record as read back, binary or (written before) JSON.
+    pub fn decode(payload: &[u8]) -> Result<LogRecord, String> {
+        if payload.first() == Some(&b'{') {
+            return serde_json::from_slice(payload).map_err(|e| e.to_string());
+        }
+        let record: Record = prost::Message::decode(payload).map_err(|e| e.to_string())?;
+        Ok(match record.kind.ok_or("a record of no known kind")? {
+            Kind::Accepted(a) => LogRecord::Event(ChatEvent::Accepted {
+                message_id: a.message_id,
+                chat_id: a.chat_id,
+                version: a.version,
+                sender: a.sender,
+                sender_device: a.sender_device,
+                message_id_local: a.message_id_local,
+                receiver: a.receiver,
+                at: a.at,
+            }),
+            Kind::Raised(r) => LogRecord::Event(ChatEvent::StateRaised {
+                message_id: r.message_id,
+                state: r.state,
+                at: r.at,
+            }),
+            Kind::Checkpoint(c) => LogRecord::Store(StoreRecord::Checkpoint { entries: c.entries }),
+            Kind::Message(m) => LogRecord::Store(StoreRecord::Message(m)),
+            Kind::Items(i) => LogRecord::Store(StoreRecord::Items {
+                items: i
+                    .items
+                    .into_iter()
+                    .map(|i| (i.message_id, i.eid, i.increment))
+                    .collect(),
+            }),
+        })
+    }
 }
 
-fn encode_record(record: &StoreRecord) -> Vec<u8> {
-    serde_json::to_vec(record).expect("store records serialize")
+fn encode_record(record: StoreRecord) -> Vec<u8> {
+    wire::encode(wire::store(record))
+}
+
+/// A checkpoint entry from a borrowed message: the same bytes as `encode_record(StoreRecord::Message(..))`.
+fn encode_message_entry(m: &Remembered, buf: &mut Vec<u8>) {
+    prost::encoding::message::encode(wire::MESSAGE_TAG, m, buf);
 }
 
 /// Whether a checkpoint at `now` keeps `m` (module doc).
@@ -290,8 +464,10 @@ pub struct DurableChatStore<F: Fs> {
     /// The latest engine time seen (acceptances, session starts): a checkpoint judges the windows by it.
     now: Millis,
     report: ChatOpenReport,
-    /// Items appended since the last sync, per EID, in increment order.
-    pending: BTreeMap<String, Vec<(u64, QueueItem)>>,
+    /// Items appended since the last sync: (EID, increment, item), in append order.
+    /// A list, not a map by EID: it is emptied at every sync (keeping its allocation) and read only at session
+    /// starts.
+    pending: Vec<(String, u64, QueueItem)>,
     /// Where this batch's items of messages went, logged at its sync.
     batch_items: Vec<(String, String, u64)>,
     /// When retention may run next (engine time); None before the first session start.
@@ -342,12 +518,12 @@ impl<F: Fs> DurableChatStore<F> {
                 return;
             }
             report.records_read += 1;
-            let record: LogRecord = match serde_json::from_slice(item.payload) {
+            let record = match wire::decode(item.payload) {
                 Ok(r) => r,
-                Err(e) => {
+                Err(reason) => {
                     bad = Some(ChatStoreError::BadEvent {
                         increment: item.increment,
-                        reason: e.to_string(),
+                        reason,
                     });
                     return;
                 }
@@ -440,7 +616,7 @@ impl<F: Fs> DurableChatStore<F> {
             trim_to: None,
             now,
             report,
-            pending: BTreeMap::new(),
+            pending: Vec::new(),
             batch_items: Vec::new(),
             next_retain: None,
             unreadable_items: 0,
@@ -516,13 +692,13 @@ impl<F: Fs> DurableChatStore<F> {
         messages.retain(|_, m| keeps(latest, queue, *now, m));
         let entries = messages.len() as u64;
         let at = queue
-            .append(EVENTS_EID, &encode_record(&StoreRecord::Checkpoint { entries }), None)?
+            .append(EVENTS_EID, &encode_record(StoreRecord::Checkpoint { entries }), None)?
             .increment;
         let mut buf = Vec::new();
         for m in messages.values() {
             // Borrowed, not cloned: a checkpoint entry is written for every remembered message.
             buf.clear();
-            serde_json::to_writer(&mut buf, &MessageRecord::Message(m)).expect("checkpoint records serialize");
+            encode_message_entry(m, &mut buf);
             queue.append(EVENTS_EID, &buf, None)?;
         }
         self.checkpoint_size = entries;
@@ -550,7 +726,7 @@ impl<F: Fs> DurableChatStore<F> {
 
 impl<F: Fs> ChatStore for DurableChatStore<F> {
     fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError> {
-        let payload = serde_json::to_vec(event).map_err(|e| StoreError::Io(e.into()))?;
+        let payload = wire::encode(wire::event(event));
         self.queue.append(EVENTS_EID, &payload, None).map_err(store_error)?;
         if let ChatEvent::Accepted { at, .. } = event {
             self.now = self.now.max(*at);
@@ -570,10 +746,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             self.batch_items
                 .push((id.to_string(), eid.to_string(), appended.increment));
         }
-        self.pending
-            .entry(eid.to_string())
-            .or_default()
-            .push((appended.increment, item));
+        self.pending.push((eid.to_string(), appended.increment, item));
         Ok(appended.increment)
     }
 
@@ -586,7 +759,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
                 let items = StoreRecord::Items {
                     items: std::mem::take(&mut self.batch_items),
                 };
-                self.queue.append(EVENTS_EID, &encode_record(&items), None)?;
+                self.queue.append(EVENTS_EID, &encode_record(items), None)?;
             }
             let checkpoint = if self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
             {
@@ -632,9 +805,8 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             }
         }
         let next = out.last().map_or(after, |(i, _)| *i);
-        if let Some(pending) = self.pending.get(eid) {
-            out.extend(pending.iter().filter(|(i, _)| *i > next).cloned());
-        }
+        let pending = self.pending.iter().filter(|(e, i, _)| e == eid && *i > next);
+        out.extend(pending.map(|(_, i, item)| (*i, item.clone())));
         out
     }
 
@@ -690,9 +862,25 @@ mod tests {
             state_at: 6,
             items: BTreeMap::from([("a@x".to_string(), 3), ("b@x".to_string(), 4)]),
         };
-        let borrowed = serde_json::to_vec(&MessageRecord::Message(&m)).unwrap();
-        assert_eq!(borrowed, encode_record(&StoreRecord::Message(m.clone())));
-        let read: LogRecord = serde_json::from_slice(&borrowed).unwrap();
-        assert_eq!(read, LogRecord::Store(StoreRecord::Message(m)));
+        let mut borrowed = Vec::new();
+        encode_message_entry(&m, &mut borrowed);
+        assert_eq!(borrowed, encode_record(StoreRecord::Message(m.clone())));
+        let read = wire::decode(&borrowed).unwrap();
+        assert_eq!(read, LogRecord::Store(StoreRecord::Message(m.clone())));
+        // Logs written before records were binary still open.
+        let json = br#"{"record":"message","message_id":"m\"1","chat_id":"c1","version":7,"sender":"a@x","sender_device":"d1","message_id_local":"l1","receiver":"b@x","at":5,"state":2,"state_at":6,"items":{"a@x":3,"b@x":4}}"#;
+        assert_eq!(wire::decode(json).unwrap(), LogRecord::Store(StoreRecord::Message(m)));
+        let event = br#"{"event":"state_raised","message_id":"m","state":3,"at":9}"#;
+        let raised = ChatEvent::StateRaised {
+            message_id: "m".into(),
+            state: 3,
+            at: 9,
+        };
+        assert_eq!(wire::decode(event).unwrap(), LogRecord::Event(raised.clone()));
+        assert_eq!(
+            wire::decode(&wire::encode(wire::event(&raised))).unwrap(),
+            LogRecord::Event(raised)
+        );
+        assert!(wire::decode(b"\xff\xff").is_err());
     }
 }
