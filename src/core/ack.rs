@@ -26,8 +26,8 @@ impl Engine {
             return Ok(());
         };
         let meta = self.chat.messages.get(&message_id).cloned().ok_or_else(not_found)?;
-        let receiver_side = meta.receiver == me.eid;
-        if !receiver_side && meta.sender != me.eid {
+        let receiver_side = meta.receiver == *me.eid;
+        if !receiver_side && meta.sender != *me.eid {
             return Err(not_found());
         }
         if receiver_side && request.status == SENT {
@@ -63,7 +63,7 @@ impl Engine {
                 version: meta.version,
             };
             let to_sender = QueueItem::new(None, Payload::AcknowledgmentResponse(update.clone()));
-            let to_receiver = QueueItem::new(Some(me.device.clone()), Payload::AcknowledgmentResponse(update));
+            let to_receiver = QueueItem::new(Some(me.device.to_string()), Payload::AcknowledgmentResponse(update));
             self.enqueue(&meta.sender, to_sender).map_err(unavailable)?;
             self.enqueue(&meta.receiver, to_receiver).map_err(unavailable)?;
         }

@@ -105,7 +105,7 @@ impl Engine {
         }
         for conn in self.awareness.subscribers.get(owner).into_iter().flatten() {
             if let Some(me) = self.identity(*conn)
-                && me.eid != owner
+                && *me.eid != *owner
                 && self.social.may_see(&me.eid, owner)
             {
                 watchers.insert(*conn);
@@ -253,7 +253,7 @@ impl Engine {
                 "an AwarenessNotification is a presence change (no `to`, status 1, 3, 4 or 5) or an intention (`to` a peer, intention 1..=3)",
             );
         }
-        if intention && (!valid_eid(&peer) || peer == me.eid) {
+        if intention && (!valid_eid(&peer) || peer == *me.eid) {
             return invalid("an intention goes to another user's EID");
         }
         if self.with_session(conn, |s| s.awareness_bucket.try_take(now)) == Some(false) {
@@ -383,7 +383,7 @@ impl Engine {
                 .entry(watched.clone())
                 .or_default()
                 .insert(conn);
-            if watched != me.eid && self.social.may_see(&me.eid, &watched) {
+            if watched != *me.eid && self.social.may_see(&me.eid, &watched) {
                 let note = self.awareness_for(&watched, &me, 0, now);
                 self.send(conn, Payload::AwarenessNotification(note));
             }

@@ -35,7 +35,9 @@ pub(super) struct MessageMeta {
 pub(super) struct ChatState {
     pub versions: BTreeMap<String, i64>,
     pub messages: BTreeMap<String, MessageMeta>,
-    pub by_local: BTreeMap<(String, String, String), String>,
+    /// The resend index (CHAT-14): sender EID -> sending device -> message_id_local -> message_id, nested so a
+    /// lookup borrows the session's strings instead of building a key.
+    pub by_local: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 impl ChatState {
@@ -53,8 +55,12 @@ impl ChatState {
             } => {
                 let latest = self.versions.entry(chat_id.clone()).or_default();
                 *latest = (*latest).max(*version);
-                let key = (sender.clone(), sender_device.clone(), message_id_local.clone());
-                self.by_local.insert(key, message_id.clone());
+                self.by_local
+                    .entry(sender.clone())
+                    .or_default()
+                    .entry(sender_device.clone())
+                    .or_default()
+                    .insert(message_id_local.clone(), message_id.clone());
                 let meta = MessageMeta {
                     chat_id: chat_id.clone(),
                     version: *version,
@@ -170,7 +176,7 @@ impl Engine {
         };
         let local = request.message_id_local.clone();
         let receiver = match &request.to[..] {
-            [one] if valid_eid(&one.eid) && one.eid != me.eid => one.eid.clone(),
+            [one] if valid_eid(&one.eid) && one.eid != *me.eid => one.eid.clone(),
             _ => return Err(invalid("`to` must hold exactly one other user's EID", &local)),
         };
         if local.is_empty() || local.len() > 128 {
@@ -180,8 +186,11 @@ impl Engine {
         if claimed_chat.is_some_and(|c| c != chat) {
             return Err(invalid("chat_id is not this pair's chat", &local));
         }
-        let resend_key = (me.eid.clone(), me.device.clone(), local.clone());
-        if let Some(message_id) = self.chat.by_local.get(&resend_key).cloned() {
+        let resent = (self.chat.by_local.get(&*me.eid))
+            .and_then(|devices| devices.get(&*me.device))
+            .and_then(|locals| locals.get(&local))
+            .cloned();
+        if let Some(message_id) = resent {
             // CHAT-14: the original stands; only the VersionUpdate again.
             if let Some(meta) = self.chat.messages.get(&message_id).cloned() {
                 self.send_version_update(
@@ -211,8 +220,8 @@ impl Engine {
             message_id: message_id.clone(),
             chat_id: chat.clone(),
             version,
-            sender: me.eid.clone(),
-            sender_device: me.device.clone(),
+            sender: me.eid.to_string(),
+            sender_device: me.device.to_string(),
             message_id_local: local.clone(),
             receiver: receiver.clone(),
             at: now,
@@ -259,7 +268,7 @@ impl Engine {
             Payload::ChatMessage(message)
         };
         let receiver_copy = QueueItem::new(None, copy("receiver", 1));
-        let sender_copy = QueueItem::new(Some(me.device.clone()), copy("sender", 4));
+        let sender_copy = QueueItem::new(Some(me.device.to_string()), copy("sender", 4));
         // The VersionUpdate goes first in engine order; it is held back with
         // everything after these writes until they are durable (QUE-2).
         self.send_version_update(conn, &me, &message_id, &local, version, &chat, now);

@@ -519,8 +519,8 @@ impl Engine {
             return Err(Rejection::new(ErrorKind::Internal, "no session"));
         };
         if let Some(given) = slot {
-            let eid_differs = !given.eid.is_empty() && given.eid != me.eid;
-            let device_differs = !given.connection_resource_id.is_empty() && given.connection_resource_id != me.device;
+            let eid_differs = !given.eid.is_empty() && given.eid != *me.eid;
+            let device_differs = !given.connection_resource_id.is_empty() && given.connection_resource_id != *me.device;
             if eid_differs || device_differs {
                 return Err(Rejection::new(
                     ErrorKind::IdentityMismatch,

@@ -24,7 +24,7 @@ impl Engine {
             && (-90.0..=90.0).contains(&fix.latitude)
             && (-180.0..=180.0).contains(&fix.longitude);
         let peer = fix.to.as_ref().map(|t| t.eid.clone()).unwrap_or_default();
-        if !in_range || (!peer.is_empty() && (!valid_eid(&peer) || peer == me.eid)) {
+        if !in_range || (!peer.is_empty() && (!valid_eid(&peer) || peer == *me.eid)) {
             let rejection = Rejection::new(
                 ErrorKind::InvalidField,
                 "coordinates out of range, or `to` is not another user",
@@ -36,7 +36,7 @@ impl Engine {
         }
         self.awareness
             .fixes
-            .insert(me.eid.clone(), (fix.latitude, fix.longitude));
+            .insert(me.eid.to_string(), (fix.latitude, fix.longitude));
         let mut viewers: Vec<String> = if peer.is_empty() {
             self.social.subscribers_of(&me.eid).map(str::to_string).collect()
         } else {

@@ -140,19 +140,27 @@ impl Default for Config {
 }
 
 /// Who a session is: the token's eid and device id (SPEC AUTH). The server
-/// only ever uses this, never a client's `from`.
+/// only ever uses this, never a client's `from`. Shared strings: handlers
+/// copy the identity of the session they serve for every stanza.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionIdentity {
-    pub eid: String,
-    pub device: String,
+    pub eid: std::sync::Arc<str>,
+    pub device: std::sync::Arc<str>,
 }
 
 impl SessionIdentity {
+    pub fn new(eid: &str, device: &str) -> SessionIdentity {
+        SessionIdentity {
+            eid: eid.into(),
+            device: device.into(),
+        }
+    }
+
     /// As a protobuf Identity.
     pub fn to_proto(&self) -> crate::proto::Identity {
         crate::proto::Identity {
-            eid: self.eid.clone(),
-            connection_resource_id: self.device.clone(),
+            eid: self.eid.to_string(),
+            connection_resource_id: self.device.to_string(),
         }
     }
 }

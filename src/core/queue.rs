@@ -336,7 +336,7 @@ impl Engine {
     /// Sends one queue item to a device, recording it for later confirmation.
     pub(super) fn deliver_item(&mut self, conn: ConnId, increment: u64, item: &QueueItem) {
         let Some(me) = self.identity(conn).cloned() else { return };
-        if item.exclude_device.as_deref() == Some(me.device.as_str()) {
+        if item.exclude_device.as_deref() == Some(&*me.device) {
             return;
         }
         match &item.stanza {

@@ -2,41 +2,46 @@
 //! device's session runs on. One session per (eid, device).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::ConnId;
 
-/// EID -> device -> connection.
+/// EID -> its devices' connections. A user has a handful of devices (SES-3:
+/// ten at most), so each user's are a small list sorted by device rather
+/// than a map: a map would allocate a whole tree node per online user.
 #[derive(Debug, Default)]
 pub struct Registry {
-    online: BTreeMap<String, BTreeMap<String, ConnId>>,
+    online: BTreeMap<String, Vec<(Arc<str>, ConnId)>>,
 }
 
 impl Registry {
     /// The connection of a device's session.
     pub fn conn_of(&self, eid: &str, device: &str) -> Option<ConnId> {
-        self.online.get(eid)?.get(device).copied()
+        let devices = self.online.get(eid)?;
+        let at = devices.binary_search_by(|(d, _)| (**d).cmp(device)).ok()?;
+        Some(devices[at].1)
     }
 
     /// Every (device, connection) of an EID, in device order.
     pub fn devices(&self, eid: &str) -> impl Iterator<Item = (&str, ConnId)> {
-        self.online
-            .get(eid)
-            .into_iter()
-            .flatten()
-            .map(|(d, c)| (d.as_str(), *c))
+        self.online.get(eid).into_iter().flatten().map(|(d, c)| (&**d, *c))
     }
 
     /// How many devices of an EID are online.
     pub fn device_count(&self, eid: &str) -> usize {
-        self.online.get(eid).map_or(0, BTreeMap::len)
+        self.online.get(eid).map_or(0, Vec::len)
     }
 
     /// Records a session; returns the connection it replaces, if any.
-    pub fn insert(&mut self, eid: &str, device: &str, conn: ConnId) -> Option<ConnId> {
-        self.online
-            .entry(eid.to_string())
-            .or_default()
-            .insert(device.to_string(), conn)
+    pub fn insert(&mut self, eid: &str, device: Arc<str>, conn: ConnId) -> Option<ConnId> {
+        let devices = self.online.entry(eid.to_string()).or_default();
+        match devices.binary_search_by(|(d, _)| d.cmp(&device)) {
+            Ok(at) => Some(std::mem::replace(&mut devices[at].1, conn)),
+            Err(at) => {
+                devices.insert(at, (device, conn));
+                None
+            }
+        }
     }
 
     /// Forgets a session if `conn` is still the device's current one.
@@ -44,10 +49,13 @@ impl Registry {
         let Some(devices) = self.online.get_mut(eid) else {
             return false;
         };
-        if devices.get(device) != Some(&conn) {
+        let Ok(at) = devices.binary_search_by(|(d, _)| (**d).cmp(device)) else {
+            return false;
+        };
+        if devices[at].1 != conn {
             return false;
         }
-        devices.remove(device);
+        devices.remove(at);
         if devices.is_empty() {
             self.online.remove(eid);
         }
@@ -57,5 +65,26 @@ impl Registry {
     /// Number of EIDs with at least one session.
     pub fn users_online(&self) -> usize {
         self.online.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_stay_sorted_and_replacement_returns_the_old_connection() {
+        let mut r = Registry::default();
+        assert_eq!(r.insert("a@x", "tablet".into(), ConnId(1)), None);
+        assert_eq!(r.insert("a@x", "phone".into(), ConnId(2)), None);
+        assert_eq!(r.insert("a@x", "tablet".into(), ConnId(3)), Some(ConnId(1)));
+        let devices: Vec<_> = r.devices("a@x").collect();
+        assert_eq!(devices, [("phone", ConnId(2)), ("tablet", ConnId(3))]);
+        assert_eq!(r.conn_of("a@x", "tablet"), Some(ConnId(3)));
+        // A replaced session is no longer the device's: removing it changes nothing (SES-2).
+        assert!(!r.remove("a@x", "tablet", ConnId(1)));
+        assert!(r.remove("a@x", "tablet", ConnId(3)));
+        assert!(r.remove("a@x", "phone", ConnId(2)));
+        assert_eq!((r.device_count("a@x"), r.users_online()), (0, 0));
     }
 }

@@ -67,10 +67,7 @@ impl Engine {
         if self.revocations.is_revoked(&verified.jti) {
             return Err(ErrorKind::TokenRevoked);
         }
-        let identity = SessionIdentity {
-            eid: verified.eid,
-            device: verified.device_id,
-        };
+        let identity = SessionIdentity::new(&verified.eid, &verified.device_id);
         let previous = self.registry.conn_of(&identity.eid, &identity.device);
         if previous.is_none() && self.registry.device_count(&identity.eid) >= self.config.max_sessions_per_eid {
             return Err(ErrorKind::TooManySessions);
@@ -101,7 +98,7 @@ impl Engine {
         };
         entry.state = ConnState::Live(Box::new(session));
         // Register first: the replaced session then ends as a non-current one (SES-2).
-        self.registry.insert(&identity.eid, &identity.device, conn);
+        self.registry.insert(&identity.eid, identity.device.clone(), conn);
         if let Some(old) = previous.filter(|old| *old != conn) {
             let rejection = super::engine::Rejection::new(ErrorKind::SessionReplaced, "a newer session of this device");
             self.reject(old, None, rejection, now);

@@ -21,7 +21,7 @@ fn user(eid: &str) -> Option<Identity> {
 impl Engine {
     /// The other user named in a subscriber or block stanza, checked (SUB-4, BLK-2).
     pub(super) fn other_user(&self, conn: ConnId, named: Option<&Identity>) -> Result<(String, String), Rejection> {
-        let me = self.identity(conn).map(|i| i.eid.clone()).unwrap_or_default();
+        let me = self.identity(conn).map(|i| i.eid.to_string()).unwrap_or_default();
         let other = named.map(|i| i.eid.clone()).unwrap_or_default();
         if !valid_eid(&other) || other == me {
             return Err(Rejection::new(

@@ -22,8 +22,8 @@ impl Engine {
         };
         let mut to = request.to.unwrap_or_default();
         if to.eid.is_empty() {
-            to.eid.clone_from(&me.eid);
-        } else if to.eid != me.eid {
+            to.eid = me.eid.to_string();
+        } else if to.eid != *me.eid {
             return Err(Rejection::new(
                 ErrorKind::Forbidden,
                 "only the caller's own tokens may be revoked",
@@ -37,7 +37,7 @@ impl Engine {
                     format!("`token` is not a token of this server ({kind})"),
                 )
             })?;
-            if token.eid != me.eid {
+            if token.eid != *me.eid {
                 return Err(Rejection::new(ErrorKind::Forbidden, "the token belongs to another eid"));
             }
             vec![(token.jti, token.exp_ms)]
@@ -112,8 +112,8 @@ impl Engine {
         let iat = now.div_euclid(1000);
         let jti = self.fresh_id("t", now);
         let claims = Claims {
-            eid: me.eid.clone(),
-            device_id: me.device.clone(),
+            eid: me.eid.to_string(),
+            device_id: me.device.to_string(),
             jti: jti.clone(),
             iat,
             exp: iat + lifetime_s,

@@ -17,7 +17,7 @@ impl Engine {
         }
         self.claim(conn, &mut request.from, "from")
             .map_err(|r| r.with_ref(&request.id))?;
-        let Some(me) = self.identity(conn).map(|i| i.eid.clone()) else {
+        let Some(me) = self.identity(conn).map(|i| i.eid.to_string()) else {
             return Ok(());
         };
         let (visibility, sharing) = self.social.settings(&me);
