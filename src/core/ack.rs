@@ -4,7 +4,7 @@
 //! confirms queue items (QUE-4), also when it is refused for a block (QUE-13).
 
 use super::engine::{Engine, Handled, Rejection};
-use super::queue::{ChatEvent, QueueItem};
+use super::queue::{ChatEvent, QueueItem, StateRaised};
 use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
 use crate::proto::AcknowledgmentRequest;
@@ -43,11 +43,11 @@ impl Engine {
         }
         let at = if request.timestamp > 0 { request.timestamp } else { now };
         if receiver_side && request.status > meta.state {
-            let raised = ChatEvent::StateRaised {
+            let raised = ChatEvent::StateRaised(StateRaised {
                 message_id: message_id.clone(),
                 state: request.status,
                 at,
-            };
+            });
             let unavailable =
                 |e: super::StoreError| Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
             self.chat_store.record(&raised).map_err(unavailable)?;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 
 use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection};
-use super::queue::{ChatEvent, QueueItem};
+use super::queue::{Accepted, ChatEvent, QueueItem};
 use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::ErrorKind;
 use crate::proto::message_scheme::Payload;
@@ -43,42 +43,33 @@ pub(super) struct ChatState {
 impl ChatState {
     pub fn apply(&mut self, event: &ChatEvent) {
         match event {
-            ChatEvent::Accepted {
-                message_id,
-                chat_id,
-                version,
-                sender,
-                sender_device,
-                message_id_local,
-                receiver,
-                at,
-            } => {
-                let latest = self.versions.entry(chat_id.clone()).or_default();
-                *latest = (*latest).max(*version);
+            ChatEvent::Accepted(a) => {
+                let latest = self.versions.entry(a.chat_id.clone()).or_default();
+                *latest = (*latest).max(a.version);
                 self.by_local
-                    .entry(sender.clone())
+                    .entry(a.sender.clone())
                     .or_default()
-                    .entry(sender_device.clone())
+                    .entry(a.sender_device.clone())
                     .or_default()
-                    .insert(message_id_local.clone(), message_id.clone());
+                    .insert(a.message_id_local.clone(), a.message_id.clone());
                 let meta = MessageMeta {
-                    chat_id: chat_id.clone(),
-                    version: *version,
-                    sender: sender.clone(),
-                    sender_device: sender_device.clone(),
-                    message_id_local: message_id_local.clone(),
-                    receiver: receiver.clone(),
+                    chat_id: a.chat_id.clone(),
+                    version: a.version,
+                    sender: a.sender.clone(),
+                    sender_device: a.sender_device.clone(),
+                    message_id_local: a.message_id_local.clone(),
+                    receiver: a.receiver.clone(),
                     state: 1,
-                    state_at: *at,
+                    state_at: a.at,
                 };
-                self.messages.insert(message_id.clone(), meta);
+                self.messages.insert(a.message_id.clone(), meta);
             }
-            ChatEvent::StateRaised { message_id, state, at } => {
-                if let Some(meta) = self.messages.get_mut(message_id)
-                    && *state > meta.state
+            ChatEvent::StateRaised(r) => {
+                if let Some(meta) = self.messages.get_mut(&r.message_id)
+                    && r.state > meta.state
                 {
-                    meta.state = *state;
-                    meta.state_at = *at;
+                    meta.state = r.state;
+                    meta.state_at = r.at;
                 }
             }
         }
@@ -216,7 +207,7 @@ impl Engine {
         }
         let version = self.chat.versions.get(&chat).copied().unwrap_or(0) + 1;
         let message_id = format!("{chat}/{version}");
-        let event = ChatEvent::Accepted {
+        let event = ChatEvent::Accepted(Accepted {
             message_id: message_id.clone(),
             chat_id: chat.clone(),
             version,
@@ -225,7 +216,7 @@ impl Engine {
             message_id_local: local.clone(),
             receiver: receiver.clone(),
             at: now,
-        };
+        });
         let unavailable =
             |e: super::StoreError| Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
         self.chat_store.record(&event).map_err(unavailable)?;

@@ -62,25 +62,54 @@ impl QueueItem {
     }
 }
 
-/// A durable fact about chat messages, replayed at startup.
+/// A durable fact about chat messages, replayed at startup. Each kind is a
+/// prost message too: the durable store writes them in that binary form.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ChatEvent {
-    Accepted {
-        message_id: String,
-        chat_id: String,
-        version: i64,
-        sender: String,
-        sender_device: String,
-        message_id_local: String,
-        receiver: String,
-        at: Millis,
-    },
-    StateRaised {
-        message_id: String,
-        state: i32,
-        at: Millis,
-    },
+    Accepted(Accepted),
+    StateRaised(StateRaised),
+}
+
+impl ChatEvent {
+    pub fn message_id(&self) -> &str {
+        match self {
+            ChatEvent::Accepted(a) => &a.message_id,
+            ChatEvent::StateRaised(r) => &r.message_id,
+        }
+    }
+}
+
+/// A message accepted (CHAT-4..8), with its resend key (CHAT-14).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
+pub struct Accepted {
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    #[prost(string, tag = "2")]
+    pub chat_id: String,
+    #[prost(int64, tag = "3")]
+    pub version: i64,
+    #[prost(string, tag = "4")]
+    pub sender: String,
+    #[prost(string, tag = "5")]
+    pub sender_device: String,
+    #[prost(string, tag = "6")]
+    pub message_id_local: String,
+    #[prost(string, tag = "7")]
+    pub receiver: String,
+    #[prost(int64, tag = "8")]
+    pub at: Millis,
+}
+
+/// A message's state raised by its receiver (ACK-1).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
+pub struct StateRaised {
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    #[prost(int32, tag = "2")]
+    pub state: i32,
+    #[prost(int64, tag = "3")]
+    pub at: Millis,
 }
 
 /// A device's session start as the store sees it (QUE-8, QUE-11).

@@ -314,10 +314,12 @@ mod tests {
         let model = CrashModel::default();
         let (mut store, events) = model.boot_chat().unwrap();
         assert!(events.is_empty());
-        let event = |n: i64| ChatEvent::StateRaised {
-            message_id: format!("m{n}"),
-            state: 2,
-            at: n,
+        let event = |n: i64| {
+            ChatEvent::StateRaised(crate::core::queue::StateRaised {
+                message_id: format!("m{n}"),
+                state: 2,
+                at: n,
+            })
         };
         store.record(&event(1)).unwrap();
         store.sync().unwrap();
@@ -331,15 +333,17 @@ mod tests {
     fn the_durable_model_keeps_synced_events_across_crashes() {
         // Acceptances: the durable store's open keeps only the state of known
         // messages, so a state change of a message it never saw is dropped.
-        let event = |n: i64| ChatEvent::Accepted {
-            message_id: format!("c/{n}"),
-            chat_id: "c".into(),
-            version: n,
-            sender: "a@sim.test".into(),
-            sender_device: "d0".into(),
-            message_id_local: format!("l{n}"),
-            receiver: "b@sim.test".into(),
-            at: n,
+        let event = |n: i64| {
+            ChatEvent::Accepted(crate::core::queue::Accepted {
+                message_id: format!("c/{n}"),
+                chat_id: "c".into(),
+                version: n,
+                sender: "a@sim.test".into(),
+                sender_device: "d0".into(),
+                message_id_local: format!("l{n}"),
+                receiver: "b@sim.test".into(),
+                at: n,
+            })
         };
         for seed in 0..20 {
             let model = DurableModel::default();

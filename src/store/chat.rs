@@ -52,7 +52,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::queue::{ChatEvent, ChatStore, DeviceStart, QueueItem};
+use crate::core::queue::{Accepted, ChatEvent, ChatStore, DeviceStart, QueueItem, StateRaised};
 use crate::core::{Millis, StoreError};
 use crate::proto::message_scheme::Payload;
 use crate::store::queue::{DeviceStatus, Fs, QueueConfig, QueueError, QueueStore, SpareDone};
@@ -151,52 +151,32 @@ enum StoreRecord {
 
 /// A message as the store remembers it: what the engine's chat state holds of it, and where its items are.
 /// Written as a checkpoint entry in its binary form (the prost tags below, [`wire`]).
+/// (JSON checkpoints, written before, hold the accepted fields flat beside the others.)
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, prost::Message)]
 struct Remembered {
-    #[prost(string, tag = "1")]
-    message_id: String,
-    #[prost(string, tag = "2")]
-    chat_id: String,
-    #[prost(int64, tag = "3")]
-    version: i64,
-    #[prost(string, tag = "4")]
-    sender: String,
-    #[prost(string, tag = "5")]
-    sender_device: String,
-    #[prost(string, tag = "6")]
-    message_id_local: String,
-    #[prost(string, tag = "7")]
-    receiver: String,
-    #[prost(int64, tag = "8")]
-    at: Millis,
-    #[prost(int32, tag = "9")]
+    #[serde(flatten)]
+    #[prost(message, required, tag = "1")]
+    accepted: Accepted,
+    #[prost(int32, tag = "2")]
     state: i32,
-    #[prost(int64, tag = "10")]
+    #[prost(int64, tag = "3")]
     state_at: Millis,
     /// The highest increment of an item of this message in each queue (EID) that has one.
-    #[prost(btree_map = "string, uint64", tag = "11")]
+    #[prost(btree_map = "string, uint64", tag = "4")]
     items: BTreeMap<String, u64>,
 }
 
 impl Remembered {
     /// The events that rebuild this message in the engine (`ChatState::apply`).
     fn events(&self) -> impl Iterator<Item = ChatEvent> {
-        let accepted = ChatEvent::Accepted {
-            message_id: self.message_id.clone(),
-            chat_id: self.chat_id.clone(),
-            version: self.version,
-            sender: self.sender.clone(),
-            sender_device: self.sender_device.clone(),
-            message_id_local: self.message_id_local.clone(),
-            receiver: self.receiver.clone(),
-            at: self.at,
-        };
-        let raised = (self.state > 1).then(|| ChatEvent::StateRaised {
-            message_id: self.message_id.clone(),
-            state: self.state,
-            at: self.state_at,
+        let raised = (self.state > 1).then(|| {
+            ChatEvent::StateRaised(StateRaised {
+                message_id: self.accepted.message_id.clone(),
+                state: self.state,
+                at: self.state_at,
+            })
         });
-        std::iter::once(accepted).chain(raised)
+        std::iter::once(ChatEvent::Accepted(self.accepted.clone())).chain(raised)
     }
 }
 
@@ -212,48 +192,33 @@ impl Mirror {
     /// Mirrors `ChatState::apply`.
     fn apply(&mut self, event: &ChatEvent) {
         match event {
-            ChatEvent::Accepted {
-                message_id,
-                chat_id,
-                version,
-                sender,
-                sender_device,
-                message_id_local,
-                receiver,
-                at,
-            } => self.insert(Remembered {
-                message_id: message_id.clone(),
-                chat_id: chat_id.clone(),
-                version: *version,
-                sender: sender.clone(),
-                sender_device: sender_device.clone(),
-                message_id_local: message_id_local.clone(),
-                receiver: receiver.clone(),
-                at: *at,
+            ChatEvent::Accepted(a) => self.insert(Remembered {
+                accepted: a.clone(),
                 state: 1,
-                state_at: *at,
+                state_at: a.at,
                 items: BTreeMap::new(),
             }),
-            ChatEvent::StateRaised { message_id, state, at } => {
-                if let Some(m) = self.messages.get_mut(message_id)
-                    && *state > m.state
+            ChatEvent::StateRaised(r) => {
+                if let Some(m) = self.messages.get_mut(&r.message_id)
+                    && r.state > m.state
                 {
-                    m.state = *state;
-                    m.state_at = *at;
+                    m.state = r.state;
+                    m.state_at = r.at;
                 }
             }
         }
     }
 
     fn insert(&mut self, m: Remembered) {
+        let a = &m.accepted;
         let latest = self
             .latest
-            .entry(m.chat_id.clone())
-            .or_insert((m.version, m.message_id.clone()));
-        if m.version >= latest.0 {
-            *latest = (m.version, m.message_id.clone());
+            .entry(a.chat_id.clone())
+            .or_insert((a.version, a.message_id.clone()));
+        if a.version >= latest.0 {
+            *latest = (a.version, a.message_id.clone());
         }
-        self.messages.insert(m.message_id.clone(), m);
+        self.messages.insert(a.message_id.clone(), m);
     }
 
     fn note_item(&mut self, message_id: &str, eid: &str, increment: u64) {
@@ -273,7 +238,7 @@ impl Mirror {
 /// record does (a binary record starts with the tag of its kind, field 1 to 5 of wire type 2), so logs written
 /// before still open.
 mod wire {
-    use super::{ChatEvent, LogRecord, Remembered, StoreRecord};
+    use super::{Accepted, ChatEvent, LogRecord, Remembered, StateRaised, StoreRecord};
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Record {
@@ -289,43 +254,13 @@ mod wire {
         #[prost(message, tag = "1")]
         Accepted(Accepted),
         #[prost(message, tag = "2")]
-        Raised(Raised),
+        Raised(StateRaised),
         #[prost(message, tag = "3")]
         Checkpoint(Checkpoint),
         #[prost(message, tag = "4")]
         Message(Remembered),
         #[prost(message, tag = "5")]
         Items(Items),
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Accepted {
-        #[prost(string, tag = "1")]
-        pub message_id: String,
-        #[prost(string, tag = "2")]
-        pub chat_id: String,
-        #[prost(int64, tag = "3")]
-        pub version: i64,
-        #[prost(string, tag = "4")]
-        pub sender: String,
-        #[prost(string, tag = "5")]
-        pub sender_device: String,
-        #[prost(string, tag = "6")]
-        pub message_id_local: String,
-        #[prost(string, tag = "7")]
-        pub receiver: String,
-        #[prost(int64, tag = "8")]
-        pub at: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Raised {
-        #[prost(string, tag = "1")]
-        pub message_id: String,
-        #[prost(int32, tag = "2")]
-        pub state: i32,
-        #[prost(int64, tag = "3")]
-        pub at: i64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -356,27 +291,9 @@ mod wire {
     }
 
     pub fn event(event: &ChatEvent) -> Kind {
-        match event.clone() {
-            ChatEvent::Accepted {
-                message_id,
-                chat_id,
-                version,
-                sender,
-                sender_device,
-                message_id_local,
-                receiver,
-                at,
-            } => Kind::Accepted(Accepted {
-                message_id,
-                chat_id,
-                version,
-                sender,
-                sender_device,
-                message_id_local,
-                receiver,
-                at,
-            }),
-            ChatEvent::StateRaised { message_id, state, at } => Kind::Raised(Raised { message_id, state, at }),
+        match event {
+            ChatEvent::Accepted(a) => Kind::Accepted(a.clone()),
+            ChatEvent::StateRaised(r) => Kind::Raised(r.clone()),
         }
     }
 
@@ -404,21 +321,8 @@ mod wire {
         }
         let record: Record = prost::Message::decode(payload).map_err(|e| e.to_string())?;
         Ok(match record.kind.ok_or("a record of no known kind")? {
-            Kind::Accepted(a) => LogRecord::Event(ChatEvent::Accepted {
-                message_id: a.message_id,
-                chat_id: a.chat_id,
-                version: a.version,
-                sender: a.sender,
-                sender_device: a.sender_device,
-                message_id_local: a.message_id_local,
-                receiver: a.receiver,
-                at: a.at,
-            }),
-            Kind::Raised(r) => LogRecord::Event(ChatEvent::StateRaised {
-                message_id: r.message_id,
-                state: r.state,
-                at: r.at,
-            }),
+            Kind::Accepted(a) => LogRecord::Event(ChatEvent::Accepted(a)),
+            Kind::Raised(r) => LogRecord::Event(ChatEvent::StateRaised(r)),
             Kind::Checkpoint(c) => LogRecord::Store(StoreRecord::Checkpoint { entries: c.entries }),
             Kind::Message(m) => LogRecord::Store(StoreRecord::Message(m)),
             Kind::Items(i) => LogRecord::Store(StoreRecord::Items {
@@ -443,8 +347,9 @@ fn encode_message_entry(m: &Remembered, buf: &mut Vec<u8>) {
 
 /// Whether a checkpoint at `now` keeps `m` (module doc).
 fn keeps<F: Fs>(latest: &BTreeMap<String, (i64, String)>, queue: &QueueStore<F>, now: Millis, m: &Remembered) -> bool {
-    latest.get(&m.chat_id).is_some_and(|(_, id)| *id == m.message_id)
-        || m.at.saturating_add(RESEND_WINDOW_MS) > now
+    let a = &m.accepted;
+    latest.get(&a.chat_id).is_some_and(|(_, id)| *id == a.message_id)
+        || a.at.saturating_add(RESEND_WINDOW_MS) > now
         || m.state < READ
         || m.items.iter().any(|(eid, last)| *last >= queue.oldest_retained(eid))
 }
@@ -555,9 +460,7 @@ impl<F: Fs> DurableChatStore<F> {
                             report.item_records += 1;
                         }
                         LogRecord::Event(event) => {
-                            let (ChatEvent::Accepted { message_id, .. } | ChatEvent::StateRaised { message_id, .. }) =
-                                &event;
-                            tail_touched.push(message_id.clone());
+                            tail_touched.push(event.message_id().to_string());
                             mirror.apply(&event);
                             report.tail_events += 1;
                         }
@@ -595,7 +498,7 @@ impl<F: Fs> DurableChatStore<F> {
         // events' batch, so no higher than each queue's end.
         for id in tail_touched {
             if let Some(m) = mirror.messages.get_mut(&id) {
-                for eid in [m.sender.clone(), m.receiver.clone()] {
+                for eid in [m.accepted.sender.clone(), m.accepted.receiver.clone()] {
                     let last = queue.last_increment(&eid);
                     if last > 0 {
                         let at = m.items.entry(eid).or_default();
@@ -605,7 +508,7 @@ impl<F: Fs> DurableChatStore<F> {
             }
         }
         report.messages = mirror.messages.len() as u64;
-        let now = mirror.messages.values().map(|m| m.at).max().unwrap_or(0);
+        let now = mirror.messages.values().map(|m| m.accepted.at).max().unwrap_or(0);
         let events = mirror.events();
         let store = DurableChatStore {
             queue,
@@ -728,8 +631,8 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError> {
         let payload = wire::encode(wire::event(event));
         self.queue.append(EVENTS_EID, &payload, None).map_err(store_error)?;
-        if let ChatEvent::Accepted { at, .. } = event {
-            self.now = self.now.max(*at);
+        if let ChatEvent::Accepted(a) = event {
+            self.now = self.now.max(a.at);
         }
         self.mirror.apply(event);
         self.events_since_checkpoint += 1;
@@ -850,14 +753,16 @@ mod tests {
     #[test]
     fn borrowed_checkpoint_entry_reads_back_as_a_message_record() {
         let m = Remembered {
-            message_id: "m\"1".into(),
-            chat_id: "c1".into(),
-            version: 7,
-            sender: "a@x".into(),
-            sender_device: "d1".into(),
-            message_id_local: "l1".into(),
-            receiver: "b@x".into(),
-            at: 5,
+            accepted: Accepted {
+                message_id: "m\"1".into(),
+                chat_id: "c1".into(),
+                version: 7,
+                sender: "a@x".into(),
+                sender_device: "d1".into(),
+                message_id_local: "l1".into(),
+                receiver: "b@x".into(),
+                at: 5,
+            },
             state: 2,
             state_at: 6,
             items: BTreeMap::from([("a@x".to_string(), 3), ("b@x".to_string(), 4)]),
@@ -871,11 +776,11 @@ mod tests {
         let json = br#"{"record":"message","message_id":"m\"1","chat_id":"c1","version":7,"sender":"a@x","sender_device":"d1","message_id_local":"l1","receiver":"b@x","at":5,"state":2,"state_at":6,"items":{"a@x":3,"b@x":4}}"#;
         assert_eq!(wire::decode(json).unwrap(), LogRecord::Store(StoreRecord::Message(m)));
         let event = br#"{"event":"state_raised","message_id":"m","state":3,"at":9}"#;
-        let raised = ChatEvent::StateRaised {
+        let raised = ChatEvent::StateRaised(StateRaised {
             message_id: "m".into(),
             state: 3,
             at: 9,
-        };
+        });
         assert_eq!(wire::decode(event).unwrap(), LogRecord::Event(raised.clone()));
         assert_eq!(
             wire::decode(&wire::encode(wire::event(&raised))).unwrap(),
