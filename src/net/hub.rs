@@ -25,9 +25,10 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::outbox::{self, PushError};
 use super::{Clock, Edge};
 use crate::codec::{ErrorKind, FrameError};
 use crate::core::{CloseReason, ConnId, Engine, Millis, Output, Stats, Transport};
@@ -44,12 +45,12 @@ pub(crate) enum Out {
 /// that aborts it when the hub gives up on it.
 pub(crate) struct Endpoint {
     pub conn: ConnId,
-    pub rx: mpsc::Receiver<Out>,
+    pub rx: outbox::Receiver,
     pub kill: CancellationToken,
 }
 
 struct Link {
-    tx: mpsc::Sender<Out>,
+    tx: outbox::Sender,
     kill: CancellationToken,
 }
 
@@ -144,7 +145,7 @@ impl Hub {
     /// (the Authenticate RESPONSE sent from inside `open`) is lost.
     pub fn register(&self) -> Endpoint {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let (tx, rx) = outbox::outbox(self.queue_capacity);
         let kill = self.shutdown.child_token();
         self.lock().links.insert(conn, Link { tx, kill: kill.clone() });
         Endpoint { conn, rx, kill }
@@ -406,7 +407,7 @@ impl Core {
                 self.links.remove(&conn);
             }
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 // A peer that does not read its stanzas is as good as
                 // dead, and an unbounded queue would let it eat memory.
                 tracing::debug!(%conn, "outbound queue full; dropping the connection");
@@ -417,7 +418,7 @@ impl Core {
                     dead.push(conn);
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(PushError::Closed) => {
                 self.links.remove(&conn);
                 if !last {
                     dead.push(conn);

@@ -34,6 +34,7 @@ mod accept;
 mod clock;
 mod edge;
 mod hub;
+mod outbox;
 mod tcp;
 pub mod tls;
 mod ws;

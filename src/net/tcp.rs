@@ -101,7 +101,7 @@ where
 async fn write_batch<S>(
     framed: &mut FramedRead<S, TcpFrameCodec>,
     first: Out,
-    rx: &mut tokio::sync::mpsc::Receiver<Out>,
+    rx: &mut super::outbox::Receiver,
 ) -> Result<bool, FrameError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -117,7 +117,7 @@ where
                 break;
             }
         }
-        next = rx.try_recv().ok();
+        next = rx.try_recv();
     }
     let io = framed.get_mut();
     io.write_all(&batch).await?;

@@ -236,7 +236,7 @@ fn refusal(kind: ErrorKind) -> ErrorResponse {
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Out,
-    rx: &mut tokio::sync::mpsc::Receiver<Out>,
+    rx: &mut super::outbox::Receiver,
 ) -> Result<bool, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -255,7 +255,7 @@ where
                 return Ok(true);
             }
         }
-        next = rx.try_recv().ok();
+        next = rx.try_recv();
     }
     ws.flush().await?;
     Ok(false)
