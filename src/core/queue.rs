@@ -6,7 +6,9 @@
 //! one `sync` per batch (group commit): the engine holds back every output
 //! produced after a buffered write until that sync succeeded (QUE-2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+
+use litemap::LiteMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -155,18 +157,42 @@ pub struct MemoryChatStore {
     /// Writes since the last sync (observable in tests: QUE-2).
     pub unsynced_writes: usize,
     pub syncs: usize,
+    /// When every queue is next swept for devices to forget (QUE-11), as the durable store's retention runs: a
+    /// sweep at every session start would cost every session start a pass over every user.
+    next_sweep: Millis,
 }
 
-#[derive(Debug, Default)]
+/// How often (engine time) every queue is swept for devices to forget; a starting device's own queue always is.
+const SWEEP_EVERY_MS: Millis = 60 * 60 * 1000;
+
+/// One EID's queue. Items are released only from the front (QUE-9), so they are a deque from `low` on; the
+/// per-device state is a few entries per user, so sorted vectors rather than a tree node each.
+#[derive(Debug)]
 struct MemoryQueue {
     last_increment: u64,
-    items: BTreeMap<u64, QueueItem>,
+    /// The increment of `items[0]` (`last_increment + 1` when empty).
+    low: u64,
+    items: VecDeque<QueueItem>,
     bytes: usize,
-    offsets: BTreeMap<String, u64>,
+    offsets: LiteMap<String, u64>,
     /// When each known device's latest session started.
-    last_seen: BTreeMap<String, Millis>,
+    last_seen: LiteMap<String, Millis>,
     /// Devices forgotten (QUE-11) that have not returned since.
-    forgotten: std::collections::BTreeSet<String>,
+    forgotten: LiteMap<String, ()>,
+}
+
+impl Default for MemoryQueue {
+    fn default() -> Self {
+        MemoryQueue {
+            last_increment: 0,
+            low: 1,
+            items: VecDeque::new(),
+            bytes: 0,
+            offsets: LiteMap::new(),
+            last_seen: LiteMap::new(),
+            forgotten: LiteMap::new(),
+        }
+    }
 }
 
 impl MemoryQueue {
@@ -182,7 +208,7 @@ impl MemoryQueue {
         for device in stale {
             self.last_seen.remove(&device);
             self.offsets.remove(&device);
-            self.forgotten.insert(device);
+            self.forgotten.insert(device, ());
         }
         self.retain();
     }
@@ -192,16 +218,18 @@ impl MemoryQueue {
         if self.offsets.is_empty() {
             return;
         }
-        while let Some((&i, item)) = self.items.first_key_value() {
+        while let Some(item) = self.items.front() {
+            let i = self.low;
             let done = self
                 .offsets
                 .iter()
-                .all(|(device, c)| *c >= i || item.exclude_device.as_deref() == Some(device));
+                .all(|(device, c)| *c >= i || item.exclude_device.as_deref() == Some(device.as_str()));
             if !done {
                 break;
             }
-            if let Some(item) = self.items.remove(&i) {
+            if let Some(item) = self.items.pop_front() {
                 self.bytes -= encoded_len(&item);
+                self.low += 1;
             }
         }
     }
@@ -222,7 +250,7 @@ impl ChatStore for MemoryChatStore {
         let queue = self.queues.entry(eid.to_string()).or_default();
         queue.last_increment += 1;
         queue.bytes += encoded_len(&item);
-        queue.items.insert(queue.last_increment, item);
+        queue.items.push_back(item);
         let increment = queue.last_increment;
         // An item only the excluded device could hold back is not retained.
         queue.retain();
@@ -240,17 +268,16 @@ impl ChatStore for MemoryChatStore {
         let Some(queue) = self.queues.get(eid) else {
             return Vec::new();
         };
-        queue
-            .items
-            .range(after + 1..)
-            .map(|(i, item)| (*i, item.clone()))
+        let skip = usize::try_from((after + 1).saturating_sub(queue.low)).unwrap_or(usize::MAX);
+        (queue.low..)
+            .zip(&queue.items)
+            .skip(skip)
+            .map(|(i, item)| (i, item.clone()))
             .collect()
     }
 
     fn oldest_retained(&self, eid: &str) -> u64 {
-        self.queues.get(eid).map_or(1, |q| {
-            q.items.first_key_value().map_or(q.last_increment + 1, |(i, _)| *i)
-        })
+        self.queues.get(eid).map_or(1, |q| q.low)
     }
 
     fn usage(&self, eid: &str) -> (usize, usize) {
@@ -263,37 +290,46 @@ impl ChatStore for MemoryChatStore {
 
     fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError> {
         let queue = self.queues.entry(eid.to_string()).or_default();
-        let c = queue.offsets.entry(device.to_string()).or_insert(0);
-        *c = (*c).max(offset);
+        match queue.offsets.get_mut(device) {
+            Some(c) => *c = (*c).max(offset),
+            None => {
+                queue.offsets.insert(device.to_string(), offset);
+            }
+        }
         queue.retain();
         self.unsynced_writes += 1;
         Ok(())
     }
 
     fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError> {
-        for queue in self.queues.values_mut() {
-            queue.forget_stale(now);
+        if now >= self.next_sweep {
+            for queue in self.queues.values_mut() {
+                queue.forget_stale(now);
+            }
+            self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
         }
         let queue = self.queues.entry(eid.to_string()).or_default();
+        queue.forget_stale(now);
         let start = match queue.offsets.get(device) {
             Some(&committed) => DeviceStart {
                 committed,
                 returning: false,
             },
             None => {
-                let oldest = queue
-                    .items
-                    .first_key_value()
-                    .map_or(queue.last_increment + 1, |(i, _)| *i);
-                let committed = oldest - 1;
+                let committed = queue.low - 1;
                 queue.offsets.insert(device.to_string(), committed);
                 DeviceStart {
                     committed,
-                    returning: queue.forgotten.remove(device),
+                    returning: queue.forgotten.remove(device).is_some(),
                 }
             }
         };
-        queue.last_seen.insert(device.to_string(), now);
+        match queue.last_seen.get_mut(device) {
+            Some(seen) => *seen = now,
+            None => {
+                queue.last_seen.insert(device.to_string(), now);
+            }
+        }
         self.unsynced_writes += 1;
         Ok(start)
     }

@@ -8,6 +8,7 @@
 //! store acknowledges them (a process crash leaves un-synced data in the page cache that a power loss could still
 //! take). Read-only mode (inspect) computes the same view and changes nothing.
 
+use litemap::LiteMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -36,8 +37,8 @@ struct LoadEid {
     max_inc: u64,
     trim: u64,
     trim_seg: Option<u32>,
-    devices: BTreeMap<String, DeviceState>,
-    forgotten: BTreeMap<String, Forgotten>,
+    devices: LiteMap<String, DeviceState>,
+    forgotten: LiteMap<String, Forgotten>,
 }
 
 #[derive(Default)]
@@ -58,8 +59,8 @@ impl Loader {
             max_inc: 0,
             trim: 1,
             trim_seg: None,
-            devices: BTreeMap::new(),
-            forgotten: BTreeMap::new(),
+            devices: LiteMap::new(),
+            forgotten: LiteMap::new(),
         });
         self.ids.insert(name.into(), id);
         id

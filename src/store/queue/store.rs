@@ -6,6 +6,7 @@
 //! appended to a buffer; [`QueueStore::sync`] turns the buffer into one write and one fsync, which is the whole
 //! group-commit story at this layer.
 
+use litemap::LiteMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -159,8 +160,9 @@ pub(super) struct EidState {
     pub bytes: u64,
     /// Highest increment known durable.
     pub durable_last: u64,
-    pub devices: BTreeMap<String, DeviceState>,
-    pub forgotten: BTreeMap<String, Forgotten>,
+    /// A user has a handful of devices: sorted vectors, not a tree node each.
+    pub devices: LiteMap<String, DeviceState>,
+    pub forgotten: LiteMap<String, Forgotten>,
     /// Segment holding the latest trim record, if any.
     pub trim_seg: Option<u32>,
     /// Appended to since the last sync.
@@ -175,8 +177,8 @@ impl EidState {
             locs: VecDeque::new(),
             bytes: 0,
             durable_last: 0,
-            devices: BTreeMap::new(),
-            forgotten: BTreeMap::new(),
+            devices: LiteMap::new(),
+            forgotten: LiteMap::new(),
             trim_seg: None,
             dirty: false,
         }
