@@ -6,9 +6,9 @@
 //! - each user's queue items are the user's EID queue; an item's payload is the stanza's envelope encoding
 //!   (`codec::encode`, so QUE-10's byte count is the store's payload sum) and its excluded device is the store's;
 //! - device offsets and last-seen times are the store's device records ([`QueueStore::touch`] at session start);
-//! - the chat event log is the queue of [`EVENTS_EID`], a name no user can have (it has no `@`), with JSON
-//!   payloads: the [`ChatEvent`]s (accepted messages with their versions and resend keys, raised states) and
-//!   checkpoints of the chat state they build.
+//! - the chat event log is the queue of [`EVENTS_EID`], a name no user can have (it has no `@`), with binary
+//!   (prost) payloads, `wire` below: the [`ChatEvent`]s (accepted messages with their versions and resend keys,
+//!   raised states) and checkpoints of the chat state they build. Logs written as JSON before still open.
 //!
 //! # Checkpoints (SPEC §17, the decision on bounded start-up)
 //!
