@@ -188,8 +188,9 @@ impl Default for MemoryQueue {
             low: 1,
             items: VecDeque::new(),
             bytes: 0,
-            offsets: LiteMap::new(),
-            last_seen: LiteMap::new(),
+            // Room for the one device most users have: a vector's first growth would make room for four.
+            offsets: LiteMap::with_capacity(1),
+            last_seen: LiteMap::with_capacity(1),
             forgotten: LiteMap::new(),
         }
     }

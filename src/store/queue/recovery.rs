@@ -59,7 +59,7 @@ impl Loader {
             max_inc: 0,
             trim: 1,
             trim_seg: None,
-            devices: LiteMap::new(),
+            devices: LiteMap::with_capacity(1),
             forgotten: LiteMap::new(),
         });
         self.ids.insert(name.into(), id);

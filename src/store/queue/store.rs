@@ -177,7 +177,7 @@ impl EidState {
             locs: VecDeque::new(),
             bytes: 0,
             durable_last: 0,
-            devices: LiteMap::new(),
+            devices: LiteMap::with_capacity(1),
             forgotten: LiteMap::new(),
             trim_seg: None,
             dirty: false,
