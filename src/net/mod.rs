@@ -313,37 +313,54 @@ where
     S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
 {
     let endpoint = hub.register();
-    let conn = endpoint.conn;
     match options.tls.clone() {
-        None => match kind {
-            Kind::Tcp => Box::pin(tcp::serve(hub, stream, endpoint, options)).await,
-            Kind::Ws => Box::pin(ws::serve(hub, stream, endpoint, options)).await,
-        },
-        Some(acceptor) => {
-            let handshake = Box::pin(tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)));
-            let tls = tokio::select! {
-                biased;
-                () = endpoint.kill.cancelled() => None,
-                tls = handshake => match tls {
-                    Ok(Ok(tls)) => Some(tls),
-                    Ok(Err(error)) => {
-                        tracing::debug!(%conn, %error, "TLS handshake failed");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!(%conn, "TLS handshake timed out");
-                        None
-                    }
-                },
-            };
-            match tls {
-                None => hub.closed(conn),
-                Some(tls) => match kind {
-                    Kind::Tcp => Box::pin(tcp::serve(hub, tls, endpoint, options)).await,
-                    Kind::Ws => Box::pin(ws::serve(hub, tls, endpoint, options)).await,
-                },
+        None => transport(hub, stream, endpoint, kind, options).await,
+        Some(acceptor) => Box::pin(over_tls(hub, stream, endpoint, kind, options, acceptor)).await,
+    }
+}
+
+/// The TLS handshake, then the transport over TLS.
+async fn over_tls<S>(
+    hub: Arc<Hub>,
+    stream: S,
+    endpoint: hub::Endpoint,
+    kind: Kind,
+    options: Arc<ServerOptions>,
+    acceptor: TlsAcceptor,
+) where
+    S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
+{
+    let conn = endpoint.conn;
+    let handshake = Box::pin(tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)));
+    let tls = tokio::select! {
+        biased;
+        () = endpoint.kill.cancelled() => None,
+        tls = handshake => match tls {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(error)) => {
+                tracing::debug!(%conn, %error, "TLS handshake failed");
+                None
             }
-        }
+            Err(_) => {
+                tracing::debug!(%conn, "TLS handshake timed out");
+                None
+            }
+        },
+    };
+    match tls {
+        None => hub.closed(conn),
+        Some(tls) => transport(hub, tls, endpoint, kind, options).await,
+    }
+}
+
+/// The connection's transport loop, boxed (see [`connection`]).
+async fn transport<S>(hub: Arc<Hub>, stream: S, endpoint: hub::Endpoint, kind: Kind, options: Arc<ServerOptions>)
+where
+    S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
+{
+    match kind {
+        Kind::Tcp => Box::pin(tcp::serve(hub, stream, endpoint, options)).await,
+        Kind::Ws => Box::pin(ws::serve(hub, stream, endpoint, options)).await,
     }
 }
 

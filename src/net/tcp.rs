@@ -51,7 +51,8 @@ where
                 let written = tokio::select! {
                     biased;
                     () = kill.cancelled() => break End::Killed,
-                    written = write_batch(&mut framed, out, &mut rx) => written,
+                    // Boxed: while idle, the task holds no room for a write.
+                    written = Box::pin(write_batch(&mut framed, out, &mut rx)) => written,
                 };
                 match written {
                     Ok(false) => {}
@@ -77,9 +78,17 @@ where
         }
     };
     hub.closed(conn);
+    // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
+    Box::pin(close(framed.into_inner(), end, &hub, &options)).await;
+}
+
+/// After the loop: what closing the stream needs, by how the connection ended.
+async fn close<S>(mut io: S, end: End, hub: &Hub, options: &ServerOptions)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match end {
         End::Engine => {
-            let mut io = framed.into_inner();
             // FIN after the last frame, as SPEC's "Close" says for TCP; then
             // read until the peer closes too, because closing a socket with
             // unread input makes the kernel send RST, which can destroy the
@@ -89,7 +98,6 @@ where
             }
         }
         End::Killed if hub.shutdown_token().is_cancelled() => {
-            let mut io = framed.into_inner();
             let _ = tokio::time::timeout(options.close_linger, io.shutdown()).await;
         }
         End::Killed | End::Peer => {}

@@ -108,7 +108,8 @@ where
                 let written = tokio::select! {
                     biased;
                     () = kill.cancelled() => break End::Killed,
-                    written = write_batch(&mut ws, out, &mut rx) => written,
+                    // Boxed: while idle, the task holds no room for a write.
+                    written = Box::pin(write_batch(&mut ws, out, &mut rx)) => written,
                 };
                 match written {
                     Ok(false) => {}
@@ -143,6 +144,15 @@ where
         }
     };
     hub.closed(conn);
+    // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
+    Box::pin(close(ws, end, &hub, &options)).await;
+}
+
+/// After the loop: the close handshake the way the connection ended needs.
+async fn close<S>(mut ws: WebSocketStream<S>, end: End, hub: &Hub, options: &ServerOptions)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match end {
         End::Engine { reading: true } => {
             // RFC 6455: wait for the peer's Close, then the server closes TCP.
