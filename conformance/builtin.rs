@@ -104,6 +104,7 @@ impl BuiltIn {
             tls: tls.clone(),
             limits: limits.clone(),
             chat_store: Default::default(),
+            shards: None,
             faults,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

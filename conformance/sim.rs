@@ -23,7 +23,7 @@ use super::driver::{
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::auth::{Algorithm, Signer, Verifier};
-use crate::core::{Config, Engine, MemoryRevocations, Millis};
+use crate::core::{Config, Engine, MemoryRevocations, Millis, ShardId};
 use crate::faults::Faults;
 use crate::net::{ServerHandle, ServerOptions, SimClock};
 
@@ -46,6 +46,8 @@ pub struct SimOptions {
     /// Deliberate server faults, applied at the edge (the self-check).
     pub faults: Faults,
     pub info: TargetInfo,
+    /// Shards of the reference server's engine (src/core/README.md).
+    pub shards: usize,
 }
 
 impl Default for SimOptions {
@@ -67,6 +69,7 @@ impl Default for SimOptions {
                 timer_tolerance_ms: 50,
                 ..TargetInfo::default()
             },
+            shards: 1,
         }
     }
 }
@@ -166,6 +169,7 @@ impl SimDriver {
         let faults = self.options.faults.clone();
         let verifier = faults.verifier(self.keys.verifier.clone());
         let signer = self.keys.server_signs.then(|| self.keys.signer.clone());
+        let shards = self.options.shards.max(1);
         self.sim.host("server", move || {
             let config = config.clone();
             let verifier = verifier.clone();
@@ -175,9 +179,15 @@ impl SimDriver {
                 ..ServerOptions::default()
             };
             async move {
-                let engine = Engine::new(config, verifier, signer, Box::new(MemoryRevocations::default()));
+                let engines = (0..shards)
+                    .map(|shard| {
+                        let revocations = Box::new(MemoryRevocations::default());
+                        Engine::new(config.clone(), verifier.clone(), signer.clone(), revocations)
+                            .with_shard(ShardId::new(shard, shards))
+                    })
+                    .collect();
                 let clock = Arc::new(SimClock::new(BASE_MS));
-                let mut server = ServerHandle::start(engine, clock, options);
+                let mut server = ServerHandle::start_shards(engines, clock, options);
                 server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", TCP_PORT)).await?)?;
                 server.listen_ws(turmoil::net::TcpListener::bind(("0.0.0.0", WS_PORT)).await?)?;
                 server.stopped().await;

@@ -306,6 +306,7 @@ impl Edge for FaultLayer {
                 out.push(Output::Close { conn, reason });
                 return;
             }
+            mail @ Output::Mail { .. } => return out.push(mail),
         };
         let Ok(mut payload) = codec::decode(&stanza, usize::MAX) else {
             out.push(Output::Send { conn, stanza });

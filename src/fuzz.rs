@@ -340,6 +340,7 @@ mod engine {
                     Output::Close { conn, .. } => {
                         assert!(closed.insert(conn), "{conn} closed twice");
                     }
+                    Output::Mail { .. } => panic!("a one-shard engine sent mail"),
                 }
             }
             assert!(engine.connection_count() <= 8);

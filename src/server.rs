@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::core::auth::{Algorithm, Signer, Verifier};
-use crate::core::queue::{ChatStore, MemoryChatStore};
+use crate::core::queue::{ChatEvent, ChatStore, MemoryChatStore};
 use crate::core::social::SocialEvent;
-use crate::core::{Config as EngineConfig, Engine};
+use crate::core::{Config as EngineConfig, Engine, ShardId};
 use crate::keys::{self, KeyError};
 use crate::store::queue::{QueueConfig, RealFs};
 use crate::store::{ChatStoreConfig, ChatStoreError, DurableChatStore, FileRevocations, Journal, OpenError, Spares};
@@ -40,6 +40,9 @@ pub struct Settings {
     /// Where chat lives: on disk in `data_dir/queue` (default), or in memory, lost at exit (for load tests and
     /// throwaway development servers).
     pub chat_store: ChatStorage,
+    /// Shards of the engine (src/core/README.md): each owns the users and chats that hash to it. None: the count
+    /// the data directory was created with, or for a new one the number of cores. A data directory keeps its count.
+    pub shards: Option<usize>,
     /// Deliberate faults (`crate::faults`), for the test-only `bimip serve --fault`; never read from a file.
     #[serde(skip)]
     pub faults: crate::faults::Faults,
@@ -91,6 +94,7 @@ impl Default for Settings {
             tls: None,
             limits: EngineConfig::default(),
             chat_store: ChatStorage::default(),
+            shards: None,
             faults: crate::faults::Faults::none(),
         }
     }
@@ -120,6 +124,16 @@ pub enum StartError {
     Net { what: &'static str, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(
+        "{path} was created with {recorded} shard(s), not {requested}: a user's state lives on the shard its EID hashes to, so a data directory keeps its shard count (start without --shards to use it)"
+    )]
+    Shards {
+        path: PathBuf,
+        recorded: usize,
+        requested: usize,
+    },
+    #[error("{path}: {why}")]
+    ShardFile { path: PathBuf, why: String },
 }
 
 impl Settings {
@@ -158,16 +172,105 @@ impl Settings {
         Ok((verifier, signer))
     }
 
-    /// The engine, with its durable state opened from `data_dir`: the revocation list (`revoked-tokens`), the
-    /// social graph (`social`) and the offline queue with the chat event log (`queue/`, recovered after a crash).
-    pub fn engine(&self, now_ms: i64) -> Result<Engine, StartError> {
+    /// The shard count: the data directory's (`DATA_DIR/shards`), or for a new directory the one asked for (or
+    /// the number of cores), then recorded. A directory from before sharding holds one shard.
+    pub fn shard_count(&self) -> Result<usize, StartError> {
+        let path = self.data_dir.join("shards");
+        let recorded =
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text.trim().parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    StartError::ShardFile {
+                        path: path.clone(),
+                        why: format!("{:?} is not a shard count", text.trim()),
+                    }
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let used = ["queue", "social", "revoked-tokens"]
+                        .iter()
+                        .any(|name| self.data_dir.join(name).exists());
+                    used.then_some(1)
+                }
+                Err(e) => {
+                    return Err(StartError::ShardFile {
+                        path,
+                        why: e.to_string(),
+                    });
+                }
+            };
+        let count = match (recorded, self.shards) {
+            (Some(recorded), Some(requested)) if recorded != requested => {
+                return Err(StartError::Shards {
+                    path: self.data_dir.clone(),
+                    recorded,
+                    requested,
+                });
+            }
+            (Some(recorded), _) => recorded,
+            (None, Some(requested)) => requested.max(1),
+            (None, None) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        };
+        if recorded.is_none() {
+            std::fs::write(&path, format!("{count}\n")).map_err(|e| StartError::ShardFile {
+                path,
+                why: e.to_string(),
+            })?;
+        }
+        Ok(count)
+    }
+
+    /// Where shard `shard` keeps its durable state: shard 0 in `data_dir` itself (as before sharding), the
+    /// others in `data_dir/shard-N`.
+    fn shard_dir(&self, shard: usize) -> PathBuf {
+        match shard {
+            0 => self.data_dir.clone(),
+            n => self.data_dir.join(format!("shard-{n}")),
+        }
+    }
+
+    /// The engine's shards, with their durable state opened from `data_dir`: per shard, the revocation list
+    /// (`revoked-tokens`), the social changes its users made (`social`), and the offline queue with the chat
+    /// event log (`queue/`, recovered after a crash). Every shard replays every shard's social changes: the
+    /// graph is read everywhere (src/core/README.md).
+    pub fn engines(&self, now_ms: i64) -> Result<Vec<Engine>, StartError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::DataDir {
             path: self.data_dir.clone(),
             source,
         })?;
+        let count = self.shard_count()?;
         let (verifier, signer) = self.keys()?;
-        let revocations = FileRevocations::open(&self.data_dir.join("revoked-tokens"), now_ms)?;
-        let (social_log, social_events) = Journal::<SocialEvent>::open(&self.data_dir.join("social"))?;
+        let mut opened = Vec::new();
+        let mut social_events = Vec::new();
+        for shard in 0..count {
+            let dir = self.shard_dir(shard);
+            std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+            let revocations = FileRevocations::open(&dir.join("revoked-tokens"), now_ms)?;
+            let (social_log, events) = Journal::<SocialEvent>::open(&dir.join("social"))?;
+            social_events.extend(events);
+            let (chat_store, chat_events) = self.chat_store(&dir)?;
+            opened.push((revocations, social_log, chat_store, chat_events));
+        }
+        Ok(opened
+            .into_iter()
+            .enumerate()
+            .map(|(shard, (revocations, social_log, chat_store, chat_events))| {
+                Engine::new(
+                    self.limits.clone(),
+                    verifier.clone(),
+                    signer.clone(),
+                    Box::new(revocations),
+                )
+                .with_shard(ShardId::new(shard, count))
+                .with_social(Box::new(social_log), &social_events)
+                .with_chat(chat_store, &chat_events)
+            })
+            .collect())
+    }
+
+    /// One shard's chat store, opened from `dir/queue` (or in memory), with the events it replays.
+    fn chat_store(&self, dir: &Path) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), StartError> {
         let queue_config = QueueConfig {
             // Spares only for a log past a quarter of its first segment (QueueConfig::spare_after_bytes).
             spare_after_bytes: QueueConfig::default().segment_bytes / 4,
@@ -175,7 +278,7 @@ impl Settings {
             max_bytes_per_eid: u64::try_from(self.limits.queue_max_bytes).unwrap_or(u64::MAX),
             ..QueueConfig::default()
         };
-        let (chat_store, chat_events): (Box<dyn ChatStore>, _) = match self.chat_store {
+        Ok(match self.chat_store {
             ChatStorage::Durable => {
                 // Spare segments prepared on their own thread: the fsync that acknowledges a batch then writes data
                 // only (SPEC §17, durability and throughput of the log).
@@ -184,15 +287,11 @@ impl Settings {
                     ..ChatStoreConfig::default()
                 };
                 let (store, events) =
-                    DurableChatStore::open_with(RealFs, self.data_dir.join("queue"), queue_config, chat_config)?;
+                    DurableChatStore::open_with(RealFs, dir.join("queue"), queue_config, chat_config)?;
                 (Box::new(store), events)
             }
             ChatStorage::Memory => (Box::new(MemoryChatStore::default()), Vec::new()),
-        };
-        let engine = Engine::new(self.limits.clone(), verifier, signer, Box::new(revocations));
-        Ok(engine
-            .with_social(Box::new(social_log), &social_events)
-            .with_chat(chat_store, &chat_events))
+        })
     }
 }
 
@@ -217,7 +316,7 @@ impl Settings {
     /// Starts the server these settings describe, on the current tokio runtime.
     pub async fn start(&self) -> Result<Running, StartError> {
         let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
-        let engine = self.engine(clock.now_ms())?;
+        let engines = self.engines(clock.now_ms())?;
         let mut options = crate::net::ServerOptions {
             faults: self.faults.clone(),
             ..crate::net::ServerOptions::default()
@@ -238,7 +337,7 @@ impl Settings {
             ws: self.ws,
             options,
         };
-        let net = crate::net::serve(config, engine, clock)
+        let net = crate::net::serve(config, engines, clock)
             .await
             .map_err(|source| StartError::Net {
                 what: "binding the listeners",
@@ -274,6 +373,12 @@ impl Settings {
 mod tests {
     use super::*;
 
+    fn one_engine(settings: &Settings, now: i64) -> Engine {
+        let mut engines = settings.engines(now).unwrap();
+        assert_eq!(engines.len(), 1);
+        engines.remove(0)
+    }
+
     #[test]
     fn toml_overrides_only_what_it_names() {
         let settings: Settings = toml::from_str(
@@ -306,6 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             data_dir: dir.path().to_path_buf(),
+            shards: Some(1),
             ..Settings::default()
         };
         let now = 1_761_831_141_000;
@@ -319,7 +425,7 @@ mod tests {
             ..Claims::default()
         };
         let token = signer.unwrap().mint(&claims).unwrap();
-        let mut engine = settings.engine(now).unwrap();
+        let mut engine = one_engine(&settings, now);
         engine.open(ConnId(1), Transport::WebSocket, Some(&token), now).unwrap();
         let logout = Payload::Logout(Logout {
             r#type: 1,
@@ -327,7 +433,7 @@ mod tests {
         });
         engine.receive(ConnId(1), &codec::encode(&logout), now);
         drop(engine);
-        let mut restarted = settings.engine(now + 1).unwrap();
+        let mut restarted = one_engine(&settings, now + 1);
         let refused = restarted.open(ConnId(1), Transport::WebSocket, Some(&token), now + 1);
         assert_eq!(refused, Err(codec::ErrorKind::TokenRevoked));
     }
@@ -343,6 +449,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             data_dir: dir.path().to_path_buf(),
+            shards: Some(1),
             ..Settings::default()
         };
         let now = 1_761_831_141_000;
@@ -364,7 +471,7 @@ mod tests {
                 connection_resource_id: String::new(),
             })
         };
-        let mut engine = settings.engine(now).unwrap();
+        let mut engine = one_engine(&settings, now);
         engine
             .open(ConnId(1), Transport::WebSocket, Some(&token("a@x.io", "1")), now)
             .unwrap();
@@ -388,7 +495,7 @@ mod tests {
             engine.receive(ConnId(1), &codec::encode(change), now);
         }
         drop(engine);
-        let mut engine = settings.engine(now).unwrap();
+        let mut engine = one_engine(&settings, now);
         engine
             .open(ConnId(2), Transport::WebSocket, Some(&token("a@x.io", "2")), now)
             .unwrap();
@@ -401,7 +508,7 @@ mod tests {
         let answers: Vec<Payload> = std::iter::from_fn(|| engine.poll_output())
             .filter_map(|o| match o {
                 Output::Send { stanza, .. } => codec::decode(&stanza, usize::MAX).ok(),
-                Output::Close { .. } => None,
+                Output::Close { .. } | Output::Mail { .. } => None,
             })
             .collect();
         assert!(

@@ -32,7 +32,7 @@ async fn server() -> net::ServerHandle {
         ws: loopback,
         options: ServerOptions::default(),
     };
-    net::serve(net_config, engine, Arc::new(SystemClock))
+    net::serve(net_config, vec![engine], Arc::new(SystemClock))
         .await
         .expect("loopback listeners")
 }
@@ -104,7 +104,7 @@ async fn a_server_that_rate_limits_shows_up_as_errors_not_a_hang() {
             ws: loopback,
             options: ServerOptions::default(),
         },
-        engine,
+        vec![engine],
         Arc::new(SystemClock),
     )
     .await

@@ -90,7 +90,7 @@ async fn start(config: Config, options: ServerOptions, scheme: (&str, &str)) -> 
         ws: loopback,
         options,
     };
-    let handle = net::serve(net_config, engine(config), Arc::new(SystemClock))
+    let handle = net::serve(net_config, vec![engine(config)], Arc::new(SystemClock))
         .await
         .expect("binding loopback listeners");
     let (ws_scheme, tcp_scheme) = scheme;
@@ -890,7 +890,7 @@ async fn durable_server(dir: &std::path::Path, sync_delay: Duration) -> (Server,
         ws: loopback,
         options: ServerOptions::default(),
     };
-    let handle = net::serve(net_config, engine, Arc::new(SystemClock))
+    let handle = net::serve(net_config, vec![engine], Arc::new(SystemClock))
         .await
         .expect("binding loopback listeners");
     let ws = format!("ws://{}/ws", handle.ws_addr().expect("a WebSocket address"));

@@ -280,9 +280,10 @@ fn server_settings_open_the_queue_in_the_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let settings = bimip::server::Settings {
         data_dir: tmp.path().to_path_buf(),
+        shards: Some(1),
         ..bimip::server::Settings::default()
     };
-    let mut engine = settings.engine(T0).expect("engine");
+    let mut engine = settings.engines(T0).expect("engine").remove(0);
     let signer = bimip::keys::ensure_dev_keys(tmp.path()).unwrap().1;
     let token = |eid: &str, jti: &str| {
         let iat = T0 / 1000;
@@ -308,14 +309,14 @@ fn server_settings_open_the_queue_in_the_data_dir() {
     drop(engine);
     assert!(tmp.path().join("queue").is_dir());
 
-    let mut engine = settings.engine(T0 + 1).expect("engine after restart");
+    let mut engine = settings.engines(T0 + 1).expect("engine after restart").remove(0);
     engine
         .open(ConnId(1), Transport::WebSocket, Some(&token(BOB, "b")), T0 + 1)
         .unwrap();
     let got: Vec<Payload> = std::iter::from_fn(|| engine.poll_output())
         .filter_map(|o| match o {
             Output::Send { stanza, .. } => codec::decode(&stanza, usize::MAX).ok(),
-            Output::Close { .. } => None,
+            Output::Close { .. } | Output::Mail { .. } => None,
         })
         .collect();
     assert_eq!(chat_ids(&got).len(), 1, "{got:?}");

@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Where chat is kept: durable (DATA_DIR/queue, the default) or memory (lost at exit; for load tests).
     #[arg(long, value_name = "KIND")]
     store: Option<bimip::server::ChatStorage>,
+    /// Engine shards, each owning the users whose EID hashes to it (default: the data directory's count, or the
+    /// number of cores for a new one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    shards: Option<u16>,
     /// Token algorithm of --jwt-key: RS256, EdDSA or HS256 (default: the development EdDSA key).
     #[arg(long, requires = "jwt_key")]
     jwt_alg: Option<String>,
@@ -403,6 +407,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     if let Some(store) = args.store {
         settings.chat_store = store;
     }
+    if let Some(shards) = args.shards {
+        settings.shards = Some(usize::from(shards));
+    }
     if let (Some(alg), Some(key)) = (args.jwt_alg, args.jwt_key) {
         let signing_key = args.jwt_signing_key;
         settings.jwt = Some(JwtSettings {
@@ -446,6 +453,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             println!("  admin      http://{addr}/healthz  http://{addr}/metrics");
         }
         println!("  data       {}", settings.data_dir.display());
+        println!("  shards     {}", settings.shard_count()?);
         if settings.jwt.is_none() {
             println!();
             println!(

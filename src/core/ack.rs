@@ -2,21 +2,39 @@
 //! raise reaches the sender's devices and the receiver's other devices through
 //! the queues; the acking device always gets a confirmation. The same stanza
 //! confirms queue items (QUE-4), also when it is refused for a block (QUE-13).
+//!
+//! The acking device's shard checks the stanza; the chat's home decides
+//! ([`Engine::acknowledge`]), and its answer carries the queue items to
+//! confirm back to the device's shard.
 
 use super::engine::{Engine, Handled, Rejection};
 use super::queue::{ChatEvent, QueueItem, StateRaised};
-use super::{ConnId, Millis};
-use crate::codec::ErrorKind;
+use super::shard::{Answer, Letter, Origin};
+use super::{ConnId, Millis, SessionIdentity};
+use crate::codec::{ErrorKind, Route};
 use crate::proto::AcknowledgmentRequest;
 use crate::proto::AcknowledgmentResponse;
 use crate::proto::message_scheme::Payload;
 
 const SENT: i32 = 4;
 
+/// An acknowledgment on its way from the acking device's shard to the chat's home.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Acknowledgment {
+    pub origin: Origin,
+    pub me: SessionIdentity,
+    pub message_id: String,
+    pub status: i32,
+    pub timestamp: Millis,
+}
+
+fn not_found() -> Rejection {
+    Rejection::new(ErrorKind::NotFound, "no such message for you")
+}
+
 impl Engine {
     pub(super) fn on_ack(&mut self, conn: ConnId, mut request: AcknowledgmentRequest, now: Millis) -> Handled {
         let message_id = request.message_id.clone();
-        let not_found = || Rejection::new(ErrorKind::NotFound, "no such message for you").with_ref(&message_id);
         self.claim(conn, &mut request.from, "from")
             .map_err(|r| r.with_ref(&message_id))?;
         if !(2..=4).contains(&request.status) {
@@ -25,51 +43,91 @@ impl Engine {
         let Some(me) = self.identity(conn).cloned() else {
             return Ok(());
         };
-        let meta = self.chat.messages.get(&message_id).cloned().ok_or_else(not_found)?;
+        // Message ids are `{chat}/{version}` (CHAT-8): the chat names the home that knows the message.
+        let Some((chat, _)) = message_id.rsplit_once('/') else {
+            return Err(not_found().with_ref(&message_id));
+        };
+        let home = self.shard.home_of(chat);
+        let mut ack = Acknowledgment {
+            origin: self.origin(conn),
+            me,
+            message_id,
+            status: request.status,
+            timestamp: request.timestamp,
+        };
+        if home == self.shard.index {
+            self.acknowledge(ack, now);
+        } else {
+            ack.origin.seq = Some(self.await_answer(conn));
+            self.mail(home, Letter::Acknowledge(Box::new(ack)));
+        }
+        Ok(())
+    }
+
+    /// ACK-1..6 on the chat's home: who may acknowledge, the block check, the durable raise and its updates to
+    /// both users' queues, and the confirmation to the acking device.
+    pub(super) fn acknowledge(&mut self, ack: Acknowledgment, now: Millis) {
+        let Acknowledgment {
+            origin,
+            me,
+            message_id,
+            status,
+            timestamp,
+        } = ack;
+        let answer = |confirm: Option<(String, i32, bool)>, result: Result<Payload, Rejection>| Answer {
+            origin,
+            route: Route::AcknowledgmentRequest.number(),
+            reference: message_id.clone(),
+            confirm,
+            result,
+        };
+        let Some(meta) = self.chat.messages.get(&message_id).cloned() else {
+            return self.answer(answer(None, Err(not_found())), now);
+        };
         let receiver_side = meta.receiver == *me.eid;
         if !receiver_side && meta.sender != *me.eid {
-            return Err(not_found());
+            return self.answer(answer(None, Err(not_found())), now);
         }
-        if receiver_side && request.status == SENT {
-            return Err(
-                Rejection::new(ErrorKind::InvalidField, "a receiver acknowledges 2 or 3").with_ref(&message_id),
-            );
+        if receiver_side && status == SENT {
+            let rejection = Rejection::new(ErrorKind::InvalidField, "a receiver acknowledges 2 or 3");
+            return self.answer(answer(None, Err(rejection)), now);
         }
-        self.confirm_items(conn, &message_id, request.status, receiver_side);
+        let confirm = Some((message_id.clone(), status, receiver_side));
         if self.social.blocked_pair(&meta.sender, &meta.receiver) {
-            return Err(
-                Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver").with_ref(&message_id),
-            );
+            let rejection = Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver");
+            return self.answer(answer(confirm, Err(rejection)), now);
         }
-        let at = if request.timestamp > 0 { request.timestamp } else { now };
-        if receiver_side && request.status > meta.state {
+        let at = if timestamp > 0 { timestamp } else { now };
+        let mut items = Vec::new();
+        if receiver_side && status > meta.state {
             let raised = ChatEvent::StateRaised(StateRaised {
                 message_id: message_id.clone(),
-                state: request.status,
+                state: status,
                 at,
             });
-            let unavailable =
-                |e: super::StoreError| Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
-            self.chat_store.record(&raised).map_err(unavailable)?;
+            if let Err(e) = self.chat_store.record(&raised) {
+                let rejection = Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
+                return self.answer(answer(confirm, Err(rejection)), now);
+            }
             self.chat.apply(&raised);
             self.mark_unsynced();
             let update = AcknowledgmentResponse {
                 from: Some(me.to_proto()),
                 to: None,
                 message_id: message_id.clone(),
-                status: request.status,
+                status,
                 timestamp: at,
                 chat_id: meta.chat_id.clone(),
                 version: meta.version,
             };
             let to_sender = QueueItem::new(None, Payload::AcknowledgmentResponse(update.clone()));
             let to_receiver = QueueItem::new(Some(me.device.to_string()), Payload::AcknowledgmentResponse(update));
-            self.enqueue(&meta.sender, to_sender).map_err(unavailable)?;
-            self.enqueue(&meta.receiver, to_receiver).map_err(unavailable)?;
+            items.push((meta.sender.clone(), to_sender));
+            items.push((meta.receiver.clone(), to_receiver));
         }
         let recorded = self.chat.messages.get(&message_id).map_or(meta.state, |m| m.state);
         let state_at = self.chat.messages.get(&message_id).map_or(at, |m| m.state_at);
-        let status = if !receiver_side && request.status == SENT {
+        let status = if !receiver_side && status == SENT {
             SENT
         } else {
             recorded
@@ -77,13 +135,13 @@ impl Engine {
         let confirmation = AcknowledgmentResponse {
             from: Some(me.to_proto()),
             to: Some(me.to_proto()),
-            message_id,
+            message_id: message_id.clone(),
             status,
             timestamp: state_at,
             chat_id: meta.chat_id,
             version: meta.version,
         };
-        self.send(conn, Payload::AcknowledgmentResponse(confirmation));
-        Ok(())
+        let answer = answer(confirm, Ok(Payload::AcknowledgmentResponse(confirmation)));
+        self.append_then_answer(items, answer, now);
     }
 }

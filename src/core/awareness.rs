@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection, request_only};
+use super::shard::Letter;
+use super::social::{SHARING_OFF, SocialEvent};
 use super::timers::Timer;
 use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::ErrorKind;
@@ -172,6 +174,12 @@ impl Engine {
             },
         );
         self.announce(eid, 0, None, now);
+        self.broadcast(Letter::Presence {
+            eid: eid.to_string(),
+            status: Some(ONLINE),
+            ttl: 0,
+            at: now,
+        });
     }
 
     /// A session ended: its live subscriptions go; if it was the user's last,
@@ -191,6 +199,48 @@ impl Engine {
         self.awareness.last_seen.insert(eid.to_string(), now);
         self.awareness.fixes.remove(eid);
         self.announce(eid, 0, None, now);
+        self.broadcast(Letter::Presence {
+            eid: eid.to_string(),
+            status: None,
+            ttl: 0,
+            at: now,
+        });
+    }
+
+    /// Another shard's user changed presence (`None`: went offline at `at`): the replica follows, and this shard's
+    /// watchers hear of it (the user's own devices are on its home, which told them).
+    pub(super) fn presence_replica(&mut self, eid: &str, status: Option<i32>, ttl: i32, at: Millis, now: Millis) {
+        match status {
+            Some(status) => {
+                let presence = Presence { status, lapse_at: None };
+                self.awareness.presence.insert(eid.to_string(), presence);
+            }
+            None => {
+                self.awareness.presence.remove(eid);
+                self.awareness.last_seen.insert(eid.to_string(), at);
+                self.awareness.fixes.remove(eid);
+            }
+        }
+        self.announce(eid, ttl, None, now);
+    }
+
+    /// Another shard's user changed the graph: the replica follows, and this shard's watchers who gained or lost
+    /// sight hear of it (AWR-11, AWR-12).
+    pub(super) fn social_replica(&mut self, event: SocialEvent, now: Millis) {
+        let owners = event.owners();
+        let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+        let _ = self.change_audience(&owners, now, |engine| {
+            engine.social.apply(&event);
+            if let SocialEvent::Settings {
+                eid,
+                location_sharing: SHARING_OFF,
+                ..
+            } = &event
+            {
+                engine.awareness.fixes.remove(eid);
+            }
+            Ok(())
+        });
     }
 
     /// AWR-17: the new device learns the state of every user it follows and may see.
@@ -266,25 +316,44 @@ impl Engine {
             if self.social.blocked_pair(&me.eid, &peer) {
                 return Ok(()); // AWR-8: silently, so the sender cannot learn of the block
             }
-            let devices: Vec<ConnId> = self.registry.devices(&peer).map(|(_, c)| c).collect();
-            for device in devices {
-                let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
-                    continue;
-                };
-                let forwarded = AwarenessNotification {
-                    from: Some(me.to_proto()),
-                    to: Some(to),
-                    awareness_intention: note.awareness_intention,
-                    ttl: note.ttl,
-                    timestamp: now,
-                    ..AwarenessNotification::default()
-                };
-                self.send(device, Payload::AwarenessNotification(forwarded));
+            let forwarded = AwarenessNotification {
+                from: Some(me.to_proto()),
+                awareness_intention: note.awareness_intention,
+                ttl: note.ttl,
+                timestamp: now,
+                ..AwarenessNotification::default()
+            };
+            let home = self.shard.home_of(&peer);
+            if home == self.shard.index {
+                self.forward_intention(&peer, &forwarded);
+            } else {
+                self.mail(
+                    home,
+                    Letter::Intention {
+                        peer,
+                        note: Box::new(forwarded),
+                    },
+                );
             }
             return Ok(());
         }
         self.set_presence(&me.eid, note.status, note.ttl, Some(conn), now);
         Ok(())
+    }
+
+    /// An intention to every device of `peer`, a user of this shard (AWR-7).
+    pub(super) fn forward_intention(&mut self, peer: &str, note: &AwarenessNotification) {
+        let devices: Vec<ConnId> = self.registry.devices(peer).map(|(_, c)| c).collect();
+        for device in devices {
+            let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
+                continue;
+            };
+            let forwarded = AwarenessNotification {
+                to: Some(to),
+                ..note.clone()
+            };
+            self.send(device, Payload::AwarenessNotification(forwarded));
+        }
     }
 
     fn set_presence(&mut self, eid: &str, status: i32, ttl: i32, by: Option<ConnId>, now: Millis) {
@@ -303,6 +372,12 @@ impl Engine {
             .insert(eid.to_string(), Presence { status, lapse_at });
         if current.status != status {
             self.announce(eid, ttl, Some(by), now);
+            self.broadcast(Letter::Presence {
+                eid: eid.to_string(),
+                status: Some(status),
+                ttl,
+                at: now,
+            });
         }
     }
 

@@ -11,8 +11,9 @@ use base64::Engine as _;
 use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection};
 use super::queue::{Accepted, ChatEvent, QueueItem};
+use super::shard::{Answer, Letter, Origin};
 use super::{ConnId, Millis, SessionIdentity};
-use crate::codec::ErrorKind;
+use crate::codec::{ErrorKind, Route};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{ChatMessage, Identity, MediaPayloadRequest, TextPayloadRequest, VersionUpdate, chat_message};
 
@@ -85,14 +86,16 @@ pub fn chat_id(a: &str, b: &str) -> String {
 }
 
 /// The content of a request, once its fields passed the rules.
-struct Request {
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Request {
     to: Vec<Identity>,
     message_id_local: String,
     created_at: Millis,
     body: Body,
 }
 
-enum Body {
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Body {
     Text(String),
     Media {
         url: String,
@@ -160,7 +163,7 @@ impl Engine {
         self.accept(conn, request, claimed_chat, now)
     }
 
-    /// CHAT-1, CHAT-4..12, CHAT-14, QUE-1, QUE-10.
+    /// CHAT-1, CHAT-4..8: the rules the sender's shard checks; the chat's home does the rest ([`Engine::propose`]).
     fn accept(&mut self, conn: ConnId, request: Request, claimed_chat: Option<String>, now: Millis) -> Handled {
         let Some(me) = self.identity(conn).cloned() else {
             return Ok(());
@@ -177,33 +180,70 @@ impl Engine {
         if claimed_chat.is_some_and(|c| c != chat) {
             return Err(invalid("chat_id is not this pair's chat", &local));
         }
+        let route = match request.body {
+            Body::Text(_) => Route::TextPayloadRequest,
+            Body::Media { .. } => Route::MediaPayloadRequest,
+        };
+        let mut proposal = Proposal {
+            origin: self.origin(conn),
+            route: route.number(),
+            me,
+            receiver,
+            chat,
+            request,
+        };
+        let home = self.shard.home_of(&proposal.chat);
+        if home == self.shard.index {
+            self.propose(proposal, now);
+        } else {
+            proposal.origin.seq = Some(self.await_answer(conn));
+            self.mail(home, Letter::Propose(Box::new(proposal)));
+        }
+        Ok(())
+    }
+
+    /// CHAT-9..12, CHAT-14, QUE-1, QUE-10, on the chat's home: the resend check, the block and queue checks, the
+    /// version, the durable event, the copies to both users' queues, and the VersionUpdate once all are durable.
+    pub(super) fn propose(&mut self, proposal: Proposal, now: Millis) {
+        let Proposal {
+            origin,
+            route,
+            me,
+            receiver,
+            chat,
+            request,
+        } = proposal;
+        let local = request.message_id_local.clone();
+        let answer = |result: Result<Payload, Rejection>| Answer {
+            origin,
+            route,
+            reference: local.clone(),
+            confirm: None,
+            result,
+        };
         let resent = (self.chat.by_local.get(&*me.eid))
             .and_then(|devices| devices.get(&*me.device))
             .and_then(|locals| locals.get(&local))
-            .cloned();
-        if let Some(message_id) = resent {
+            .and_then(|message_id| Some((message_id.clone(), self.chat.messages.get(message_id)?.clone())));
+        if let Some((message_id, meta)) = resent {
             // CHAT-14: the original stands; only the VersionUpdate again.
-            if let Some(meta) = self.chat.messages.get(&message_id).cloned() {
-                self.send_version_update(
-                    conn,
-                    &me,
-                    &message_id,
-                    &meta.message_id_local,
-                    meta.version,
-                    &meta.chat_id,
-                    now,
-                );
-            }
-            return Ok(());
+            let update = version_update(
+                &me,
+                &message_id,
+                &meta.message_id_local,
+                meta.version,
+                &meta.chat_id,
+                now,
+            );
+            return self.answer(answer(Ok(update)), now);
         }
         if self.social.blocked_pair(&me.eid, &receiver) {
-            return Err(
-                Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver").with_ref(&local),
-            );
+            let rejection = Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver");
+            return self.answer(answer(Err(rejection)), now);
         }
-        let (items, bytes) = self.chat_store.usage(&receiver);
-        if items + 1 > self.config.queue_max_items || bytes > self.config.queue_max_bytes {
-            return Err(Rejection::new(ErrorKind::QueueFull, "the receiver's queue is full").with_ref(&local));
+        if self.queue_full(&receiver) {
+            let rejection = Rejection::new(ErrorKind::QueueFull, "the receiver's queue is full");
+            return self.answer(answer(Err(rejection)), now);
         }
         let version = self.chat.versions.get(&chat).copied().unwrap_or(0) + 1;
         let message_id = format!("{chat}/{version}");
@@ -217,9 +257,10 @@ impl Engine {
             receiver: receiver.clone(),
             at: now,
         });
-        let unavailable =
-            |e: super::StoreError| Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
-        self.chat_store.record(&event).map_err(unavailable)?;
+        if let Err(e) = self.chat_store.record(&event) {
+            let rejection = Rejection::new(ErrorKind::Unavailable, format!("could not store: {e}"));
+            return self.answer(answer(Err(rejection)), now);
+        }
         self.chat.apply(&event);
         self.mark_unsynced();
         let copy = |author: &str, acknowledgment: i32| {
@@ -260,38 +301,42 @@ impl Engine {
         };
         let receiver_copy = QueueItem::new(None, copy("receiver", 1));
         let sender_copy = QueueItem::new(Some(me.device.to_string()), copy("sender", 4));
-        // The VersionUpdate goes first in engine order; it is held back with
-        // everything after these writes until they are durable (QUE-2).
-        self.send_version_update(conn, &me, &message_id, &local, version, &chat, now);
-        self.enqueue(&receiver, receiver_copy).map_err(unavailable)?;
-        self.enqueue(&me.eid, sender_copy).map_err(unavailable)?;
-        Ok(())
+        let update = version_update(&me, &message_id, &local, version, &chat, now);
+        let items = vec![(receiver, receiver_copy), (me.eid.to_string(), sender_copy)];
+        self.append_then_answer(items, answer(Ok(update)), now);
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn send_version_update(
-        &mut self,
-        conn: ConnId,
-        me: &SessionIdentity,
-        message_id: &str,
-        local: &str,
-        version: i64,
-        chat: &str,
-        now: Millis,
-    ) {
-        let accepted_at = self.chat.messages.get(message_id).map_or(now, |_| now);
-        let update = VersionUpdate {
-            to: Some(me.to_proto()),
-            message_id: message_id.to_string(),
-            message_id_local: local.to_string(),
-            r#type: 1,
-            timestamp: accepted_at,
-            status: 1,
-            version,
-            chat_id: chat.to_string(),
-        };
-        self.send(conn, Payload::VersionUpdate(update));
-    }
+/// The VersionUpdate that confirms an accepted message to its sending device (CHAT-9).
+fn version_update(
+    me: &SessionIdentity,
+    message_id: &str,
+    local: &str,
+    version: i64,
+    chat: &str,
+    now: Millis,
+) -> Payload {
+    Payload::VersionUpdate(VersionUpdate {
+        to: Some(me.to_proto()),
+        message_id: message_id.to_string(),
+        message_id_local: local.to_string(),
+        r#type: 1,
+        timestamp: now,
+        status: 1,
+        version,
+        chat_id: chat.to_string(),
+    })
+}
+
+/// A chat message on its way from the sender's shard to the chat's home.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Proposal {
+    pub origin: Origin,
+    pub route: i64,
+    pub me: SessionIdentity,
+    pub receiver: String,
+    pub chat: String,
+    pub request: Request,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::awareness::AwarenessState;
 use super::chat::ChatState;
 use super::queue::{ChatEvent, ChatStore, MemoryChatStore};
 use super::session::{Conn, ConnState, Session};
+use super::shard::{Crossing, Letter, ShardId};
 use super::social::{EventLog, MemoryEventLog, Social, SocialEvent};
 use super::timers::{Timer, Timers};
 use super::{CloseReason, Config, ConnId, Millis, Output, Registry, Revocations, SessionIdentity, Transport};
@@ -125,6 +126,9 @@ pub struct Engine {
     unsynced: bool,
     pub(super) stats: Stats,
     next_id: u64,
+    /// Which shard this engine is; one of one unless partitioned.
+    pub(super) shard: ShardId,
+    pub(super) crossing: Crossing,
 }
 
 impl Engine {
@@ -148,7 +152,16 @@ impl Engine {
             unsynced: false,
             stats: Stats::default(),
             next_id: 0,
+            shard: ShardId::default(),
+            crossing: Crossing::default(),
         }
+    }
+
+    /// Makes this engine shard `shard` of a partitioned server: it owns the users and chats that hash to it and
+    /// reaches the others by mail (`Output::Mail`, [`Engine::deliver`]).
+    pub fn with_shard(mut self, shard: ShardId) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Records social changes in `log`, starting from the graph `events`
@@ -286,6 +299,24 @@ impl Engine {
         }
     }
 
+    /// Lets go of a connection that has not authenticated yet, without a word to it: a partitioned adapter moves
+    /// it to the shard its Authenticate names (the token's user's home), which opens it afresh. False (and no
+    /// change) for a live session or an unknown connection.
+    pub fn hand_off(&mut self, conn: ConnId) -> bool {
+        let Some(Conn {
+            state: ConnState::AwaitingAuth { deadline },
+            ..
+        }) = self.conns.get(&conn)
+        else {
+            return false;
+        };
+        if let Some(at) = *deadline {
+            self.timers.cancel(at, Timer::AuthDeadline(conn));
+        }
+        self.conns.remove(&conn);
+        true
+    }
+
     /// The peer went away (EOF, reset, or the adapter gave up on it).
     pub fn closed(&mut self, conn: ConnId, now: Millis) {
         self.forget(conn, now);
@@ -336,7 +367,11 @@ impl Engine {
         self.unsynced = true;
     }
 
-    fn push_output(&mut self, output: Output) {
+    pub(super) fn push_output(&mut self, output: Output) {
+        // ENV-14: behind an answer another shard is preparing for the same connection.
+        let Some(output) = self.hold(output) else {
+            return;
+        };
         if self.unsynced {
             self.held.push_back(output);
         } else {
@@ -461,6 +496,7 @@ impl Engine {
             return false;
         };
         self.stats.connections_closed += 1;
+        self.release_all_held(conn);
         match old.state {
             ConnState::AwaitingAuth { deadline } => {
                 if let Some(at) = deadline {
@@ -486,6 +522,7 @@ impl Engine {
             .append(&event)
             .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the change: {e}")))?;
         self.social.apply(&event);
+        self.broadcast(Letter::Social(event));
         Ok(())
     }
 
@@ -509,6 +546,10 @@ impl Engine {
     /// across restarts without reading a clock or a random source.
     pub(super) fn fresh_id(&mut self, prefix: &str, now: Millis) -> String {
         self.next_id += 1;
+        if self.shard.count > 1 {
+            // Unique across shards too.
+            return format!("{prefix}{now:x}-{}.{}", self.shard.index, self.next_id);
+        }
         format!("{prefix}{now:x}-{}", self.next_id)
     }
 

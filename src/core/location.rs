@@ -3,6 +3,7 @@
 
 use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection};
+use super::shard::Letter;
 use super::social::SHARING_ON;
 use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::ErrorKind;
@@ -10,6 +11,35 @@ use crate::proto::LocationStream;
 use crate::proto::message_scheme::Payload;
 
 impl Engine {
+    /// Keeps a user's latest fix (LOC-4) and forwards it to this shard's devices of the users allowed to see it:
+    /// `peer` only, or every subscriber (LOC-2, LOC-3). `fix.from` names the user.
+    pub(super) fn fix_replica(&mut self, fix: LocationStream, peer: Option<String>) {
+        let Some(owner) = fix.from.as_ref().map(|f| f.eid.clone()) else {
+            return;
+        };
+        self.awareness
+            .fixes
+            .insert(owner.clone(), (fix.latitude, fix.longitude));
+        let mut viewers: Vec<String> = match peer {
+            None => self.social.subscribers_of(&owner).map(str::to_string).collect(),
+            Some(peer) => vec![peer],
+        };
+        viewers.retain(|v| self.shard.owns(v) && self.social.may_see_location(v, &owner));
+        for viewer in &viewers {
+            let devices: Vec<ConnId> = self.registry.devices(viewer).map(|(_, c)| c).collect();
+            for device in devices {
+                let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
+                    continue;
+                };
+                let forwarded = LocationStream {
+                    to: Some(to),
+                    ..fix.clone()
+                };
+                self.send(device, Payload::LocationStream(forwarded));
+            }
+        }
+    }
+
     /// LOC-1..6.
     pub(super) fn on_location(&mut self, conn: ConnId, mut fix: LocationStream, _now: Millis) -> Handled {
         let ref_id = fix.id.clone();
@@ -34,29 +64,13 @@ impl Engine {
         if self.social.settings(&me.eid).1 != SHARING_ON {
             return Err(Rejection::new(ErrorKind::Forbidden, "location sharing is off").with_ref(&ref_id));
         }
-        self.awareness
-            .fixes
-            .insert(me.eid.to_string(), (fix.latitude, fix.longitude));
-        let mut viewers: Vec<String> = if peer.is_empty() {
-            self.social.subscribers_of(&me.eid).map(str::to_string).collect()
-        } else {
-            vec![peer]
-        };
-        viewers.retain(|v| self.social.may_see_location(v, &me.eid));
-        for viewer in &viewers {
-            let devices: Vec<ConnId> = self.registry.devices(viewer).map(|(_, c)| c).collect();
-            for device in devices {
-                let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
-                    continue;
-                };
-                let forwarded = LocationStream {
-                    to: Some(to),
-                    from: Some(me.to_proto()),
-                    ..fix.clone()
-                };
-                self.send(device, Payload::LocationStream(forwarded));
-            }
-        }
+        // `claim` filled `from`: the replicas learn whose fix it is from it.
+        let peer = Some(peer).filter(|p| !p.is_empty());
+        self.fix_replica(fix.clone(), peer.clone());
+        self.broadcast(Letter::Fix {
+            fix: Box::new(fix),
+            peer,
+        });
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ pub mod queue;
 mod registry;
 mod revocation;
 mod session;
+pub mod shard;
 pub mod social;
 mod subscriber;
 mod timers;
@@ -34,6 +35,7 @@ mod visibility;
 pub use engine::{Engine, Stats};
 pub use registry::Registry;
 pub use revocation::{MemoryRevocations, Revocations, StoreError};
+pub use shard::{Mail, ShardId};
 
 use bytes::Bytes;
 
@@ -81,13 +83,15 @@ impl CloseReason {
 }
 
 /// What the core asks its adapter to do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Send one encoded MessageScheme on the connection.
     Send { conn: ConnId, stanza: Bytes },
     /// Flush what was sent, then close the connection. The core has already
     /// forgotten it: later inputs for it are ignored.
     Close { conn: ConnId, reason: CloseReason },
+    /// Deliver mail to another shard ([`Engine::deliver`]), after this shard's earlier mail to it.
+    Mail { to: usize, mail: Mail },
 }
 
 /// Limits and timers of SPEC §19; `Default` is SPEC's defaults.

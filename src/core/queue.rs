@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
+use super::shard::Letter;
 use super::{ConnId, Millis, StoreError};
 use crate::codec::{self, ErrorKind, Route};
 use crate::proto::message_scheme::Payload;
@@ -443,6 +444,39 @@ impl Engine {
         for (increment, item) in self.chat_store.items_after(&me.eid, start.committed) {
             self.deliver_item(conn, increment, &item);
         }
+        self.report_usage(&me.eid);
+    }
+
+    /// QUE-10 on the chat's home: is `eid`'s queue full? Exact for a user of this shard; for another shard's user,
+    /// as its home last said ([`Engine::report_usage`]), so messages already on their way may pass the limit.
+    pub(super) fn queue_full(&self, eid: &str) -> bool {
+        if !self.shard.owns(eid) {
+            return self.crossing.full.contains(eid);
+        }
+        let (items, bytes) = self.chat_store.usage(eid);
+        items + 1 > self.config.queue_max_items || bytes > self.config.queue_max_bytes
+    }
+
+    /// Tells the other shards when a user's queue became full or has room again (QUE-10). The news goes out
+    /// before this shard's `Appended` for the item that filled it, so a sender that waits for its VersionUpdate
+    /// never passes the limit.
+    fn report_usage(&mut self, eid: &str) {
+        if self.shard.count == 1 {
+            return;
+        }
+        let full = self.queue_full(eid);
+        if full == self.crossing.full.contains(eid) {
+            return;
+        }
+        if full {
+            self.crossing.full.insert(eid.to_string());
+        } else {
+            self.crossing.full.remove(eid);
+        }
+        self.broadcast(Letter::QueueFull {
+            eid: eid.to_string(),
+            full,
+        });
     }
 
     /// Appends an item to `eid`'s queue and delivers it live to the online
@@ -454,6 +488,7 @@ impl Engine {
         for conn in devices {
             self.deliver_item(conn, increment, &item);
         }
+        self.report_usage(eid);
         Ok(())
     }
 
@@ -480,6 +515,7 @@ impl Engine {
             && self.chat_store.commit(&me.eid, &me.device, n).is_ok()
         {
             self.mark_unsynced();
+            self.report_usage(&me.eid);
         }
     }
 }

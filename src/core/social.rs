@@ -45,6 +45,21 @@ pub enum SocialEvent {
     },
 }
 
+impl SocialEvent {
+    /// The users whose audience the change may alter: the changer, and for a block the blocked user too (AWR-9).
+    pub fn owners(&self) -> Vec<String> {
+        match self {
+            SocialEvent::SubscriberAdded { owner, .. } | SocialEvent::SubscriberRemoved { owner, .. } => {
+                vec![owner.clone()]
+            }
+            SocialEvent::Blocked { owner, blocked } | SocialEvent::Unblocked { owner, blocked } => {
+                vec![owner.clone(), blocked.clone()]
+            }
+            SocialEvent::Settings { eid, .. } => vec![eid.clone()],
+        }
+    }
+}
+
 /// Where the engine records social events; `append` returns once durable.
 pub trait EventLog: Send {
     fn append(&mut self, event: &SocialEvent) -> Result<(), StoreError>;

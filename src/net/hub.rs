@@ -1,26 +1,27 @@
-//! The one place the engine lives: a `std::sync::Mutex<Engine>` that every
-//! connection task locks for the length of one engine call, plus the routing
-//! of the engine's outputs to the connections' writers and the timer task.
+//! The engine's shards and the routing between them and the connections.
 //!
-//! Every engine call goes through [`Hub::with_engine`], which drains
-//! `poll_output()` before it unlocks: outputs are therefore routed in the
-//! engine's order, into per-connection FIFO queues, so each connection writes
-//! them in that order too. No lock is ever held across an `.await`.
+//! Each shard (one `Engine` owning the users that hash to it, src/core/README.md) lives in a
+//! `std::sync::Mutex` that a task locks for the length of one batch of engine calls, draining `poll_output()`
+//! before it unlocks: outputs are routed in the engine's order, into per-connection FIFO queues, so each
+//! connection writes them in that order too. No lock is ever held across an `.await`. A shard's state is reached
+//! only through its inbox: stanzas of its connections and mail from other shards wait there, in arrival order,
+//! for whichever task holds the shard next; mail one shard sends another is put in the other's inbox before the
+//! sender lets go of its own lock, so mail between two shards keeps its order (FIFO per pair).
 //!
-//! Group commit across connections (QUE-2): draining `poll_output()` is when
-//! the engine syncs its chat store, one fsync for everything written since the
-//! last one. Stanzas therefore go into an inbox first: the task that finds the
-//! engine free feeds it every stanza waiting in the inbox, then drains the
-//! outputs once (one sync for the batch); a task that finds the engine busy
-//! (typically inside an fsync) leaves its stanza in the inbox for the holder,
-//! which looks at the inbox again before it lets go and once more after. So
-//! while one fsync runs, the stanzas of every other connection gather and then
-//! share the next one. Each connection's stanzas keep their order: the inbox is
-//! FIFO, and every other engine call empties the inbox before it runs. A full
-//! inbox makes senders wait for the engine (backpressure).
+//! Group commit across connections (QUE-2): draining `poll_output()` is when a shard syncs its chat store, one
+//! fsync for everything written since the last one. The task that finds the shard free feeds it every input
+//! waiting in the inbox, then drains the outputs once (one sync for the batch); a task that finds it busy
+//! (typically inside an fsync) leaves its input in the inbox for the holder, which looks at the inbox again
+//! before it lets go and once more after. So while one fsync runs, the stanzas of every other connection gather
+//! and then share the next one, and shards sync independently of each other. A full inbox makes senders wait
+//! for the shard (backpressure).
+//!
+//! A connection belongs to its user's home shard. A WebSocket connection's token names the user before the
+//! upgrade; a native TCP connection starts on a shard picked by its id and moves with its first stanza, the
+//! Authenticate, to the shard of the user its token names (read unverified, only to route: the home verifies).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
@@ -31,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::outbox::{self, PushError};
 use super::{Clock, Edge};
 use crate::codec::{ErrorKind, FrameError};
-use crate::core::{CloseReason, ConnId, Engine, Millis, Output, Stats, Transport};
+use crate::core::shard::home;
+use crate::core::{CloseReason, ConnId, Engine, Mail, Millis, Output, Stats, Transport};
 
 /// What the engine asks one connection's writer to do.
 #[derive(Debug)]
@@ -41,10 +43,30 @@ pub(crate) enum Out {
     Close(CloseReason),
 }
 
+/// A connection as its task holds it: its id, and the shard that holds it now.
+pub(crate) struct ConnRef {
+    pub id: ConnId,
+    shard: AtomicUsize,
+    /// The shard is final: the connection is open on its user's home (or never will be).
+    routed: AtomicBool,
+}
+
+impl ConnRef {
+    fn shard(&self) -> usize {
+        self.shard.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Display for ConnRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
 /// A connection's side of the routing table: its writer queue, and the token
 /// that aborts it when the hub gives up on it.
 pub(crate) struct Endpoint {
-    pub conn: ConnId,
+    pub conn: ConnRef,
     pub rx: outbox::Receiver,
     pub kill: CancellationToken,
 }
@@ -66,6 +88,33 @@ pub struct Snapshot {
     pub users_online: usize,
 }
 
+impl Snapshot {
+    /// The sum of two shards' snapshots (they own disjoint users and connections).
+    fn add(&mut self, other: &Snapshot) {
+        let sum = |into: &mut BTreeMap<i64, u64>, from: &BTreeMap<i64, u64>| {
+            for (key, n) in from {
+                *into.entry(*key).or_default() += n;
+            }
+        };
+        sum(&mut self.stats.stanzas_in, &other.stats.stanzas_in);
+        sum(&mut self.stats.stanzas_out, &other.stats.stanzas_out);
+        for (code, n) in &other.stats.errors {
+            *self.stats.errors.entry(*code).or_default() += n;
+        }
+        self.stats.sessions_started += other.stats.sessions_started;
+        self.stats.sync_failures += other.stats.sync_failures;
+        self.stats.connections_closed += other.stats.connections_closed;
+        self.connections += other.connections;
+        self.users_online += other.users_online;
+    }
+}
+
+/// What waits in a shard's inbox.
+enum Input {
+    Stanza(ConnId, Bytes),
+    Mail(Mail),
+}
+
 struct Core {
     engine: Engine,
     /// A layer that alters traffic at the edge (tests only; `edge.rs`).
@@ -76,6 +125,17 @@ struct Core {
     armed: Option<Millis>,
     /// Stanzas fed to the engine in the last batch (between two output drains).
     last_batch: usize,
+    /// Mail the engine sent in this batch, in order: (shard, mail).
+    mail: Vec<(usize, Mail)>,
+}
+
+/// One shard: its engine and what waits for it.
+struct Shard {
+    core: Mutex<Core>,
+    inbox: Mutex<VecDeque<Input>>,
+    timer_wake: Notify,
+    /// The shard's part of the published snapshot.
+    snapshot: Mutex<Snapshot>,
 }
 
 /// Stanzas waiting in the inbox beyond which a sender waits for the engine
@@ -86,11 +146,8 @@ const INBOX_LIMIT: usize = 1024;
 const LINGER: Duration = Duration::from_millis(1);
 
 pub(crate) struct Hub {
-    core: Mutex<Core>,
-    /// Stanzas received but not yet given to the engine, in arrival order.
-    inbox: Mutex<VecDeque<(ConnId, Bytes)>>,
+    shards: Vec<Shard>,
     clock: Arc<dyn Clock>,
-    timer_wake: Notify,
     snapshot: watch::Sender<Snapshot>,
     next_conn: AtomicU64,
     queue_capacity: usize,
@@ -98,28 +155,48 @@ pub(crate) struct Hub {
     shutdown: CancellationToken,
 }
 
+fn unpoison<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside the engine is a bug, but it must not take every other
+    // connection down with it (SPEC SES-7): keep serving with the state as
+    // the panicking call left it.
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Hub {
+    /// A hub for `engines`, shard `i` of `engines.len()` each; `edge` makes each shard's edge layer.
     pub fn new(
-        engine: Engine,
-        edge: Option<Box<dyn Edge>>,
+        engines: Vec<Engine>,
+        mut edge: impl FnMut() -> Option<Box<dyn Edge>>,
         clock: Arc<dyn Clock>,
         queue_capacity: usize,
         shutdown: CancellationToken,
     ) -> Self {
-        let max_stanza_bytes = engine.config().max_stanza_bytes;
-        let (snapshot, _) = watch::channel(snapshot_of(&engine));
+        let max_stanza_bytes = engines.first().map_or(0, |e| e.config().max_stanza_bytes);
+        let shards: Vec<Shard> = engines
+            .into_iter()
+            .map(|engine| Shard {
+                snapshot: Mutex::new(snapshot_of(&engine)),
+                core: Mutex::new(Core {
+                    engine,
+                    edge: edge(),
+                    max_stanza_bytes,
+                    links: BTreeMap::new(),
+                    armed: None,
+                    last_batch: 0,
+                    mail: Vec::new(),
+                }),
+                inbox: Mutex::new(VecDeque::new()),
+                timer_wake: Notify::new(),
+            })
+            .collect();
+        let mut total = Snapshot::default();
+        for shard in &shards {
+            total.add(&unpoison(&shard.snapshot));
+        }
+        let (snapshot, _) = watch::channel(total);
         Hub {
-            core: Mutex::new(Core {
-                engine,
-                edge,
-                max_stanza_bytes,
-                links: BTreeMap::new(),
-                armed: None,
-                last_batch: 0,
-            }),
-            inbox: Mutex::new(VecDeque::new()),
+            shards,
             clock,
-            timer_wake: Notify::new(),
             snapshot,
             next_conn: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
@@ -144,42 +221,101 @@ impl Hub {
     /// engine hears of the connection, so that nothing the engine says to it
     /// (the Authenticate RESPONSE sent from inside `open`) is lost.
     pub fn register(&self) -> Endpoint {
-        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let shard = usize::try_from(id.0 % self.shards.len() as u64).unwrap_or(0);
         let (tx, rx) = outbox::outbox(self.queue_capacity);
         let kill = self.shutdown.child_token();
-        self.lock().links.insert(conn, Link { tx, kill: kill.clone() });
+        self.lock(shard).links.insert(id, Link { tx, kill: kill.clone() });
+        let conn = ConnRef {
+            id,
+            shard: AtomicUsize::new(shard),
+            routed: AtomicBool::new(self.shards.len() == 1),
+        };
         Endpoint { conn, rx, kill }
     }
 
-    pub fn open(&self, conn: ConnId, transport: Transport, token: Option<&str>) -> Result<(), ErrorKind> {
-        let opened = self.with_engine(|engine, now| engine.open(conn, transport, token, now));
+    pub fn open(&self, conn: &ConnRef, transport: Transport, token: Option<&str>) -> Result<(), ErrorKind> {
+        if transport == Transport::WebSocket && !conn.routed.swap(true, Ordering::Relaxed) {
+            // The engine has not heard of the connection yet: only its link moves.
+            if let Some(eid) = token.and_then(crate::core::auth::unverified_eid) {
+                let to = home(&eid, self.shards.len());
+                let from = conn.shard();
+                // One shard's lock at a time: two connections moving in opposite directions must not deadlock.
+                let link = (to != from).then(|| self.lock(from).links.remove(&conn.id)).flatten();
+                if let Some(link) = link {
+                    self.lock(to).links.insert(conn.id, link);
+                    conn.shard.store(to, Ordering::Relaxed);
+                }
+            }
+        }
+        let shard = conn.shard();
+        let opened = self.with_engine(shard, |engine, now| engine.open(conn.id, transport, token, now));
         if opened.is_err() {
-            self.lock().links.remove(&conn);
+            self.lock(shard).links.remove(&conn.id);
         }
         opened
     }
 
-    /// One stanza from a connection: into the inbox, then into the engine by
-    /// this task or by the one holding the engine (module doc).
-    pub fn receive(&self, conn: ConnId, stanza: &[u8]) {
+    /// One stanza from a connection: into its shard's inbox, then into the engine by this task or by the one
+    /// holding the shard (module doc).
+    pub fn receive(&self, conn: &ConnRef, stanza: &[u8]) {
+        if !conn.routed.swap(true, Ordering::Relaxed) {
+            self.route_first(conn, stanza);
+        }
+        let shard = conn.shard();
         let waiting = {
-            let mut inbox = self.inbox();
-            inbox.push_back((conn, Bytes::copy_from_slice(stanza)));
+            let mut inbox = self.inbox(shard);
+            inbox.push_back(Input::Stanza(conn.id, Bytes::copy_from_slice(stanza)));
             inbox.len()
         };
         if waiting > INBOX_LIMIT {
-            self.with_engine(|_, _| ());
+            self.with_engine(shard, |_, _| ());
         } else {
-            self.drain_inbox();
+            self.pump(vec![shard]);
         }
     }
 
-    pub fn text_frame(&self, conn: ConnId) {
-        self.with_engine(|engine, now| engine.text_frame(conn, now));
+    /// A native TCP connection's first stanza: if it is an Authenticate whose token names a user of another
+    /// shard, the connection moves there before the stanza is handled.
+    fn route_first(&self, conn: &ConnRef, stanza: &[u8]) {
+        let Ok(crate::proto::message_scheme::Payload::Authenticate(auth)) =
+            crate::codec::decode(stanza, self.max_stanza_bytes)
+        else {
+            return;
+        };
+        let Some(eid) = crate::core::auth::unverified_eid(&auth.token) else {
+            return;
+        };
+        let (from, to) = (conn.shard(), home(&eid, self.shards.len()));
+        if from == to {
+            return;
+        }
+        let link = self.with_core(from, |core, _| {
+            if !core.engine.hand_off(conn.id) {
+                return None;
+            }
+            if let Some(edge) = &mut core.edge {
+                edge.closed(conn.id);
+            }
+            core.links.remove(&conn.id)
+        });
+        let Some(link) = link else {
+            return;
+        };
+        self.lock(to).links.insert(conn.id, link);
+        conn.shard.store(to, Ordering::Relaxed);
+        let opened = self.with_engine(to, |engine, now| engine.open(conn.id, Transport::Tcp, None, now));
+        if opened.is_err() {
+            self.lock(to).links.remove(&conn.id);
+        }
     }
 
-    pub fn framing_error(&self, conn: ConnId, error: &FrameError) {
-        self.with_engine(|engine, now| engine.framing_error(conn, error, now));
+    pub fn text_frame(&self, conn: &ConnRef) {
+        self.with_engine(conn.shard(), |engine, now| engine.text_frame(conn.id, now));
+    }
+
+    pub fn framing_error(&self, conn: &ConnRef, error: &FrameError) {
+        self.with_engine(conn.shard(), |engine, now| engine.framing_error(conn.id, error, now));
     }
 
     /// An operator push (SPEC PUSH-2): the devices it reached.
@@ -189,73 +325,88 @@ impl Hub {
         kind: &str,
         data: std::collections::BTreeMap<String, String>,
     ) -> Result<usize, ErrorKind> {
-        self.with_engine(|engine, now| engine.push(eid, kind, data, now))
+        let shard = home(eid, self.shards.len());
+        self.with_engine(shard, |engine, now| engine.push(eid, kind, data, now))
     }
 
     /// The connection is gone (or its task ends): forget its link, tell the
     /// engine. Safe to call more than once.
-    pub fn closed(&self, conn: ConnId) {
-        let known = self.lock().links.remove(&conn).is_some();
+    pub fn closed(&self, conn: &ConnRef) {
+        let shard = conn.shard();
+        let known = self.lock(shard).links.remove(&conn.id).is_some();
         if known {
-            self.with_core(|core, now| core.closed(conn, now));
+            self.with_core(shard, |core, now| core.closed(conn.id, now));
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic inside the engine is a bug, but it must not take every other
-        // connection down with it (SPEC SES-7): keep serving with the state as
-        // the panicking call left it.
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Core> {
+        unpoison(&self.shards[shard].core)
     }
 
-    fn inbox(&self) -> MutexGuard<'_, VecDeque<(ConnId, Bytes)>> {
-        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn inbox(&self, shard: usize) -> MutexGuard<'_, VecDeque<Input>> {
+        unpoison(&self.shards[shard].inbox)
     }
 
-    /// Feeds the inbox to the engine unless another task holds it; that task
-    /// then does it (it looks at the inbox after unlocking).
-    fn drain_inbox(&self) {
-        while !self.inbox().is_empty() {
-            let core = match self.core.try_lock() {
-                Ok(core) => core,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) => return,
-            };
-            self.run(core, |_, _| ());
+    /// Feeds each shard in `work` its inbox unless another task holds it (that task then does it: it looks at the
+    /// inbox after unlocking); a shard that sends mail joins the work.
+    fn pump(&self, mut work: Vec<usize>) {
+        while let Some(shard) = work.pop() {
+            while !self.inbox(shard).is_empty() {
+                let core = match self.shards[shard].core.try_lock() {
+                    Ok(core) => core,
+                    Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(TryLockError::WouldBlock) => break,
+                };
+                let ((), mailed) = self.run(shard, core, |_, _| ());
+                work.extend(mailed);
+            }
         }
     }
 
-    /// Runs one engine call at `now` (after the stanzas waiting in the inbox),
+    /// Runs one engine call at `now` (after the inputs waiting in the inbox),
     /// then routes everything it produced.
-    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
-        self.with_core(|core, now| f(&mut core.engine, now))
+    fn with_engine<R>(&self, shard: usize, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
+        self.with_core(shard, |core, now| f(&mut core.engine, now))
     }
 
     /// As [`Hub::with_engine`], for calls that also concern the edge layer.
-    fn with_core<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
-        let core = self.lock();
-        let result = self.run(core, f);
-        // Stanzas that arrived while this call held the engine.
-        self.drain_inbox();
+    fn with_core<R>(&self, shard: usize, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
+        let core = self.lock(shard);
+        let (result, mut mailed) = self.run(shard, core, f);
+        // Inputs that arrived while this call held the shard.
+        mailed.push(shard);
+        self.pump(mailed);
         result
     }
 
-    fn run<R>(&self, mut core: MutexGuard<'_, Core>, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
+    /// Runs a batch on `shard`; returns the call's result and the shards it sent mail to.
+    fn run<R>(
+        &self,
+        shard: usize,
+        mut core: MutexGuard<'_, Core>,
+        f: impl FnOnce(&mut Core, Millis) -> R,
+    ) -> (R, Vec<usize>) {
         let now = self.clock.now_ms();
         let mut fed = 0;
         let feed = |core: &mut Core| {
-            let batch = std::mem::take(&mut *self.inbox());
-            let fed = batch.len();
-            for (conn, stanza) in batch {
-                core.receive(conn, stanza, now);
+            let batch = std::mem::take(&mut *self.inbox(shard));
+            let mut stanzas = 0;
+            for input in batch {
+                match input {
+                    Input::Stanza(conn, stanza) => {
+                        stanzas += 1;
+                        core.receive(conn, stanza, now);
+                    }
+                    Input::Mail(mail) => core.engine.deliver(mail, now),
+                }
             }
-            fed
+            stanzas
         };
         let result = loop {
             fed += feed(&mut core);
             // Looked at again under the engine lock: what arrived meanwhile
             // joins this batch's sync.
-            if self.inbox().is_empty() {
+            if self.inbox(shard).is_empty() {
                 break f(&mut core, now);
             }
         };
@@ -271,27 +422,52 @@ impl Hub {
             core.last_batch = fed;
         }
         core.route_outputs(now);
+        // Into the other shards' inboxes before this shard lets go: mail between two shards keeps its order.
+        let mut mailed = BTreeSet::new();
+        for (to, mail) in core.mail.drain(..) {
+            self.inbox(to).push_back(Input::Mail(mail));
+            mailed.insert(to);
+        }
         if let Some(deadline) = core.engine.next_deadline()
             && core.armed.is_none_or(|armed| deadline < armed)
         {
             core.armed = Some(deadline);
-            self.timer_wake.notify_one();
+            self.shards[shard].timer_wake.notify_one();
         }
         let snapshot = snapshot_of(&core.engine);
         drop(core);
-        self.snapshot.send_replace(snapshot);
-        result
+        self.publish(shard, snapshot);
+        (result, mailed.into_iter().collect())
     }
 
-    /// Sleeps until the engine's next deadline and ticks it; woken early when
-    /// an engine call sets an earlier deadline. Ends at shutdown.
+    fn publish(&self, shard: usize, snapshot: Snapshot) {
+        if self.shards.len() == 1 {
+            self.snapshot.send_replace(snapshot);
+            return;
+        }
+        *unpoison(&self.shards[shard].snapshot) = snapshot;
+        let mut total = Snapshot::default();
+        for shard in &self.shards {
+            total.add(&unpoison(&shard.snapshot));
+        }
+        self.snapshot.send_replace(total);
+    }
+
+    /// Runs every shard's timers until shutdown.
     pub async fn run_timers(self: Arc<Self>) {
+        let loops = (0..self.shards.len()).map(|shard| Arc::clone(&self).shard_timers(shard));
+        futures::future::join_all(loops).await;
+    }
+
+    /// Sleeps until the shard's next deadline and ticks it; woken early when
+    /// an engine call sets an earlier deadline. Ends at shutdown.
+    async fn shard_timers(self: Arc<Self>, shard: usize) {
         loop {
             // Created before reading the deadline: `notify_one` stores a permit,
             // so a deadline set in between still wakes this loop.
-            let woken = self.timer_wake.notified();
+            let woken = self.shards[shard].timer_wake.notified();
             let wait = {
-                let mut core = self.lock();
+                let mut core = self.lock(shard);
                 let deadline = core.engine.next_deadline();
                 core.armed = deadline;
                 deadline.map(|at| at.saturating_sub(self.clock.now_ms()))
@@ -306,7 +482,7 @@ impl Hub {
                 biased;
                 () = self.shutdown.cancelled() => return,
                 () = woken => {}
-                () = sleep => self.with_core(Core::tick),
+                () = sleep => self.with_core(shard, Core::tick),
             }
         }
     }
@@ -395,6 +571,7 @@ impl Core {
             }
             Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
             Output::Close { conn, reason } => (conn, Out::Close(reason), true),
+            Output::Mail { to, mail } => return self.mail.push((to, mail)),
         };
         let Some(link) = self.links.get(&conn) else {
             // Already given up on (and the engine told); nothing to deliver.

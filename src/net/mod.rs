@@ -126,8 +126,9 @@ pub struct NetConfig {
 }
 
 /// Binds the listeners of `config` (port 0 picks a free port) and serves them
-/// with `engine`. The returned handle names the bound addresses.
-pub async fn serve(config: NetConfig, engine: Engine, clock: Arc<dyn Clock>) -> io::Result<ServerHandle> {
+/// with `engines`, the shards of one engine ([`ServerHandle::start_shards`]). The returned handle names the
+/// bound addresses.
+pub async fn serve(config: NetConfig, engines: Vec<Engine>, clock: Arc<dyn Clock>) -> io::Result<ServerHandle> {
     let tcp = match config.tcp {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
@@ -136,7 +137,7 @@ pub async fn serve(config: NetConfig, engine: Engine, clock: Arc<dyn Clock>) -> 
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
     };
-    let mut server = ServerHandle::start(engine, clock, config.options);
+    let mut server = ServerHandle::start_shards(engines, clock, config.options);
     if let Some(listener) = tcp {
         server.listen_tcp(listener)?;
     }
@@ -167,9 +168,21 @@ impl ServerHandle {
     /// [`listen_tcp`]: ServerHandle::listen_tcp
     /// [`listen_ws`]: ServerHandle::listen_ws
     pub fn start(engine: Engine, clock: Arc<dyn Clock>, options: ServerOptions) -> ServerHandle {
+        Self::start_shards(vec![engine], clock, options)
+    }
+
+    /// As [`ServerHandle::start`], for a partitioned engine: `engines[i]` is shard `i` of `engines.len()`
+    /// ([`Engine::with_shard`]).
+    pub fn start_shards(engines: Vec<Engine>, clock: Arc<dyn Clock>, options: ServerOptions) -> ServerHandle {
         let shutdown = CancellationToken::new();
-        let edge = options.faults.layer();
-        let hub = Arc::new(Hub::new(engine, edge, clock, options.outbound_queue, shutdown));
+        let faults = options.faults.clone();
+        let hub = Arc::new(Hub::new(
+            engines,
+            || faults.layer(),
+            clock,
+            options.outbound_queue,
+            shutdown,
+        ));
         let (tasks, tasks_done) = mpsc::channel(1);
         let guard = tasks.clone();
         tokio::spawn({
@@ -330,7 +343,7 @@ async fn over_tls<S>(
 ) where
     S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
 {
-    let conn = endpoint.conn;
+    let conn = &endpoint.conn;
     let handshake = Box::pin(tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)));
     let tls = tokio::select! {
         biased;
@@ -348,7 +361,7 @@ async fn over_tls<S>(
         },
     };
     match tls {
-        None => hub.closed(conn),
+        None => hub.closed(&endpoint.conn),
         Some(tls) => transport(hub, tls, endpoint, kind, options).await,
     }
 }

@@ -34,7 +34,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Endpoint { conn, mut rx, kill } = endpoint;
-    if hub.open(conn, Transport::Tcp, None).is_err() {
+    if hub.open(&conn, Transport::Tcp, None).is_err() {
         return;
     }
     let codec = TcpFrameCodec::new(hub.max_stanza_bytes());
@@ -64,10 +64,10 @@ where
                 }
             }
             frame = framed.next(), if reading => match frame {
-                Some(Ok(bytes)) => hub.receive(conn, &bytes),
+                Some(Ok(bytes)) => hub.receive(&conn, &bytes),
                 Some(Err(error @ FrameError::TooLarge { .. })) => {
                     reading = false;
-                    hub.framing_error(conn, &error);
+                    hub.framing_error(&conn, &error);
                 }
                 Some(Err(error)) => {
                     tracing::debug!(%conn, %error, "read failed");
@@ -77,7 +77,7 @@ where
             },
         }
     };
-    hub.closed(conn);
+    hub.closed(&conn);
     // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
     Box::pin(close(framed.into_inner(), end, &hub, &options)).await;
 }

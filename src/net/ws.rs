@@ -64,6 +64,7 @@ where
     let Endpoint { conn, mut rx, kill } = endpoint;
     let callback = {
         let hub = Arc::clone(&hub);
+        let conn = &conn;
         move |request: &Request, response: Response| decide(&hub, conn, request, response)
     };
     let config = ws_config(hub.max_stanza_bytes());
@@ -93,7 +94,7 @@ where
         },
     };
     let Some(mut ws) = accepted else {
-        hub.closed(conn);
+        hub.closed(&conn);
         return;
     };
     // False after a read error (an oversized message): tungstenite stops
@@ -121,8 +122,8 @@ where
                 }
             }
             message = ws.next(), if reading => match message {
-                Some(Ok(Message::Binary(stanza))) => hub.receive(conn, &stanza),
-                Some(Ok(Message::Text(_))) => hub.text_frame(conn),
+                Some(Ok(Message::Binary(stanza))) => hub.receive(&conn, &stanza),
+                Some(Ok(Message::Text(_))) => hub.text_frame(&conn),
                 // tungstenite answers Pings itself (SPEC TRN-7); control frames
                 // are no BIMIP liveness signal (SPEC PING-4).
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
@@ -133,7 +134,7 @@ where
                         declared: u64::try_from(size).unwrap_or(u64::MAX),
                         max: max_size,
                     };
-                    hub.framing_error(conn, &error);
+                    hub.framing_error(&conn, &error);
                 }
                 Some(Err(error)) => {
                     tracing::debug!(%conn, %error, "read failed");
@@ -143,7 +144,7 @@ where
             },
         }
     };
-    hub.closed(conn);
+    hub.closed(&conn);
     // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
     Box::pin(close(ws, end, &hub, &options)).await;
 }
@@ -189,7 +190,7 @@ where
 #[allow(clippy::result_large_err)] // the signature tungstenite's Callback imposes
 fn decide(
     hub: &Hub,
-    conn: crate::core::ConnId,
+    conn: &super::hub::ConnRef,
     request: &Request,
     mut response: Response,
 ) -> Result<Response, ErrorResponse> {

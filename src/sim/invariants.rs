@@ -43,6 +43,7 @@ pub const INVARIANTS: &[&str] = &[
     "versions_grow",
     "ack_forward",
     "answered",
+    "answer_order",
     "revoked_session",
     "expired_session",
     "spoof_refused",
@@ -236,6 +237,11 @@ struct State {
 }
 
 /// Whether an identity field a device filled names someone else (ENV-11).
+/// The identity is this device's.
+fn names_me(identity: Option<&crate::proto::Identity>, eid: &str, device: &str) -> bool {
+    identity.is_some_and(|i| i.eid == eid && i.connection_resource_id == device)
+}
+
 fn names_other(identity: Option<&crate::proto::Identity>, eid: &str, device: &str) -> bool {
     identity.is_some_and(|i| {
         (!i.eid.is_empty() && i.eid != eid)
@@ -288,6 +294,9 @@ struct DeviceView {
     /// Ids of the pings sent on this connection -> the indexes of their
     /// sends, unanswered (ENV-14: answers come in order).
     answerable: BTreeMap<String, std::collections::VecDeque<usize>>,
+    /// The requests of this connection that each get one answer (pings, chat messages, acknowledgments), in
+    /// the order sent, not yet answered: (index of the send, the id the answer names).
+    in_order: std::collections::VecDeque<(usize, String)>,
     /// LocationStreams sent on this connection whose handling time is not
     /// bounded yet: (index of the send, id).
     loc_open: Vec<(usize, String)>,
@@ -571,11 +580,50 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
             }
             _ => {}
         }
+        // answer_order (ENV-14): a connection's answers come in the order of its requests, however the server
+        // spreads the work (src/core/README.md, ordering 1).
+        let asked = match &entry.what {
+            What::Sent(Payload::PingpongMessage(p)) if p.r#type == 1 => Some(p.id.clone()),
+            What::Sent(Payload::TextPayloadRequest(t)) => Some(t.message_id_local.clone()),
+            What::Sent(Payload::AcknowledgmentRequest(a)) => Some(a.message_id.clone()),
+            _ => None,
+        };
+        if let Some(id) = asked {
+            dev.in_order.push_back((i, id));
+        }
+        let answered = match &entry.what {
+            What::Received(Payload::PingpongMessage(PingPong { r#type: 2, id, .. }))
+            | What::Received(Payload::ErrorMessage(ErrorMessage { ref_id: id, .. })) => Some(id.clone()),
+            What::Received(Payload::VersionUpdate(v)) => Some(v.message_id_local.clone()),
+            What::Received(Payload::AcknowledgmentResponse(r))
+                if names_me(r.from.as_ref(), &me, &name) && names_me(r.to.as_ref(), &me, &name) =>
+            {
+                Some(r.message_id.clone())
+            }
+            _ => None,
+        };
+        if let Some(id) = answered
+            && let Some(at) = dev.in_order.iter().position(|(_, asked)| *asked == id)
+        {
+            if at > 0 {
+                let (sent, earlier) = &dev.in_order[0];
+                violation(
+                    &mut out,
+                    "answer_order",
+                    i,
+                    format!(
+                        "{name} got the answer to {id:?} before the answer to {earlier:?}, sent earlier (entry {sent})"
+                    ),
+                );
+            }
+            dev.in_order.drain(..=at);
+        }
         match &entry.what {
             What::Connect { jti, expired } => {
                 broken.remove(&name);
                 dev.dialed_at = entry.at;
                 dev.answerable.clear();
+                dev.in_order.clear();
                 dev.loc_open.clear();
                 dev.dialed_expired = *expired;
                 dev.connected_at = i;

@@ -81,6 +81,9 @@ impl Outcome {
         if let Some(storage) = storage {
             command.push_str(&format!(" --storage {storage}"));
         }
+        if options.shards > 1 {
+            command.push_str(&format!(" --shards {}", options.shards));
+        }
         for fault in options.server_faults.iter() {
             command.push_str(&format!(" --fault {fault}"));
         }

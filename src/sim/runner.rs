@@ -25,7 +25,7 @@ use super::storage::StorageModel;
 use super::workload::{self, Action, Model, Token, device_name, eid};
 use crate::client::{Client, ClientOptions, Event};
 use crate::core::auth::{Algorithm, Claims, Signer, Verifier};
-use crate::core::{Config, Engine, Millis};
+use crate::core::{Config, Engine, Millis, ShardId};
 use crate::faults::Faults;
 use crate::net::{ServerHandle, ServerOptions, SimClock};
 use crate::proto::message_scheme::Payload;
@@ -57,6 +57,8 @@ pub struct SimOptions {
     pub storage: StorageModel,
     pub config: Config,
     pub server_faults: Faults,
+    /// Shards of the server's engine (src/core/README.md).
+    pub shards: usize,
 }
 
 impl Default for SimOptions {
@@ -72,6 +74,7 @@ impl Default for SimOptions {
             storage: StorageModel::default(),
             config: sim_config(),
             server_faults: Faults::none(),
+            shards: 1,
         }
     }
 }
@@ -181,6 +184,7 @@ impl Runner {
             let server_faults = options.server_faults.clone();
             let signer = signer.clone();
             let log = log.clone();
+            let shards = options.shards.max(1);
             sim.host("server", move || {
                 let config = config.clone();
                 let server_faults = server_faults.clone();
@@ -192,23 +196,39 @@ impl Runner {
                     log.push("server", What::Boot { restart });
                     let verifier =
                         server_faults.verifier(Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET)));
-                    let (chat, chat_events) = match storage.boot_chat() {
-                        Ok(booted) => booted,
-                        Err(why) => {
-                            log.push("server", What::Panic(why.clone()));
-                            return Err(why.into());
-                        }
-                    };
-                    let (social, social_events) = storage.boot_social();
-                    let engine = Engine::new(config, verifier, Some(signer), storage.boot_revocations())
+                    let (social_log, social_events) = storage.boot_social();
+                    let mut social_log = Some(social_log);
+                    let mut engines = Vec::new();
+                    for shard in 0..shards {
+                        let (chat, chat_events) = match storage.boot_chat(shard) {
+                            Ok(booted) => booted,
+                            Err(why) => {
+                                log.push("server", What::Panic(why.clone()));
+                                return Err(why.into());
+                            }
+                        };
+                        // The simulated journal is one shared log: every shard appends its users' changes to it.
+                        let social = match social_log.take() {
+                            Some(log) => log,
+                            None => storage.boot_social().0,
+                        };
+                        let engine = Engine::new(
+                            config.clone(),
+                            verifier.clone(),
+                            Some(signer.clone()),
+                            storage.boot_revocations(),
+                        )
+                        .with_shard(ShardId::new(shard, shards))
                         .with_social(social, &social_events)
                         .with_chat(chat, &chat_events);
+                        engines.push(engine);
+                    }
                     let clock = Arc::new(SimClock::new(now_ms()));
                     let options = ServerOptions {
                         faults: server_faults,
                         ..ServerOptions::default()
                     };
-                    let mut server = ServerHandle::start(engine, clock, options);
+                    let mut server = ServerHandle::start_shards(engines, clock, options);
                     server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?)?;
                     server.stopped().await;
                     Ok(())

@@ -28,9 +28,9 @@ use crate::store::queue::{CrashPlan, QueueConfig, SimFs};
 
 /// The durable state of one simulated server, across its restarts.
 pub trait SimStorage: Send + Sync {
-    /// The chat store a booting engine uses, with the events it replays, or
-    /// why it could not open (a server that cannot recover its own store).
-    fn boot_chat(&self) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String>;
+    /// The chat store a booting engine's shard `shard` uses, with the events it replays, or why it could not
+    /// open (a server that cannot recover its own store).
+    fn boot_chat(&self, shard: usize) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String>;
     /// Power loss: whatever was not synced is gone (`rng` may choose how
     /// much of it reached the disk anyway).
     fn crash(&self, rng: &mut StdRng);
@@ -108,16 +108,31 @@ impl Journals {
     }
 }
 
+/// Every shard's store, made on its first boot.
+#[derive(Default)]
+struct PerShard<T>(Mutex<std::collections::BTreeMap<usize, T>>);
+
+impl<T: Clone + Default> PerShard<T> {
+    fn get(&self, shard: usize) -> T {
+        lock(&self.0).entry(shard).or_default().clone()
+    }
+    fn clear(&self) {
+        lock(&self.0).clear();
+    }
+}
+
 /// Everything survives: [`SharedChatStore`] handed to each new engine.
 #[derive(Default)]
 pub struct SharedModel {
-    chat: SharedChatStore,
+    chat: PerShard<SharedChatStore>,
     journals: Journals,
 }
 
 impl SimStorage for SharedModel {
-    fn boot_chat(&self) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
-        Ok((Box::new(self.chat.clone()), self.chat.events()))
+    fn boot_chat(&self, shard: usize) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
+        let chat = self.chat.get(shard);
+        let events = chat.events();
+        Ok((Box::new(chat), events))
     }
     fn crash(&self, _: &mut StdRng) {}
     fn boot_social(&self) -> (Box<dyn EventLog>, Vec<SocialEvent>) {
@@ -157,8 +172,13 @@ impl DurableModel {
 }
 
 impl SimStorage for DurableModel {
-    fn boot_chat(&self) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
-        let (store, events) = DurableChatStore::open(self.fs.clone(), QUEUE_DIR, Self::queue_config())
+    fn boot_chat(&self, shard: usize) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
+        // As `bimip serve` lays a data directory out: shard 0 at the top, the others in `shard-N`.
+        let dir = match shard {
+            0 => QUEUE_DIR.to_string(),
+            n => format!("/data/shard-{n}/queue"),
+        };
+        let (store, events) = DurableChatStore::open(self.fs.clone(), dir, Self::queue_config())
             .map_err(|e| format!("the durable chat store did not open after a crash: {e}"))?;
         Ok((Box::new(store), events))
     }
@@ -185,18 +205,18 @@ impl SimStorage for DurableModel {
 /// See [`StorageModel::ForgetsOnCrash`].
 #[derive(Default)]
 struct Forgetful {
-    chat: Mutex<SharedChatStore>,
+    chat: PerShard<SharedChatStore>,
     journals: Journals,
 }
 
 impl SimStorage for Forgetful {
-    fn boot_chat(&self) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
-        let chat = lock(&self.chat).clone();
+    fn boot_chat(&self, shard: usize) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
+        let chat = self.chat.get(shard);
         let events = chat.events();
         Ok((Box::new(chat), events))
     }
     fn crash(&self, _: &mut StdRng) {
-        *lock(&self.chat) = SharedChatStore::default();
+        self.chat.clear();
     }
     fn boot_social(&self) -> (Box<dyn EventLog>, Vec<SocialEvent>) {
         self.journals.social()
@@ -240,22 +260,31 @@ impl Disk {
 }
 
 /// A disk that loses un-synced chat writes on a crash. See the module docs.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct CrashModel {
-    disk: Arc<Mutex<Disk>>,
+    disks: PerShard<CrashDisk>,
     journals: Journals,
 }
 
+/// One shard's chat store on a [`CrashModel`] disk.
+#[derive(Clone, Default)]
+struct CrashDisk {
+    disk: Arc<Mutex<Disk>>,
+}
+
 impl SimStorage for CrashModel {
-    fn boot_chat(&self) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
-        let events = lock(&self.disk).live.events.clone();
-        Ok((Box::new(self.clone()), events))
+    fn boot_chat(&self, shard: usize) -> Result<(Box<dyn ChatStore>, Vec<ChatEvent>), String> {
+        let store = self.disks.get(shard);
+        let events = lock(&store.disk).live.events.clone();
+        Ok((Box::new(store), events))
     }
     fn crash(&self, _: &mut StdRng) {
-        let mut disk = lock(&self.disk);
-        let durable = disk.durable;
-        disk.ops.truncate(durable);
-        disk.rebuild();
+        for store in lock(&self.disks.0).values() {
+            let mut disk = lock(&store.disk);
+            let durable = disk.durable;
+            disk.ops.truncate(durable);
+            disk.rebuild();
+        }
     }
     fn boot_social(&self) -> (Box<dyn EventLog>, Vec<SocialEvent>) {
         self.journals.social()
@@ -265,7 +294,7 @@ impl SimStorage for CrashModel {
     }
 }
 
-impl ChatStore for CrashModel {
+impl ChatStore for CrashDisk {
     fn record(&mut self, event: &ChatEvent) -> Result<(), StoreError> {
         let mut disk = lock(&self.disk);
         disk.ops.push(Op::Record(event.clone()));
@@ -312,7 +341,7 @@ mod tests {
     #[test]
     fn a_crash_loses_exactly_the_unsynced_writes() {
         let model = CrashModel::default();
-        let (mut store, events) = model.boot_chat().unwrap();
+        let (mut store, events) = model.boot_chat(0).unwrap();
         assert!(events.is_empty());
         let event = |n: i64| {
             ChatEvent::StateRaised(crate::core::queue::StateRaised {
@@ -325,7 +354,7 @@ mod tests {
         store.sync().unwrap();
         store.record(&event(2)).unwrap();
         model.crash(&mut rand::SeedableRng::seed_from_u64(1));
-        let (_, events) = model.boot_chat().unwrap();
+        let (_, events) = model.boot_chat(0).unwrap();
         assert_eq!(events, vec![event(1)]);
     }
 
@@ -347,7 +376,7 @@ mod tests {
         };
         for seed in 0..20 {
             let model = DurableModel::default();
-            let (mut store, events) = model.boot_chat().unwrap();
+            let (mut store, events) = model.boot_chat(0).unwrap();
             assert!(events.is_empty());
             store.record(&event(1)).unwrap();
             store.sync().unwrap();
@@ -355,7 +384,7 @@ mod tests {
             drop(store);
             let mut rng = rand::SeedableRng::seed_from_u64(seed);
             model.crash(&mut rng);
-            let (_, events) = model.boot_chat().unwrap();
+            let (_, events) = model.boot_chat(0).unwrap();
             // The synced event survives; the other may or may not have.
             assert_eq!(events.first(), Some(&event(1)), "seed {seed}");
             assert!(events.len() <= 2, "seed {seed}: {events:?}");

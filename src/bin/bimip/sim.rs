@@ -37,6 +37,9 @@ pub struct SimArgs {
     /// Stop at the first failing seed.
     #[arg(long)]
     first_failure: bool,
+    /// Shards of the server's engine (src/core/README.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    shards: u16,
     /// What survives a server crash.
     #[arg(long, value_enum, default_value_t = Storage::Durable)]
     storage: Storage,
@@ -66,6 +69,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             Storage::Shared => StorageModel::Shared,
             Storage::ForgetsOnCrash => StorageModel::ForgetsOnCrash,
         },
+        shards: usize::from(args.shards),
         ..SimOptions::default()
     };
     options.server_faults = Faults::of(args.faults.iter().copied());
@@ -73,6 +77,8 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     let mut failed = Vec::new();
     let mut ran = 0u64;
     let mut stderr = std::io::stderr();
+    // A progress line only on a terminal: in a log, `\r` updates are noise.
+    let progress = std::io::IsTerminal::is_terminal(&stderr);
     for seed in args.from..args.from.saturating_add(args.seeds) {
         let outcome = sim::run_seed(&options, seed);
         ran += 1;
@@ -83,6 +89,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             let _ = writeln!(stderr, "\n{}", outcome.report(&options));
             failed.push(seed);
         }
+        if args.first_failure && !failed.is_empty() {
+            break;
+        }
+        if !progress {
+            continue;
+        }
         let rate = ran as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let _ = write!(
             stderr,
@@ -91,12 +103,11 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             failed.len()
         );
         let _ = stderr.flush();
-        if args.first_failure && !failed.is_empty() {
-            break;
-        }
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!();
+    if progress {
+        eprintln!();
+    }
     println!(
         "{ran} seeds ({}..{}) in {secs:.1} s ({:.2} seeds/s): {} passed, {} failed",
         args.from,

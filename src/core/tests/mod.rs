@@ -800,6 +800,7 @@ fn replays_are_identical() {
 }
 mod awareness;
 mod chat;
+mod shards;
 
 /// PUSH-2, PUSH-3, PUSH-5: a push reaches every online device of its user, now or never.
 #[test]

@@ -1,0 +1,449 @@
+//! Partitioning by user (src/core/README.md): which shard owns a user and a
+//! chat, the mail shards send each other, and the two pieces of bookkeeping a
+//! shard needs for work another shard finishes: the answers a connection waits
+//! for, held in stanza order (ENV-14), and the queue appends a chat message
+//! waits for before it is confirmed (QUE-2).
+//!
+//! An engine with one shard owns everything and never sends mail; every
+//! branch below that sends mail is then dead, so a one-shard engine behaves
+//! exactly as the engine did before it was partitioned.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::chat::Proposal;
+use super::engine::{Engine, Rejection};
+use super::queue::QueueItem;
+use super::social::SocialEvent;
+use super::{ConnId, Millis, Output};
+use crate::proto::message_scheme::Payload;
+use crate::proto::{AwarenessNotification, LocationStream};
+
+/// Which shard an engine is, of how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardId {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for ShardId {
+    fn default() -> Self {
+        ShardId { index: 0, count: 1 }
+    }
+}
+
+impl ShardId {
+    /// Shard `index` of `count` (at least one).
+    pub fn new(index: usize, count: usize) -> ShardId {
+        let count = count.max(1);
+        ShardId {
+            index: index.min(count - 1),
+            count,
+        }
+    }
+
+    /// The shard that owns `eid`: its sessions, queue, presence and the graph edges it changes.
+    pub fn home_of(self, eid: &str) -> usize {
+        home(eid, self.count)
+    }
+
+    pub fn owns(self, eid: &str) -> bool {
+        self.count == 1 || self.home_of(eid) == self.index
+    }
+
+    /// Every shard but this one.
+    fn others(self) -> impl Iterator<Item = usize> {
+        (0..self.count).filter(move |s| *s != self.index)
+    }
+}
+
+/// The home of a user or a chat among `count` shards: FNV-1a of the key, so the same key lands on the same shard
+/// in every process and every run.
+pub fn home(key: &str, count: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(hash % u64::try_from(count.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// Mail from one shard to another. The adapter delivers a shard's mail to another shard in the order it was sent
+/// (FIFO per pair of shards); the orderings of src/core/README.md rest on that.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mail(pub(super) Box<Letter>);
+
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Letter {
+    /// A user's presence changed on its home (`None`: offline since `at`): every other shard updates its replica
+    /// and tells its own watchers (AWR-1, AWR-2, AWR-3).
+    Presence {
+        eid: String,
+        status: Option<i32>,
+        ttl: i32,
+        at: Millis,
+    },
+    /// A graph change recorded on its owner's home: every other shard applies it to its replica and tells its own
+    /// watchers who gained or lost sight (AWR-11, AWR-12).
+    Social(SocialEvent),
+    /// A location fix (LOC-2, LOC-3), `from` filled: every other shard keeps it and forwards it to its viewers.
+    Fix {
+        fix: Box<LocationStream>,
+        peer: Option<String>,
+    },
+    /// An intention for `peer`'s devices (AWR-7), to the peer's home.
+    Intention {
+        peer: String,
+        note: Box<AwarenessNotification>,
+    },
+    /// A user's queue became full or has room again (QUE-10), from the user's home to every other shard.
+    QueueFull { eid: String, full: bool },
+    /// A chat message, to the chat's home.
+    Propose(Box<Proposal>),
+    /// An acknowledgment, to the chat's home.
+    Acknowledge(Box<super::ack::Acknowledgment>),
+    /// An item for `eid`'s queue, to the user's home; `ticket`: tell the sender once it is durable.
+    Append {
+        eid: String,
+        item: Box<QueueItem>,
+        ticket: Option<u64>,
+    },
+    /// The append of `ticket` is durable (or failed), to the chat home that asked.
+    Appended { ticket: u64, ok: bool },
+    /// The answer to a stanza another shard handled, to the connection's shard.
+    Answer(Box<Answer>),
+}
+
+/// Where the stanza that asked for work on another shard came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Origin {
+    pub shard: usize,
+    pub conn: ConnId,
+    /// The connection's answer slot, when the answer may arrive after later stanzas' outputs.
+    pub seq: Option<u64>,
+}
+
+/// What a connection is told about a stanza another shard handled.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Answer {
+    pub origin: Origin,
+    /// The stanza's route and correlation id, for the ErrorMessage of a refusal (ERR-3).
+    pub route: i64,
+    pub reference: String,
+    /// An acknowledgment's confirmation of queue items (QUE-4): (message id, status, receiver side).
+    pub confirm: Option<(String, i32, bool)>,
+    pub result: Result<Payload, Rejection>,
+}
+
+/// A connection's outputs held back behind answers being prepared elsewhere (ENV-14).
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    slots: VecDeque<Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The answer this slot waits for; `None` once it is in (or for outputs that waited for nothing).
+    awaiting: Option<u64>,
+    outputs: Vec<Output>,
+}
+
+/// An answer that waits for queue appends on other shards to be durable.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    pub appends: usize,
+    pub failed: bool,
+    pub answer: Answer,
+}
+
+/// A shard's bookkeeping for work that crosses shards.
+#[derive(Debug, Default)]
+pub(super) struct Crossing {
+    /// Connections with answers still out, and what they were to be sent meanwhile.
+    pub held: BTreeMap<ConnId, Held>,
+    /// The answer being applied now: its outputs go to its own slot.
+    pub answering: Option<(ConnId, u64)>,
+    next_seq: u64,
+    /// Answers waiting for appends, by ticket.
+    pub waiting: BTreeMap<u64, Waiting>,
+    next_ticket: u64,
+    /// Users of other shards whose queues are full (QUE-10), as their homes last said.
+    pub full: std::collections::BTreeSet<String>,
+}
+
+impl Engine {
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Sends mail to shard `to` (in engine order, so behind a pending sync like any output).
+    pub(super) fn mail(&mut self, to: usize, letter: Letter) {
+        self.push_output(Output::Mail {
+            to,
+            mail: Mail(Box::new(letter)),
+        });
+    }
+
+    /// Sends the same mail to every other shard.
+    pub(super) fn broadcast(&mut self, letter: Letter) {
+        for to in self.shard.others().collect::<Vec<_>>() {
+            self.mail(to, letter.clone());
+        }
+    }
+
+    /// Mail from another shard.
+    pub fn deliver(&mut self, mail: Mail, now: Millis) {
+        match *mail.0 {
+            Letter::Presence { eid, status, ttl, at } => self.presence_replica(&eid, status, ttl, at, now),
+            Letter::Social(event) => self.social_replica(event, now),
+            Letter::Fix { fix, peer } => self.fix_replica(*fix, peer),
+            Letter::Intention { peer, note } => self.forward_intention(&peer, &note),
+            Letter::QueueFull { eid, full } => {
+                if full {
+                    self.crossing.full.insert(eid);
+                } else {
+                    self.crossing.full.remove(&eid);
+                }
+            }
+            Letter::Propose(proposal) => self.propose(*proposal, now),
+            Letter::Acknowledge(ack) => self.acknowledge(*ack, now),
+            Letter::Append { eid, item, ticket } => {
+                let ok = self.enqueue(&eid, *item).is_ok();
+                if let Some(ticket) = ticket {
+                    self.mail(ticket_home(ticket), Letter::Appended { ticket, ok });
+                }
+            }
+            Letter::Appended { ticket, ok } => self.appended(ticket, ok, now),
+            Letter::Answer(answer) => self.apply_answer(*answer, now),
+        }
+    }
+
+    /// A new ticket for appends other shards make for one answer; it names this shard, so that their
+    /// `Appended` finds its way back.
+    pub(super) fn ticket(&mut self) -> u64 {
+        self.crossing.next_ticket += 1;
+        (self.crossing.next_ticket << 16) | u64::try_from(self.shard.index).unwrap_or(0)
+    }
+
+    /// Reserves the connection's next answer slot: outputs to it from now on wait behind the answer.
+    pub(super) fn await_answer(&mut self, conn: ConnId) -> u64 {
+        self.crossing.next_seq += 1;
+        let seq = self.crossing.next_seq;
+        self.crossing.held.entry(conn).or_default().slots.push_back(Slot {
+            awaiting: Some(seq),
+            outputs: Vec::new(),
+        });
+        seq
+    }
+
+    /// Holds an output to a connection that waits for an answer; gives it back otherwise.
+    pub(super) fn hold(&mut self, output: Output) -> Option<Output> {
+        let conn = match &output {
+            Output::Send { conn, .. } | Output::Close { conn, .. } => *conn,
+            Output::Mail { .. } => return Some(output),
+        };
+        let answering = self.crossing.answering.filter(|(c, _)| *c == conn).map(|(_, seq)| seq);
+        let Some(held) = self.crossing.held.get_mut(&conn) else {
+            return Some(output);
+        };
+        match answering {
+            Some(seq) => {
+                if let Some(slot) = held.slots.iter_mut().find(|s| s.awaiting == Some(seq)) {
+                    slot.outputs.push(output);
+                }
+            }
+            None => match held.slots.back_mut() {
+                Some(slot) if slot.awaiting.is_none() => slot.outputs.push(output),
+                _ => held.slots.push_back(Slot {
+                    awaiting: None,
+                    outputs: vec![output],
+                }),
+            },
+        }
+        None
+    }
+
+    /// Releases the connection's outputs up to the first answer still out.
+    fn release_held(&mut self, conn: ConnId) {
+        let Some(held) = self.crossing.held.get_mut(&conn) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while held.slots.front().is_some_and(|s| s.awaiting.is_none()) {
+            if let Some(slot) = held.slots.pop_front() {
+                ready.extend(slot.outputs);
+            }
+        }
+        if held.slots.is_empty() {
+            self.crossing.held.remove(&conn);
+        }
+        for output in ready {
+            self.push_output(output);
+        }
+    }
+
+    /// A connection is being forgotten: what it was to be sent goes out now, in order; answers still out are lost
+    /// with it (the client resends, CHAT-14).
+    pub(super) fn release_all_held(&mut self, conn: ConnId) {
+        let Some(held) = self.crossing.held.remove(&conn) else {
+            return;
+        };
+        for output in held.slots.into_iter().flat_map(|s| s.outputs) {
+            self.push_output(output);
+        }
+    }
+
+    /// Sends `answer` to its connection: here, or by mail to the connection's shard.
+    pub(super) fn answer(&mut self, answer: Answer, now: Millis) {
+        if answer.origin.shard == self.shard.index {
+            self.apply_answer(answer, now);
+        } else {
+            self.mail(answer.origin.shard, Letter::Answer(Box::new(answer)));
+        }
+    }
+
+    /// Sends `answer` once the `appends` appends sent under `ticket` are durable (none: at once).
+    pub(super) fn answer_after(&mut self, ticket: u64, appends: usize, answer: Answer, now: Millis) {
+        if appends == 0 {
+            return self.answer(answer, now);
+        }
+        let waiting = Waiting {
+            appends,
+            failed: false,
+            answer,
+        };
+        self.crossing.waiting.insert(ticket, waiting);
+    }
+
+    fn appended(&mut self, ticket: u64, ok: bool, now: Millis) {
+        let Some(waiting) = self.crossing.waiting.get_mut(&ticket) else {
+            return;
+        };
+        waiting.appends = waiting.appends.saturating_sub(1);
+        waiting.failed |= !ok;
+        if waiting.appends > 0 {
+            return;
+        }
+        let Some(mut waiting) = self.crossing.waiting.remove(&ticket) else {
+            return;
+        };
+        if waiting.failed {
+            waiting.answer.result = Err(Rejection::new(
+                crate::codec::ErrorKind::Unavailable,
+                "could not store the queue item",
+            ));
+        }
+        self.answer(waiting.answer, now);
+    }
+
+    /// Applies an answer on the connection's shard: the confirmation of queue items, then the stanza or the
+    /// refusal, in the connection's stanza order.
+    pub(super) fn apply_answer(&mut self, answer: Answer, now: Millis) {
+        let Answer {
+            origin,
+            route,
+            reference,
+            confirm,
+            result,
+        } = answer;
+        let conn = origin.conn;
+        if let Some(seq) = origin.seq {
+            self.crossing.answering = Some((conn, seq));
+        }
+        if let Some((message_id, status, receiver_side)) = confirm {
+            self.confirm_items(conn, &message_id, status, receiver_side);
+        }
+        match result {
+            Ok(payload) => self.send(conn, payload),
+            Err(rejection) => self.reject(conn, Some(route), rejection.with_ref(&reference), now),
+        }
+        self.crossing.answering = None;
+        if let Some(seq) = origin.seq
+            && let Some(held) = self.crossing.held.get_mut(&conn)
+        {
+            if let Some(slot) = held.slots.iter_mut().find(|s| s.awaiting == Some(seq)) {
+                slot.awaiting = None;
+            }
+            self.release_held(conn);
+        }
+    }
+
+    /// Appends `items` to their users' queues, then answers. Items of this shard's users are appended here, the
+    /// others by mail to their homes; the answer waits until those appends are durable (QUE-2), except on the
+    /// origin's own shard, where the answer follows the Append mail in FIFO order and so is held behind the same
+    /// sync. When everything is here, the answer goes first, as on an unpartitioned engine.
+    pub(super) fn append_then_answer(&mut self, items: Vec<(String, QueueItem)>, mut answer: Answer, now: Millis) {
+        let here = self.shard.index;
+        let elsewhere = |engine: &Self, eid: &str| {
+            let home = engine.shard.home_of(eid);
+            home != here && home != answer.origin.shard
+        };
+        let awaited = items.iter().filter(|(eid, _)| elsewhere(self, eid)).count();
+        let unavailable = || Rejection::new(crate::codec::ErrorKind::Unavailable, "could not store the queue item");
+        if awaited == 0 && answer.origin.shard == here {
+            let (conn, route, reference) = (answer.origin.conn, answer.route, answer.reference.clone());
+            self.answer(answer, now);
+            for (eid, item) in items {
+                if self.enqueue(&eid, item).is_err() {
+                    self.reject(conn, Some(route), unavailable().with_ref(&reference), now);
+                }
+            }
+            return;
+        }
+        if awaited > 0 && answer.origin.shard == here && answer.origin.seq.is_none() {
+            answer.origin.seq = Some(self.await_answer(answer.origin.conn));
+        }
+        let ticket = (awaited > 0).then(|| self.ticket());
+        for (eid, item) in items {
+            let home = self.shard.home_of(&eid);
+            if home == here {
+                if self.enqueue(&eid, item).is_err() {
+                    answer.result = Err(unavailable());
+                }
+            } else {
+                let ticket = ticket.filter(|_| home != answer.origin.shard);
+                self.mail(
+                    home,
+                    Letter::Append {
+                        eid,
+                        item: Box::new(item),
+                        ticket,
+                    },
+                );
+            }
+        }
+        match ticket {
+            Some(ticket) => self.answer_after(ticket, awaited, answer, now),
+            None => self.answer(answer, now),
+        }
+    }
+
+    /// The identity of a connection of this shard, for an origin.
+    pub(super) fn origin(&self, conn: ConnId) -> Origin {
+        Origin {
+            shard: self.shard.index,
+            conn,
+            seq: None,
+        }
+    }
+}
+
+/// The shard that issued a ticket.
+fn ticket_home(ticket: u64) -> usize {
+    usize::try_from(ticket & 0xffff).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_are_stable_and_spread() {
+        assert_eq!(home("alice@example.com", 4), home("alice@example.com", 4));
+        assert_eq!(home("anyone@x", 1), 0);
+        let mut counts = [0usize; 4];
+        for i in 0..1000 {
+            counts[home(&format!("user{i}@example.com"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|c| (200..300).contains(c)), "{counts:?}");
+    }
+}

@@ -1,0 +1,359 @@
+//! A partitioned engine driven directly (src/core/README.md): several shards, with the mail between them held by
+//! the test until it says so, to show what waits for what.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+use crate::core::shard::home;
+use crate::core::{Mail, ShardId};
+
+struct Partition {
+    shards: Vec<Engine>,
+    signer: Signer,
+    /// Mail sent and not yet delivered, in send order.
+    mail: VecDeque<(usize, Mail)>,
+    /// What each connection was sent, not yet read.
+    outputs: BTreeMap<ConnId, Vec<Output>>,
+    conns: BTreeMap<ConnId, usize>,
+    now: Millis,
+    next: u64,
+}
+
+impl Partition {
+    fn new(count: usize, config: Config) -> Partition {
+        let shards = (0..count)
+            .map(|shard| {
+                let verifier = Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET));
+                let signer = Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET));
+                Engine::new(
+                    config.clone(),
+                    verifier,
+                    Some(signer),
+                    Box::new(MemoryRevocations::default()),
+                )
+                .with_shard(ShardId::new(shard, count))
+            })
+            .collect();
+        Partition {
+            shards,
+            signer: Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET)),
+            mail: VecDeque::new(),
+            outputs: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            now: T0,
+            next: 0,
+        }
+    }
+
+    fn home(&self, key: &str) -> usize {
+        home(key, self.shards.len())
+    }
+
+    /// A WebSocket session on the user's home; its Authenticate RESPONSE is consumed.
+    fn ws(&mut self, eid: &str, device: &str) -> ConnId {
+        self.next += 1;
+        let conn = ConnId(self.next);
+        let claims = Claims {
+            eid: eid.into(),
+            device_id: device.into(),
+            jti: format!("j{}", self.next),
+            iat: self.now / 1000,
+            exp: self.now / 1000 + 3600,
+            nbf: None,
+            iss: None,
+            aud: None,
+        };
+        let token = self.signer.mint(&claims).unwrap();
+        let shard = self.home(eid);
+        self.shards[shard]
+            .open(conn, Transport::WebSocket, Some(&token), self.now)
+            .unwrap();
+        self.conns.insert(conn, shard);
+        self.collect();
+        // The Authenticate RESPONSE only: a replay that follows it stays for the test to read.
+        let first = self.outputs.get_mut(&conn).map(|o| o.remove(0));
+        let Some(Output::Send { stanza, .. }) = first else {
+            panic!("no Authenticate RESPONSE: {first:?}");
+        };
+        assert!(matches!(
+            codec::decode(&stanza, usize::MAX),
+            Ok(Payload::Authenticate(_))
+        ));
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, payload: Payload) {
+        let shard = self.conns[&conn];
+        self.shards[shard].receive(conn, &codec::encode(&payload), self.now);
+        self.collect();
+    }
+
+    /// Every shard's outputs: stanzas to their connections, mail to the undelivered pile.
+    fn collect(&mut self) {
+        for (shard, engine) in self.shards.iter_mut().enumerate() {
+            while let Some(output) = engine.poll_output() {
+                match output {
+                    Output::Mail { to, mail } => {
+                        assert_ne!(to, shard, "a shard mailed itself");
+                        self.mail.push_back((to, mail));
+                    }
+                    Output::Send { conn, .. } | Output::Close { conn, .. } => {
+                        self.outputs.entry(conn).or_default().push(output);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers mail, in order, until none is left.
+    fn deliver_all(&mut self) -> usize {
+        let mut delivered = 0;
+        while let Some((to, mail)) = self.mail.pop_front() {
+            self.shards[to].deliver(mail, self.now);
+            self.collect();
+            delivered += 1;
+        }
+        delivered
+    }
+
+    /// The stanzas `conn` was sent since it was last read.
+    fn take(&mut self, conn: ConnId) -> Vec<Payload> {
+        self.outputs
+            .remove(&conn)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { stanza, .. } => Some(codec::decode(&stanza, usize::MAX).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn user(eid: &str) -> Option<Identity> {
+    Some(Identity {
+        eid: eid.into(),
+        connection_resource_id: String::new(),
+    })
+}
+
+fn text(to: &str, local: &str) -> Payload {
+    Payload::TextPayloadRequest(TextPayloadRequest {
+        to: vec![user(to).unwrap()],
+        content: "hi".into(),
+        message_id_local: local.into(),
+        created_at: T0,
+        ..Default::default()
+    })
+}
+
+/// Two users on different shards of `count`, whose chat's home is neither the sender's shard nor, when there are
+/// three shards or more, the receiver's: every hop of a chat message crosses shards.
+fn apart(count: usize) -> (String, String) {
+    for i in 0..1000 {
+        let (a, b) = (format!("a{i}@x.io"), format!("b{i}@x.io"));
+        let (ha, hb) = (home(&a, count), home(&b, count));
+        let hc = home(&crate::core::chat::chat_id(&a, &b), count);
+        if ha != hb && hc != ha && (count < 3 || hc != hb) {
+            return (a, b);
+        }
+    }
+    panic!("no pair of users apart on {count} shards");
+}
+
+/// ENV-14: a stanza whose answer another shard prepares holds back the answers to the connection's later stanzas.
+#[test]
+fn answers_keep_stanza_order_across_shards() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    p.send(phone, ping("p1", T0));
+    assert!(p.take(phone).is_empty(), "the Pong went out ahead of the VersionUpdate");
+    assert!(p.deliver_all() >= 3, "propose, append, appended, answer");
+    let seen = p.take(phone);
+    assert!(
+        matches!(&seen[..], [Payload::VersionUpdate(v), Payload::PingpongMessage(_)] if v.message_id_local == "m1"),
+        "{seen:?}"
+    );
+}
+
+/// CHAT-9, QUE-1, QUE-2, ACK-1 across shards: the receiver gets the copy from its home; the sender's confirmation
+/// waits until the receiver's home has appended it; the acknowledgment travels back the same way.
+#[test]
+fn a_chat_and_its_acknowledgment_cross_shards() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    let laptop = p.ws(&alice, "laptop");
+    let bobs = p.ws(&bob, "phone");
+    p.send(phone, text(&bob, "m1"));
+    p.deliver_all();
+    let update = match &p.take(phone)[..] {
+        [Payload::VersionUpdate(v)] => v.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(update.version, 1);
+    let got = p.take(bobs);
+    assert!(
+        matches!(&got[..], [Payload::ChatMessage(m)] if m.message_id == update.message_id && m.author == "receiver"),
+        "{got:?}"
+    );
+    let copy = p.take(laptop);
+    assert!(
+        matches!(&copy[..], [Payload::ChatMessage(m)] if m.author == "sender"),
+        "{copy:?}"
+    );
+    let read = Payload::AcknowledgmentRequest(AcknowledgmentRequest {
+        message_id: update.message_id.clone(),
+        status: 3,
+        ..Default::default()
+    });
+    p.send(bobs, read);
+    p.deliver_all();
+    let confirmed = p.take(bobs);
+    assert!(
+        matches!(&confirmed[..], [Payload::AcknowledgmentResponse(r)] if r.status == 3),
+        "{confirmed:?}"
+    );
+    for device in [phone, laptop] {
+        let got = p.take(device);
+        assert!(
+            matches!(&got[..], [Payload::AcknowledgmentResponse(r)] if r.status == 3 && r.message_id == update.message_id),
+            "{got:?}"
+        );
+    }
+    // An acknowledgment of a message nobody sent is refused by the chat's home, with its reference.
+    let unknown = Payload::AcknowledgmentRequest(AcknowledgmentRequest {
+        message_id: format!("{}/9", update.chat_id),
+        status: 2,
+        ..Default::default()
+    });
+    p.send(bobs, unknown);
+    p.deliver_all();
+    let refused = p.take(bobs);
+    assert!(
+        matches!(&refused[..], [Payload::ErrorMessage(e)] if e.code == 404 && e.ref_id.ends_with("/9")),
+        "{refused:?}"
+    );
+}
+
+/// AWR-11, AWR-12, BLK-1 across shards: a graph change on the owner's home reaches the watchers on other shards,
+/// and a block recorded on one shard refuses a chat proposed on another.
+#[test]
+fn graph_changes_reach_every_shard() {
+    let mut p = Partition::new(2, Config::default());
+    let (alice, bob) = apart(2);
+    let alices = p.ws(&alice, "phone");
+    let bobs = p.ws(&bob, "phone");
+    p.deliver_all();
+    p.take(bobs);
+    let add = Payload::SubscriberAddRequest(SubscriberAddRequest {
+        subscriber: user(&bob),
+        ..Default::default()
+    });
+    p.send(alices, add);
+    assert!(p.take(bobs).is_empty(), "news before the mail arrived");
+    p.deliver_all();
+    let news = p.take(bobs);
+    assert!(
+        matches!(&news[..], [Payload::AwarenessNotification(n)] if n.status == awareness_status::ONLINE),
+        "{news:?}"
+    );
+    let block = Payload::BlockSubscriber(BlockSubscriber {
+        subscriber: user(&bob),
+        r#type: 1,
+        action: 1,
+        ..Default::default()
+    });
+    p.send(alices, block);
+    p.deliver_all();
+    let hidden = p.take(bobs);
+    assert!(
+        matches!(&hidden[..], [Payload::AwarenessNotification(n)] if n.status == awareness_status::UNAVAILABLE),
+        "{hidden:?}"
+    );
+    p.send(bobs, text(&alice, "m1"));
+    p.deliver_all();
+    let refused = p.take(bobs);
+    assert!(
+        matches!(&refused[..], [Payload::ErrorMessage(e)] if e.code == 403 && e.ref_id == "m1"),
+        "{refused:?}"
+    );
+}
+
+/// QUE-10 across shards: the receiver's home tells the chat's home that the queue is full before it confirms the
+/// append that filled it, so a sender that waits for its VersionUpdate never passes the limit.
+#[test]
+fn a_full_queue_is_known_on_the_chats_home() {
+    let config = Config {
+        queue_max_items: 2,
+        ..Config::default()
+    };
+    let mut p = Partition::new(3, config);
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    for n in 1..=3 {
+        p.send(phone, text(&bob, &format!("m{n}")));
+        p.deliver_all();
+    }
+    let seen = p.take(phone);
+    let updates = seen.iter().filter(|s| matches!(s, Payload::VersionUpdate(_))).count();
+    let full: Vec<_> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Payload::ErrorMessage(e) => Some((e.code, e.ref_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!((updates, full), (2, vec![(503, "m3".to_string())]), "{seen:?}");
+    // Room again once bob's device confirms: the news travels the same way.
+    let bobs = p.ws(&bob, "phone");
+    p.deliver_all();
+    let replayed = p.take(bobs);
+    let last = replayed
+        .iter()
+        .rev()
+        .find_map(|s| match s {
+            Payload::ChatMessage(m) => Some(m.message_id.clone()),
+            _ => None,
+        })
+        .expect("the queue replayed");
+    let delivered = Payload::AcknowledgmentRequest(AcknowledgmentRequest {
+        message_id: last,
+        status: 2,
+        ..Default::default()
+    });
+    p.send(bobs, delivered);
+    p.deliver_all();
+    p.send(phone, text(&bob, "m4"));
+    p.deliver_all();
+    let seen = p.take(phone);
+    let accepted = seen
+        .iter()
+        .any(|s| matches!(s, Payload::VersionUpdate(v) if v.version == 3 && v.message_id_local == "m4"));
+    assert!(accepted, "{seen:?}");
+}
+
+/// A native TCP connection that has not authenticated can be handed to another shard, and only then.
+#[test]
+fn only_an_unauthenticated_connection_is_handed_off() {
+    let mut p = Partition::new(2, Config::default());
+    let tcp = ConnId(999);
+    p.shards[0].open(tcp, Transport::Tcp, None, T0).unwrap();
+    assert!(p.shards[0].hand_off(tcp));
+    assert_eq!(p.shards[0].connection_count(), 0);
+    p.shards[0].tick(T0 + 60_000);
+    assert!(
+        p.shards[0].poll_output().is_none(),
+        "the auth deadline of a connection handed off fired"
+    );
+    let ws = p.ws("a@x.io", "d");
+    let shard = p.home("a@x.io");
+    assert!(!p.shards[shard].hand_off(ws), "a live session was handed off");
+}
+
+mod awareness_status {
+    pub const UNAVAILABLE: i32 = 0;
+    pub const ONLINE: i32 = 1;
+}
