@@ -41,7 +41,7 @@ pub struct Settings {
     /// throwaway development servers).
     pub chat_store: ChatStorage,
     /// Shards of the engine (src/core/README.md): each owns the users and chats that hash to it. None: the count
-    /// the data directory was created with, or for a new one the number of cores. A data directory keeps its count.
+    /// the data directory was created with, or one for a new one. A data directory keeps its count.
     pub shards: Option<usize>,
     /// Deliberate faults (`crate::faults`), for the test-only `bimip serve --fault`; never read from a file.
     #[serde(skip)]
@@ -173,7 +173,7 @@ impl Settings {
     }
 
     /// The shard count: the data directory's (`DATA_DIR/shards`), or for a new directory the one asked for (or
-    /// the number of cores), then recorded. A directory from before sharding holds one shard.
+    /// one), then recorded. A directory from before sharding holds one shard.
     pub fn shard_count(&self) -> Result<usize, StartError> {
         let path = self.data_dir.join("shards");
         let recorded =
@@ -207,7 +207,10 @@ impl Settings {
             }
             (Some(recorded), _) => recorded,
             (None, Some(requested)) => requested.max(1),
-            (None, None) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            // One until the durable path of a partitioned server catches up: across shards a chat message waits
+            // for two fsyncs in a row (its event on the chat's home, then the receiver's item), and measured on 2
+            // cores it delivers fewer messages than one shard does (BENCHMARKS.md, reference server part 5).
+            (None, None) => 1,
         };
         if recorded.is_none() {
             std::fs::write(&path, format!("{count}\n")).map_err(|e| StartError::ShardFile {

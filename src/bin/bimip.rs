@@ -16,6 +16,11 @@ use bimip::codec::{self, DEFAULT_MAX_STANZA_BYTES, TcpFrameCodec, json};
 #[path = "bimip/sim.rs"]
 mod sim;
 
+/// mimalloc, not glibc malloc: the engine allocates small objects all the time, and a partitioned server frees
+/// on one core what another allocated (BENCHMARKS.md, reference server part 5).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bimip", version, about = "BIMIP conformance kit: developer tools")]
 struct Cli {
@@ -106,8 +111,8 @@ struct ServeArgs {
     /// Where chat is kept: durable (DATA_DIR/queue, the default) or memory (lost at exit; for load tests).
     #[arg(long, value_name = "KIND")]
     store: Option<bimip::server::ChatStorage>,
-    /// Engine shards, each owning the users whose EID hashes to it (default: the data directory's count, or the
-    /// number of cores for a new one).
+    /// Engine shards, each owning the users whose EID hashes to it (default: the data directory's count, or 1 for
+    /// a new one; see BENCHMARKS.md before raising it with the durable store).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     shards: Option<u16>,
     /// Token algorithm of --jwt-key: RS256, EdDSA or HS256 (default: the development EdDSA key).

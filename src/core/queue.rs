@@ -21,15 +21,17 @@ use crate::proto::message_scheme::Payload;
 
 /// One queued stanza: a ChatMessage copy or an AcknowledgmentResponse update.
 ///
-/// The stanza is encoded once, when the item is made: that envelope encoding
-/// is what the store writes and what every device is sent of a ChatMessage
-/// copy (the copies share its bytes), and its length is the item's size for
-/// QUE-10.
+/// The stanza is encoded once, when the item is made: that envelope encoding is what the store writes and what
+/// every device is sent of a ChatMessage copy (the copies share its bytes), and its length is the item's size for
+/// QUE-10. Besides it the item keeps only what the queue needs to know (which message, which kind): an item is
+/// made on a chat's home and kept on its user's, and a decoded stanza would cost a dozen allocations to move and
+/// to free on another core.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueItem {
     /// The device that must not receive it (the sending or acking device).
     pub exclude_device: Option<String>,
-    stanza: Payload,
+    /// The message it is about and which kind of item it is; `None` for a stanza that is neither.
+    about: Option<(String, ItemKind)>,
     encoded: Bytes,
 }
 
@@ -38,7 +40,7 @@ impl QueueItem {
         let encoded = Bytes::from(codec::encode(&stanza));
         QueueItem {
             exclude_device,
-            stanza,
+            about: about(&stanza),
             encoded,
         }
     }
@@ -48,20 +50,28 @@ impl QueueItem {
         let stanza = codec::decode(&encoded, usize::MAX)?;
         Ok(QueueItem {
             exclude_device,
-            stanza,
+            about: about(&stanza),
             encoded,
         })
     }
 
-    /// The stanza as appended (QUE-12); an AcknowledgmentResponse's `to` is
-    /// filled per device on delivery.
-    pub fn stanza(&self) -> &Payload {
-        &self.stanza
+    /// The message the item is about (a copy's or an update's `message_id`).
+    pub fn message_id(&self) -> Option<&str> {
+        self.about.as_ref().map(|(id, _)| id.as_str())
     }
 
-    /// The stanza's envelope encoding.
+    /// The stanza's envelope encoding, as appended (QUE-12); an AcknowledgmentResponse's `to` is filled per
+    /// device on delivery.
     pub fn encoded(&self) -> &Bytes {
         &self.encoded
+    }
+}
+
+fn about(stanza: &Payload) -> Option<(String, ItemKind)> {
+    match stanza {
+        Payload::ChatMessage(m) => Some((m.message_id.clone(), ItemKind::Copy)),
+        Payload::AcknowledgmentResponse(r) => Some((r.message_id.clone(), ItemKind::Update(r.status))),
+        _ => None,
     }
 }
 
@@ -385,9 +395,9 @@ impl ChatStore for SharedChatStore {
     }
 }
 
-/// Which queued stanza a session was sent: a message copy, or a state update.
+/// Which queued stanza an item is: a message copy, or a state update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum ItemKind {
+pub enum ItemKind {
     Copy,
     Update(i32),
 }
@@ -406,20 +416,18 @@ impl Engine {
         if item.exclude_device.as_deref() == Some(&*me.device) {
             return;
         }
-        match &item.stanza {
-            Payload::ChatMessage(chat) => {
-                let key = (chat.message_id.clone(), ItemKind::Copy);
-                self.with_session(conn, |s| s.delivered.items.insert(key, increment));
-                self.send_encoded(conn, Route::ChatMessage, item.encoded.clone());
+        let Some(key) = item.about.clone() else { return };
+        let kind = key.1;
+        self.with_session(conn, |s| s.delivered.items.insert(key, increment));
+        match kind {
+            ItemKind::Copy => self.send_encoded(conn, Route::ChatMessage, item.encoded.clone()),
+            ItemKind::Update(_) => {
+                // Made by this server, so it decodes; its `to` names each device.
+                if let Ok(Payload::AcknowledgmentResponse(mut update)) = codec::decode(&item.encoded, usize::MAX) {
+                    update.to = Some(me.to_proto());
+                    self.send(conn, Payload::AcknowledgmentResponse(update));
+                }
             }
-            Payload::AcknowledgmentResponse(update) => {
-                let key = (update.message_id.clone(), ItemKind::Update(update.status));
-                self.with_session(conn, |s| s.delivered.items.insert(key, increment));
-                let mut update = update.clone();
-                update.to = Some(me.to_proto());
-                self.send(conn, Payload::AcknowledgmentResponse(update));
-            }
-            _ => {}
         }
     }
 

@@ -54,7 +54,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::queue::{Accepted, ChatEvent, ChatStore, DeviceStart, QueueItem, StateRaised};
 use crate::core::{Millis, StoreError};
-use crate::proto::message_scheme::Payload;
 use crate::store::queue::{DeviceStatus, Fs, QueueConfig, QueueError, QueueStore, SpareDone};
 
 /// The queue that holds the chat event log. Not an EID: valid EIDs contain exactly one `@`.
@@ -388,14 +387,6 @@ fn store_error(e: QueueError) -> StoreError {
 }
 
 /// The message an item belongs to.
-fn message_of(stanza: &Payload) -> Option<&str> {
-    match stanza {
-        Payload::ChatMessage(m) => Some(&m.message_id),
-        Payload::AcknowledgmentResponse(r) => Some(&r.message_id),
-        _ => None,
-    }
-}
-
 impl<F: Fs> DurableChatStore<F> {
     /// Opens (recovering) the queue in `dir` and reads the chat state the engine replays
     /// (`Engine::with_chat(store, &events)`): the latest checkpoint and the events after it.
@@ -644,7 +635,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             .queue
             .append(eid, item.encoded(), item.exclude_device.as_deref())
             .map_err(store_error)?;
-        if let Some(id) = message_of(item.stanza()) {
+        if let Some(id) = item.message_id() {
             self.mirror.note_item(id, eid, appended.increment);
             self.batch_items
                 .push((id.to_string(), eid.to_string(), appended.increment));
