@@ -255,7 +255,7 @@ impl Settings {
             let (chat_store, chat_events) = self.chat_store(&dir)?;
             opened.push((revocations, social_log, chat_store, chat_events));
         }
-        Ok(opened
+        let mut engines: Vec<Engine> = opened
             .into_iter()
             .enumerate()
             .map(|(shard, (revocations, social_log, chat_store, chat_events))| {
@@ -269,7 +269,12 @@ impl Settings {
                 .with_social(Box::new(social_log), &social_events)
                 .with_chat(chat_store, &chat_events)
             })
-            .collect())
+            .collect();
+        let recovered = crate::core::shard::recover(&mut engines);
+        if recovered > 0 {
+            tracing::info!(recovered, "chat events recovered from the queues of other shards");
+        }
+        Ok(engines)
     }
 
     /// One shard's chat store, opened from `dir/queue` (or in memory), with the events it replays.

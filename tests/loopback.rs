@@ -866,6 +866,9 @@ impl<S: bimip::core::queue::ChatStore> bimip::core::queue::ChatStore for Countin
     ) -> Result<bimip::core::queue::DeviceStart, bimip::core::StoreError> {
         self.inner.start_device(eid, device, now)
     }
+    fn users(&self) -> Vec<String> {
+        self.inner.users()
+    }
 }
 
 /// A server whose engine stores chat durably in `dir`, counting syncs.

@@ -369,10 +369,14 @@ impl Engine {
 
     pub(super) fn push_output(&mut self, output: Output) {
         // ENV-14: behind an answer another shard is preparing for the same connection.
-        let Some(output) = self.hold(output) else {
-            return;
-        };
-        if self.unsynced {
+        if let Some(output) = self.hold(output) {
+            self.emit(output);
+        }
+    }
+
+    /// An output past the connection's answer order: out now, or after the pending sync (QUE-2).
+    pub(super) fn emit(&mut self, output: Output) {
+        if self.unsynced && output.waits_for_sync() {
             self.held.push_back(output);
         } else {
             self.out.push_back(output);

@@ -55,6 +55,11 @@ impl QueueItem {
         })
     }
 
+    /// Which kind of item it is: a message copy or a state update.
+    pub fn kind(&self) -> Option<ItemKind> {
+        self.about.as_ref().map(|(_, kind)| *kind)
+    }
+
     /// The message the item is about (a copy's or an update's `message_id`).
     pub fn message_id(&self) -> Option<&str> {
         self.about.as_ref().map(|(id, _)| id.as_str())
@@ -158,6 +163,8 @@ pub trait ChatStore: Send {
     /// forgotten because its last session started [`FORGET_AFTER_MS`] or more before `now`, starts at the oldest
     /// retained item (QUE-8, QUE-11); a known one at its committed offset.
     fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError>;
+    /// The users with a queue here.
+    fn users(&self) -> Vec<String>;
 }
 
 /// Chat storage in memory: for tests and simulations without restarts.
@@ -345,6 +352,10 @@ impl ChatStore for MemoryChatStore {
         self.unsynced_writes += 1;
         Ok(start)
     }
+
+    fn users(&self) -> Vec<String> {
+        self.queues.keys().cloned().collect()
+    }
 }
 
 /// A [`MemoryChatStore`] shared between engines: a simulated restart hands the
@@ -392,6 +403,9 @@ impl ChatStore for SharedChatStore {
     }
     fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError> {
         self.with(|s| s.start_device(eid, device, now))
+    }
+    fn users(&self) -> Vec<String> {
+        self.with(|s| s.users())
     }
 }
 

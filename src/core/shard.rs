@@ -12,11 +12,20 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::chat::Proposal;
 use super::engine::{Engine, Rejection};
-use super::queue::QueueItem;
+use super::queue::{Accepted, ChatEvent, QueueItem, StateRaised};
 use super::social::SocialEvent;
 use super::{ConnId, Millis, Output};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{AwarenessNotification, LocationStream};
+
+impl Output {
+    /// Whether this output waits for the shard's pending fsync (QUE-2). Everything does but an `Append`: a chat's
+    /// home sends the copies of a message while its event is being made durable, and the answer that confirms the
+    /// message waits for both ([`recover`] covers a crash in between).
+    pub(super) fn waits_for_sync(&self) -> bool {
+        !matches!(self, Output::Mail { mail: Mail(letter), .. } if matches!(**letter, Letter::Append { .. }))
+    }
+}
 
 /// Which shard an engine is, of how many.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,8 +291,9 @@ impl Engine {
         if held.slots.is_empty() {
             self.crossing.held.remove(&conn);
         }
+        // Past the answer order already: through `push_output` they would queue behind the answers still out.
         for output in ready {
-            self.push_output(output);
+            self.emit(output);
         }
     }
 
@@ -294,7 +304,7 @@ impl Engine {
             return;
         };
         for output in held.slots.into_iter().flat_map(|s| s.outputs) {
-            self.push_output(output);
+            self.emit(output);
         }
     }
 
@@ -430,6 +440,89 @@ impl Engine {
             conn,
             seq: None,
         }
+    }
+}
+
+/// Start-up of a partitioned engine: each chat's home learns from every shard's queues the events it lost.
+///
+/// A chat's home sends a message's copies (`Append`) without waiting for its own fsync of the event, so that the
+/// message waits for one fsync on each shard at once rather than for two in a row; a crash can therefore keep a
+/// copy on the receiver's shard and lose the event on the chat's. Every copy and update carries what its event
+/// holds (version, sender and device, local id, receiver, time; the state of an acknowledgment), so the home
+/// records the event again here, before any stanza is handled. Nothing is released before the event is durable:
+/// a device's commit waits for the answer of the chat's home, which waits for that home's fsync.
+pub fn recover(engines: &mut [Engine]) -> usize {
+    if engines.len() < 2 {
+        return 0;
+    }
+    let mut items: Vec<QueueItem> = engines.iter().flat_map(Engine::retained_items).collect();
+    // Copies before updates: a state raised on a message its home must learn first.
+    items.sort_by_key(|item| item.kind() != Some(super::queue::ItemKind::Copy));
+    engines.iter_mut().map(|engine| engine.recover_events(&items)).sum()
+}
+
+impl Engine {
+    /// Every item retained in this shard's queues.
+    fn retained_items(&self) -> Vec<QueueItem> {
+        let store = &self.chat_store;
+        store
+            .users()
+            .into_iter()
+            .flat_map(|eid| store.items_after(&eid, 0).into_iter().map(|(_, item)| item))
+            .collect()
+    }
+
+    /// Records the events of this shard's chats that `items` show and its log lost (see [`recover`]).
+    fn recover_events(&mut self, items: &[QueueItem]) -> usize {
+        let mut recovered = 0;
+        for item in items {
+            let Ok(stanza) = crate::codec::decode(item.encoded(), usize::MAX) else {
+                continue;
+            };
+            let event = match stanza {
+                Payload::ChatMessage(m) if self.owns(&m.chat_id) && !self.chat.messages.contains_key(&m.message_id) => {
+                    let (Some(from), Some(to)) = (m.from, m.to.first()) else {
+                        continue;
+                    };
+                    ChatEvent::Accepted(Accepted {
+                        message_id: m.message_id,
+                        chat_id: m.chat_id,
+                        version: m.version,
+                        sender: from.eid,
+                        sender_device: from.connection_resource_id,
+                        message_id_local: m.message_id_local,
+                        receiver: to.eid.clone(),
+                        at: m.server_received_at,
+                    })
+                }
+                Payload::AcknowledgmentResponse(r)
+                    if self.owns(&r.chat_id)
+                        && self
+                            .chat
+                            .messages
+                            .get(&r.message_id)
+                            .is_some_and(|meta| meta.state < r.status) =>
+                {
+                    ChatEvent::StateRaised(StateRaised {
+                        message_id: r.message_id,
+                        state: r.status,
+                        at: r.timestamp,
+                    })
+                }
+                _ => continue,
+            };
+            if self.chat_store.record(&event).is_ok() {
+                self.chat.apply(&event);
+                self.mark_unsynced();
+                recovered += 1;
+            }
+        }
+        recovered
+    }
+
+    /// Is this shard the home of `key` (a user or a chat)?
+    fn owns(&self, key: &str) -> bool {
+        self.shard.owns(key)
     }
 }
 

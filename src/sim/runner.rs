@@ -223,6 +223,7 @@ impl Runner {
                         .with_chat(chat, &chat_events);
                         engines.push(engine);
                     }
+                    crate::core::shard::recover(&mut engines);
                     let clock = Arc::new(SimClock::new(now_ms()));
                     let options = ServerOptions {
                         faults: server_faults,

@@ -332,6 +332,9 @@ impl ChatStore for CrashDisk {
         disk.ops.push(Op::StartDevice(eid.to_string(), device.to_string(), now));
         disk.live.start_device(eid, device, now)
     }
+    fn users(&self) -> Vec<String> {
+        lock(&self.disk).live.users()
+    }
 }
 
 #[cfg(test)]

@@ -734,6 +734,14 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
             returning: matches!(status, DeviceStatus::Returning { .. }),
         })
     }
+
+    fn users(&self) -> Vec<String> {
+        self.queue
+            .eids()
+            .filter(|eid| *eid != EVENTS_EID)
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 #[cfg(test)]

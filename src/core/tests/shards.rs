@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::*;
+use crate::core::queue::SharedChatStore;
 use crate::core::shard::home;
 use crate::core::{Mail, ShardId};
 
@@ -21,10 +22,20 @@ struct Partition {
 
 impl Partition {
     fn new(count: usize, config: Config) -> Partition {
-        let shards = (0..count)
-            .map(|shard| {
+        let stores = (0..count).map(|_| SharedChatStore::default()).collect();
+        Partition::with_stores(config, stores)
+    }
+
+    /// A partition whose shard `i` keeps its chats in `stores[i]` and starts from what it holds (a restart).
+    fn with_stores(config: Config, stores: Vec<SharedChatStore>) -> Partition {
+        let count = stores.len();
+        let mut shards: Vec<Engine> = stores
+            .into_iter()
+            .enumerate()
+            .map(|(shard, store)| {
                 let verifier = Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET));
                 let signer = Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET));
+                let events = store.events();
                 Engine::new(
                     config.clone(),
                     verifier,
@@ -32,8 +43,10 @@ impl Partition {
                     Box::new(MemoryRevocations::default()),
                 )
                 .with_shard(ShardId::new(shard, count))
+                .with_chat(Box::new(store), &events)
             })
             .collect();
+        crate::core::shard::recover(&mut shards);
         Partition {
             shards,
             signer: Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET)),
@@ -168,12 +181,17 @@ fn answers_keep_stanza_order_across_shards() {
     let (alice, bob) = apart(3);
     let phone = p.ws(&alice, "phone");
     p.send(phone, text(&bob, "m1"));
+    p.send(phone, text(&bob, "m2"));
     p.send(phone, ping("p1", T0));
-    assert!(p.take(phone).is_empty(), "the Pong went out ahead of the VersionUpdate");
+    assert!(
+        p.take(phone).is_empty(),
+        "the Pong went out ahead of the VersionUpdates"
+    );
     assert!(p.deliver_all() >= 3, "propose, append, appended, answer");
     let seen = p.take(phone);
     assert!(
-        matches!(&seen[..], [Payload::VersionUpdate(v), Payload::PingpongMessage(_)] if v.message_id_local == "m1"),
+        matches!(&seen[..], [Payload::VersionUpdate(a), Payload::VersionUpdate(b), Payload::PingpongMessage(_)]
+            if a.message_id_local == "m1" && b.message_id_local == "m2"),
         "{seen:?}"
     );
 }
@@ -333,6 +351,41 @@ fn a_full_queue_is_known_on_the_chats_home() {
         .iter()
         .any(|s| matches!(s, Payload::VersionUpdate(v) if v.version == 3 && v.message_id_local == "m4"));
     assert!(accepted, "{seen:?}");
+}
+
+/// A chat's home sends a message's copies before its own fsync of the event; a crash that keeps a copy and loses
+/// the event must not give the version again: at start-up the home learns the event back from the copy.
+#[test]
+fn a_lost_event_is_recovered_from_its_copies() {
+    let (alice, bob) = apart(3);
+    let stores: Vec<SharedChatStore> = (0..3).map(|_| SharedChatStore::default()).collect();
+    let mut p = Partition::with_stores(Config::default(), stores.clone());
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    p.send(phone, text(&bob, "m2"));
+    p.deliver_all();
+    assert_eq!(p.take(phone).len(), 2, "two VersionUpdates");
+    drop(p);
+    // The crash: the chat's home lost its log; the users' homes kept their queues.
+    let home = home(&crate::core::chat::chat_id(&alice, &bob), 3);
+    let mut stores = stores;
+    stores[home] = SharedChatStore::default();
+    let mut p = Partition::with_stores(Config::default(), stores);
+    let phone = p.ws(&alice, "phone");
+    p.take(phone);
+    // The resend is recognised (CHAT-14) and the next message gets the next version, not 1 again.
+    p.send(phone, text(&bob, "m2"));
+    p.send(phone, text(&bob, "m3"));
+    p.deliver_all();
+    let versions: Vec<(String, i64)> = p
+        .take(phone)
+        .into_iter()
+        .filter_map(|s| match s {
+            Payload::VersionUpdate(v) => Some((v.message_id_local, v.version)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(versions, vec![("m2".to_string(), 2), ("m3".to_string(), 3)]);
 }
 
 /// A native TCP connection that has not authenticated can be handed to another shard, and only then.
