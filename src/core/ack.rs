@@ -8,7 +8,7 @@
 //! confirm back to the device's shard.
 
 use super::engine::{Engine, Handled, Rejection};
-use super::queue::{ChatEvent, QueueItem, StateRaised};
+use super::queue::{ChatEvent, Confirm, QueueItem, StateRaised};
 use super::shard::{Answer, Letter, Origin};
 use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::{ErrorKind, Route};
@@ -26,6 +26,8 @@ pub(super) struct Acknowledgment {
     pub message_id: String,
     pub status: i32,
     pub timestamp: Millis,
+    /// The acking session's highest increment when the stanza arrived (QUE-5).
+    pub upto: u64,
 }
 
 fn not_found() -> Rejection {
@@ -54,6 +56,7 @@ impl Engine {
             message_id,
             status: request.status,
             timestamp: request.timestamp,
+            upto: self.with_session(conn, |s| s.delivered.last).unwrap_or(0),
         };
         if home == self.shard.index {
             self.acknowledge(ack, now);
@@ -73,8 +76,9 @@ impl Engine {
             message_id,
             status,
             timestamp,
+            upto,
         } = ack;
-        let answer = |confirm: Option<(String, i32, bool)>, result: Result<Payload, Rejection>| Answer {
+        let answer = |confirm: Option<Confirm>, result: Result<Payload, Rejection>| Answer {
             origin,
             route: Route::AcknowledgmentRequest.number(),
             reference: message_id.clone(),
@@ -92,7 +96,12 @@ impl Engine {
             let rejection = Rejection::new(ErrorKind::InvalidField, "a receiver acknowledges 2 or 3");
             return self.answer(answer(None, Err(rejection)), now);
         }
-        let confirm = Some((message_id.clone(), status, receiver_side));
+        let confirm = Some(Confirm {
+            message_id: message_id.clone(),
+            status,
+            receiver_side,
+            upto,
+        });
         if self.social.blocked_pair(&meta.sender, &meta.receiver) {
             let rejection = Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver");
             return self.answer(answer(confirm, Err(rejection)), now);

@@ -416,11 +416,23 @@ pub enum ItemKind {
     Update(i32),
 }
 
+/// What an acknowledgment confirms of the acking device's items (QUE-4, QUE-5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Confirm {
+    pub message_id: String,
+    pub status: i32,
+    pub receiver_side: bool,
+    /// The session's highest increment when the acknowledgment arrived.
+    pub upto: u64,
+}
+
 /// What one session was sent from its user's queue (SPEC 17.2's `s`).
 #[derive(Debug, Default)]
 pub(super) struct Delivered {
     /// (message_id, kind) -> increment, for items sent in this session.
     pub items: BTreeMap<(String, ItemKind), u64>,
+    /// The highest increment sent in this session.
+    pub last: u64,
 }
 
 impl Engine {
@@ -432,7 +444,10 @@ impl Engine {
         }
         let Some(key) = item.about.clone() else { return };
         let kind = key.1;
-        self.with_session(conn, |s| s.delivered.items.insert(key, increment));
+        self.with_session(conn, |s| {
+            s.delivered.items.insert(key, increment);
+            s.delivered.last = s.delivered.last.max(increment);
+        });
         match kind {
             ItemKind::Copy => self.send_encoded(conn, Route::ChatMessage, item.encoded.clone()),
             ItemKind::Update(_) => {
@@ -516,7 +531,16 @@ impl Engine {
 
     /// QUE-4, QUE-5: commits the device's offset up to the items this
     /// acknowledgment confirms among those sent in this session.
-    pub(super) fn confirm_items(&mut self, conn: ConnId, message_id: &str, status: i32, receiver_side: bool) {
+    /// Only items sent before the acknowledgment arrived count (`upto`, the session's highest increment then): one
+    /// sent while the chat's home was deciding may still be on its way to the device.
+    pub(super) fn confirm_items(&mut self, conn: ConnId, confirm: &Confirm) {
+        let Confirm {
+            message_id,
+            status,
+            receiver_side,
+            upto,
+        } = confirm;
+        let (status, receiver_side) = (*status, *receiver_side);
         let Some(me) = self.identity(conn).cloned() else { return };
         let confirmed = self.with_session(conn, |s| {
             // Keys sort by message id first and `Copy` is the least kind, so
@@ -526,6 +550,7 @@ impl Engine {
                 .items
                 .range((message_id.to_string(), ItemKind::Copy)..)
                 .take_while(|((m, _), _)| m == message_id)
+                .filter(|(_, i)| **i <= *upto)
                 .filter(|((_, kind), _)| match kind {
                     ItemKind::Copy => (receiver_side && status >= 2) || (!receiver_side && status == 4),
                     ItemKind::Update(s) => (receiver_side && *s <= status) || *s == status,

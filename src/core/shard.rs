@@ -144,8 +144,8 @@ pub(super) struct Answer {
     /// The stanza's route and correlation id, for the ErrorMessage of a refusal (ERR-3).
     pub route: i64,
     pub reference: String,
-    /// An acknowledgment's confirmation of queue items (QUE-4): (message id, status, receiver side).
-    pub confirm: Option<(String, i32, bool)>,
+    /// An acknowledgment's confirmation of queue items (QUE-4).
+    pub confirm: Option<super::queue::Confirm>,
     pub result: Result<Payload, Rejection>,
 }
 
@@ -365,8 +365,8 @@ impl Engine {
         if let Some(seq) = origin.seq {
             self.crossing.answering = Some((conn, seq));
         }
-        if let Some((message_id, status, receiver_side)) = confirm {
-            self.confirm_items(conn, &message_id, status, receiver_side);
+        if let Some(confirm) = confirm {
+            self.confirm_items(conn, &confirm);
         }
         match result {
             Ok(payload) => self.send(conn, payload),
