@@ -20,45 +20,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bimip::codec;
-use bimip::core::auth::{Algorithm, Claims, Signer, Verifier};
-use bimip::core::{Config, ConnId, Engine, MemoryRevocations, Millis, Output, Transport};
+use bimip::core::{ConnId, Engine, Output, ShardId, Transport};
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentRequest, Identity, PingPong, TextPayloadRequest};
+mod support;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use jsonwebtoken::{DecodingKey, EncodingKey};
-
-const SECRET: &[u8] = b"core-bench-secret-hs256-loopback";
-const NOW: Millis = 1_761_831_141_000;
-
-fn engine() -> Engine {
-    let config = Config {
-        // The clock stands still in these benches: the token bucket never
-        // refills, so it must hold every stanza of a sample.
-        rate_per_sec: u32::MAX,
-        rate_burst: u32::MAX,
-        ..Config::default()
-    };
-    Engine::new(
-        config,
-        Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET)),
-        None,
-        Box::new(MemoryRevocations::default()),
-    )
-}
-
-fn token(eid: &str) -> String {
-    let claims = Claims {
-        eid: eid.into(),
-        device_id: "d1".into(),
-        jti: format!("jti-{eid}"),
-        iat: NOW / 1000,
-        exp: NOW / 1000 + 3600,
-        ..Claims::default()
-    };
-    Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET))
-        .mint(&claims)
-        .expect("minting")
-}
+use support::{NOW, engine, token};
 
 fn drain(engine: &mut Engine) -> usize {
     let mut n = 0;
@@ -71,7 +39,7 @@ fn drain(engine: &mut Engine) -> usize {
 
 /// An engine with `pairs` sender/receiver sessions: (sender, receiver eid, receiver) per pair.
 fn with_pairs(pairs: usize) -> (Engine, Vec<(ConnId, String, ConnId)>) {
-    let mut engine = engine();
+    let mut engine = engine(ShardId::default());
     let mut sessions = Vec::new();
     for pair in 0..pairs {
         let (s, r) = (ConnId(2 * pair as u64 + 1), ConnId(2 * pair as u64 + 2));

@@ -18,21 +18,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bimip::codec;
-use bimip::core::auth::{Algorithm, Claims, Signer, Verifier};
 use bimip::core::chat::chat_id;
 use bimip::core::shard::home;
-use bimip::core::{Config, ConnId, Engine, Mail, MemoryRevocations, Millis, Output, ShardId, Transport};
+use bimip::core::{ConnId, Engine, Mail, Output, ShardId, Transport};
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentRequest, Identity, TextPayloadRequest};
+mod support;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use support::{NOW, engine, token};
 
 /// As `bimip serve` allocates.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SECRET: &[u8] = b"core-bench-secret-hs256-loopback";
-const NOW: Millis = 1_761_831_141_000;
 const PAIRS: usize = 2000;
 
 enum Input {
@@ -54,36 +53,6 @@ struct Partition {
     pending: Arc<AtomicI64>,
     threads: Vec<JoinHandle<()>>,
     count: usize,
-}
-
-fn engine(shard: ShardId) -> Engine {
-    let config = Config {
-        // The clock stands still: the token bucket never refills, so it must hold every stanza.
-        rate_per_sec: u32::MAX,
-        rate_burst: u32::MAX,
-        ..Config::default()
-    };
-    Engine::new(
-        config,
-        Verifier::new(Algorithm::Hs256, DecodingKey::from_secret(SECRET)),
-        None,
-        Box::new(MemoryRevocations::default()),
-    )
-    .with_shard(shard)
-}
-
-fn token(eid: &str) -> String {
-    let claims = Claims {
-        eid: eid.into(),
-        device_id: "d1".into(),
-        jti: format!("jti-{eid}"),
-        iat: NOW / 1000,
-        exp: NOW / 1000 + 3600,
-        ..Claims::default()
-    };
-    Signer::new(Algorithm::Hs256, EncodingKey::from_secret(SECRET))
-        .mint(&claims)
-        .expect("minting")
 }
 
 fn shard_loop(

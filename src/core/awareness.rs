@@ -343,17 +343,12 @@ impl Engine {
 
     /// An intention to every device of `peer`, a user of this shard (AWR-7).
     pub(super) fn forward_intention(&mut self, peer: &str, note: &AwarenessNotification) {
-        let devices: Vec<ConnId> = self.registry.devices(peer).map(|(_, c)| c).collect();
-        for device in devices {
-            let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
-                continue;
-            };
-            let forwarded = AwarenessNotification {
+        self.send_to_devices(peer, |_, to| {
+            Payload::AwarenessNotification(AwarenessNotification {
                 to: Some(to),
                 ..note.clone()
-            };
-            self.send(device, Payload::AwarenessNotification(forwarded));
-        }
+            })
+        });
     }
 
     fn set_presence(&mut self, eid: &str, status: i32, ttl: i32, by: Option<ConnId>, now: Millis) {

@@ -481,6 +481,22 @@ impl Engine {
         self.send_encoded(conn, Route::of(&payload), stanza);
     }
 
+    /// Sends every device of `eid` (a user of this shard) the stanza `make` builds for that device's identity;
+    /// returns how many devices it reached.
+    pub(super) fn send_to_devices(&mut self, eid: &str, mut make: impl FnMut(&mut Self, Identity) -> Payload) -> usize {
+        let devices: Vec<ConnId> = self.registry.devices(eid).map(|(_, c)| c).collect();
+        let mut reached = 0;
+        for device in devices {
+            let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
+                continue;
+            };
+            let payload = make(self, to);
+            self.send(device, payload);
+            reached += 1;
+        }
+        reached
+    }
+
     /// Queues one stanza already encoded (shared by several copies).
     pub(super) fn send_encoded(&mut self, conn: ConnId, route: Route, stanza: Bytes) {
         *self.stats.stanzas_out.entry(route.number()).or_default() += 1;

@@ -5,7 +5,7 @@ use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection};
 use super::shard::Letter;
 use super::social::SHARING_ON;
-use super::{ConnId, Millis, SessionIdentity};
+use super::{ConnId, Millis};
 use crate::codec::ErrorKind;
 use crate::proto::LocationStream;
 use crate::proto::message_scheme::Payload;
@@ -26,17 +26,12 @@ impl Engine {
         };
         viewers.retain(|v| self.shard.owns(v) && self.social.may_see_location(v, &owner));
         for viewer in &viewers {
-            let devices: Vec<ConnId> = self.registry.devices(viewer).map(|(_, c)| c).collect();
-            for device in devices {
-                let Some(to) = self.identity(device).map(SessionIdentity::to_proto) else {
-                    continue;
-                };
-                let forwarded = LocationStream {
+            self.send_to_devices(viewer, |_, to| {
+                Payload::LocationStream(LocationStream {
                     to: Some(to),
                     ..fix.clone()
-                };
-                self.send(device, Payload::LocationStream(forwarded));
-            }
+                })
+            });
         }
     }
 

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use super::Millis;
 use super::auth::valid_eid;
 use super::engine::Engine;
-use super::{ConnId, Millis, SessionIdentity};
 use crate::codec::ErrorKind;
 use crate::proto::PushNotification;
 use crate::proto::message_scheme::Payload;
@@ -28,21 +28,15 @@ impl Engine {
         if !valid_eid(eid) || !(1..=64).contains(&kind.len()) || !data_ok {
             return Err(ErrorKind::InvalidField);
         }
-        let devices: Vec<ConnId> = self.registry.devices(eid).map(|(_, c)| c).collect();
-        for conn in &devices {
-            let Some(to) = self.identity(*conn).map(SessionIdentity::to_proto) else {
-                continue;
-            };
-            let notification = PushNotification {
-                id: self.fresh_id("n", now),
+        Ok(self.send_to_devices(eid, |engine, to| {
+            Payload::PushNotification(PushNotification {
+                id: engine.fresh_id("n", now),
                 from: None,
                 to: Some(to),
                 r#type: kind.to_string(),
                 timestamp: now,
                 data: data.clone(),
-            };
-            self.send(*conn, Payload::PushNotification(notification));
-        }
-        Ok(devices.len())
+            })
+        }))
     }
 }
