@@ -200,10 +200,16 @@ impl Collected {
                 Outcome::Failed { .. } => "FAILED",
                 Outcome::Skipped { .. } => "skipped",
             };
-            eprint!(
-                "\r\x1b[2K[{}/{}] §{} {}: {} ... {label}",
+            let line = format!(
+                "[{}/{}] §{} {}: {} ... {label}",
                 self.done, self.total, case.section, case.area, case.name
             );
+            // One line rewritten in place on a terminal; in a log, plain lines without escape codes.
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
         }
         self.cases.push(case);
     }
@@ -393,7 +399,7 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
             Ok(())
         })?;
     }
-    if options.progress {
+    if options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }
     let mut collected = collected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

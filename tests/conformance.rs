@@ -353,13 +353,25 @@ fn cli_reports() -> Result<String, String> {
                 "the reports disagree: {cases} in HTML, {in_json} in JSON, JUnit:\n{xml}"
             ));
         }
+        // stderr is a pipe here: progress comes as plain lines, one per case, without terminal escape codes.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let progress = stderr
+            .lines()
+            .filter(|l| l.starts_with('[') && l.contains(" ... "))
+            .count();
+        if stderr.contains('\x1b') || progress != cases {
+            return Err(format!(
+                "progress in a log: {progress} plain lines for {cases} cases, or escape codes:\n{stderr:?}"
+            ));
+        }
         // Selecting nothing is a failure, not a pass.
         let none = run(&["--req".as_ref(), "NO-SUCH-1".as_ref()])?;
         if none.status.success() {
             return Err("a run that selected no case exited 0".into());
         }
         Ok(format!(
-            "{cases} cases in the HTML, JUnit and JSON reports; exit 0, and non-zero when nothing ran"
+            "{cases} cases in the HTML, JUnit and JSON reports, {progress} plain progress lines; exit 0, and \
+             non-zero when nothing ran"
         ))
     })();
     let _ = std::fs::remove_dir_all(&dir);
