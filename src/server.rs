@@ -364,8 +364,7 @@ impl Settings {
                     what: "admin address",
                     source,
                 })?;
-                let snapshots = net.subscribe();
-                let source: crate::admin::SnapshotSource = std::sync::Arc::new(move || snapshots.borrow().clone());
+                let source = net.snapshot_source();
                 let pusher = Some(net.pusher());
                 (
                     Some(bound),

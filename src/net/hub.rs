@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::{self, PushError};
@@ -134,7 +134,8 @@ struct Shard {
     core: Mutex<Core>,
     inbox: Mutex<VecDeque<Input>>,
     timer_wake: Notify,
-    /// The shard's part of the published snapshot.
+    /// The shard's counters as its last batch left them: observers sum the shards' when they read, so that no
+    /// batch pays for the others and reading never touches a shard's lock.
     snapshot: Mutex<Snapshot>,
 }
 
@@ -148,7 +149,6 @@ const LINGER: Duration = Duration::from_millis(1);
 pub(crate) struct Hub {
     shards: Vec<Shard>,
     clock: Arc<dyn Clock>,
-    snapshot: watch::Sender<Snapshot>,
     next_conn: AtomicU64,
     queue_capacity: usize,
     max_stanza_bytes: usize,
@@ -189,15 +189,9 @@ impl Hub {
                 timer_wake: Notify::new(),
             })
             .collect();
-        let mut total = Snapshot::default();
-        for shard in &shards {
-            total.add(&unpoison(&shard.snapshot));
-        }
-        let (snapshot, _) = watch::channel(total);
         Hub {
             shards,
             clock,
-            snapshot,
             next_conn: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
             max_stanza_bytes,
@@ -213,8 +207,13 @@ impl Hub {
         &self.shutdown
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.snapshot.subscribe()
+    /// The engine's counters now: the sum of every shard's, as its last batch left them.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut total = Snapshot::default();
+        for shard in &self.shards {
+            total.add(&unpoison(&shard.snapshot));
+        }
+        total
     }
 
     /// A new connection id with its writer queue. The link exists before the
@@ -441,16 +440,7 @@ impl Hub {
     }
 
     fn publish(&self, shard: usize, snapshot: Snapshot) {
-        if self.shards.len() == 1 {
-            self.snapshot.send_replace(snapshot);
-            return;
-        }
         *unpoison(&self.shards[shard].snapshot) = snapshot;
-        let mut total = Snapshot::default();
-        for shard in &self.shards {
-            total.add(&unpoison(&shard.snapshot));
-        }
-        self.snapshot.send_replace(total);
     }
 
     /// Runs every shard's timers until shutdown.

@@ -12,9 +12,10 @@
 //! AUTH-10) without awaiting, and the answer depends on the engine (token,
 //! revocations, session limits). A channel round-trip from a sync callback
 //! would block a runtime thread, and upgrading first to decide later would
-//! break the SPEC. So the engine lives in a `std::sync::Mutex` inside the
-//! hub (`hub.rs`): every event (open, stanza, text frame, framing error,
-//! close, timer tick) locks it for one engine call, drains `poll_output()`
+//! break the SPEC. So each shard of the engine lives in a `std::sync::Mutex`
+//! inside the hub (`hub.rs`, which also carries the shards' mail): every
+//! event (open, stanza, text frame, framing error, close, timer tick) locks
+//! its shard for one engine call, drains `poll_output()`
 //! into per-connection bounded queues *before unlocking*, and never holds it
 //! across an `.await`. That keeps outputs in engine order per connection, and
 //! a given interleaving of events always yields the same outputs (under
@@ -27,8 +28,9 @@
 //! buffering without bound. One timer task sleeps until the engine's next
 //! deadline (tokio time: simulated under turmoil) and ticks it.
 //!
-//! Observers read a [`Snapshot`] published through a `watch` channel after
-//! every engine call, so metrics never contend for the engine's lock.
+//! Observers read a [`Snapshot`]: each shard leaves its counters in a slot of
+//! their own after every batch, and a read sums the slots, so metrics never
+//! contend for a shard's lock.
 
 mod accept;
 mod clock;
@@ -45,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -246,12 +248,13 @@ impl ServerHandle {
 
     /// The latest snapshot of the engine's counters.
     pub fn stats(&self) -> Snapshot {
-        self.hub.subscribe().borrow().clone()
+        self.hub.snapshot()
     }
 
-    /// Snapshots as they change.
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.hub.subscribe()
+    /// Where observers (the admin endpoint's metrics) read the counters, whenever they want them.
+    pub fn snapshot_source(&self) -> crate::admin::SnapshotSource {
+        let hub = Arc::clone(&self.hub);
+        Arc::new(move || hub.snapshot())
     }
 
     /// Resolves once shutdown has been requested.
