@@ -129,6 +129,21 @@ impl Partition {
         delivered
     }
 
+    /// Delivers the oldest mail only.
+    fn deliver_one(&mut self) {
+        if let Some((to, mail)) = self.mail.pop_front() {
+            self.shards[to].deliver(mail, self.now);
+            self.collect();
+        }
+    }
+
+    /// The connection is gone.
+    fn close(&mut self, conn: ConnId) {
+        let shard = self.conns[&conn];
+        self.shards[shard].closed(conn, self.now);
+        self.collect();
+    }
+
     /// The stanzas `conn` was sent since it was last read.
     fn take(&mut self, conn: ConnId) -> Vec<Payload> {
         self.outputs
@@ -386,6 +401,56 @@ fn a_lost_event_is_recovered_from_its_copies() {
         })
         .collect();
     assert_eq!(versions, vec![("m2".to_string(), 2), ("m3".to_string(), 3)]);
+}
+
+/// QUE-4, QUE-5 across shards: an acknowledgment confirms only items sent to the device before it arrived. Here
+/// the laptop's READ reaches the chat's home first and its update is sent to the phone after the phone's own READ
+/// left; the chat's home answers the phone later, and that answer must not commit the update the phone may
+/// not have received: the next session gets it again.
+#[test]
+fn an_acknowledgment_confirms_only_what_was_sent_before_it() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let alices = p.ws(&alice, "phone");
+    let phone = p.ws(&bob, "phone");
+    let laptop = p.ws(&bob, "laptop");
+    p.deliver_all();
+    p.send(alices, text(&bob, "m1"));
+    p.deliver_all();
+    let message_id = match &p.take(phone)[..] {
+        [Payload::ChatMessage(m)] => m.message_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    p.take(laptop);
+    let read = || {
+        Payload::AcknowledgmentRequest(AcknowledgmentRequest {
+            message_id: message_id.clone(),
+            status: 3,
+            ..Default::default()
+        })
+    };
+    p.send(laptop, read());
+    p.deliver_one(); // the laptop's READ on the chat's home: the update to the phone is on its way
+    p.send(phone, read());
+    p.deliver_all();
+    let updates = |seen: &[Payload]| {
+        seen.iter()
+            .filter(|s| matches!(s, Payload::AcknowledgmentResponse(r) if r.from.as_ref().is_some_and(|f| f.connection_resource_id == "laptop")))
+            .count()
+    };
+    assert_eq!(
+        updates(&p.take(phone)),
+        1,
+        "the laptop's update reached the phone's session"
+    );
+    p.close(phone);
+    let phone = p.ws(&bob, "phone");
+    p.deliver_all();
+    assert_eq!(
+        updates(&p.take(phone)),
+        1,
+        "the update sent after the phone's READ arrived was committed by it"
+    );
 }
 
 /// A native TCP connection that has not authenticated can be handed to another shard, and only then.
