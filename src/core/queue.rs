@@ -553,7 +553,9 @@ impl Engine {
                 .filter(|(_, i)| **i <= *upto)
                 .filter(|((_, kind), _)| match kind {
                     ItemKind::Copy => (receiver_side && status >= 2) || (!receiver_side && status == 4),
-                    ItemKind::Update(s) => (receiver_side && *s <= status) || *s == status,
+                    // A receiver device acknowledges what its user did, which may be what a sibling's update it never
+                    // received says too: only a sender device's echo proves an update arrived (QUE-4).
+                    ItemKind::Update(s) => !receiver_side && *s == status,
                 })
                 .map(|(_, i)| *i)
                 .max()

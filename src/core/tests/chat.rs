@@ -486,6 +486,43 @@ fn offline_delivery_and_commit() {
     );
 }
 
+/// QUE-4, QUE-5: a receiver device's acknowledgment confirms its copy, never a sibling's update, which the device
+/// may not have received (here: every stanza after the first copy is lost on the way, as on a half-open
+/// connection). Confirming the update would skip the second message.
+#[test]
+fn a_receiver_acknowledgment_does_not_confirm_an_update_it_may_not_have_seen() {
+    let mut h = Harness::new(Config::default());
+    let alice = h.ws(ALICE, "phone");
+    let bob_phone = h.ws(BOB, "phone");
+    let bob_tablet = h.ws(BOB, "tablet");
+    let first = h.send_text(alice, BOB, "m1").message_id;
+    assert_eq!(chats(&h.drain(bob_phone)).len(), 1);
+    let second = h.send_text(alice, BOB, "m2").message_id;
+    h.drain_all();
+    h.send(bob_tablet, ack(&first, 3));
+    h.drain_all(); // the phone's copy of m2 and the tablet's READ update never arrive
+    h.send(bob_phone, ack(&first, 3)); // the phone's user read m1
+    h.drain_all();
+    h.engine.closed(bob_phone, h.now);
+    let again = h.conn();
+    let token = h.token_for(BOB, "phone", 600);
+    h.engine.open(again, Transport::WebSocket, Some(&token), h.now).unwrap();
+    let seen = h.drain(again);
+    assert_eq!(
+        chats(&seen).iter().map(|c| c.message_id.clone()).collect::<Vec<_>>(),
+        [second],
+        "m2 comes again, m1 (confirmed) does not"
+    );
+    assert_eq!(
+        acks(&seen)
+            .iter()
+            .map(|a| (a.message_id.clone(), a.status))
+            .collect::<Vec<_>>(),
+        [(first, 3)],
+        "the unconfirmed update comes again too"
+    );
+}
+
 /// QUE-10: a full receiver queue refuses new chats with 503 and stores nothing.
 #[test]
 fn queue_full() {
