@@ -25,7 +25,7 @@ use crate::client::{ClientOptions, Event};
 use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::{Config, Engine, MemoryRevocations, Millis, ShardId};
 use crate::faults::Faults;
-use crate::net::{ServerHandle, ServerOptions, SimClock};
+use crate::net::{MailSteps, ServerHandle, ServerOptions, SimClock};
 
 /// The simulated Unix time at the start of every case, ms (2026-01-01).
 pub const BASE_MS: Millis = 1_767_225_600_000;
@@ -170,12 +170,17 @@ impl SimDriver {
         let verifier = faults.verifier(self.keys.verifier.clone());
         let signer = self.keys.server_signs.then(|| self.keys.signer.clone());
         let shards = self.options.shards.max(1);
+        let mail_steps = MailSteps::Seeded {
+            seed: self.options.seed,
+            max_delay: Duration::from_millis(3),
+        };
         self.sim.host("server", move || {
             let config = config.clone();
             let verifier = verifier.clone();
             let signer = signer.clone();
             let options = ServerOptions {
                 faults: faults.clone(),
+                mail_steps: mail_steps.clone(),
                 ..ServerOptions::default()
             };
             async move {

@@ -451,7 +451,8 @@ impl Engine {
     /// Sends the ErrorMessage for `rejection`; closes the connection when the
     /// kind is fatal or the connection keeps failing (SPEC SES).
     pub(super) fn reject(&mut self, conn: ConnId, route: Option<i64>, rejection: Rejection, now: Millis) {
-        if !self.conns.contains_key(&conn) {
+        // A closed connection still hears the refusals of stanzas handled before it closed (ENV-14).
+        if !self.conns.contains_key(&conn) && !self.crossing.held.contains_key(&conn) {
             return;
         }
         let Rejection { kind, details, ref_id } = rejection;
@@ -516,7 +517,8 @@ impl Engine {
             return false;
         };
         self.stats.connections_closed += 1;
-        self.release_all_held(conn);
+        // What waits behind answers still out on other shards stays held (the Close too): the answers come back,
+        // go out first, then the rest (ENV-14 up to the last stanza handled). A peer that is gone misses them all.
         match old.state {
             ConnState::AwaitingAuth { deadline } => {
                 if let Some(at) = deadline {

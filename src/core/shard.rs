@@ -297,17 +297,6 @@ impl Engine {
         }
     }
 
-    /// A connection is being forgotten: what it was to be sent goes out now, in order; answers still out are lost
-    /// with it (the client resends, CHAT-14).
-    pub(super) fn release_all_held(&mut self, conn: ConnId) {
-        let Some(held) = self.crossing.held.remove(&conn) else {
-            return;
-        };
-        for output in held.slots.into_iter().flat_map(|s| s.outputs) {
-            self.emit(output);
-        }
-    }
-
     /// Sends `answer` to its connection: here, or by mail to the connection's shard.
     pub(super) fn answer(&mut self, answer: Answer, now: Millis) {
         if answer.origin.shard == self.shard.index {

@@ -16,6 +16,13 @@
 //! and then share the next one, and shards sync independently of each other. A full inbox makes senders wait
 //! for the shard (backpressure).
 //!
+//! Who runs the mail ([`MailSteps`]): in a server, the task that sent it runs the receiving shard at once (or
+//! leaves it to the task holding it). Under the simulation a stepping task runs it later, picking the shard and
+//! the wait with a seeded generator, so a seed replays one interleaving of the shards and seeds differ in which:
+//! stanzas of other connections, timer ticks and other shards' mail come between a letter and its handling, as
+//! on threads. Mail is in the receiver's inbox before the sender lets go either way; only the moment it is
+//! handled moves.
+//!
 //! A connection belongs to its user's home shard. A WebSocket connection's token names the user before the
 //! upgrade; a native TCP connection starts on a shard picked by its id and moves with its first stanza, the
 //! Authenticate, to the shard of the user its token names (read unverified, only to route: the home verifies).
@@ -26,6 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +118,24 @@ impl Snapshot {
     }
 }
 
+/// When a shard handles the mail other shards put in its inbox (module doc).
+#[derive(Clone, Debug, Default)]
+pub enum MailSteps {
+    /// At once, by the task that sent it.
+    #[default]
+    Eager,
+    /// By a stepping task that waits up to `max_delay` (simulated time under turmoil) and picks the next shard to
+    /// run with a generator seeded by `seed`.
+    Seeded { seed: u64, max_delay: Duration },
+}
+
+/// The stepping task's state ([`MailSteps::Seeded`]): shards with mail to handle.
+struct Stepper {
+    rng: StdRng,
+    max_delay_ms: u64,
+    ready: BTreeSet<usize>,
+}
+
 /// What waits in a shard's inbox.
 enum Input {
     Stanza(ConnId, Bytes),
@@ -153,6 +180,9 @@ pub(crate) struct Hub {
     queue_capacity: usize,
     max_stanza_bytes: usize,
     shutdown: CancellationToken,
+    /// `None`: mail is handled at once ([`MailSteps::Eager`]).
+    stepper: Option<Mutex<Stepper>>,
+    stepper_wake: Notify,
 }
 
 fn unpoison<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,6 +200,7 @@ impl Hub {
         clock: Arc<dyn Clock>,
         queue_capacity: usize,
         shutdown: CancellationToken,
+        steps: MailSteps,
     ) -> Self {
         let max_stanza_bytes = engines.first().map_or(0, |e| e.config().max_stanza_bytes);
         let shards: Vec<Shard> = engines
@@ -196,6 +227,15 @@ impl Hub {
             queue_capacity: queue_capacity.max(1),
             max_stanza_bytes,
             shutdown,
+            stepper: match steps {
+                MailSteps::Eager => None,
+                MailSteps::Seeded { seed, max_delay } => Some(Mutex::new(Stepper {
+                    rng: StdRng::seed_from_u64(seed),
+                    max_delay_ms: u64::try_from(max_delay.as_millis()).unwrap_or(u64::MAX),
+                    ready: BTreeSet::new(),
+                })),
+            },
+            stepper_wake: Notify::new(),
         }
     }
 
@@ -357,8 +397,67 @@ impl Hub {
                     Err(TryLockError::WouldBlock) => break,
                 };
                 let ((), mailed) = self.run(shard, core, |_, _| ());
-                work.extend(mailed);
+                self.follow(&mut work, mailed);
             }
+        }
+    }
+
+    /// The shards `mailed` wrote to: into `work` now, or to the stepping task for later.
+    fn follow(&self, work: &mut Vec<usize>, mailed: Vec<usize>) {
+        match &self.stepper {
+            None => work.extend(mailed),
+            Some(stepper) if !mailed.is_empty() => {
+                unpoison(stepper).ready.extend(mailed);
+                self.stepper_wake.notify_one();
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Runs the shards that have mail waiting, one at a time, each after a seeded wait, in a seeded order, until
+    /// shutdown ([`MailSteps::Seeded`]; returns at once for [`MailSteps::Eager`]).
+    pub async fn run_mail_steps(self: Arc<Self>) {
+        let Some(stepper) = &self.stepper else { return };
+        loop {
+            let woken = self.stepper_wake.notified();
+            let next = {
+                let mut stepper = unpoison(stepper);
+                let Stepper {
+                    rng,
+                    max_delay_ms,
+                    ready,
+                } = &mut *stepper;
+                let pick = (!ready.is_empty()).then(|| rng.random_range(0..ready.len()));
+                let shard = pick.and_then(|i| ready.iter().nth(i).copied());
+                shard.map(|shard| {
+                    ready.remove(&shard);
+                    // Half the letters are handled as soon as the sender's task yields, the rest after a wait in
+                    // which the network and the timers move on.
+                    let delay = if rng.random_bool(0.5) {
+                        0
+                    } else {
+                        rng.random_range(1..=(*max_delay_ms).max(1))
+                    };
+                    (shard, delay)
+                })
+            };
+            let Some((shard, delay)) = next else {
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => return,
+                    () = woken => continue,
+                }
+            };
+            if delay == 0 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                }
+            }
+            self.pump(vec![shard]);
         }
     }
 
@@ -371,10 +470,11 @@ impl Hub {
     /// As [`Hub::with_engine`], for calls that also concern the edge layer.
     fn with_core<R>(&self, shard: usize, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         let core = self.lock(shard);
-        let (result, mut mailed) = self.run(shard, core, f);
+        let (result, mailed) = self.run(shard, core, f);
         // Inputs that arrived while this call held the shard.
-        mailed.push(shard);
-        self.pump(mailed);
+        let mut work = vec![shard];
+        self.follow(&mut work, mailed);
+        self.pump(work);
         result
     }
 

@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 pub use accept::Accept;
 pub use clock::{Clock, ManualClock, SimClock, SystemClock};
 pub use edge::Edge;
-pub use hub::Snapshot;
+pub use hub::{MailSteps, Snapshot};
 
 /// Sends operator PushNotifications into a running server (see [`ServerHandle::pusher`]).
 #[derive(Clone)]
@@ -91,6 +91,8 @@ pub struct ServerOptions {
     pub close_linger: Duration,
     /// Deliberate faults, applied at the edge (`crate::faults`): tests only.
     pub faults: crate::faults::Faults,
+    /// When shards handle each other's mail: at once (a server), or stepped by a seeded scheduler (simulation).
+    pub mail_steps: MailSteps,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -101,6 +103,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("outbound_queue", &self.outbound_queue)
             .field("close_linger", &self.close_linger)
             .field("faults", &self.faults)
+            .field("mail_steps", &self.mail_steps)
             .finish()
     }
 }
@@ -113,6 +116,7 @@ impl Default for ServerOptions {
             outbound_queue: 1024,
             close_linger: Duration::from_secs(2),
             faults: crate::faults::Faults::none(),
+            mail_steps: MailSteps::Eager,
         }
     }
 }
@@ -184,13 +188,14 @@ impl ServerHandle {
             clock,
             options.outbound_queue,
             shutdown,
+            options.mail_steps.clone(),
         ));
         let (tasks, tasks_done) = mpsc::channel(1);
         let guard = tasks.clone();
         tokio::spawn({
             let hub = Arc::clone(&hub);
             async move {
-                hub.run_timers().await;
+                tokio::join!(Arc::clone(&hub).run_timers(), hub.run_mail_steps());
                 drop(guard);
             }
         });

@@ -84,6 +84,9 @@ impl Outcome {
         if options.shards > 1 {
             command.push_str(&format!(" --shards {}", options.shards));
         }
+        if options.mail_delay_ms != SimOptions::default().mail_delay_ms {
+            command.push_str(&format!(" --mail-delay-ms {}", options.mail_delay_ms));
+        }
         for fault in options.server_faults.iter() {
             command.push_str(&format!(" --fault {fault}"));
         }

@@ -27,7 +27,7 @@ use crate::client::{Client, ClientOptions, Event};
 use crate::core::auth::{Algorithm, Claims, Signer, Verifier};
 use crate::core::{Config, Engine, Millis, ShardId};
 use crate::faults::Faults;
-use crate::net::{ServerHandle, ServerOptions, SimClock};
+use crate::net::{MailSteps, ServerHandle, ServerOptions, SimClock};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{AcknowledgmentRequest, AwarenessNotification, AwarenessRequest, Identity};
 
@@ -59,6 +59,9 @@ pub struct SimOptions {
     pub server_faults: Faults,
     /// Shards of the server's engine (src/core/README.md).
     pub shards: usize,
+    /// Longest wait before a shard handles mail from another, simulated ms (`net::MailSteps::Seeded`, seeded by
+    /// the run's seed); 0 handles it at once, as a server does.
+    pub mail_delay_ms: u64,
 }
 
 impl Default for SimOptions {
@@ -75,6 +78,7 @@ impl Default for SimOptions {
             config: sim_config(),
             server_faults: Faults::none(),
             shards: 1,
+            mail_delay_ms: 3,
         }
     }
 }
@@ -185,13 +189,16 @@ impl Runner {
             let signer = signer.clone();
             let log = log.clone();
             let shards = options.shards.max(1);
+            let seed = options.seed;
+            let mail_delay_ms = options.mail_delay_ms;
             sim.host("server", move || {
                 let config = config.clone();
                 let server_faults = server_faults.clone();
                 let signer = signer.clone();
                 let storage = Arc::clone(&storage);
                 let log = log.clone();
-                let restart = boots.fetch_add(1, Ordering::Relaxed) > 0;
+                let boot = boots.fetch_add(1, Ordering::Relaxed);
+                let restart = boot > 0;
                 async move {
                     log.push("server", What::Boot { restart });
                     let verifier =
@@ -227,6 +234,14 @@ impl Runner {
                     let clock = Arc::new(SimClock::new(now_ms()));
                     let options = ServerOptions {
                         faults: server_faults,
+                        // A new order of mail after each restart, as on threads.
+                        mail_steps: match mail_delay_ms {
+                            0 => MailSteps::Eager,
+                            ms => MailSteps::Seeded {
+                                seed: seed.wrapping_add(u64::from(boot)),
+                                max_delay: Duration::from_millis(ms),
+                            },
+                        },
                         ..ServerOptions::default()
                     };
                     let mut server = ServerHandle::start_shards(engines, clock, options);

@@ -40,6 +40,10 @@ pub struct SimArgs {
     /// Shards of the server's engine (src/core/README.md).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     shards: u16,
+    /// Longest simulated wait before a shard handles another shard's mail, ms: a seeded scheduler picks the order
+    /// and the waits, so each seed tries another interleaving of the shards (0: at once).
+    #[arg(long, default_value_t = 3)]
+    mail_delay_ms: u64,
     /// What survives a server crash.
     #[arg(long, value_enum, default_value_t = Storage::Durable)]
     storage: Storage,
@@ -70,6 +74,7 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
             Storage::ForgetsOnCrash => StorageModel::ForgetsOnCrash,
         },
         shards: usize::from(args.shards),
+        mail_delay_ms: args.mail_delay_ms,
         ..SimOptions::default()
     };
     options.server_faults = Faults::of(args.faults.iter().copied());

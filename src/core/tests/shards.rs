@@ -211,6 +211,43 @@ fn answers_keep_stanza_order_across_shards() {
     );
 }
 
+/// ENV-14 on a closing connection: a session that revokes itself right after a chat message whose answer another
+/// shard prepares still gets that answer, then the revocation's answer and refusal, then the close.
+#[test]
+fn a_closing_connection_gets_the_answers_still_out_first() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    p.send(phone, revoke("", "phone"));
+    assert!(
+        p.outputs.get(&phone).is_none_or(Vec::is_empty),
+        "the revocation went out ahead of the VersionUpdate"
+    );
+    p.deliver_all();
+    let outputs = p.outputs.remove(&phone).unwrap_or_default();
+    assert!(
+        matches!(outputs.last(), Some(Output::Close { .. })),
+        "the close is not last: {outputs:?}"
+    );
+    let seen: Vec<Payload> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { stanza, .. } => Some(codec::decode(stanza, usize::MAX).unwrap()),
+            Output::Close { .. } | Output::Mail { .. } => None,
+        })
+        .collect();
+    assert!(
+        matches!(&seen[..], [Payload::VersionUpdate(v), Payload::TokenRevokeResponse(_), Payload::ErrorMessage(e)]
+            if v.message_id_local == "m1" && e.message == "token_revoked"),
+        "{seen:?}"
+    );
+    assert!(
+        p.shards.iter().all(|s| s.crossing.held.is_empty()),
+        "a closed connection is still held"
+    );
+}
+
 /// CHAT-9, QUE-1, QUE-2, ACK-1 across shards: the receiver gets the copy from its home; the sender's confirmation
 /// waits until the receiver's home has appended it; the acknowledgment travels back the same way.
 #[test]
