@@ -12,6 +12,7 @@ mod io;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod upgrade;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -73,9 +74,8 @@ pub struct ClientOptions {
     /// with no [`Session`]; turn this off to return right after the upgrade.
     pub await_session: bool,
     pub token_placement: TokenPlacement,
-    /// Subprotocol offered in the upgrade. tungstenite fails a handshake whose
-    /// answer does not select an offered subprotocol, so set `None` for
-    /// servers that ignore it (SPEC TRN-4 is a SHOULD).
+    /// Subprotocol offered in the upgrade. An answer that selects none is
+    /// accepted (SPEC TRN-4 is a SHOULD); one that selects another fails.
     pub subprotocol: Option<String>,
     /// Largest stanza accepted from the server.
     pub max_stanza_bytes: usize,
@@ -358,7 +358,7 @@ impl Client {
             Transport::WebSocket => {
                 let request = ws_request(target, token, &options)?;
                 let config = ws_config(options.max_stanza_bytes);
-                let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(config));
+                let handshake = upgrade::upgrade(stream, request, config);
                 let (ws, response) = match tokio::time::timeout(options.timeout, handshake).await {
                     Err(_) => return Err(ClientError::Timeout("the WebSocket upgrade".into())),
                     Ok(Err(WsError::Http(response))) => return Err(http_refusal(&response)),
