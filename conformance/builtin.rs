@@ -15,6 +15,7 @@ use crate::core::auth::Algorithm;
 use crate::faults::Faults;
 use crate::net::Clock as _;
 use crate::server::{JwtSettings, Running, Settings, StartError, TlsSettings};
+use crate::variants::{Variant, Variants};
 
 /// The kit's RS256 test key: the server verifies RS256 (SPEC AUTH-1's MUST).
 const RS256_KEY: &str = include_str!("../tests/fixtures/keys/rs256-test.pem");
@@ -51,20 +52,27 @@ impl BuiltIn {
     }
 
     pub fn start() -> Result<BuiltIn, BuiltInError> {
-        Self::start_with(Faults::none(), false)
+        Self::start_with(Faults::none(), Variants::default(), false)
     }
 
     /// The same server, breaking SPEC on purpose with `faults` (the
     /// self-check: the suite must catch each).
     pub fn start_with_faults(faults: Faults) -> Result<BuiltIn, BuiltInError> {
-        Self::start_with(faults, false)
+        Self::start_with(faults, Variants::default(), false)
+    }
+
+    /// The same server using behaviours SPEC allows but it does not choose
+    /// (the mirror self-check: the suite must pass it).
+    pub fn start_with_variants(variants: Variants) -> Result<BuiltIn, BuiltInError> {
+        Self::start_with(Faults::none(), variants, false)
     }
 
     /// With `tls`, both listeners speak TLS (wss://, tls://) with a fresh
     /// self-signed certificate for localhost and 127.0.0.1; the target
     /// accepts it (`insecure`).
-    pub fn start_with(faults: Faults, tls: bool) -> Result<BuiltIn, BuiltInError> {
-        let limits = Self::limits();
+    pub fn start_with(faults: Faults, variants: Variants, tls: bool) -> Result<BuiltIn, BuiltInError> {
+        let mut limits = Self::limits();
+        limits.revoke_notice |= variants.has(Variant::RevokeNotice);
         let data_dir = std::env::temp_dir().join(format!(
             "bimip-conform-server-{}-{}",
             std::process::id(),
@@ -106,6 +114,7 @@ impl BuiltIn {
             chat_store: Default::default(),
             shards: None,
             faults,
+            variants,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -669,6 +669,8 @@ where
     options.auto_pong = spec.auto_pong;
     options.surface_pings = spec.surface_pings;
     let tcp = spec.transport == TransportKind::Tcp;
+    // The RESPONSE is optional on WebSocket (TRN-16): the world takes it from the first stanza, if it is one.
+    options.await_session = tcp;
     let missing = spec.token == TokenKind::Missing;
     options.token_placement = if tcp || missing {
         TokenPlacement::None

@@ -1,7 +1,8 @@
 //! The suite's self-check (issue 7): the reference server runs in simulation
 //! with one built-in fault (`crate::faults`) at a time, and the suite
 //! must fail at least one case for each. A fault nobody catches is a hole in
-//! the suite.
+//! the suite. The mirror check (issue 21): with each behaviour SPEC allows
+//! (`crate::variants`), every case must pass.
 //!
 //! Each fault runs only the feature files of the areas it breaks, to keep the
 //! check fast; [`areas`] is a `match`, so a new fault cannot be left out.
@@ -12,6 +13,7 @@ use super::report::{Report, Verdict};
 use super::runner::{RunError, RunOptions, run};
 use super::sim::{SimFactory, SimOptions};
 use crate::faults::{Fault, Faults};
+use crate::variants::{Variant, Variants};
 
 /// The feature files whose scenarios are expected to catch `fault`.
 pub fn areas(fault: Fault) -> &'static [&'static str] {
@@ -71,19 +73,38 @@ pub fn run_fault(fault: Fault, all_areas: bool, expected_failures: &[String]) ->
     Ok(FaultRun { fault, report })
 }
 
-/// The feature files a server's optional behaviour (a SPEC MAY) can touch.
-pub const MAY_AREAS: &[&str] = &["token.feature", "logout.feature"];
+/// The SHOULD a variant skips: its case must come out non-strict, the proof that the variant was in effect.
+/// `None` for variants that only differ where the suite must not look (free text) or that take a MAY.
+pub fn skipped_should(variant: Variant) -> Option<&'static str> {
+    match variant {
+        Variant::NoSubprotocol => Some("TRN-4"),
+        Variant::NoWsAuthenticateResponse => Some("TRN-16"),
+        Variant::NoStartBody => Some("AWR-17"),
+        Variant::OtherDetails | Variant::RevokeNotice => None,
+    }
+}
 
-/// Runs [`MAY_AREAS`] in simulation against the reference server with every MAY it offers turned on (OUT-4's
-/// Logout DISCONNECT before `token_revoked`). A server that uses a MAY conforms, so every case must still pass:
-/// a failure here is a check stricter than SPEC, the mirror image of a fault nobody catches.
-pub fn run_with_mays(expected_failures: &[String]) -> Result<Report, RunError> {
-    let mut options = SimOptions::default();
-    options.config.revoke_notice = true;
+/// Whether `report` shows the SHOULD of `variant` unmet (always true for variants without one).
+pub fn variant_in_effect(variant: Variant, report: &Report) -> bool {
+    skipped_should(variant).is_none_or(|id| {
+        report
+            .cases
+            .iter()
+            .any(|c| c.verdict == Verdict::NonStrict && c.requirements().iter().any(|r| r == id))
+    })
+}
+
+/// Runs every feature in simulation against the reference server using `variant`, a behaviour SPEC allows
+/// (a SHOULD it skips, a MAY it takes, other free text). A server that does so conforms, so no case may fail: a
+/// failure is a check stricter than SPEC, the mirror image of a fault nobody catches.
+pub fn run_variant(variant: Variant, expected_failures: &[String]) -> Result<Report, RunError> {
+    let options = SimOptions {
+        variants: Variants::of([variant]),
+        ..SimOptions::default()
+    };
     let run_options = RunOptions {
-        files: MAY_AREAS.iter().map(|f| (*f).to_string()).collect(),
         expected_failures: expected_failures.to_vec(),
-        target: "reference server in simulation using every MAY (OUT-4)".into(),
+        target: format!("reference server in simulation with the allowed variant {variant}"),
         ..RunOptions::default()
     };
     run(&run_options, Arc::new(SimFactory { options }), "simulation")

@@ -26,6 +26,7 @@ use crate::core::auth::{Algorithm, Signer, Verifier};
 use crate::core::{Config, Engine, MemoryRevocations, Millis, ShardId};
 use crate::faults::Faults;
 use crate::net::{MailSteps, ServerHandle, ServerOptions, SimClock};
+use crate::variants::{Variant, Variants};
 
 /// The simulated Unix time at the start of every case, ms (2026-01-01).
 pub const BASE_MS: Millis = 1_767_225_600_000;
@@ -45,6 +46,8 @@ pub struct SimOptions {
     pub config: Config,
     /// Deliberate server faults, applied at the edge (the self-check).
     pub faults: Faults,
+    /// Behaviours SPEC allows that the reference server does not choose (the variant self-check).
+    pub variants: Variants,
     pub info: TargetInfo,
     /// Shards of the reference server's engine (src/core/README.md).
     pub shards: usize,
@@ -61,6 +64,7 @@ impl Default for SimOptions {
                 ..Config::default()
             },
             faults: Faults::none(),
+            variants: Variants::default(),
             info: TargetInfo {
                 queue_max_items: Some(20),
                 timeout: Duration::from_secs(5),
@@ -165,8 +169,10 @@ impl SimDriver {
             return;
         }
         self.started = true;
-        let config = self.options.config.clone();
+        let mut config = self.options.config.clone();
+        config.revoke_notice |= self.options.variants.has(Variant::RevokeNotice);
         let faults = self.options.faults.clone();
+        let variants = self.options.variants.clone();
         let verifier = faults.verifier(self.keys.verifier.clone());
         let signer = self.keys.server_signs.then(|| self.keys.signer.clone());
         let shards = self.options.shards.max(1);
@@ -180,6 +186,7 @@ impl SimDriver {
             let signer = signer.clone();
             let options = ServerOptions {
                 faults: faults.clone(),
+                variants: variants.clone(),
                 mail_steps: mail_steps.clone(),
                 ..ServerOptions::default()
             };

@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::driver::{ConnectOutcome, Driver, DriverError, DriverFactory, SessionInfo, TransportKind};
 use crate::client::Event;
 use crate::codec::{self, ErrorKind};
+use crate::core::Millis;
 use crate::proto::message_scheme::Payload;
 use crate::proto::{ErrorMessage, Identity, PingPong, VersionUpdate};
 
@@ -64,6 +65,10 @@ pub struct Conn {
     pub session: Option<SessionInfo>,
     /// The connect outcome, for Then steps about a refusal.
     pub outcome: Option<ConnectOutcome>,
+    /// The suite's clock when the connection opened, ms.
+    pub opened_ms: Millis,
+    /// A stanza (or the Authenticate RESPONSE) arrived (see [`CaseWorld::receive`]).
+    pub first_stanza_seen: bool,
 }
 
 /// What steps remember between each other.
@@ -285,9 +290,70 @@ impl CaseWorld {
         if let Some(event) = self.inbox.get_mut(key).and_then(VecDeque::pop_front) {
             return Some(event);
         }
-        let event = self.driver.next(key, within)?;
-        check_server_event(&event);
-        Some(event)
+        self.receive(key, within)
+    }
+
+    /// The next event from the driver, checked (`check_server_event`). On
+    /// WebSocket a first stanza that is the Authenticate RESPONSE becomes the
+    /// session's, not an event: it is optional there (TRN-16, TRN-17), so
+    /// the suite never waits for it except in the case that asks for it.
+    fn receive(&mut self, key: &str, within: Duration) -> Option<Event> {
+        loop {
+            let event = self.driver.next(key, within)?;
+            check_server_event(&event);
+            if !self.greeted(key, &event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Whether `event` is the WebSocket session's first stanza and its
+    /// Authenticate RESPONSE (then kept in the session).
+    fn greeted(&mut self, key: &str, event: &Event) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if conn.transport != TransportKind::Ws || conn.first_stanza_seen || matches!(event, Event::Closed { .. }) {
+            return false;
+        }
+        conn.first_stanza_seen = true;
+        match (event, &mut conn.session) {
+            (Event::Stanza(Payload::Authenticate(response)), Some(session))
+                if response.r#type == 2 && session.response.is_none() =>
+            {
+                session.response = Some(response.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits until the WebSocket session `key` showed its first stanza (within
+    /// the timeout), so that `session.response` says whether it was the
+    /// Authenticate RESPONSE. Other events stay queued.
+    pub fn await_first_stanza(&mut self, key: &str) {
+        let within = self.timeout();
+        let start = self.driver.elapsed_ms();
+        let budget = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        while self.conns.get(key).is_some_and(|c| !c.first_stanza_seen) {
+            let spent = self.driver.elapsed_ms().saturating_sub(start);
+            if spent >= budget {
+                break;
+            }
+            // Not `receive`: it would go on waiting for an event after the RESPONSE.
+            let Some(event) = self.driver.next(key, Duration::from_millis(budget - spent)) else {
+                break;
+            };
+            check_server_event(&event);
+            if self.greeted(key, &event) {
+                continue;
+            }
+            let closed = matches!(event, Event::Closed { .. });
+            self.inbox.entry(key.to_string()).or_default().push_back(event);
+            if closed {
+                break;
+            }
+        }
     }
 
     /// Takes the first stanza on `key` that satisfies `wanted`, waiting at most
@@ -316,10 +382,9 @@ impl CaseWorld {
             if spent >= budget {
                 break;
             }
-            let Some(event) = self.driver.next(key, Duration::from_millis(budget - spent)) else {
+            let Some(event) = self.receive(key, Duration::from_millis(budget - spent)) else {
                 break;
             };
-            check_server_event(&event);
             if let Event::Stanza(p) = &event
                 && wanted(p)
             {
@@ -375,9 +440,8 @@ impl CaseWorld {
             if spent >= budget {
                 break;
             }
-            match self.driver.next(key, Duration::from_millis(budget - spent)) {
+            match self.receive(key, Duration::from_millis(budget - spent)) {
                 Some(event) => {
-                    check_server_event(&event);
                     let last = matches!(event, Event::Closed { .. });
                     got.push(event);
                     if last {
@@ -421,10 +485,9 @@ impl CaseWorld {
             if spent >= budget {
                 break;
             }
-            match self.driver.next(key, Duration::from_millis(budget - spent)) {
+            match self.receive(key, Duration::from_millis(budget - spent)) {
                 Some(Event::Closed { code, .. }) => return Ok(code),
                 Some(event) => {
-                    check_server_event(&event);
                     if let Some(q) = self.inbox.get_mut(key) {
                         q.push_back(event);
                     }
@@ -465,6 +528,8 @@ impl CaseWorld {
                 transport,
                 session,
                 outcome: Some(outcome),
+                opened_ms: self.driver.now_ms(),
+                first_stanza_seen: transport == TransportKind::Tcp,
             },
         );
     }

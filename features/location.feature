@@ -92,5 +92,5 @@ Feature: Location (SPEC section 14)
   @LOC-6 @must
   Scenario: A fix while sharing is off is forbidden
     When alice's phone shares her location 52.5, 13.4
-    Then alice's phone receives ErrorMessage matching {"code": 403, "message": "forbidden", "route": "24", "details": "location sharing is off"}
+    Then alice's phone receives ErrorMessage matching {"code": 403, "message": "forbidden", "route": "24"}
     And bob's phone receives no LocationStream

@@ -22,4 +22,11 @@ Feature: Push and Body (SPEC section 18)
     And carol's phone adds dave as a subscriber
     And carol's phone sets her status to away
     When dave is connected over tcp as "laptop"
-    Then dave's laptop receives a Body listing alice as online and carol as away
+    Then dave's laptop receives a Body listing alice as online and carol as away, if the server sends one
+
+  @AWR-17 @should
+  Scenario: A new session gets a start Body of the users it follows
+    Given alice is connected over websocket as "phone"
+    And alice's phone adds dave as a subscriber
+    When dave is connected over tcp as "laptop"
+    Then dave's laptop receives a Body listing alice as online

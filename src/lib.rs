@@ -23,4 +23,5 @@ pub mod proto;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod variants;
 pub mod vectors;

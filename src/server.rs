@@ -46,6 +46,10 @@ pub struct Settings {
     /// Deliberate faults (`crate::faults`), for the test-only `bimip serve --fault`; never read from a file.
     #[serde(skip)]
     pub faults: crate::faults::Faults,
+    /// Behaviours SPEC allows that the reference server does not choose (`crate::variants`), for the test-only
+    /// `bimip-conform --variant`; never read from a file.
+    #[serde(skip)]
+    pub variants: crate::variants::Variants,
 }
 
 /// Where the server keeps chat: queue items, device offsets and the chat history.
@@ -96,6 +100,7 @@ impl Default for Settings {
             chat_store: ChatStorage::default(),
             shards: None,
             faults: crate::faults::Faults::none(),
+            variants: crate::variants::Variants::default(),
         }
     }
 }
@@ -327,6 +332,7 @@ impl Settings {
         let engines = self.engines(clock.now_ms())?;
         let mut options = crate::net::ServerOptions {
             faults: self.faults.clone(),
+            variants: self.variants.clone(),
             ..crate::net::ServerOptions::default()
         };
         if let Some(tls) = &self.tls {

@@ -10,13 +10,15 @@
 //! Then the self-check (`conformance/selfcheck.rs`): for each built-in fault
 //! of the reference server, the cases of its areas run against a server with
 //! that fault, and at least one must fail; the catching cases are printed.
-//! The mirror check: against a server using every MAY of SPEC it offers
-//! (`selfcheck::run_with_mays`), every case of those areas must pass.
+//! The mirror check: against the reference server using each behaviour SPEC
+//! allows but it does not choose (`bimip::variants`, `selfcheck::run_variant`),
+//! every case must pass.
 //!
 //! `cargo test --test conformance` runs everything; arguments after `--`
 //! narrow it: `--tags EXPR`, `--req ID`, `--name TEXT`, `--verbose`,
 //! `--no-network`, `--no-faults`; `--fault NAME` (repeatable) runs only the
-//! self-check of those faults, `--all-areas` runs it over every feature.
+//! self-check of those faults, `--all-areas` runs it over every feature;
+//! `--variants` runs only the check of the allowed variants.
 //!
 //! Cucumber runs under `futures::executor::block_on` on this thread (not
 //! under `#[tokio::main]`: the simulation steps runtimes of its own).
@@ -31,6 +33,7 @@ use bimip::conformance::selfcheck;
 use bimip::conformance::sim::SimFactory;
 use bimip::conformance::spec;
 use bimip::faults::{Fault, Faults};
+use bimip::variants::{Variant, Variants};
 
 /// Known failures of the reference server in simulation (scenario names or
 /// requirement IDs), each a bug to fix in the server, not in the suite.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
     let mut faults = true;
     let mut only_faults: Vec<Fault> = Vec::new();
     let mut all_areas = false;
+    let mut only_variants = false;
     let mut shards = 1;
     let mut shards_given = false;
     let mut args = std::env::args().skip(1);
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             "--no-network" => network = false,
             "--no-faults" => faults = false,
             "--all-areas" => all_areas = true,
+            "--variants" => only_variants = true,
             "--shards" => {
                 shards = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
                 shards_given = true;
@@ -112,6 +117,13 @@ fn main() -> ExitCode {
             },
             _ => {}
         }
+    }
+    if only_variants {
+        return if variant_self_check(&options.expected_failures, verbose) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     if !only_faults.is_empty() {
         return if fault_self_check(&only_faults, all_areas, &options.expected_failures, verbose) {
@@ -175,22 +187,39 @@ fn main() -> ExitCode {
     if faults && !fault_self_check(&Fault::ALL, all_areas, &options.expected_failures, verbose) {
         ok = false;
     }
-    match selfcheck::run_with_mays(&options.expected_failures) {
-        Ok(report) if report.ok() => println!(
-            "optional behaviour: {} cases pass against a server using every MAY",
-            report.cases.len()
-        ),
-        Ok(report) => {
-            print!("{}", report.render_tree(false, verbose));
-            println!("optional behaviour FAILED: a check rejects a server that uses a MAY");
-            ok = false;
-        }
-        Err(error) => {
-            println!("optional behaviour FAILED: {error}");
-            ok = false;
-        }
+    if faults && !variant_self_check(&options.expected_failures, verbose) {
+        ok = false;
     }
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Against each behaviour SPEC allows, no case may fail.
+fn variant_self_check(expected_failures: &[String], verbose: bool) -> bool {
+    let mut ok = true;
+    for variant in Variant::ALL {
+        match selfcheck::run_variant(variant, expected_failures) {
+            Ok(report) if !selfcheck::variant_in_effect(variant, &report) => {
+                println!(
+                    "allowed variant {variant} FAILED: its SHOULD case ({:?}) did not notice it, so the run proves nothing",
+                    selfcheck::skipped_should(variant)
+                );
+                ok = false;
+            }
+            Ok(report) if report.ok() => {
+                println!("allowed variant {variant}: every case passes ({})", report.summary())
+            }
+            Ok(report) => {
+                print!("{}", report.render_tree(false, verbose));
+                println!("allowed variant {variant} FAILED: a check is stricter than SPEC");
+                ok = false;
+            }
+            Err(error) => {
+                println!("allowed variant {variant} FAILED: {error}");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Every fault in `faults` must fail some case; prints which cases caught each.
@@ -270,8 +299,30 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
             caught.summary()
         ));
     }
+    // A server that selects no subprotocol and sends no Authenticate RESPONSE on WebSocket (TRN-4, TRN-16 are
+    // SHOULDs) passes over real sockets too, without waiting for the RESPONSE.
+    let quiet = BuiltIn::start_with_variants(Variants::of([
+        Variant::NoSubprotocol,
+        Variant::NoWsAuthenticateResponse,
+    ]))
+    .map_err(|e| e.to_string())?;
+    let factory = NetworkFactory::new(quiet.target().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let options = RunOptions {
+        tags: Some(NETWORK_SELECTION.into()),
+        target: "built-in reference server without subprotocol and WebSocket Authenticate RESPONSE".into(),
+        jobs: 4,
+        ..RunOptions::default()
+    };
+    let allowed = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
+    drop(quiet);
+    if !allowed.ok() {
+        return Err(format!(
+            "a server using allowed variants failed over the network:\n{}",
+            allowed.render_tree(false, verbose)
+        ));
+    }
     // wss:// and tls:// targets: the same driver over TLS.
-    let secure = BuiltIn::start_with(Faults::none(), true).map_err(|e| e.to_string())?;
+    let secure = BuiltIn::start_with(Faults::none(), Variants::default(), true).map_err(|e| e.to_string())?;
     let target = secure.target().map_err(|e| e.to_string())?;
     let urls = format!(
         "{}, {}",

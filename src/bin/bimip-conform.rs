@@ -137,6 +137,10 @@ struct Args {
     /// that the suite catches it (names in src/faults.rs). Repeatable.
     #[arg(long, value_name = "NAME", hide = true)]
     fault: Vec<bimip::faults::Fault>,
+    /// TEST ONLY: the built-in server uses this behaviour SPEC allows but it
+    /// does not choose (names in src/variants.rs); the suite must pass it. Repeatable.
+    #[arg(long, value_name = "NAME", hide = true)]
+    variant: Vec<bimip::variants::Variant>,
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>> {
@@ -212,14 +216,15 @@ fn run(args: Args) -> Result<bool> {
             bail!("--jwt-key and --token-cmd need a --target (the built-in server brings its own key)");
         }
         let faults = bimip::faults::Faults::of(args.fault.iter().copied());
-        let server = BuiltIn::start_with_faults(faults).context("starting the built-in reference server")?;
+        let variants = bimip::variants::Variants::of(args.variant.iter().copied());
+        let server = BuiltIn::start_with(faults, variants, false).context("starting the built-in reference server")?;
         let mut target = server.target()?;
         target.info.timeout = info.timeout;
         built_in = Some(server);
         target
     } else {
-        if !args.fault.is_empty() {
-            bail!("--fault applies to the built-in server only (no --target)");
+        if !args.fault.is_empty() || !args.variant.is_empty() {
+            bail!("--fault and --variant apply to the built-in server only (no --target)");
         }
         let mut ws = None;
         let mut tcp = None;

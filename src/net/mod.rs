@@ -91,6 +91,8 @@ pub struct ServerOptions {
     pub close_linger: Duration,
     /// Deliberate faults, applied at the edge (`crate::faults`): tests only.
     pub faults: crate::faults::Faults,
+    /// Behaviours SPEC allows that the reference server does not choose (`crate::variants`): tests only.
+    pub variants: crate::variants::Variants,
     /// When shards handle each other's mail: at once (a server), or stepped by a seeded scheduler (simulation).
     pub mail_steps: MailSteps,
 }
@@ -103,6 +105,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("outbound_queue", &self.outbound_queue)
             .field("close_linger", &self.close_linger)
             .field("faults", &self.faults)
+            .field("variants", &self.variants)
             .field("mail_steps", &self.mail_steps)
             .finish()
     }
@@ -116,6 +119,7 @@ impl Default for ServerOptions {
             outbound_queue: 1024,
             close_linger: Duration::from_secs(2),
             faults: crate::faults::Faults::none(),
+            variants: crate::variants::Variants::default(),
             mail_steps: MailSteps::Eager,
         }
     }
@@ -182,9 +186,11 @@ impl ServerHandle {
     pub fn start_shards(engines: Vec<Engine>, clock: Arc<dyn Clock>, options: ServerOptions) -> ServerHandle {
         let shutdown = CancellationToken::new();
         let faults = options.faults.clone();
+        let variants = options.variants.clone();
         let hub = Arc::new(Hub::new(
             engines,
-            || faults.layer(),
+            // One layer at a time: the self-checks apply a fault or a variant, never both.
+            || faults.layer().or_else(|| variants.layer()),
             clock,
             options.outbound_queue,
             shutdown,

@@ -65,7 +65,8 @@ where
     let callback = {
         let hub = Arc::clone(&hub);
         let conn = &conn;
-        move |request: &Request, response: Response| decide(&hub, conn, request, response)
+        let select = !options.variants.has(crate::variants::Variant::NoSubprotocol);
+        move |request: &Request, response: Response| decide(&hub, conn, request, response, select)
     };
     let config = ws_config(hub.max_stanza_bytes());
     // Boxed, so the connection's task does not keep the handshake's size.
@@ -193,6 +194,7 @@ fn decide(
     conn: &super::hub::ConnRef,
     request: &Request,
     mut response: Response,
+    select_subprotocol: bool,
 ) -> Result<Response, ErrorResponse> {
     let headers = request
         .headers()
@@ -201,7 +203,7 @@ fn decide(
     let token = token_from_request(headers, request.uri().query());
     match hub.open(conn, Transport::WebSocket, token.as_deref()) {
         Ok(()) => {
-            if offers_subprotocol(request) {
+            if select_subprotocol && offers_subprotocol(request) {
                 response
                     .headers_mut()
                     .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
