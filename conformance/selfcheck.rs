@@ -29,6 +29,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::TrustClientFrom => &["envelope.feature"],
         Fault::NonCanonicalEncoding => &["envelope.feature"],
         Fault::LeakLocation => &["location.feature"],
+        Fault::AwarenessFromDevice => &["awareness.feature"],
     }
 }
 

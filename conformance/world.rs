@@ -94,6 +94,8 @@ pub struct Memory {
     pub tokens: BTreeMap<String, String>,
     /// Subscriber resource ids by "owner>subscriber".
     pub resource_ids: BTreeMap<String, String>,
+    /// AwarenessResponses about users the asker may not see, per connection (AWR-14).
+    pub hidden_answers: BTreeMap<String, Vec<crate::proto::AwarenessResponse>>,
     /// Ids the case made up, to keep them unique.
     pub counter: u64,
 }

@@ -53,10 +53,14 @@ pub enum Fault {
     /// A LocationStream reaches its named peer, or every subscriber, whether
     /// or not they may see the sender's location (LOC-1, LOC-2).
     LeakLocation,
+    /// Every AwarenessResponse's `from` names a device of the asked user,
+    /// which tells which device is online, and could tell a block from
+    /// other reasons (AWR-13, AWR-14).
+    AwarenessFromDevice,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -68,6 +72,7 @@ impl Fault {
         Fault::TrustClientFrom,
         Fault::NonCanonicalEncoding,
         Fault::LeakLocation,
+        Fault::AwarenessFromDevice,
     ];
 
     /// The name on command lines: kebab-case.
@@ -84,6 +89,7 @@ impl Fault {
             Fault::TrustClientFrom => "trust-client-from",
             Fault::NonCanonicalEncoding => "non-canonical-encoding",
             Fault::LeakLocation => "leak-location",
+            Fault::AwarenessFromDevice => "awareness-from-device",
         }
     }
 }
@@ -338,6 +344,12 @@ impl Edge for FaultLayer {
                     READ => DELIVERED,
                     other => other,
                 };
+                rewritten = true;
+            }
+            Payload::AwarenessResponse(answer) if self.has(Fault::AwarenessFromDevice) => {
+                if let Some(from) = &mut answer.from {
+                    from.connection_resource_id = "phone".into();
+                }
                 rewritten = true;
             }
             _ => {}

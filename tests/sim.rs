@@ -696,10 +696,11 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         Fault::IgnoreBlock => "blocked", // or visibility: AWR-9 folds blocks in
         Fault::IgnoreRevocation => "revoked_session", // SPEC: TOK-4, TOK-7
         Fault::AcceptExpiredToken => "expired_session",
-        Fault::DropOfflineQueue => "delivery",      // SPEC: QUE-3
-        Fault::TrustClientFrom => "spoof_refused",  // SPEC: ENV-11
-        Fault::NonCanonicalEncoding => "canonical", // SPEC: ENV-12
-        Fault::LeakLocation => "location_audience", // SPEC: LOC-1
+        Fault::DropOfflineQueue => "delivery",              // SPEC: QUE-3
+        Fault::TrustClientFrom => "spoof_refused",          // SPEC: ENV-11
+        Fault::NonCanonicalEncoding => "canonical",         // SPEC: ENV-12
+        Fault::LeakLocation => "location_audience",         // SPEC: LOC-1
+        Fault::AwarenessFromDevice => "awareness_identity", // SPEC: AWR-13
     };
     let mut found = Vec::new();
     for fault in Fault::ALL {

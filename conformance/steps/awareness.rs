@@ -7,8 +7,8 @@ use crate::client::Event;
 use crate::conformance::world::{CaseWorld, describe_event, fail};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{
-    AwarenessNotification, AwarenessRequest, AwarenessSubscription, AwarenessVisibility, BlockSubscriber, Identity,
-    LocationStream, SubscriberAddRequest, SubscriberRemove,
+    AwarenessNotification, AwarenessRequest, AwarenessResponse, AwarenessSubscription, AwarenessVisibility,
+    BlockSubscriber, Identity, LocationStream, SubscriberAddRequest, SubscriberRemove,
 };
 
 const STATUS: &str = r"(online|offline|away|busy|do not disturb|unavailable)";
@@ -400,8 +400,9 @@ fn learns(w: &mut CaseWorld, a: &Args) {
     if r.status != status {
         problems.push(format!("status {} (want {status})", r.status));
     }
-    if r.from.as_ref().map(|f| f.eid.as_str()) != Some(about.as_str()) {
-        problems.push(format!("from {:?} (want {about})", r.from));
+    // The user, never a device: a device would tell which one is online, or a block from other reasons (AWR-14).
+    if r.from != user(about.clone()) {
+        problems.push(format!("from {:?} (want {{eid: {about}}} and no device)", r.from));
     }
     if r.to.as_ref() != Some(&identity) {
         problems.push(format!("to {:?} (want the asking device)", r.to));
@@ -430,6 +431,33 @@ fn learns(w: &mut CaseWorld, a: &Args) {
             problems.join("; "),
         );
     }
+    if status == 0 {
+        same_as_other_hidden_users(w, &key, r);
+    }
+}
+
+/// AWR-14: every answer about a user the asker may not see is the same in every field but those that name the
+/// user, the question and the time, whatever the reason (private, not a subscriber, blocked, unknown).
+fn same_as_other_hidden_users(w: &mut CaseWorld, key: &str, answer: AwarenessResponse) {
+    let blank = |r: &AwarenessResponse| AwarenessResponse {
+        from: None,
+        awareness_identifier: String::new(),
+        timestamp: 0,
+        ..r.clone()
+    };
+    let hidden = w.memory.hidden_answers.entry(key.to_string()).or_default();
+    if let Some(first) = hidden.first()
+        && blank(first) != blank(&answer)
+    {
+        fail(
+            format!(
+                "the same answer as for the hidden user before (AWR-14): {:?}",
+                blank(first)
+            ),
+            format!("{:?}", blank(&answer)),
+        );
+    }
+    hidden.push(answer);
 }
 
 /// AWR-15: the AwarenessSubscription RESPONSE.

@@ -50,6 +50,7 @@ pub const INVARIANTS: &[&str] = &[
     "canonical",
     "blocked",
     "visibility",
+    "awareness_identity",
     "location_integrity",
     "location_audience",
     "location_live",
@@ -1034,6 +1035,14 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                         }
                     }
                     Payload::AwarenessResponse(r) => {
+                        if let Some(from) = r.from.as_ref().filter(|f| !f.connection_resource_id.is_empty()) {
+                            violation(
+                                &mut out,
+                                "awareness_identity",
+                                i,
+                                format!("{name} was answered about a device, {from:?}, not a user (AWR-13, AWR-14)"),
+                            );
+                        }
                         let Some(a) = r.from.as_ref().and_then(|f| user_of(&f.eid)) else {
                             continue;
                         };
