@@ -30,6 +30,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::NonCanonicalEncoding => &["envelope.feature"],
         Fault::LeakLocation => &["location.feature"],
         Fault::AwarenessFromDevice => &["awareness.feature"],
+        Fault::EarlyPingTimeout => &["pingpong.feature"],
     }
 }
 

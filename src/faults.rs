@@ -57,10 +57,13 @@ pub enum Fault {
     /// which tells which device is online, and could tell a block from
     /// other reasons (AWR-13, AWR-14).
     AwarenessFromDevice,
+    /// A silent session is closed with 408 `ping_timeout` at the second
+    /// unanswered ping tick instead of the third (PING-4, PING-5).
+    EarlyPingTimeout,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -73,6 +76,7 @@ impl Fault {
         Fault::NonCanonicalEncoding,
         Fault::LeakLocation,
         Fault::AwarenessFromDevice,
+        Fault::EarlyPingTimeout,
     ];
 
     /// The name on command lines: kebab-case.
@@ -90,6 +94,7 @@ impl Fault {
             Fault::NonCanonicalEncoding => "non-canonical-encoding",
             Fault::LeakLocation => "leak-location",
             Fault::AwarenessFromDevice => "awareness-from-device",
+            Fault::EarlyPingTimeout => "early-ping-timeout",
         }
     }
 }
@@ -168,7 +173,8 @@ impl Faults {
 /// Acknowledgment states the WrongAckCode fault swaps.
 const DELIVERED: i32 = 2;
 const READ: i32 = 3;
-/// `type` of a stanza's RESPONSE.
+/// `type` of a stanza's REQUEST and RESPONSE.
+const REQUEST: i32 = 1;
 const RESPONSE: i32 = 2;
 
 /// Applies [`Faults`] to the stanzas between the engine and the connections.
@@ -185,6 +191,8 @@ pub struct FaultLayer {
     /// the Authenticate RESPONSE to the first stanza that is not a queue item,
     /// within one batch of the engine's outputs).
     replaying: BTreeSet<ConnId>,
+    /// EarlyPingTimeout: server pings sent since the connection's last pong.
+    unanswered_pings: BTreeMap<ConnId, u32>,
 }
 
 impl FaultLayer {
@@ -228,6 +236,11 @@ impl Edge for FaultLayer {
         let Ok(mut payload) = codec::decode(&stanza, usize::MAX) else {
             return Some(stanza);
         };
+        if let Payload::PingpongMessage(pong) = &payload
+            && pong.r#type == RESPONSE
+        {
+            self.unanswered_pings.remove(&conn);
+        }
         let me = self.sessions.get(&conn).cloned();
         match &mut payload {
             Payload::TokenRevokeRequest(request) if self.has(Fault::IgnoreRevocation) && request.r#type == 1 => {
@@ -346,6 +359,25 @@ impl Edge for FaultLayer {
                 };
                 rewritten = true;
             }
+            Payload::PingpongMessage(ping) if self.has(Fault::EarlyPingTimeout) && ping.r#type == REQUEST => {
+                let unanswered = self.unanswered_pings.entry(conn).or_default();
+                *unanswered += 1;
+                if *unanswered >= 2 {
+                    let error = crate::proto::ErrorMessage {
+                        code: 408,
+                        message: "ping_timeout".into(),
+                        timestamp: ping.request_time,
+                        ..Default::default()
+                    };
+                    Self::answer(conn, &Payload::ErrorMessage(error), out);
+                    self.closed(conn);
+                    out.push(Output::Close {
+                        conn,
+                        reason: crate::core::CloseReason::Error(crate::codec::ErrorKind::PingTimeout),
+                    });
+                    return;
+                }
+            }
             Payload::AwarenessResponse(answer) if self.has(Fault::AwarenessFromDevice) => {
                 if let Some(from) = &mut answer.from {
                     from.connection_resource_id = "phone".into();
@@ -390,6 +422,7 @@ impl Edge for FaultLayer {
     fn closed(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
         self.held_chat.remove(&conn);
+        self.unanswered_pings.remove(&conn);
         self.replaying.remove(&conn);
     }
 }

@@ -690,20 +690,25 @@ fn a_failure_names_its_seed_shortest_prefix_and_replay() {
 fn each_built_in_server_fault_is_found_within_100_seeds() {
     use bimip::faults::{Fault, Faults};
     let expected = |fault: Fault| match fault {
-        Fault::SkipVersionUpdate | Fault::NeverPong => "answered", // SPEC: CHAT-5, PING-1
-        Fault::ReorderChat => "chat_order",                        // SPEC: CHAT-16
-        Fault::WrongAckCode => "ack_forward",
-        Fault::IgnoreBlock => "blocked", // or visibility: AWR-9 folds blocks in
-        Fault::IgnoreRevocation => "revoked_session", // SPEC: TOK-4, TOK-7
-        Fault::AcceptExpiredToken => "expired_session",
-        Fault::DropOfflineQueue => "delivery",              // SPEC: QUE-3
-        Fault::TrustClientFrom => "spoof_refused",          // SPEC: ENV-11
-        Fault::NonCanonicalEncoding => "canonical",         // SPEC: ENV-12
-        Fault::LeakLocation => "location_audience",         // SPEC: LOC-1
-        Fault::AwarenessFromDevice => "awareness_identity", // SPEC: AWR-13
+        Fault::SkipVersionUpdate | Fault::NeverPong => Some("answered"), // SPEC: CHAT-5, PING-1
+        Fault::ReorderChat => Some("chat_order"),                        // SPEC: CHAT-16
+        Fault::WrongAckCode => Some("ack_forward"),
+        Fault::IgnoreBlock => Some("blocked"), // or visibility: AWR-9 folds blocks in
+        Fault::IgnoreRevocation => Some("revoked_session"), // SPEC: TOK-4, TOK-7
+        Fault::AcceptExpiredToken => Some("expired_session"),
+        Fault::DropOfflineQueue => Some("delivery"),      // SPEC: QUE-3
+        Fault::TrustClientFrom => Some("spoof_refused"),  // SPEC: ENV-11
+        Fault::NonCanonicalEncoding => Some("canonical"), // SPEC: ENV-12
+        Fault::LeakLocation => Some("location_audience"), // SPEC: LOC-1
+        Fault::AwarenessFromDevice => Some("awareness_identity"), // SPEC: AWR-13
+        // The simulation's clients answer every ping they get, and no checker can tell at which tick the server
+        // stopped hearing pongs through a partition; the conformance suite catches this one (pingpong.feature).
+        Fault::EarlyPingTimeout => None,
     };
     let mut found = Vec::new();
-    for fault in Fault::ALL {
+    let searched: Vec<Fault> = Fault::ALL.into_iter().filter(|f| expected(*f).is_some()).collect();
+    for fault in searched.iter().copied() {
+        let want = expected(fault).unwrap_or_default();
         let mut o = SimOptions {
             chaos_ms: 8_000,
             ..SimOptions::default()
@@ -717,7 +722,6 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
             panic!("{fault} was not found within 100 seeds");
         };
         let names: Vec<&str> = outcome.violations.iter().map(|v| v.invariant).collect();
-        let want = expected(fault);
         // A request never answered also puts the next answer on its connection out of order (ENV-14).
         let also = match fault {
             Fault::IgnoreBlock => "visibility",
@@ -728,6 +732,6 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         assert!(ok, "{fault}: seed {seed} was flagged by {names:?}, not {want}");
         found.push(format!("{fault}: seed {seed} ({want})"));
     }
-    assert_eq!(found.len(), Fault::ALL.len());
+    assert_eq!(found.len(), searched.len());
     eprintln!("{}", found.join("\n"));
 }

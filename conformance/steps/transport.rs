@@ -250,8 +250,16 @@ fn subprotocol(w: &mut CaseWorld, a: &Args) {
 fn still_connected(w: &mut CaseWorld, a: &Args) {
     let key = w.resolve(&a.conn(1, 2));
     let events = w.collect(&key, Duration::ZERO);
-    if let Some(closed) = events.iter().find(|e| matches!(e, Event::Closed { .. })) {
-        fail(format!("{key} still connected"), describe_event(closed));
+    // A fatal error announces the close (ERR-6), which may take a while to complete.
+    let ending = |e: &&Event| match e {
+        Event::Closed { .. } => true,
+        Event::Stanza(Payload::ErrorMessage(error)) => {
+            crate::codec::ErrorKind::from_name(&error.message).is_some_and(crate::codec::ErrorKind::is_fatal)
+        }
+        _ => false,
+    };
+    if let Some(end) = events.iter().find(ending) {
+        fail(format!("{key} still connected"), describe_event(end));
     }
     w.unread(&key, events);
 }
