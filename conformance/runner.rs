@@ -338,6 +338,13 @@ fn run_worker(
         writer,
     )
     .steps(steps::collection())
+    .after(|_, _, _, finished, world| {
+        Box::pin(async move {
+            if let (cucumber::event::ScenarioFinished::StepPassed, Some(world)) = (finished, world) {
+                world.check_at_end();
+            }
+        })
+    })
     .max_concurrent_scenarios(1)
     .with_cli(cli::Opts::<_, _, _, cli::Empty>::default());
     quiet_step_panics();

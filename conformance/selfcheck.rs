@@ -31,6 +31,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::LeakLocation => &["location.feature"],
         Fault::AwarenessFromDevice => &["awareness.feature"],
         Fault::EarlyPingTimeout => &["pingpong.feature"],
+        Fault::PackVersionUpdate => &["chat.feature"],
     }
 }
 

@@ -536,6 +536,31 @@ impl CaseWorld {
         );
     }
 
+    /// What every case checks at its end, whatever its steps: on each plaintext connection, every WebSocket
+    /// message or TCP frame from the server was exactly one stanza, canonically encoded (ENV-12, TRN-3, TRN-8).
+    /// Two stanzas packed into one frame decode as one merged message, so the steps alone would not notice.
+    pub fn check_at_end(&mut self) {
+        let keys: Vec<String> = self.conns.keys().cloned().collect();
+        for key in keys {
+            let Some(tap) = self.driver.tap(&key) else { continue };
+            let log = tap.log();
+            if !log.plaintext {
+                continue;
+            }
+            for bytes in &log.stanzas {
+                let Ok(payload) = codec::decode(bytes, usize::MAX) else {
+                    continue; // reported as undecodable when a step read it (ENV-1)
+                };
+                if codec::encode(&payload) != *bytes {
+                    fail(
+                        "every WebSocket message or TCP frame from the server to be one stanza, canonically encoded (ENV-12, TRN-3, TRN-8)",
+                        format!("{key} received {}", hex::encode(bytes)),
+                    );
+                }
+            }
+        }
+    }
+
     /// Checks an ErrorMessage's common fields (ERR-1, ERR-4) and remembers it.
     pub fn check_error(&mut self, key: &str, error: &ErrorMessage) {
         let tolerance = self.driver.info().clock_tolerance_ms;

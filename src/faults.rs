@@ -60,10 +60,13 @@ pub enum Fault {
     /// A silent session is closed with 408 `ping_timeout` at the second
     /// unanswered ping tick instead of the third (PING-4, PING-5).
     EarlyPingTimeout,
+    /// A VersionUpdate and the next stanza for the same connection leave in
+    /// one WebSocket message or TCP frame (TRN-3, TRN-8).
+    PackVersionUpdate,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 14] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -77,6 +80,7 @@ impl Fault {
         Fault::LeakLocation,
         Fault::AwarenessFromDevice,
         Fault::EarlyPingTimeout,
+        Fault::PackVersionUpdate,
     ];
 
     /// The name on command lines: kebab-case.
@@ -95,6 +99,7 @@ impl Fault {
             Fault::LeakLocation => "leak-location",
             Fault::AwarenessFromDevice => "awareness-from-device",
             Fault::EarlyPingTimeout => "early-ping-timeout",
+            Fault::PackVersionUpdate => "pack-version-update",
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct FaultLayer {
     replaying: BTreeSet<ConnId>,
     /// EarlyPingTimeout: server pings sent since the connection's last pong.
     unanswered_pings: BTreeMap<ConnId, u32>,
+    /// PackVersionUpdate: a VersionUpdate waiting for the next stanza to share its frame.
+    held_version: BTreeMap<ConnId, Bytes>,
 }
 
 impl FaultLayer {
@@ -397,6 +404,16 @@ impl Edge for FaultLayer {
             prost::encoding::int64::encode(1, &Route::of(&payload).number(), &mut bytes);
             stanza = Bytes::from(bytes);
         }
+        if self.has(Fault::PackVersionUpdate) {
+            if let Some(held) = self.held_version.remove(&conn) {
+                let mut packed = held.to_vec();
+                packed.extend_from_slice(&stanza);
+                stanza = Bytes::from(packed);
+            } else if matches!(payload, Payload::VersionUpdate(_)) {
+                self.held_version.insert(conn, stanza);
+                return;
+            }
+        }
         if self.has(Fault::ReorderChat) && matches!(payload, Payload::ChatMessage(_)) {
             match self.held_chat.remove(&conn) {
                 None => {
@@ -417,12 +434,16 @@ impl Edge for FaultLayer {
         for (conn, stanza) in std::mem::take(&mut self.held_chat) {
             out.push(Output::Send { conn, stanza });
         }
+        for (conn, stanza) in std::mem::take(&mut self.held_version) {
+            out.push(Output::Send { conn, stanza });
+        }
     }
 
     fn closed(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
         self.held_chat.remove(&conn);
         self.unanswered_pings.remove(&conn);
+        self.held_version.remove(&conn);
         self.replaying.remove(&conn);
     }
 }

@@ -701,6 +701,7 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         Fault::NonCanonicalEncoding => Some("canonical"), // SPEC: ENV-12
         Fault::LeakLocation => Some("location_audience"), // SPEC: LOC-1
         Fault::AwarenessFromDevice => Some("awareness_identity"), // SPEC: AWR-13
+        Fault::PackVersionUpdate => Some("canonical"),    // SPEC: ENV-12, TRN-8
         // The simulation's clients answer every ping they get, and no checker can tell at which tick the server
         // stopped hearing pongs through a partition; the conformance suite catches this one (pingpong.feature).
         Fault::EarlyPingTimeout => None,
