@@ -378,6 +378,18 @@ fn each_checker_catches_a_planted_fault() {
         .expect("a final awareness answer the presence checker can judge");
     expect("presence", h);
 
+    // awareness_identity: an answer that names a device of the asked user (AWR-13).
+    let mut h = history.clone();
+    let p = (0..h.len())
+        .find(|p| matches!(received(&h[*p]), Some(Payload::AwarenessResponse(_))))
+        .expect("an awareness answer in the base history");
+    if let What::Received(Payload::AwarenessResponse(r)) = &mut h[p].what
+        && let Some(from) = &mut r.from
+    {
+        from.connection_resource_id = "d0".into();
+    }
+    expect("awareness_identity", h);
+
     // heal: a device that never came back.
     let mut h = history.clone();
     let n = h.len() - 1;

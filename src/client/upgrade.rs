@@ -61,13 +61,8 @@ where
 }
 
 fn offered_subprotocols(request: &Request) -> Vec<String> {
-    request
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_string())
+    crate::net::ws_subprotocols(request.headers())
+        .map(str::to_string)
         .collect()
 }
 

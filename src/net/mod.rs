@@ -70,7 +70,7 @@ impl Pusher {
         self.0.push(eid, kind, data)
     }
 }
-pub use ws::{SUBPROTOCOL, ws_config};
+pub use ws::{SUBPROTOCOL, subprotocols as ws_subprotocols, ws_config};
 
 use crate::core::Engine;
 use hub::Hub;

@@ -215,13 +215,17 @@ fn decide(
 }
 
 fn offers_subprotocol(request: &Request) -> bool {
-    request
-        .headers()
+    subprotocols(request.headers()).any(|offered| offered == SUBPROTOCOL)
+}
+
+/// The subprotocols a `Sec-WebSocket-Protocol` header list names (one header or several, comma-separated).
+pub fn subprotocols(headers: &header::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|offered| offered.trim() == SUBPROTOCOL)
+        .map(str::trim)
 }
 
 /// SPEC AUTH-10 / SES-3: status = the kind's code, `text/plain` body = the kind.
