@@ -201,8 +201,11 @@ pub struct TargetInfo {
     pub max_sessions_per_eid: usize,
     /// Longest wait for something expected.
     pub timeout: Duration,
-    /// How long "nothing arrives" is watched.
+    /// How long "nothing arrives" is watched by the step that says so.
     pub quiet: Duration,
+    /// How long an absence is watched in all before the case acts again or
+    /// ends (at least 1 s against a target over the network).
+    pub settle: Duration,
     /// Allowed difference between the server's clock and the suite's, ms.
     pub clock_tolerance_ms: Millis,
     /// Allowed lateness of the server's timers, ms.
@@ -218,6 +221,7 @@ impl Default for TargetInfo {
             max_sessions_per_eid: 10,
             timeout: Duration::from_secs(5),
             quiet: Duration::from_millis(300),
+            settle: Duration::from_secs(1),
             clock_tolerance_ms: 120_000,
             timer_tolerance_ms: 1_000,
         }

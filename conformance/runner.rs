@@ -304,6 +304,93 @@ fn worker_of(feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin:
     usize::try_from(hasher.finish() % u64::try_from(jobs.max(1)).unwrap_or(1)).unwrap_or(0)
 }
 
+/// Which worker runs each case, by (feature file, line as cucumber numbers
+/// it: an outline's examples by their rows). Most of a case's time is
+/// waiting, and a few cases wait for seconds (ping intervals, expiries, the
+/// settle window after "receives no ..."), so cases are spread by an estimate
+/// of their wait, longest first, each to the least loaded worker.
+fn plan(jobs: usize) -> HashMap<(String, usize), usize> {
+    let mut cases: Vec<((String, usize), u64)> = Vec::new();
+    for (file, _, _, text) in spec::FEATURES {
+        let Ok(feature) = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()) else {
+            continue;
+        };
+        let scenarios = feature
+            .scenarios
+            .iter()
+            .chain(feature.rules.iter().flat_map(|r| r.scenarios.iter()));
+        for scenario in scenarios {
+            let cost = estimated_wait_ms(scenario);
+            let rows: Vec<usize> = scenario
+                .examples
+                .iter()
+                .flat_map(|e| {
+                    let data_rows = e.table.as_ref().map_or(0, |t| t.rows.len().saturating_sub(1));
+                    (0..data_rows).map(move |id| e.position.line + id + 2)
+                })
+                .collect();
+            if rows.is_empty() {
+                cases.push((((*file).to_string(), scenario.position.line), cost));
+            }
+            for line in rows {
+                cases.push((((*file).to_string(), line), cost));
+            }
+        }
+    }
+    // Longest first; ties in file order, so every worker computes the same plan.
+    cases.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut load = vec![0u64; jobs.max(1)];
+    let mut plan = HashMap::new();
+    for (key, cost) in cases {
+        let (worker, _) = load
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, l)| (**l, *i))
+            .unwrap_or((0, &0));
+        load[worker] += cost;
+        plan.insert(key, worker);
+    }
+    plan
+}
+
+/// A rough guess of how long a scenario waits, ms: the times its steps name,
+/// server pings waited for, and a settle window per run of "receives no"
+/// steps.
+fn estimated_wait_ms(scenario: &cucumber::gherkin::Scenario) -> u64 {
+    let mut ms = 100;
+    let mut in_absence = false;
+    for step in &scenario.steps {
+        let text = step.value.as_str();
+        let absence = text.contains(" receives no") && !text.contains("nothing more");
+        if absence && !in_absence {
+            ms += 1_000;
+        }
+        in_absence = absence;
+        // Times that are waits ("2.5 ping intervals pass", "... every 0.5 ping intervals for 2.5 ping intervals"),
+        // not durations the step sets ("away for 30 seconds").
+        let waits = text.contains(" pass") || text.contains(" every ");
+        let mut words: Vec<&str> = if waits {
+            text.split_whitespace().collect()
+        } else {
+            Vec::new()
+        };
+        words.push("");
+        for w in words.windows(3) {
+            let unit = w[1].starts_with("second") || (w[1] == "ping" && w[2].starts_with("interval"));
+            if let Ok(n) = w[0].parse::<f64>()
+                && unit
+            {
+                // A ping interval of the built-in server is a second.
+                ms += (n * 1_000.0) as u64;
+            }
+        }
+        if text.contains("server ping") || text.contains("expired") {
+            ms += 1_000;
+        }
+    }
+    ms
+}
+
 /// One worker: its share of the selected cases, on this thread.
 fn run_worker(
     options: &RunOptions,
@@ -313,6 +400,7 @@ fn run_worker(
     jobs: usize,
 ) -> Result<(), RunError> {
     let filter = Filter::new(options)?;
+    let plan = plan(jobs);
     let dir = std::env::temp_dir().join(format!(
         "bimip-conform-features-{}-{:?}-{worker}",
         std::process::id(),
@@ -362,7 +450,11 @@ fn run_worker(
             .and_then(|p| p.file_name())
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        filter.selects(&file, &tags, &scenario.name) && worker_of(feature, scenario, jobs) == worker
+        let assigned = plan
+            .get(&(file.clone(), scenario.position.line))
+            .copied()
+            .unwrap_or_else(|| worker_of(feature, scenario, jobs));
+        filter.selects(&file, &tags, &scenario.name) && assigned == worker
     });
     futures::executor::block_on(run);
     QUIET_PANICS.with(|q| q.set(false));
@@ -429,4 +521,55 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
         cases,
         parse_errors: std::mem::take(&mut collected.parse_errors),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{estimated_wait_ms, plan};
+    use crate::conformance::spec;
+
+    /// Every case (an outline's examples each) gets one of the workers, and no worker waits much longer than
+    /// another by the estimate.
+    #[test]
+    fn the_plan_spreads_every_case_over_the_workers() {
+        let cases = spec::cases().expect("the features parse").len();
+        for jobs in [1, 4, 16] {
+            let plan = plan(jobs);
+            assert_eq!(plan.len(), cases, "{jobs} jobs");
+            assert!(plan.values().all(|w| *w < jobs));
+            let mut load = vec![0u64; jobs];
+            let mut longest = 0;
+            for (file, _, _, text) in spec::FEATURES {
+                let feature =
+                    cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()).expect(file);
+                for s in &feature.scenarios {
+                    let cost = estimated_wait_ms(s);
+                    longest = longest.max(cost);
+                    let rows: Vec<usize> = s
+                        .examples
+                        .iter()
+                        .flat_map(|e| {
+                            let n = e.table.as_ref().map_or(0, |t| t.rows.len() - 1);
+                            (0..n).map(move |i| e.position.line + i + 2)
+                        })
+                        .collect();
+                    let lines = if rows.is_empty() { vec![s.position.line] } else { rows };
+                    for line in lines {
+                        load[plan[&((*file).to_string(), line)]] += cost;
+                    }
+                }
+            }
+            let (min, max) = (load.iter().min().copied(), load.iter().max().copied());
+            assert!(max.unwrap_or(0) <= min.unwrap_or(0) + longest, "{jobs} jobs: {load:?}");
+        }
+    }
+
+    #[test]
+    fn waits_are_estimated_from_the_steps_that_wait() {
+        let text = "Feature: f\n  Scenario: s\n    When 2.5 ping intervals pass\n    Then alice's phone receives no error\n    And bob's phone receives no error\n    When alice's phone sets her status to away for 30 seconds\n";
+        let feature =
+            cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()).expect("parses");
+        // 100 base, 2,500 of pings, one settle window for the two absences in a row; the 30 s is a ttl, not a wait.
+        assert_eq!(estimated_wait_ms(&feature.scenarios[0]), 3_600);
+    }
 }

@@ -32,6 +32,11 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::AwarenessFromDevice => &["awareness.feature"],
         Fault::EarlyPingTimeout => &["pingpong.feature"],
         Fault::PackVersionUpdate => &["chat.feature"],
+        Fault::LateEcho => &["chat.feature"],
+        Fault::LatePresenceLeak => &["awareness.feature", "block.feature"],
+        Fault::StaleReceivedAt => &["chat.feature"],
+        Fault::StaleAckTimestamp => &["ack.feature"],
+        Fault::StaleLastSeen | Fault::StalePresence => &["awareness.feature"],
     }
 }
 

@@ -69,6 +69,8 @@ impl Default for SimOptions {
                 queue_max_items: Some(20),
                 timeout: Duration::from_secs(5),
                 quiet: Duration::from_millis(500),
+                // Simulated time: long enough that nothing is still on its way.
+                settle: Duration::from_secs(3),
                 clock_tolerance_ms: 1_000,
                 timer_tolerance_ms: 50,
                 ..TargetInfo::default()

@@ -65,7 +65,7 @@ pub struct Conn {
     pub session: Option<SessionInfo>,
     /// The connect outcome, for Then steps about a refusal.
     pub outcome: Option<ConnectOutcome>,
-    /// The suite's clock when the connection opened, ms.
+    /// The suite's clock when the case began to open the connection, ms.
     pub opened_ms: Millis,
     /// A stanza (or the Authenticate RESPONSE) arrived (see [`CaseWorld::receive`]).
     pub first_stanza_seen: bool,
@@ -80,6 +80,10 @@ pub struct Memory {
     pub sent_pings: BTreeMap<String, PingPong>,
     /// Chat requests sent, by message_id_local.
     pub sent_chats: BTreeMap<String, Payload>,
+    /// When each message_id_local was first sent (the suite's clock, ms).
+    pub chat_sent_ms: BTreeMap<String, Millis>,
+    /// AcknowledgmentRequests sent, by message_id: (status, timestamp).
+    pub acks_sent: BTreeMap<String, Vec<(i32, i64)>>,
     /// The last AwarenessRequest's identifier per connection.
     pub asked: BTreeMap<String, i64>,
     /// The last pong per connection.
@@ -100,6 +104,20 @@ pub struct Memory {
     pub counter: u64,
 }
 
+/// An absence a step asserted ("bob's phone receives no ChatMessage"). It
+/// holds past the step's own short watch, until the case's next action or its
+/// end, and the world waits out a settle window before either (issue 21.2):
+/// a leak that comes late fails like one that comes at once.
+#[derive(Clone)]
+pub struct Forbidden {
+    pub key: String,
+    /// What must not arrive, for the failure message ("ChatMessage").
+    pub what: String,
+    /// `driver.elapsed_ms()` when the step began watching.
+    pub since_ms: u64,
+    pub matches: Arc<dyn Fn(&Payload) -> bool + Send + Sync>,
+}
+
 /// The World of one case.
 pub struct CaseWorld {
     pub driver: Box<dyn Driver>,
@@ -116,7 +134,51 @@ pub struct CaseWorld {
     /// Per connection: how many queued events came before the last stanza
     /// [`CaseWorld::take`] matched (the rest came after it).
     pub after_match: BTreeMap<String, usize>,
+    /// Absences asserted since the case's last action.
+    forbidden: Vec<Forbidden>,
+    /// The suite's clock when the case began, ms.
+    pub started_ms: Millis,
+    /// The suite's clock when the case last began an action (a send, a
+    /// connect, a close), ms.
+    pub acted_ms: Millis,
+    /// What the case's stamps say of the server's clock ([`CaseWorld::stamp_problem`]).
+    clock: Option<ClockBand>,
 }
+
+/// The offsets (server clock minus the suite's, ms) that every stamp the case
+/// saw allows: a stamp made between suite times `after` and `seen` puts the
+/// offset in `[stamp - seen, stamp - after]`.
+#[derive(Clone, Copy, Debug)]
+struct ClockBand {
+    lo: i64,
+    hi: i64,
+}
+
+impl ClockBand {
+    /// Narrows the band by a stamp made between suite times `after` and
+    /// `now`, or says why the stamp fits no offset the band allows.
+    fn admit(&mut self, stamp: Millis, after: Millis, now: Millis) -> Result<(), String> {
+        let (lo, hi) = (stamp - now - STAMP_SLACK_MS, stamp - after + STAMP_SLACK_MS);
+        let (new_lo, new_hi) = (lo.max(self.lo), hi.min(self.hi));
+        if new_lo <= new_hi {
+            (self.lo, self.hi) = (new_lo, new_hi);
+            return Ok(());
+        }
+        let off = if hi < self.lo { hi - self.lo } else { lo - self.hi };
+        Err(format!(
+            "{} ms {} what the clock tolerance and the case's other stamps allow (it was made between {after} and \
+             {now} on the suite's clock; the server's clock is {}..{} ms from the suite's)",
+            off.abs(),
+            if off < 0 { "before" } else { "after" },
+            self.lo,
+            self.hi
+        ))
+    }
+}
+
+/// Slack on each side of a stamp's window, ms: clocks read in whole ms, and
+/// the server may read its clock a moment before it takes the stanza in.
+const STAMP_SLACK_MS: i64 = 25;
 
 impl fmt::Debug for CaseWorld {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,7 +220,12 @@ impl cucumber::World for CaseWorld {
             latest: BTreeMap::new(),
             previous: BTreeMap::new(),
             after_match: BTreeMap::new(),
-        })
+            forbidden: Vec::new(),
+            started_ms: 0,
+            acted_ms: 0,
+            clock: None,
+        }
+        .started())
     }
 }
 
@@ -168,6 +235,29 @@ pub fn conn_key(user: &str, device: &str) -> String {
 }
 
 impl CaseWorld {
+    fn started(mut self) -> Self {
+        self.started_ms = self.driver.now_ms();
+        self.acted_ms = self.started_ms;
+        self
+    }
+
+    /// Checks a server-filled time that means "now" when the server made the
+    /// stanza (issue 21.3): it was made after suite time `after` (the action
+    /// that caused it, or the case's start) and before now, so it must agree
+    /// with every other stamp of the case on one offset between the two
+    /// clocks, and that offset must be within the target's clock tolerance.
+    /// A stale or future stamp says why; a good one narrows the band.
+    pub fn stamp_problem(&mut self, stamp: Millis, after: Millis) -> Option<String> {
+        let now = self.now_ms();
+        let after = after.max(self.started_ms);
+        let tolerance = self.driver.info().clock_tolerance_ms;
+        let band = self.clock.get_or_insert(ClockBand {
+            lo: -tolerance,
+            hi: tolerance,
+        });
+        band.admit(stamp, after, now).err()
+    }
+
     /// The EID of a named user of this case, e.g. "alice@example.com".
     pub fn eid(&self, user: &str) -> String {
         if user.contains('@') {
@@ -245,18 +335,41 @@ impl CaseWorld {
 
     /// Sends one stanza on a connection.
     pub fn send(&mut self, key: &str, payload: Payload) {
+        self.settle();
+        match &payload {
+            Payload::TextPayloadRequest(r) => self.remember_chat_sent(&r.message_id_local),
+            Payload::MediaPayloadRequest(r) => self.remember_chat_sent(&r.message_id_local),
+            Payload::AcknowledgmentRequest(r) => {
+                let sent = (r.status, r.timestamp);
+                self.memory
+                    .acks_sent
+                    .entry(r.message_id.clone())
+                    .or_default()
+                    .push(sent);
+            }
+            _ => {}
+        }
         if let Err(e) = self.driver.send(key, &payload) {
             driver_failed(e)
         }
     }
 
+    fn remember_chat_sent(&mut self, local: &str) {
+        self.memory
+            .chat_sent_ms
+            .entry(local.to_string())
+            .or_insert(self.acted_ms);
+    }
+
     pub fn send_burst(&mut self, key: &str, stanzas: Vec<Vec<u8>>) {
+        self.settle();
         if let Err(e) = self.driver.send_burst(key, stanzas) {
             driver_failed(e)
         }
     }
 
     pub fn send_raw(&mut self, key: &str, bytes: Vec<u8>) {
+        self.settle();
         if let Err(e) = self.driver.send_raw(key, bytes) {
             driver_failed(e)
         }
@@ -347,6 +460,7 @@ impl CaseWorld {
                 break;
             };
             check_server_event(&event);
+            self.check_forbidden(key, &event);
             if self.greeted(key, &event) {
                 continue;
             }
@@ -371,6 +485,7 @@ impl CaseWorld {
             && let Some(Event::Stanza(payload)) = queue.remove(i)
         {
             self.after_match.insert(key.to_string(), i);
+            self.lift(key, &payload);
             return Ok(payload);
         }
         let start = self.driver.elapsed_ms();
@@ -390,10 +505,12 @@ impl CaseWorld {
             if let Event::Stanza(p) = &event
                 && wanted(p)
             {
+                self.lift(key, p);
                 let before = self.inbox[key].len();
                 self.after_match.insert(key.to_string(), before);
                 return Ok(p.clone());
             }
+            self.check_forbidden(key, &event);
             seen.push(event.clone());
             if let Some(q) = self.inbox.get_mut(key) {
                 q.push_back(event);
@@ -423,10 +540,15 @@ impl CaseWorld {
         }
     }
 
-    /// The next event on `key` in arrival order (None after `within`).
+    /// The next event on `key` in arrival order (None after `within`). The
+    /// caller judges it, so it lifts an absence it matches.
     pub fn next_event(&mut self, key: &str, within: Duration) -> Option<Event> {
         self.inbox.entry(key.to_string()).or_default();
-        self.pull(key, within)
+        let event = self.pull(key, within)?;
+        if let Event::Stanza(p) = &event {
+            self.lift(key, p);
+        }
+        Some(event)
     }
 
     /// Everything that arrives on `key` during `window` (plus what is queued).
@@ -444,6 +566,7 @@ impl CaseWorld {
             }
             match self.receive(key, Duration::from_millis(budget - spent)) {
                 Some(event) => {
+                    self.check_forbidden(key, &event);
                     let last = matches!(event, Event::Closed { .. });
                     got.push(event);
                     if last {
@@ -490,6 +613,7 @@ impl CaseWorld {
             match self.receive(key, Duration::from_millis(budget - spent)) {
                 Some(Event::Closed { code, .. }) => return Ok(code),
                 Some(event) => {
+                    self.check_forbidden(key, &event);
                     if let Some(q) = self.inbox.get_mut(key) {
                         q.push_back(event);
                     }
@@ -530,7 +654,7 @@ impl CaseWorld {
                 transport,
                 session,
                 outcome: Some(outcome),
-                opened_ms: self.driver.now_ms(),
+                opened_ms: self.acted_ms,
                 first_stanza_seen: transport == TransportKind::Tcp,
             },
         );
@@ -540,6 +664,7 @@ impl CaseWorld {
     /// message or TCP frame from the server was exactly one stanza, canonically encoded (ENV-12, TRN-3, TRN-8).
     /// Two stanzas packed into one frame decode as one merged message, so the steps alone would not notice.
     pub fn check_at_end(&mut self) {
+        self.wait_out_absences();
         let keys: Vec<String> = self.conns.keys().cloned().collect();
         for key in keys {
             let Some(tap) = self.driver.tap(&key) else { continue };
@@ -561,14 +686,107 @@ impl CaseWorld {
         }
     }
 
+    /// Asserts that nothing `matches` arrives on `key`: watched for the quiet
+    /// window now, then held until the next action or the case's end
+    /// ([`Forbidden`]). Events seen stay queued for later steps.
+    pub fn expect_none(
+        &mut self,
+        key: &str,
+        what: impl Into<String>,
+        matches: impl Fn(&Payload) -> bool + Send + Sync + 'static,
+    ) {
+        let what = what.into();
+        let since_ms = self.driver.elapsed_ms();
+        let quiet = self.quiet();
+        let events = self.collect(key, quiet);
+        if let Some(found) = events.iter().find(|e| matches!(e, Event::Stanza(p) if matches(p))) {
+            fail(format!("no {what} on {key}"), describe_event(found));
+        }
+        self.unread(key, events);
+        self.forbid(key, what, since_ms, matches);
+    }
+
+    /// Holds an absence a step watched from `since_ms` on until the next
+    /// action or the case's end ([`Forbidden`]).
+    pub fn forbid(
+        &mut self,
+        key: &str,
+        what: impl Into<String>,
+        since_ms: u64,
+        matches: impl Fn(&Payload) -> bool + Send + Sync + 'static,
+    ) {
+        self.forbidden.push(Forbidden {
+            key: key.to_string(),
+            what: what.into(),
+            since_ms,
+            matches: Arc::new(matches),
+        });
+    }
+
+    /// Fails the step when `event` is something an earlier step said would not come.
+    fn check_forbidden(&self, key: &str, event: &Event) {
+        let Event::Stanza(payload) = event else { return };
+        if let Some(f) = self.forbidden.iter().find(|f| f.key == key && (f.matches)(payload)) {
+            let after = self.driver.elapsed_ms().saturating_sub(f.since_ms);
+            fail(
+                format!(
+                    "no {} on {key}, from the step that said so to the end of the case",
+                    f.what
+                ),
+                format!("{} arrived {after} ms after that step", describe_event(event)),
+            );
+        }
+    }
+
+    /// A step expected `payload` on `key`: the absences it matches were
+    /// bounded in time by the scenario ("nothing about alice, then her status
+    /// within 2 seconds"), and end.
+    fn lift(&mut self, key: &str, payload: &Payload) {
+        self.forbidden.retain(|f| !(f.key == key && (f.matches)(payload)));
+    }
+
+    /// Waits until every absence asserted so far has been watched for the
+    /// target's settle window, checking what arrives meanwhile, then lets
+    /// them go: the case's next action may cause what they forbade.
+    pub fn settle(&mut self) {
+        self.wait_out_absences();
+        self.acted_ms = self.driver.now_ms();
+    }
+
+    fn wait_out_absences(&mut self) {
+        let Some(since) = self.forbidden.iter().map(|f| f.since_ms).max() else {
+            return;
+        };
+        let settle = u64::try_from(self.driver.info().settle.as_millis()).unwrap_or(u64::MAX);
+        let spent = self.driver.elapsed_ms().saturating_sub(since);
+        if spent < settle {
+            self.driver.wait(Duration::from_millis(settle - spent));
+        }
+        let mut keys: Vec<String> = self.forbidden.iter().map(|f| f.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            let mut arrived = Vec::new();
+            while let Some(event) = self.receive(&key, Duration::ZERO) {
+                self.check_forbidden(&key, &event);
+                let closed = matches!(event, Event::Closed { .. });
+                arrived.push(event);
+                if closed {
+                    break;
+                }
+            }
+            self.inbox.entry(key).or_default().extend(arrived);
+        }
+        self.forbidden.clear();
+    }
+
     /// Checks an ErrorMessage's common fields (ERR-1, ERR-4) and remembers it.
     pub fn check_error(&mut self, key: &str, error: &ErrorMessage) {
-        let tolerance = self.driver.info().clock_tolerance_ms;
-        let now = self.now_ms();
-        if (error.timestamp - now).abs() > tolerance {
+        let after = self.conns.get(key).map_or(0, |c| c.opened_ms);
+        if let Some(why) = self.stamp_problem(error.timestamp, after) {
             fail(
-                format!("ErrorMessage.timestamp to be the server's clock in ms (ERR-4), near {now}"),
-                error.timestamp,
+                "ErrorMessage.timestamp to be the server's clock in ms when it was sent (ERR-4)",
+                format!("{}: {why}", error.timestamp),
             );
         }
         self.memory.errors.insert(key.to_string(), error.clone());
@@ -617,5 +835,38 @@ pub fn describe_event(event: &Event) -> String {
         Event::Undecodable(bytes) => format!("undecodable bytes {}", hex::encode(bytes)),
         Event::Text(text) => format!("text message {text:?}"),
         Event::Closed { code, reason } => format!("close (code {code:?}, {reason})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClockBand;
+
+    /// A target's clock may be far from the suite's (the tolerance), but one case's stamps must agree on one offset:
+    /// a stamp 90 s stale passes a 120 s tolerance alone and fails beside a fresh one.
+    #[test]
+    fn stamps_of_one_case_agree_on_one_clock_offset() {
+        let tolerance = 120_000;
+        let fresh = |band: &mut ClockBand, stamp, after, now| band.admit(stamp, after, now);
+        let mut band = ClockBand {
+            lo: -tolerance,
+            hi: tolerance,
+        };
+        // The server runs 40 s ahead: its answers to requests sent at 1,000 and 5,000 say so.
+        assert_eq!(fresh(&mut band, 41_010, 1_000, 1_020), Ok(()));
+        assert_eq!(fresh(&mut band, 45_030, 5_000, 5_040), Ok(()));
+        // Made between 6,000 and 6,050 by the suite's clock, stamped 90 s earlier.
+        let stale = fresh(&mut band, 46_020 - 90_000, 6_000, 6_050).unwrap_err();
+        assert!(stale.contains("before what the clock tolerance"), "{stale}");
+        // A stamp from the future fails the same way.
+        assert!(fresh(&mut band, 46_020 + 5_000, 6_000, 6_050).is_err());
+        // And a fresh one still passes: a failure leaves the band as it was.
+        assert_eq!(fresh(&mut band, 47_030, 7_000, 7_050), Ok(()));
+        // Alone, the stale stamp is within the tolerance.
+        let mut alone = ClockBand {
+            lo: -tolerance,
+            hi: tolerance,
+        };
+        assert_eq!(fresh(&mut alone, 46_020 - 90_000, 6_000, 6_050), Ok(()));
     }
 }

@@ -63,10 +63,30 @@ pub enum Fault {
     /// A VersionUpdate and the next stanza for the same connection leave in
     /// one WebSocket message or TCP frame (TRN-3, TRN-8).
     PackVersionUpdate,
+    /// Each chat copy is sent once more, [`LATE_MS`] later, to the device that
+    /// sent the message (CHAT-10): a leak that comes late.
+    LateEcho,
+    /// Each presence notification is sent once more, [`LATE_MS`] later, to
+    /// every other session that did not get it: subscribers or not, blocked
+    /// or not (AWR-9). A leak that comes late.
+    LatePresenceLeak,
+    /// ChatMessage copies carry a `server_received_at` (and
+    /// `acknowledgment_timestamp`) an hour before the acceptance (CHAT-11).
+    StaleReceivedAt,
+    /// AcknowledgmentResponses carry a timestamp an hour before the request's (ACK-4, ACK-5).
+    StaleAckTimestamp,
+    /// `last_seen` is 90 s before the last session ended (AWR-2).
+    StaleLastSeen,
+    /// Presence notifications are stamped 90 s in the past (AWR-10).
+    StalePresence,
 }
 
+/// How late the late faults' leaks come: after every step's quiet window,
+/// within the settle window every absence is held for (issue 21.2).
+pub const LATE_MS: Millis = 600;
+
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 20] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -81,6 +101,12 @@ impl Fault {
         Fault::AwarenessFromDevice,
         Fault::EarlyPingTimeout,
         Fault::PackVersionUpdate,
+        Fault::LateEcho,
+        Fault::LatePresenceLeak,
+        Fault::StaleReceivedAt,
+        Fault::StaleAckTimestamp,
+        Fault::StaleLastSeen,
+        Fault::StalePresence,
     ];
 
     /// The name on command lines: kebab-case.
@@ -100,6 +126,12 @@ impl Fault {
             Fault::AwarenessFromDevice => "awareness-from-device",
             Fault::EarlyPingTimeout => "early-ping-timeout",
             Fault::PackVersionUpdate => "pack-version-update",
+            Fault::LateEcho => "late-echo",
+            Fault::LatePresenceLeak => "late-presence-leak",
+            Fault::StaleReceivedAt => "stale-received-at",
+            Fault::StaleAckTimestamp => "stale-ack-timestamp",
+            Fault::StaleLastSeen => "stale-last-seen",
+            Fault::StalePresence => "stale-presence",
         }
     }
 }
@@ -175,6 +207,10 @@ impl Faults {
     }
 }
 
+/// How stale the stale-stamp faults make their stamps.
+const HOUR_MS: Millis = 3_600_000;
+const STALE_MS: Millis = 90_000;
+
 /// Acknowledgment states the WrongAckCode fault swaps.
 const DELIVERED: i32 = 2;
 const READ: i32 = 3;
@@ -200,6 +236,11 @@ pub struct FaultLayer {
     unanswered_pings: BTreeMap<ConnId, u32>,
     /// PackVersionUpdate: a VersionUpdate waiting for the next stanza to share its frame.
     held_version: BTreeMap<ConnId, Bytes>,
+    /// LateEcho, LatePresenceLeak: leaks due at a time, in the order made.
+    late: Vec<(Millis, ConnId, Bytes)>,
+    /// LatePresenceLeak: presence notifications sent, with when the leak is
+    /// due and who got them.
+    presence_seen: Vec<(Millis, Bytes, BTreeSet<ConnId>)>,
 }
 
 impl FaultLayer {
@@ -213,6 +254,57 @@ impl FaultLayer {
             conn,
             stanza: Bytes::from(codec::encode(payload)),
         });
+    }
+
+    /// LateEcho and LatePresenceLeak: what the engine sends now that a late
+    /// leak will repeat.
+    fn plan_late_leaks(&mut self, conn: ConnId, payload: &Payload, stanza: &Bytes, now: Millis) {
+        match payload {
+            Payload::ChatMessage(copy) if self.has(Fault::LateEcho) => {
+                let sender = self.sessions.iter().find(|(_, id)| copy.from.as_ref() == Some(*id));
+                if let Some((&sender, _)) = sender
+                    && !self.late.iter().any(|l| l.1 == sender && l.2 == *stanza)
+                {
+                    self.late.push((now + LATE_MS, sender, stanza.clone()));
+                }
+            }
+            Payload::AwarenessNotification(n) if self.has(Fault::LatePresenceLeak) && n.awareness_intention == 0 => {
+                // Known by what it says, not by its `to` (the receiving device).
+                let mut about = n.clone();
+                about.to = None;
+                let key = Bytes::from(codec::encode(&Payload::AwarenessNotification(about)));
+                match self.presence_seen.iter_mut().find(|(_, k, _)| *k == key) {
+                    Some((_, _, got)) => {
+                        got.insert(conn);
+                    }
+                    None => self.presence_seen.push((now + LATE_MS, key, BTreeSet::from([conn]))),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// LatePresenceLeak: every other session that got none of a presence
+    /// notification gets it when its leak is due, addressed to it.
+    fn presence_leaks(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.presence_seen)
+            .into_iter()
+            .partition(|p| p.0 <= now);
+        self.presence_seen = later;
+        for (_, about, got) in due {
+            let Ok(Payload::AwarenessNotification(n)) = codec::decode(&about, usize::MAX) else {
+                continue;
+            };
+            let subject = n.from.as_ref().map(|f| f.eid.clone()).unwrap_or_default();
+            for (&conn, identity) in &self.sessions {
+                if got.contains(&conn) || identity.eid == subject {
+                    continue;
+                }
+                let mut leaked = n.clone();
+                leaked.to = Some(identity.clone());
+                Self::answer(conn, &Payload::AwarenessNotification(leaked), out);
+            }
+        }
     }
 
     /// The identity slot the engine checks against the session (ENV-11).
@@ -324,7 +416,7 @@ impl Edge for FaultLayer {
         Some(stanza)
     }
 
-    fn outbound(&mut self, output: Output, out: &mut Vec<Output>) {
+    fn outbound(&mut self, output: Output, now: Millis, out: &mut Vec<Output>) {
         let (conn, stanza) = match output {
             Output::Send { conn, stanza } => (conn, stanza),
             Output::Close { conn, reason } => {
@@ -354,6 +446,7 @@ impl Edge for FaultLayer {
             }
             self.replaying.remove(&conn);
         }
+        self.plan_late_leaks(conn, &payload, &stanza, now);
         let mut rewritten = false;
         match &mut payload {
             Payload::VersionUpdate(_) if self.has(Fault::SkipVersionUpdate) => return,
@@ -384,6 +477,30 @@ impl Edge for FaultLayer {
                     });
                     return;
                 }
+            }
+            Payload::ChatMessage(copy) if self.has(Fault::StaleReceivedAt) => {
+                copy.server_received_at -= HOUR_MS;
+                copy.acknowledgment_timestamp -= HOUR_MS;
+                rewritten = true;
+            }
+            Payload::AcknowledgmentResponse(ack) if self.has(Fault::StaleAckTimestamp) => {
+                ack.timestamp -= HOUR_MS;
+                rewritten = true;
+            }
+            Payload::AwarenessNotification(n)
+                if self.has(Fault::StalePresence) || (self.has(Fault::StaleLastSeen) && n.last_seen != 0) =>
+            {
+                if self.has(Fault::StalePresence) {
+                    n.timestamp -= STALE_MS;
+                }
+                if self.has(Fault::StaleLastSeen) && n.last_seen != 0 {
+                    n.last_seen -= STALE_MS;
+                }
+                rewritten = true;
+            }
+            Payload::AwarenessResponse(r) if self.has(Fault::StaleLastSeen) && r.last_seen != 0 => {
+                r.last_seen -= STALE_MS;
+                rewritten = true;
             }
             Payload::AwarenessResponse(answer) if self.has(Fault::AwarenessFromDevice) => {
                 if let Some(from) = &mut answer.from {
@@ -429,8 +546,16 @@ impl Edge for FaultLayer {
         out.push(Output::Send { conn, stanza });
     }
 
-    fn tick(&mut self, out: &mut Vec<Output>) {
+    fn tick(&mut self, now: Millis, out: &mut Vec<Output>) {
         self.replaying.clear();
+        self.presence_leaks(now, out);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.late).into_iter().partition(|l| l.0 <= now);
+        self.late = later;
+        for (_, conn, stanza) in due {
+            if self.sessions.contains_key(&conn) {
+                out.push(Output::Send { conn, stanza });
+            }
+        }
         for (conn, stanza) in std::mem::take(&mut self.held_chat) {
             out.push(Output::Send { conn, stanza });
         }
@@ -439,8 +564,17 @@ impl Edge for FaultLayer {
         }
     }
 
+    fn deadline(&self) -> Option<Millis> {
+        self.late
+            .iter()
+            .map(|l| l.0)
+            .chain(self.presence_seen.iter().map(|p| p.0))
+            .min()
+    }
+
     fn closed(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
+        self.late.retain(|l| l.1 != conn);
         self.held_chat.remove(&conn);
         self.unanswered_pings.remove(&conn);
         self.held_version.remove(&conn);

@@ -126,7 +126,7 @@ impl Edge for VariantLayer {
         Some(stanza)
     }
 
-    fn outbound(&mut self, output: Output, out: &mut Vec<Output>) {
+    fn outbound(&mut self, output: Output, _now: Millis, out: &mut Vec<Output>) {
         let Output::Send { conn, stanza } = &output else {
             out.push(output);
             return;
@@ -152,7 +152,7 @@ impl Edge for VariantLayer {
         }
     }
 
-    fn tick(&mut self, _out: &mut Vec<Output>) {}
+    fn tick(&mut self, _now: Millis, _out: &mut Vec<Output>) {}
 
     fn closed(&mut self, conn: ConnId) {
         self.authenticated_by_stanza.remove(&conn);

@@ -714,6 +714,13 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         Fault::LeakLocation => Some("location_audience"), // SPEC: LOC-1
         Fault::AwarenessFromDevice => Some("awareness_identity"), // SPEC: AWR-13
         Fault::PackVersionUpdate => Some("canonical"),    // SPEC: ENV-12, TRN-8
+        Fault::LateEcho => Some("recipient"),             // SPEC: CHAT-10
+        Fault::LatePresenceLeak => Some("visibility"),    // SPEC: AWR-9
+        Fault::StaleReceivedAt => Some("versions_grow"),  // SPEC: CHAT-5, CHAT-11
+        Fault::StalePresence => Some("visibility"),       // a stamp before a change of sight reads as a leak
+        // No checker reads these stamps: the conformance suite's stamp checks (ack.feature, awareness.feature)
+        // catch them.
+        Fault::StaleAckTimestamp | Fault::StaleLastSeen => None,
         // The simulation's clients answer every ping they get, and no checker can tell at which tick the server
         // stopped hearing pongs through a partition; the conformance suite catches this one (pingpong.feature).
         Fault::EarlyPingTimeout => None,

@@ -95,8 +95,7 @@ fn expect_version(w: &mut CaseWorld, key: &str, local: &str, version: i64) -> Ve
     };
     let conn = w.conn(key).clone();
     let identity = w.identity(&conn.user, &conn.device);
-    let tolerance = w.driver.info().clock_tolerance_ms;
-    let now = w.now_ms();
+    let sent = w.memory.chat_sent_ms.get(local).copied().unwrap_or(w.started_ms);
     let mut problems = Vec::new();
     if (v.r#type, v.status) != (1, 1) {
         problems.push(format!("type {} status {} (want 1, 1)", v.r#type, v.status));
@@ -110,9 +109,9 @@ fn expect_version(w: &mut CaseWorld, key: &str, local: &str, version: i64) -> Ve
     if v.message_id.is_empty() || v.chat_id.is_empty() {
         problems.push("an empty message_id or chat_id".to_string());
     }
-    if (v.timestamp - now).abs() > tolerance {
+    if let Some(why) = w.stamp_problem(v.timestamp, sent) {
         problems.push(format!(
-            "timestamp {} (want the server's ms of acceptance)",
+            "timestamp {} (want the server's ms of acceptance): {why}",
             v.timestamp
         ));
     }
@@ -200,6 +199,19 @@ fn check_chat(w: &mut CaseWorld, a: &Args, first: usize, c: &ChatMessage) {
             "server_received_at {} acknowledgment_timestamp {} (want both the server's ms of acceptance)",
             c.server_received_at, c.acknowledgment_timestamp
         ));
+    }
+    // The acceptance the VersionUpdate reported (CHAT-5), made after the request was sent.
+    if let Some(v) = w.memory.versions.get(local)
+        && c.server_received_at != v.timestamp
+    {
+        problems.push(format!(
+            "server_received_at {} (want the VersionUpdate's timestamp {}, CHAT-5)",
+            c.server_received_at, v.timestamp
+        ));
+    }
+    let sent = w.memory.chat_sent_ms.get(local).copied().unwrap_or(w.started_ms);
+    if let Some(why) = w.stamp_problem(c.server_received_at, sent) {
+        problems.push(format!("server_received_at {}: {why}", c.server_received_at));
     }
     if let Some(Payload::TextPayloadRequest(r)) = w.memory.sent_chats.get(local) {
         if c.payload != Some(chat_message::Payload::Text(r.content.clone())) {
@@ -300,8 +312,28 @@ fn check_ack(w: &mut CaseWorld, key: &str, a: &Args, r: &crate::proto::Acknowled
             r.chat_id, r.version, v.chat_id, v.version
         ));
     }
-    if r.timestamp == 0 {
-        problems.push("timestamp 0".to_string());
+    // ACK-4, ACK-5: the timestamp of the acknowledgment that reached this state, as its request gave it; SENT (4)
+    // is reached at the acceptance (CHAT-5).
+    let mut reached: Vec<i64> = w
+        .memory
+        .acks_sent
+        .get(&r.message_id)
+        .map(|sent| sent.iter().filter(|(s, _)| *s == r.status).map(|(_, t)| *t).collect())
+        .unwrap_or_default();
+    if r.status == 4
+        && let Some(v) = w.memory.versions.get(local)
+    {
+        reached.push(v.timestamp);
+    }
+    if reached.contains(&0) {
+        if let Some(why) = w.stamp_problem(r.timestamp, w.started_ms) {
+            problems.push(format!("timestamp {}: {why}", r.timestamp));
+        }
+    } else if !reached.contains(&r.timestamp) {
+        problems.push(format!(
+            "timestamp {} (want the timestamp of the request that reached status {}: one of {reached:?})",
+            r.timestamp, r.status
+        ));
     }
     if !problems.is_empty() {
         fail(

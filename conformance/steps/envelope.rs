@@ -303,24 +303,25 @@ fn receives_errors(w: &mut CaseWorld, a: &Args) {
 
 fn receives_none_of(w: &mut CaseWorld, a: &Args, message: &str) {
     let key = w.resolve(&a.conn(1, 2));
-    let quiet = w.quiet();
-    let events = w.collect(&key, quiet);
-    if let Some(found) = events
-        .iter()
-        .find(|e| matches!(e, Event::Stanza(p) if Route::of(p).message_name() == message))
-    {
-        fail(format!("no {message} on {key}"), describe_event(found));
-    }
-    w.unread(&key, events);
+    let name = message.to_string();
+    w.expect_none(&key, message, move |p| Route::of(p).message_name() == name);
 }
 
 fn receives_nothing(w: &mut CaseWorld, a: &Args) {
     let key = w.resolve(&a.conn(1, 2));
+    let since = w.driver.elapsed_ms();
     let quiet = w.quiet();
     let events = w.collect(&key, quiet);
     if !events.is_empty() {
         fail(format!("nothing on {key}"), summarize(&events));
     }
+    // Held to the case's end, but a server may ping at any time (PING-2).
+    w.forbid(
+        &key,
+        "stanza",
+        since,
+        |p| !matches!(p, Payload::PingpongMessage(ping) if ping.r#type == 1),
+    );
 }
 
 fn all_valid(w: &mut CaseWorld, _: &Args) {

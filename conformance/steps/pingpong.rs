@@ -110,8 +110,6 @@ fn check_pong(w: &mut CaseWorld, key: &str, id: &str, pong: &PingPong) {
     let conn = w.conn(key).clone();
     let identity = w.identity(&conn.user, &conn.device);
     let sent = w.memory.sent_pings.get(id).cloned();
-    let tolerance = w.driver.info().clock_tolerance_ms;
-    let now = w.now_ms();
     let mut problems = Vec::new();
     if (pong.r#type, pong.status) != (2, 2) {
         problems.push(format!("type {} status {} (want 2, 2)", pong.r#type, pong.status));
@@ -127,9 +125,9 @@ fn check_pong(w: &mut CaseWorld, key: &str, id: &str, pong: &PingPong) {
             pong.request_time, sent.request_time
         ));
     }
-    if (pong.response_time - now).abs() > tolerance {
+    if let Some(why) = w.stamp_problem(pong.response_time, conn.opened_ms) {
         problems.push(format!(
-            "response_time {} (want the server's ms, near {now})",
+            "response_time {} (want the server's ms): {why}",
             pong.response_time
         ));
     }
@@ -190,8 +188,6 @@ fn receives_server_ping(w: &mut CaseWorld, a: &Args) {
     };
     let conn = w.conn(&key).clone();
     let identity = w.identity(&conn.user, &conn.device);
-    let tolerance = w.driver.info().clock_tolerance_ms;
-    let now = w.now_ms();
     let mut problems = Vec::new();
     if ping.status != 1 {
         problems.push(format!("status {} (want 1)", ping.status));
@@ -199,9 +195,9 @@ fn receives_server_ping(w: &mut CaseWorld, a: &Args) {
     if ping.to.as_ref() != Some(&identity) {
         problems.push(format!("to {:?} (want the session identity)", ping.to));
     }
-    if (ping.request_time - now).abs() > tolerance {
+    if let Some(why) = w.stamp_problem(ping.request_time, conn.opened_ms) {
         problems.push(format!(
-            "request_time {} (want the server's ms, near {now})",
+            "request_time {} (want the server's ms): {why}",
             ping.request_time
         ));
     }

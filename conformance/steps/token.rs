@@ -117,8 +117,7 @@ fn revoke_response(w: &mut CaseWorld, a: &Args) {
         connection_resource_id: a.opt(3).unwrap_or_default().to_string(),
     };
     let ended = i32::try_from(a.n(4)).unwrap_or(-1);
-    let tolerance = w.driver.info().clock_tolerance_ms;
-    let now = w.now_ms();
+    let opened = w.conn(&key).opened_ms;
     let mut problems = Vec::new();
     if (r.r#type, r.status) != (2, 1) {
         problems.push(format!("type {} status {} (want 2, 1)", r.r#type, r.status));
@@ -129,8 +128,8 @@ fn revoke_response(w: &mut CaseWorld, a: &Args) {
     if r.sessions_ended != ended {
         problems.push(format!("sessions_ended {} (want {ended})", r.sessions_ended));
     }
-    if (r.timestamp - now).abs() > tolerance {
-        problems.push(format!("timestamp {} (want the server's ms)", r.timestamp));
+    if let Some(why) = w.stamp_problem(r.timestamp, opened) {
+        problems.push(format!("timestamp {} (want the server's ms): {why}", r.timestamp));
     }
     if !problems.is_empty() {
         fail("a TokenRevokeResponse as TOK-6 describes", problems.join("; "));
@@ -162,8 +161,8 @@ fn refreshed(w: &mut CaseWorld, a: &Args) {
     if r.to.as_ref() != Some(&identity) {
         problems.push(format!("to {:?} (want the session identity)", r.to));
     }
-    if (r.timestamp - now).abs() > tolerance {
-        problems.push(format!("timestamp {} (want the server's ms)", r.timestamp));
+    if let Some(why) = w.stamp_problem(r.timestamp, conn.opened_ms) {
+        problems.push(format!("timestamp {} (want the server's ms): {why}", r.timestamp));
     }
     if text(&new, "eid") != identity.eid || text(&new, "device_id") != identity.connection_resource_id {
         problems.push(format!("claims {new} (want the same eid and device_id)"));
@@ -196,9 +195,8 @@ fn logout_confirmation(w: &mut CaseWorld, a: &Args) {
     };
     let conn = w.conn(&key).clone();
     let identity = w.identity(&conn.user, &conn.device);
-    let tolerance = w.driver.info().clock_tolerance_ms;
-    let now = w.now_ms();
-    if (l.r#type, l.status) != (2, 3) || l.entity.as_ref() != Some(&identity) || (l.timestamp - now).abs() > tolerance {
+    let stamp = w.stamp_problem(l.timestamp, conn.opened_ms);
+    if (l.r#type, l.status) != (2, 3) || l.entity.as_ref() != Some(&identity) || stamp.is_some() {
         fail(
             format!("Logout{{type: 2, status: 3, entity: {identity:?}, timestamp: server ms}} (OUT-1)"),
             format!("{l:?}"),

@@ -48,6 +48,7 @@ pub fn steps() -> Vec<StepDef> {
             pattern: const_format(CLOSES),
             run: |w, a| {
                 let key = w.resolve(&a.conn(1, 2));
+                w.settle();
                 w.driver.close(&key);
             },
         },
@@ -67,6 +68,7 @@ pub fn steps() -> Vec<StepDef> {
             pattern: const_format(SENDS_TEXT_FRAME),
             run: |w, a| {
                 let key = w.resolve(&a.conn(1, 2));
+                w.settle();
                 if let Err(e) = w.driver.send_text(&key, a.s(3)) {
                     driver_failed(e)
                 }
@@ -135,6 +137,7 @@ fn configure(w: &mut CaseWorld, tweak: ServerTweak) {
 pub fn open_session(w: &mut CaseWorld, user: &str, device: &str, spec: ConnectSpec) -> String {
     let key = w.new_key(user, device);
     let transport = spec.transport;
+    w.settle();
     let outcome = w.driver.connect(&key, &spec).unwrap_or_else(|e| driver_failed(e));
     match &outcome {
         ConnectOutcome::Session(s) if transport == TransportKind::Tcp && s.response.is_none() => fail(
@@ -179,6 +182,7 @@ fn connected_raw(w: &mut CaseWorld, a: &Args) {
     let mut spec = ConnectSpec::new(&w.eid(user), device, TransportKind::Tcp);
     spec.token = crate::conformance::driver::TokenKind::Missing;
     let key = w.new_key(user, device);
+    w.settle();
     let outcome = w.driver.connect(&key, &spec).unwrap_or_else(|e| driver_failed(e));
     w.record_connect(&key, user, device, TransportKind::Tcp, outcome);
 }
@@ -195,6 +199,7 @@ fn hex_bytes(text: &str) -> Vec<u8> {
 
 fn writes(w: &mut CaseWorld, a: &Args) {
     let key = w.resolve(&a.conn(1, 2));
+    w.settle();
     if let Err(e) = w.driver.send_wire(&key, hex_bytes(a.s(3))) {
         driver_failed(e)
     }
@@ -218,6 +223,7 @@ fn writes_ping_slowly(w: &mut CaseWorld, a: &Args) {
     let key = w.resolve(&a.conn(1, 2));
     let frame = ping_frame(w, a.s(3));
     for byte in frame {
+        w.settle();
         if let Err(e) = w.driver.send_wire(&key, vec![byte]) {
             driver_failed(e)
         }
@@ -231,6 +237,7 @@ fn writes_pings_at_once(w: &mut CaseWorld, a: &Args) {
     for i in 3..=5 {
         bytes.extend(ping_frame(w, a.s(i)));
     }
+    w.settle();
     if let Err(e) = w.driver.send_wire(&key, bytes) {
         driver_failed(e)
     }

@@ -98,8 +98,8 @@ struct Args {
     /// line (`#` comments); one that passes fails the run.
     #[arg(long, value_name = "FILE")]
     expected_failures: Option<PathBuf>,
-    /// Cases run side by side (each has its own users).
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    /// Cases run side by side (each has its own users; most of a case's time is waiting).
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 16)]
     jobs: usize,
     /// Longest wait for an expected stanza, seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]

@@ -16,9 +16,13 @@ pub trait Edge: Send {
     /// the engine produced before.
     fn inbound(&mut self, conn: ConnId, stanza: Bytes, now: Millis, out: &mut Vec<Output>) -> Option<Bytes>;
     /// One engine output: push what goes to the connections instead.
-    fn outbound(&mut self, output: Output, out: &mut Vec<Output>);
-    /// The engine's timers ran.
-    fn tick(&mut self, out: &mut Vec<Output>);
+    fn outbound(&mut self, output: Output, now: Millis, out: &mut Vec<Output>);
+    /// The engine's timers ran, or the layer's own deadline came.
+    fn tick(&mut self, now: Millis, out: &mut Vec<Output>);
+    /// When the layer wants a tick of its own (it holds something until then).
+    fn deadline(&self) -> Option<Millis> {
+        None
+    }
     /// The connection is gone.
     fn closed(&mut self, conn: ConnId);
 }

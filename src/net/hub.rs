@@ -527,7 +527,7 @@ impl Hub {
             self.inbox(to).push_back(Input::Mail(mail));
             mailed.insert(to);
         }
-        if let Some(deadline) = core.engine.next_deadline()
+        if let Some(deadline) = core.next_deadline()
             && core.armed.is_none_or(|armed| deadline < armed)
         {
             core.armed = Some(deadline);
@@ -558,7 +558,7 @@ impl Hub {
             let woken = self.shards[shard].timer_wake.notified();
             let wait = {
                 let mut core = self.lock(shard);
-                let deadline = core.engine.next_deadline();
+                let deadline = core.next_deadline();
                 core.armed = deadline;
                 deadline.map(|at| at.saturating_sub(self.clock.now_ms()))
             };
@@ -579,6 +579,15 @@ impl Hub {
 }
 
 impl Core {
+    /// The engine's next timer, or the edge layer's if that comes first.
+    fn next_deadline(&self) -> Option<Millis> {
+        let edge = self.edge.as_ref().and_then(|e| e.deadline());
+        match (self.engine.next_deadline(), edge) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// One stanza, through the edge layer if there is one.
     fn receive(&mut self, conn: ConnId, stanza: Bytes, now: Millis) {
         let Some(edge) = &mut self.edge else {
@@ -600,7 +609,7 @@ impl Core {
         self.engine.tick(now);
         if let Some(edge) = &mut self.edge {
             let mut released = Vec::new();
-            edge.tick(&mut released);
+            edge.tick(now, &mut released);
             self.route_outputs(now);
             self.route(released, now);
         }
@@ -621,7 +630,7 @@ impl Core {
             let mut dead = Vec::new();
             while let Some(output) = self.engine.poll_output() {
                 match &mut self.edge {
-                    Some(edge) => edge.outbound(output, &mut outputs),
+                    Some(edge) => edge.outbound(output, now, &mut outputs),
                     None => outputs.push(output),
                 }
                 for output in outputs.drain(..) {

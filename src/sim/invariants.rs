@@ -818,6 +818,14 @@ pub fn check(entries: &[Entry]) -> Vec<Violation> {
                                 format!("{name} got {} between {from} and {to}", m.message_id),
                             );
                         }
+                        if me == from && m.from.as_ref().is_some_and(|f| f.connection_resource_id == name) {
+                            violation(
+                                &mut out,
+                                "recipient",
+                                i,
+                                format!("{name} got a copy of {}, which it sent (CHAT-10)", m.message_id),
+                            );
+                        }
                         let text = match &m.payload {
                             Some(crate::proto::chat_message::Payload::Text(t)) => t.clone(),
                             other => format!("{other:?}"),
