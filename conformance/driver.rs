@@ -210,6 +210,9 @@ pub struct TargetInfo {
     pub clock_tolerance_ms: Millis,
     /// Allowed lateness of the server's timers, ms.
     pub timer_tolerance_ms: Millis,
+    /// How much later than an event on another connection the suite may see
+    /// one the server sent first, ms: two sockets are read by two tasks.
+    pub order_slack_ms: u64,
 }
 
 impl Default for TargetInfo {
@@ -224,6 +227,7 @@ impl Default for TargetInfo {
             settle: Duration::from_secs(1),
             clock_tolerance_ms: 120_000,
             timer_tolerance_ms: 1_000,
+            order_slack_ms: 20,
         }
     }
 }
@@ -448,6 +452,10 @@ pub trait Driver {
     /// The next event of `name`, waiting at most `within` (simulated time in
     /// the simulation, real time on the network).
     fn next(&mut self, name: &str, within: Duration) -> Option<Event>;
+
+    /// When the event `next` last handed out for `name` arrived, ms since
+    /// the case started (arrival order across connections, SES-1, TOK-6).
+    fn arrived_ms(&self, name: &str) -> Option<u64>;
 
     /// Lets time pass.
     fn wait(&mut self, duration: Duration);
@@ -815,8 +823,11 @@ where
 pub struct ConnHandle {
     pub commands: mpsc::UnboundedSender<Command>,
     pub reports: std::sync::mpsc::Receiver<Report>,
-    /// Events received and not yet handed out.
-    pub events: VecDeque<Event>,
+    /// Events received and not yet handed out, with when each arrived (ms
+    /// since the case started).
+    pub events: VecDeque<(u64, Event)>,
+    /// When the event last handed out arrived.
+    pub last_arrival_ms: u64,
     pub ended: bool,
     pub tap: TapHandle,
 }
@@ -835,12 +846,20 @@ impl ConnHandle {
                 commands,
                 reports,
                 events: VecDeque::new(),
+                last_arrival_ms: 0,
                 ended: false,
                 tap: TapHandle::default(),
             },
             command_rx,
             report_tx,
         )
+    }
+
+    /// The next event, remembering when it arrived.
+    pub fn pop(&mut self) -> Option<Event> {
+        let (at, event) = self.events.pop_front()?;
+        self.last_arrival_ms = at;
+        Some(event)
     }
 
     /// Moves every report waiting in the channel into `events`, recording
@@ -855,7 +874,7 @@ impl ConnHandle {
                     if matches!(event, Event::Closed { .. }) {
                         self.ended = true;
                     }
-                    self.events.push_back(event);
+                    self.events.push_back((at, event));
                 }
             }
         }

@@ -121,7 +121,7 @@ impl NetworkDriver {
                 if matches!(event, Event::Closed { .. }) {
                     conn.ended = true;
                 }
-                conn.events.push_back(event);
+                conn.events.push_back((at, event));
                 conn.drain(name, &mut self.transcript);
             }
             Ok(Report::Connected(_)) => {}
@@ -233,7 +233,7 @@ impl Driver for NetworkDriver {
         let until = Instant::now() + within;
         loop {
             let conn = self.conns.get_mut(name)?;
-            if let Some(event) = conn.events.pop_front() {
+            if let Some(event) = conn.pop() {
                 return Some(event);
             }
             if conn.ended || Instant::now() >= until {
@@ -241,6 +241,10 @@ impl Driver for NetworkDriver {
             }
             self.pump(name, until);
         }
+    }
+
+    fn arrived_ms(&self, name: &str) -> Option<u64> {
+        self.conns.get(name).map(|c| c.last_arrival_ms)
     }
 
     fn wait(&mut self, duration: Duration) {
@@ -262,7 +266,7 @@ impl Driver for NetworkDriver {
             self.pump(name, until);
             if let Some(conn) = self.conns.get_mut(name) {
                 // Keep the events for the steps; only watch for the end.
-                if conn.events.iter().any(|e| matches!(e, Event::Closed { .. })) {
+                if conn.events.iter().any(|(_, e)| matches!(e, Event::Closed { .. })) {
                     conn.ended = true;
                 }
             }

@@ -37,6 +37,8 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::StaleReceivedAt => &["chat.feature"],
         Fault::StaleAckTimestamp => &["ack.feature"],
         Fault::StaleLastSeen | Fault::StalePresence => &["awareness.feature"],
+        Fault::RevokeResponseLast => &["token.feature"],
+        Fault::ReplacedCloseLate => &["session.feature"],
     }
 }
 
@@ -88,7 +90,7 @@ pub fn skipped_should(variant: Variant) -> Option<&'static str> {
         Variant::NoSubprotocol => Some("TRN-4"),
         Variant::NoWsAuthenticateResponse => Some("TRN-16"),
         Variant::NoStartBody => Some("AWR-17"),
-        Variant::OtherDetails | Variant::RevokeNotice => None,
+        Variant::OtherDetails | Variant::RevokeNotice | Variant::FragmentedMessages | Variant::CloseReasons => None,
     }
 }
 

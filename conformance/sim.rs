@@ -73,6 +73,8 @@ impl Default for SimOptions {
                 settle: Duration::from_secs(3),
                 clock_tolerance_ms: 1_000,
                 timer_tolerance_ms: 50,
+                // One simulated network: what the server sends first arrives first.
+                order_slack_ms: 0,
                 ..TargetInfo::default()
             },
             shards: 1,
@@ -342,7 +344,7 @@ impl Driver for SimDriver {
         let deadline = self.elapsed() + within;
         loop {
             let conn = self.conns.get_mut(name)?;
-            if let Some(event) = conn.events.pop_front() {
+            if let Some(event) = conn.pop() {
                 return Some(event);
             }
             if conn.ended || self.elapsed() >= deadline {
@@ -350,6 +352,10 @@ impl Driver for SimDriver {
             }
             self.step();
         }
+    }
+
+    fn arrived_ms(&self, name: &str) -> Option<u64> {
+        self.conns.get(name).map(|c| c.last_arrival_ms)
     }
 
     fn wait(&mut self, duration: Duration) {

@@ -143,6 +143,9 @@ pub struct CaseWorld {
     pub acted_ms: Millis,
     /// What the case's stamps say of the server's clock ([`CaseWorld::stamp_problem`]).
     clock: Option<ClockBand>,
+    /// Every event received, with its connection and when it arrived (ms
+    /// since the case started), for order across connections.
+    pub arrivals: Vec<(String, u64, Event)>,
 }
 
 /// The offsets (server clock minus the suite's, ms) that every stamp the case
@@ -224,6 +227,7 @@ impl cucumber::World for CaseWorld {
             started_ms: 0,
             acted_ms: 0,
             clock: None,
+            arrivals: Vec::new(),
         }
         .started())
     }
@@ -416,10 +420,31 @@ impl CaseWorld {
         loop {
             let event = self.driver.next(key, within)?;
             check_server_event(&event);
+            self.arrived(key, &event);
             if !self.greeted(key, &event) {
                 return Some(event);
             }
         }
+    }
+
+    fn arrived(&mut self, key: &str, event: &Event) {
+        let at = self.driver.arrived_ms(key).unwrap_or_else(|| self.driver.elapsed_ms());
+        self.arrivals.push((key.to_string(), at, event.clone()));
+    }
+
+    /// When the first event on `key` that `wanted` accepts arrived, after
+    /// pulling in what the driver already has.
+    pub fn first_arrival(&mut self, key: &str, wanted: impl Fn(&Event) -> bool) -> Option<u64> {
+        let mut pulled = Vec::new();
+        while let Some(event) = self.receive(key, Duration::ZERO) {
+            self.check_forbidden(key, &event);
+            pulled.push(event);
+        }
+        self.inbox.entry(key.to_string()).or_default().extend(pulled);
+        self.arrivals
+            .iter()
+            .find(|(k, _, e)| k == key && wanted(e))
+            .map(|(_, at, _)| *at)
     }
 
     /// Whether `event` is the WebSocket session's first stanza and its
@@ -461,6 +486,7 @@ impl CaseWorld {
             };
             check_server_event(&event);
             self.check_forbidden(key, &event);
+            self.arrived(key, &event);
             if self.greeted(key, &event) {
                 continue;
             }

@@ -9,6 +9,7 @@ Feature: Sessions (SPEC section 6)
     Then alice's phone gets a session
     And alice's previous phone receives error 409 session_replaced for route ""
     And alice's previous phone receives nothing more and is closed with code 4409
+    And alice's previous phone's ErrorMessage came before alice's phone's first stanza
     And alice's phone stays connected
 
     Examples:

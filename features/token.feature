@@ -48,6 +48,7 @@ Feature: Token control (SPEC section 8)
     Then alice's phone receives a revoke response for its laptop ending 1 session
     And alice's laptop receives error 401 token_revoked
     And alice's laptop is closed with code 4401
+    And alice's phone's TokenRevokeResponse came before alice's laptop's ErrorMessage
     When alice's phone revokes the session of its tablet
     Then alice's phone receives error 404 not_found for route "7"
     And alice's phone stays connected
@@ -63,6 +64,7 @@ Feature: Token control (SPEC section 8)
     And alice's phone is closed with code 4401
     And alice's laptop receives error 401 token_revoked
     And alice's laptop is closed
+    And alice's phone's TokenRevokeResponse came before alice's laptop's ErrorMessage
     And bob's phone stays connected
 
   @TOK-8 @must

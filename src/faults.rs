@@ -79,6 +79,10 @@ pub enum Fault {
     StaleLastSeen,
     /// Presence notifications are stamped 90 s in the past (AWR-10).
     StalePresence,
+    /// The TokenRevokeResponse leaves after the sessions it ended were closed (TOK-6).
+    RevokeResponseLast,
+    /// A replaced session's 409 and close leave [`HELD_MS`] late, after the new session's first stanza (SES-1).
+    ReplacedCloseLate,
 }
 
 /// How late the late faults' leaks come: after every step's quiet window,
@@ -86,7 +90,7 @@ pub enum Fault {
 pub const LATE_MS: Millis = 600;
 
 impl Fault {
-    pub const ALL: [Fault; 20] = [
+    pub const ALL: [Fault; 22] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::WrongAckCode,
@@ -107,6 +111,8 @@ impl Fault {
         Fault::StaleAckTimestamp,
         Fault::StaleLastSeen,
         Fault::StalePresence,
+        Fault::RevokeResponseLast,
+        Fault::ReplacedCloseLate,
     ];
 
     /// The name on command lines: kebab-case.
@@ -132,6 +138,8 @@ impl Fault {
             Fault::StaleAckTimestamp => "stale-ack-timestamp",
             Fault::StaleLastSeen => "stale-last-seen",
             Fault::StalePresence => "stale-presence",
+            Fault::RevokeResponseLast => "revoke-response-last",
+            Fault::ReplacedCloseLate => "replaced-close-late",
         }
     }
 }
@@ -207,6 +215,17 @@ impl Faults {
     }
 }
 
+/// How long the order faults hold a stanza at most, ms.
+const HELD_MS: Millis = 50;
+
+/// The connection an output is for (mail is for none).
+fn output_conn(output: &Output) -> Option<ConnId> {
+    match output {
+        Output::Send { conn, .. } | Output::Close { conn, .. } => Some(*conn),
+        Output::Mail { .. } => None,
+    }
+}
+
 /// How stale the stale-stamp faults make their stamps.
 const HOUR_MS: Millis = 3_600_000;
 const STALE_MS: Millis = 90_000;
@@ -238,6 +257,11 @@ pub struct FaultLayer {
     held_version: BTreeMap<ConnId, Bytes>,
     /// LateEcho, LatePresenceLeak: leaks due at a time, in the order made.
     late: Vec<(Millis, ConnId, Bytes)>,
+    /// RevokeResponseLast: the response held until a session it ended is
+    /// closed (or its deadline).
+    held_revoke: Option<(Millis, ConnId, Bytes)>,
+    /// ReplacedCloseLate: the replaced session's 409 and close, held until their deadline.
+    held_replaced: Vec<(Millis, Output)>,
     /// LatePresenceLeak: presence notifications sent, with when the leak is
     /// due and who got them.
     presence_seen: Vec<(Millis, Bytes, BTreeSet<ConnId>)>,
@@ -254,6 +278,16 @@ impl FaultLayer {
             conn,
             stanza: Bytes::from(codec::encode(payload)),
         });
+    }
+
+    /// ReplacedCloseLate: the held 409s and closes go out, in order.
+    fn release_replaced(&mut self, out: &mut Vec<Output>) {
+        for (_, output) in std::mem::take(&mut self.held_replaced) {
+            if let Output::Close { conn, .. } = &output {
+                self.closed(*conn);
+            }
+            out.push(output);
+        }
     }
 
     /// LateEcho and LatePresenceLeak: what the engine sends now that a late
@@ -420,8 +454,22 @@ impl Edge for FaultLayer {
         let (conn, stanza) = match output {
             Output::Send { conn, stanza } => (conn, stanza),
             Output::Close { conn, reason } => {
+                if self.held_replaced.iter().any(|(_, o)| output_conn(o) == Some(conn)) {
+                    self.held_replaced.push((now, Output::Close { conn, reason }));
+                    return;
+                }
+                let held = self.held_revoke.take();
+                if let Some((_, to, stanza)) = held.as_ref().filter(|h| h.1 == conn) {
+                    out.push(Output::Send {
+                        conn: *to,
+                        stanza: stanza.clone(),
+                    });
+                }
                 self.closed(conn);
                 out.push(Output::Close { conn, reason });
+                if let Some((_, to, stanza)) = held.filter(|h| h.1 != conn) {
+                    out.push(Output::Send { conn: to, stanza });
+                }
                 return;
             }
             mail @ Output::Mail { .. } => return out.push(mail),
@@ -447,6 +495,17 @@ impl Edge for FaultLayer {
             self.replaying.remove(&conn);
         }
         self.plan_late_leaks(conn, &payload, &stanza, now);
+        match &payload {
+            Payload::TokenRevokeResponse(r) if self.has(Fault::RevokeResponseLast) && r.r#type == RESPONSE => {
+                self.held_revoke = Some((now + HELD_MS, conn, stanza));
+                return;
+            }
+            Payload::ErrorMessage(e) if self.has(Fault::ReplacedCloseLate) && e.code == 409 => {
+                self.held_replaced.push((now + HELD_MS, Output::Send { conn, stanza }));
+                return;
+            }
+            _ => {}
+        }
         let mut rewritten = false;
         match &mut payload {
             Payload::VersionUpdate(_) if self.has(Fault::SkipVersionUpdate) => return,
@@ -548,6 +607,12 @@ impl Edge for FaultLayer {
 
     fn tick(&mut self, now: Millis, out: &mut Vec<Output>) {
         self.replaying.clear();
+        if self.held_replaced.first().is_some_and(|(due, _)| *due <= now) {
+            self.release_replaced(out);
+        }
+        if let Some((_, conn, stanza)) = self.held_revoke.take_if(|(due, _, _)| *due <= now) {
+            out.push(Output::Send { conn, stanza });
+        }
         self.presence_leaks(now, out);
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.late).into_iter().partition(|l| l.0 <= now);
         self.late = later;
@@ -569,6 +634,8 @@ impl Edge for FaultLayer {
             .iter()
             .map(|l| l.0)
             .chain(self.presence_seen.iter().map(|p| p.0))
+            .chain(self.held_revoke.iter().map(|h| h.0))
+            .chain(self.held_replaced.first().map(|h| h.0))
             .min()
     }
 

@@ -32,15 +32,21 @@ pub enum Variant {
     OtherDetails,
     /// A Logout DISCONNECT before `token_revoked` (OUT-4, a MAY).
     RevokeNotice,
+    /// Every WebSocket message in several frames (RFC 6455 5.4; SPEC TRN-3 counts messages).
+    FragmentedMessages,
+    /// Words in every WebSocket Close frame's reason (free text; SPEC fixes only the code).
+    CloseReasons,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 7] = [
         Variant::NoSubprotocol,
         Variant::NoWsAuthenticateResponse,
         Variant::NoStartBody,
         Variant::OtherDetails,
         Variant::RevokeNotice,
+        Variant::FragmentedMessages,
+        Variant::CloseReasons,
     ];
 
     /// The name on command lines: kebab-case.
@@ -51,6 +57,8 @@ impl Variant {
             Variant::NoStartBody => "no-start-body",
             Variant::OtherDetails => "other-details",
             Variant::RevokeNotice => "revoke-notice",
+            Variant::FragmentedMessages => "fragmented-messages",
+            Variant::CloseReasons => "close-reasons",
         }
     }
 }

@@ -85,6 +85,15 @@ pub fn steps() -> Vec<StepDef> {
             run: receives_nothing,
         },
         StepDef {
+            pattern: const_format(&[
+                CONN,
+                r"'s (\w+|close|first stanza) came before ",
+                CONN,
+                r"'s (\w+|close|first stanza)",
+            ]),
+            run: came_before,
+        },
+        StepDef {
             pattern: r"every stanza received so far was a valid stanza",
             run: all_valid,
         },
@@ -322,6 +331,42 @@ fn receives_nothing(w: &mut CaseWorld, a: &Args) {
         since,
         |p| !matches!(p, Payload::PingpongMessage(ping) if ping.r#type == 1),
     );
+}
+
+/// Order across connections where SPEC fixes it (TOK-6: the revoke response before the sessions it ends; SES-1:
+/// the replaced session's close before the new session's start sequence), by when the suite saw each arrive. An
+/// empty start sequence (a WebSocket session without RESPONSE, queue or Body) has nothing to be late.
+fn came_before(w: &mut CaseWorld, a: &Args) {
+    let first = (w.resolve(&a.conn(1, 2)), a.s(3).to_string());
+    let then = (w.resolve(&a.conn(4, 5)), a.s(6).to_string());
+    let matcher = |what: String| {
+        move |e: &Event| match (what.as_str(), e) {
+            ("close", Event::Closed { .. }) => true,
+            ("first stanza", Event::Stanza(_)) => true,
+            (name, Event::Stanza(p)) => Route::of(p).message_name() == name,
+            _ => false,
+        }
+    };
+    let at = |w: &mut CaseWorld, (key, what): &(String, String)| w.first_arrival(key, matcher(what.clone()));
+    let Some(first_at) = at(w, &first) else {
+        fail(format!("{}'s {} earlier in the case", first.0, first.1), "none arrived");
+    };
+    let Some(then_at) = at(w, &then) else {
+        if then.1 == "first stanza" {
+            return;
+        }
+        fail(format!("{}'s {} earlier in the case", then.0, then.1), "none arrived");
+    };
+    let slack = w.driver.info().order_slack_ms;
+    if first_at > then_at + slack {
+        fail(
+            format!("{}'s {} before {}'s {}", first.0, first.1, then.0, then.1),
+            format!(
+                "it arrived at {first_at} ms, {} ms after the other (at {then_at} ms; {slack} ms allowed for two sockets)",
+                first_at - then_at
+            ),
+        );
+    }
 }
 
 fn all_valid(w: &mut CaseWorld, _: &Args) {

@@ -9,20 +9,24 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use super::hub::{Endpoint, Hub, Out};
 use super::{ServerOptions, linger};
 use crate::codec::{ErrorKind, FrameError};
-use crate::core::Transport;
 use crate::core::auth::token_from_request;
+use crate::core::{CloseReason, Transport};
 
 /// The subprotocol the server selects when a client offers it (SPEC TRN-4).
 pub const SUBPROTOCOL: &str = "bimip.v1";
@@ -98,6 +102,7 @@ where
         hub.closed(&conn);
         return;
     };
+    let style = Style::of(&options.variants);
     // False after a read error (an oversized message): tungstenite stops
     // mid-frame, so what follows on the wire is never parsed (SPEC TRN-6).
     let mut reading = true;
@@ -111,7 +116,7 @@ where
                     biased;
                     () = kill.cancelled() => break End::Killed,
                     // Boxed: while idle, the task holds no room for a write.
-                    written = Box::pin(write_batch(&mut ws, out, &mut rx)) => written,
+                    written = Box::pin(write_batch(&mut ws, out, &mut rx, style)) => written,
                 };
                 match written {
                     Ok(false) => {}
@@ -247,6 +252,61 @@ fn refusal(kind: ErrorKind) -> ErrorResponse {
     response
 }
 
+/// How the adapter writes where SPEC leaves a choice; the reference server
+/// takes the plainest, and the suite's self-check tries the others
+/// (`crate::variants`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Style {
+    /// Each message in several frames.
+    fragmented: bool,
+    /// Words in the Close frame's reason.
+    close_reason: bool,
+}
+
+impl Style {
+    fn of(variants: &crate::variants::Variants) -> Style {
+        use crate::variants::Variant;
+        Style {
+            fragmented: variants.has(Variant::FragmentedMessages),
+            close_reason: variants.has(Variant::CloseReasons),
+        }
+    }
+
+    /// One stanza as what goes on the wire: one binary message, or the same
+    /// message in up to three fragments (RFC 6455 5.4).
+    fn messages(self, stanza: Bytes) -> Vec<Message> {
+        if !self.fragmented || stanza.len() < 2 {
+            return vec![Message::Binary(stanza)];
+        }
+        let piece = stanza.len().div_ceil(3);
+        let pieces: Vec<Bytes> = (0..stanza.len())
+            .step_by(piece)
+            .map(|at| stanza.slice(at..(at + piece).min(stanza.len())))
+            .collect();
+        let last = pieces.len() - 1;
+        pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let opcode = if i == 0 { OpData::Binary } else { OpData::Continue };
+                Message::Frame(Frame::message(data, OpCode::Data(opcode), i == last))
+            })
+            .collect()
+    }
+
+    /// The Close frame for `reason`: SPEC fixes the code; the reason text is free.
+    fn close_frame(self, reason: CloseReason) -> CloseFrame {
+        let words = match reason {
+            CloseReason::Normal => "goodbye",
+            CloseReason::Error(kind) => kind.as_str(),
+        };
+        CloseFrame {
+            code: CloseCode::from(reason.ws_close_code()),
+            reason: if self.close_reason { words } else { "" }.into(),
+        }
+    }
+}
+
 /// Sends `first` and whatever else is queued, then flushes once. `Ok(true)`
 /// when a Close was among them: everything before it is flushed and the Close
 /// frame is sent.
@@ -254,6 +314,7 @@ async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Out,
     rx: &mut super::outbox::Receiver,
+    style: Style,
 ) -> Result<bool, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -261,14 +322,15 @@ where
     let mut next = Some(first);
     while let Some(out) = next.take() {
         match out {
-            Out::Send(stanza) => ws.feed(Message::Binary(stanza)).await?,
+            Out::Send(stanza) if !style.fragmented => ws.feed(Message::Binary(stanza)).await?,
+            Out::Send(stanza) => {
+                for message in style.messages(stanza) {
+                    ws.feed(message).await?;
+                }
+            }
             Out::Close(reason) => {
                 ws.flush().await?;
-                let frame = CloseFrame {
-                    code: CloseCode::from(reason.ws_close_code()),
-                    reason: "".into(),
-                };
-                ws.close(Some(frame)).await?;
+                ws.close(Some(style.close_frame(reason))).await?;
                 return Ok(true);
             }
         }
@@ -276,4 +338,60 @@ where
     }
     ws.flush().await?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(messages: &[Message]) -> Vec<(bool, OpCode, Vec<u8>)> {
+        messages
+            .iter()
+            .map(|m| match m {
+                Message::Frame(f) => (f.header().is_final, f.header().opcode, f.payload().to_vec()),
+                Message::Binary(b) => (true, OpCode::Data(OpData::Binary), b.to_vec()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fragmented_style_splits_a_message_into_a_binary_frame_and_continuations() {
+        let stanza = Bytes::from_static(b"0123456789");
+        let plain = Style::default().messages(stanza.clone());
+        assert_eq!(
+            frames(&plain),
+            vec![(true, OpCode::Data(OpData::Binary), b"0123456789".to_vec())]
+        );
+        let split = frames(
+            &Style {
+                fragmented: true,
+                ..Style::default()
+            }
+            .messages(stanza),
+        );
+        assert_eq!(
+            split,
+            vec![
+                (false, OpCode::Data(OpData::Binary), b"0123".to_vec()),
+                (false, OpCode::Data(OpData::Continue), b"4567".to_vec()),
+                (true, OpCode::Data(OpData::Continue), b"89".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn close_reasons_are_words_only_in_their_style() {
+        let reason = CloseReason::Error(ErrorKind::SessionReplaced);
+        assert_eq!(Style::default().close_frame(reason).reason.as_str(), "");
+        let worded = Style {
+            close_reason: true,
+            ..Style::default()
+        }
+        .close_frame(reason);
+        assert_eq!(
+            (u16::from(worded.code), worded.reason.as_str()),
+            (4409, "session_replaced")
+        );
+    }
 }
