@@ -396,8 +396,11 @@ struct Seen {
 fn crash_workload(fs: &SimFs) -> Seen {
     let mut seen = Seen::default();
     // Spares prepared inline: the cuts also land in their zero-filling, renames and zero tails.
+    // Two checkpoint entries per sync: checkpoints spread over several batches, their entries between other
+    // batches' events, and cuts land inside them.
     let chat_cfg = ChatStoreConfig {
         checkpoint_min_events: 6,
+        checkpoint_chunk: 2,
         spares: Spares::Inline,
     };
     let Ok((store, events)) = DurableChatStore::open_with(fs.clone(), "/queue", small_segments(), chat_cfg) else {

@@ -14,10 +14,14 @@
 //!
 //! Start-up reads the latest complete checkpoint and the events after it, never the whole history. A checkpoint is
 //! a header record naming its entry count followed by one record per remembered message (its accepted fields, its
-//! state, and the highest increment of its items in each queue), all in one batch. Once it is durable the event log
-//! is trimmed up to its header ([`QueueStore::trim`]) and retention releases the old segments. A checkpoint whose
-//! entries are not all there (a crash tore the batch) is ignored: the one before it and its tail still stand,
-//! because the trim that would drop them is only written after the new checkpoint is durable.
+//! state, and the highest increment of its items in each queue). The entries are written
+//! [`ChatStoreConfig::checkpoint_chunk`] per sync, so later batches' events and item records come between them: each entry is its message as it is when
+//! written, and an open applies every record after the header to the checkpoint being read as well, so an entry
+//! read after an event already holds it and an event read after an entry is applied on top. Once the last entry is
+//! durable the event log is trimmed up to the header ([`QueueStore::trim`]) and retention releases the old
+//! segments. A checkpoint whose entries are not all there (a crash cut it, or a new header follows) is ignored:
+//! the one before it and its tail still stand, because the trim that would drop them is only written after the new
+//! checkpoint is complete and durable.
 //!
 //! A checkpoint is written at a sync once the events since the last one reach the larger of
 //! [`ChatStoreConfig::checkpoint_min_events`] and the last checkpoint's size, so writing them costs O(1) per event
@@ -83,6 +87,8 @@ pub struct ChatStoreConfig {
     /// A checkpoint is written once at least this many events (and at least the last checkpoint's size) were
     /// recorded since the last one.
     pub checkpoint_min_events: u64,
+    /// Checkpoint entries written per sync (module doc): the most one sync adds for a checkpoint.
+    pub checkpoint_chunk: usize,
     /// How the log's spare segments are prepared ([`QueueStore::spare_job`]).
     pub spares: Spares,
 }
@@ -91,6 +97,7 @@ impl Default for ChatStoreConfig {
     fn default() -> Self {
         ChatStoreConfig {
             checkpoint_min_events: 10_000,
+            checkpoint_chunk: CHECKPOINT_CHUNK,
             spares: Spares::Off,
         }
     }
@@ -353,6 +360,24 @@ fn keeps<F: Fs>(latest: &BTreeMap<String, (i64, String)>, queue: &QueueStore<F>,
         || m.items.iter().any(|(eid, last)| *last >= queue.oldest_retained(eid))
 }
 
+/// Entries of a checkpoint written per sync, by default: a checkpoint of the whole remembered state in one batch stalled every
+/// connection of the shard for as long as it took (p99 of chat at 10,000 msgs/s 206 ms with it, 20 ms without;
+/// BENCHMARKS.md), so it is spread over the syncs that follow its header.
+const CHECKPOINT_CHUNK: usize = 1_000;
+
+/// A checkpoint whose header is written and whose entries are being written.
+#[derive(Debug)]
+struct CheckpointInProgress {
+    /// The header's increment: the log is trimmed to it once every entry is durable.
+    header: u64,
+    /// The messages it holds, in entry order.
+    ids: Vec<String>,
+    /// How many entries are written.
+    written: usize,
+    /// An entry could not be written (its message was gone).
+    short: bool,
+}
+
 /// [`ChatStore`] over a [`QueueStore`] (module doc).
 #[derive(Debug)]
 pub struct DurableChatStore<F: Fs> {
@@ -365,6 +390,8 @@ pub struct DurableChatStore<F: Fs> {
     checkpoint_size: u64,
     /// The header increment of a checkpoint made durable by a sync: the event log is trimmed to it at the next one.
     trim_to: Option<u64>,
+    /// The checkpoint being written, a chunk per sync.
+    checkpoint: Option<CheckpointInProgress>,
     /// The latest engine time seen (acceptances, session starts): a checkpoint judges the windows by it.
     now: Millis,
     report: ChatOpenReport,
@@ -406,6 +433,8 @@ impl<F: Fs> DurableChatStore<F> {
         // The state before the checkpoint being read, and the checkpoint being read (promoted once complete).
         let mut mirror = Mirror::default();
         let mut building: Option<(u64, Mirror, u64)> = None;
+        // Events read since the header of the checkpoint being read.
+        let mut interleaved_events = 0;
         let mut tail_touched: Vec<String> = Vec::new();
         let mut bad = None;
         let mut buf = Vec::new();
@@ -427,8 +456,12 @@ impl<F: Fs> DurableChatStore<F> {
             let message = match record {
                 LogRecord::Store(StoreRecord::Message(m)) => m,
                 other => {
-                    if let Some((_, _, read)) = building.take() {
-                        // A torn checkpoint: a crash cut its batch; the state before it stands.
+                    // Events and item records of later batches come between a checkpoint's entries (it is written a
+                    // chunk per sync): they apply to the checkpoint being read too. A new header means the one
+                    // being read was torn: a crash cut it; the state before it stands.
+                    if matches!(other, LogRecord::Store(StoreRecord::Checkpoint { .. }))
+                        && let Some((_, _, read)) = building.take()
+                    {
                         report.ignored_records += read + 1;
                     }
                     match other {
@@ -441,10 +474,14 @@ impl<F: Fs> DurableChatStore<F> {
                         }
                         LogRecord::Store(StoreRecord::Checkpoint { entries }) => {
                             building = Some((entries, Mirror::default(), 0));
+                            interleaved_events = 0;
                         }
                         LogRecord::Store(StoreRecord::Items { items }) => {
                             for (message_id, eid, increment) in &items {
                                 mirror.note_item(message_id, eid, *increment);
+                                if let Some((_, next, _)) = building.as_mut() {
+                                    next.note_item(message_id, eid, *increment);
+                                }
                             }
                             // Every event before this record had its items in this batch or an earlier one.
                             tail_touched.clear();
@@ -453,6 +490,11 @@ impl<F: Fs> DurableChatStore<F> {
                         LogRecord::Event(event) => {
                             tail_touched.push(event.message_id().to_string());
                             mirror.apply(&event);
+                            if let Some((_, next, _)) = building.as_mut() {
+                                // An entry read later holds its message as it was when written, after this event.
+                                next.apply(&event);
+                                interleaved_events += 1;
+                            }
                             report.tail_events += 1;
                         }
                         LogRecord::Store(StoreRecord::Message(_)) => {}
@@ -474,7 +516,7 @@ impl<F: Fs> DurableChatStore<F> {
             {
                 mirror = next;
                 report.checkpoint_entries = entries;
-                report.tail_events = 0;
+                report.tail_events = interleaved_events;
                 report.item_records = 0;
                 tail_touched.clear();
             }
@@ -508,6 +550,7 @@ impl<F: Fs> DurableChatStore<F> {
             checkpoint_size: report.checkpoint_entries,
             mirror,
             trim_to: None,
+            checkpoint: None,
             now,
             report,
             pending: Vec::new(),
@@ -580,24 +623,56 @@ impl<F: Fs> DurableChatStore<F> {
     }
 
     /// Appends a checkpoint (header and entries) of the remembered messages, forgetting the others (module doc).
-    fn write_checkpoint(&mut self) -> Result<u64, QueueError> {
+    /// Starts a checkpoint: forgets what no longer needs remembering, writes the header and notes which messages
+    /// the entries will be.
+    fn start_checkpoint(&mut self) -> Result<(), QueueError> {
         let Self { mirror, queue, now, .. } = self;
         let Mirror { messages, latest } = mirror;
         messages.retain(|_, m| keeps(latest, queue, *now, m));
         let entries = messages.len() as u64;
-        let at = queue
+        let header = queue
             .append(EVENTS_EID, &encode_record(StoreRecord::Checkpoint { entries }), None)?
             .increment;
-        let mut buf = Vec::new();
-        for m in messages.values() {
-            // Borrowed, not cloned: a checkpoint entry is written for every remembered message.
-            buf.clear();
-            encode_message_entry(m, &mut buf);
-            queue.append(EVENTS_EID, &buf, None)?;
-        }
+        self.checkpoint = Some(CheckpointInProgress {
+            header,
+            ids: messages.keys().cloned().collect(),
+            written: 0,
+            short: false,
+        });
         self.checkpoint_size = entries;
         self.events_since_checkpoint = 0;
-        Ok(at)
+        Ok(())
+    }
+
+    /// Writes the next chunk of the checkpoint in progress: each entry is its message as it is now, after the
+    /// events logged since the header, which an open applies to it too (module doc). `Some(header)` once the last
+    /// entry is written.
+    fn continue_checkpoint(&mut self) -> Result<Option<u64>, QueueError> {
+        let Some(progress) = self.checkpoint.as_mut() else {
+            return Ok(None);
+        };
+        let end = (progress.written + self.cfg.checkpoint_chunk.max(1)).min(progress.ids.len());
+        let mut buf = Vec::new();
+        for id in &progress.ids[progress.written..end] {
+            // Nothing forgets a message while a checkpoint is in progress (only `start_checkpoint` does); were one
+            // gone, the checkpoint would be short of an entry, and trimming to it would lose the state before it.
+            let Some(m) = self.mirror.messages.get(id) else {
+                progress.short = true;
+                continue;
+            };
+            buf.clear();
+            encode_message_entry(m, &mut buf);
+            self.queue.append(EVENTS_EID, &buf, None)?;
+        }
+        progress.written = end;
+        if progress.written < progress.ids.len() {
+            return Ok(None);
+        }
+        let done = self.checkpoint.take().filter(|p| !p.short).map(|p| p.header);
+        if done.is_none() {
+            tracing::error!("chat store: a checkpoint lost an entry while being written; the log is not trimmed to it");
+        }
+        Ok(done)
     }
 
     fn retain_if_due(&mut self, eid: &str, device: &str, now: Millis) -> Result<(), StoreError> {
@@ -655,14 +730,16 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
                 };
                 self.queue.append(EVENTS_EID, &encode_record(items), None)?;
             }
-            let checkpoint = if self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
+            if self.checkpoint.is_none()
+                && self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
             {
-                Some(self.write_checkpoint()?)
-            } else {
-                None
-            };
+                self.start_checkpoint()?;
+            }
+            let completed = self.continue_checkpoint()?;
             self.queue.sync()?;
-            self.trim_to = checkpoint;
+            if completed.is_some() {
+                self.trim_to = completed;
+            }
             self.tend_spare(false);
             Ok(())
         })();
