@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use bimip::conformance::builtin::BuiltIn;
 use bimip::conformance::network::NetworkFactory;
+use bimip::conformance::report::Report;
 use bimip::conformance::runner::{self, RunOptions};
 use bimip::conformance::selfcheck;
 use bimip::conformance::sim::SimFactory;
@@ -267,32 +268,33 @@ fn fault_self_check(faults: &[Fault], all_areas: bool, expected_failures: &[Stri
 /// Cases from every area over real loopback sockets against the built-in
 /// reference server, then the network driver's own checks: a fault is caught
 /// over the network, and TLS targets.
+/// Runs `options` over real sockets against a started built-in server, then stops it.
+fn run_against(server: BuiltIn, options: &RunOptions) -> Result<Report, String> {
+    let factory = NetworkFactory::new(server.target().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    runner::run(options, Arc::new(factory), "network").map_err(|e| e.to_string())
+}
+
 fn network_smoke(verbose: bool) -> Result<String, String> {
     let server = BuiltIn::start().map_err(|e| e.to_string())?;
-    let target = server.target().map_err(|e| e.to_string())?;
-    let factory = NetworkFactory::new(target).map_err(|e| e.to_string())?;
     let options = RunOptions {
         tags: Some(NETWORK_SELECTION.into()),
         target: "built-in reference server".into(),
         jobs: 4,
         ..RunOptions::default()
     };
-    let report = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
-    drop(server);
+    let report = run_against(server, &options)?;
     if !report.ok() {
         return Err(report.render_tree(false, verbose));
     }
     // The test-only fault reaches the network server too (`bimip-conform --fault`).
     let faulty = BuiltIn::start_with_faults(Faults::of([Fault::NeverPong])).map_err(|e| e.to_string())?;
-    let factory = NetworkFactory::new(faulty.target().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let options = RunOptions {
         requirements: vec!["PING-1".into()],
         target: "built-in reference server with the fault never-pong".into(),
         jobs: 2,
         ..RunOptions::default()
     };
-    let caught = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
-    drop(faulty);
+    let caught = run_against(faulty, &options)?;
     if caught.cases.is_empty() || caught.ok() {
         return Err(format!(
             "the never-pong server was not caught over the network: {}",
@@ -306,15 +308,13 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
         Variant::NoWsAuthenticateResponse,
     ]))
     .map_err(|e| e.to_string())?;
-    let factory = NetworkFactory::new(quiet.target().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let options = RunOptions {
         tags: Some(NETWORK_SELECTION.into()),
         target: "built-in reference server without subprotocol and WebSocket Authenticate RESPONSE".into(),
         jobs: 4,
         ..RunOptions::default()
     };
-    let allowed = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
-    drop(quiet);
+    let allowed = run_against(quiet, &options)?;
     if !allowed.ok() {
         return Err(format!(
             "a server using allowed variants failed over the network:\n{}",
@@ -332,15 +332,13 @@ fn network_smoke(verbose: bool) -> Result<String, String> {
     if !urls.starts_with("wss://") || !urls.contains("tls://") {
         return Err(format!("the TLS built-in server has the targets {urls}"));
     }
-    let factory = NetworkFactory::new(target).map_err(|e| e.to_string())?;
     let options = RunOptions {
         requirements: vec!["PING-1".into(), "CHAT-14".into()],
         target: urls.clone(),
         jobs: 2,
         ..RunOptions::default()
     };
-    let tls = runner::run(&options, Arc::new(factory), "network").map_err(|e| e.to_string())?;
-    drop(secure);
+    let tls = run_against(secure, &options)?;
     if !tls.ok()
         || tls
             .cases
