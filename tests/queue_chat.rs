@@ -610,7 +610,8 @@ fn open_reads_only_the_checkpoint_and_its_tail() {
     assert!(report.checkpoint_entries > 0, "{report:?}");
     assert_eq!(
         report.records_read,
-        1 + report.checkpoint_entries + report.tail_events + report.item_records + report.ignored_records,
+        // The checkpoint's header and end record, its entries, and the events and item records after its header.
+        2 + report.checkpoint_entries + report.tail_events + report.item_records + report.ignored_records,
         "{report:?}"
     );
     // The checkpoint (written at the first sync after the reopen, after retention) kept the chat's latest old

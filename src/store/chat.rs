@@ -13,24 +13,27 @@
 //! # Checkpoints (SPEC §17, the decision on bounded start-up)
 //!
 //! Start-up reads the latest complete checkpoint and the events after it, never the whole history. A checkpoint is
-//! a header record naming its entry count followed by one record per remembered message (its accepted fields, its
-//! state, and the highest increment of its items in each queue). The entries are written
-//! [`ChatStoreConfig::checkpoint_chunk`] per sync, so later batches' events and item records come between them: each entry is its message as it is when
-//! written, and an open applies every record after the header to the checkpoint being read as well, so an entry
-//! read after an event already holds it and an event read after an entry is applied on top. Once the last entry is
-//! durable the event log is trimmed up to the header ([`QueueStore::trim`]) and retention releases the old
-//! segments. A checkpoint whose entries are not all there (a crash cut it, or a new header follows) is ignored:
-//! the one before it and its tail still stand, because the trim that would drop them is only written after the new
-//! checkpoint is complete and durable.
+//! a header record, one record per remembered message (its accepted fields, its state, and the highest increment of
+//! its items in each queue), and an end record that counts the entries. The entries are written over the syncs
+//! after the header, in message id order from a cursor, at each sync twice as many messages as the batch had
+//! events (at least 64, at most [`ChatStoreConfig::checkpoint_chunk`]): so a checkpoint costs each batch work in
+//! proportion to its own, never a pass over the whole state at once. Later
+//! batches' events and item records come between the entries: each entry is its message as it is when written,
+//! and an open applies every record after the header to the checkpoint being read as well, so an entry read after
+//! an event already holds it and an event read after an entry is applied on top. Once the end record is durable
+//! the event log is trimmed up to the header ([`QueueStore::trim`]) and retention releases the old segments. A
+//! checkpoint without its end (a crash cut it, or a new header follows) is ignored: the one before it and its tail
+//! still stand, because the trim that would drop them is only written after the new checkpoint is complete and
+//! durable. (Logs written before name the entry count in the header, with no end record; they still open.)
 //!
 //! A checkpoint is written at a sync once the events since the last one reach the larger of
 //! [`ChatStoreConfig::checkpoint_min_events`] and the last checkpoint's size, so writing them costs O(1) per event
 //! and an open reads at most about twice the remembered state plus that minimum.
 //!
-//! A checkpoint keeps every message that is the latest of its chat (the chat's version), was accepted less
+//! A checkpoint keeps (as the cursor reaches it) every message that is the latest of its chat (the chat's version), was accepted less
 //! than [`RESEND_WINDOW_MS`] ago (CHAT-15), still has an item in a queue (CHAT-15's "as long as retained", and so
 //! that a device confirming it is not told `not_found`), or is below READ (its receiver may still raise it, which
-//! appends items). Other messages are forgotten: no item of theirs is left and none can be appended (a READ
+//! appends items). Other messages are forgotten as the cursor passes them: no item of theirs is left and none can be appended (a READ
 //! message's state never changes again, ACK-1); after the next restart an acknowledgment of one is answered 404
 //! `not_found` and a resend of it is a new message.
 //!
@@ -52,6 +55,7 @@
 //! recognised (QUE-11) whatever the schedule.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -144,8 +148,15 @@ enum LogRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 enum StoreRecord {
-    /// The next `entries` records are the checkpoint's messages.
+    /// The next `entries` records are the checkpoint's messages (written whole before checkpoints were spread over
+    /// syncs; still read).
     Checkpoint {
+        entries: u64,
+    },
+    /// A checkpoint's header: its entries follow, up to the [`StoreRecord::CheckpointEnd`] that counts them.
+    CheckpointStart,
+    /// The end of the checkpoint begun by the last [`StoreRecord::CheckpointStart`], which wrote `entries` entries.
+    CheckpointEnd {
         entries: u64,
     },
     Message(Remembered),
@@ -248,7 +259,7 @@ mod wire {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Record {
-        #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5")]
+        #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6")]
         pub kind: Option<Kind>,
     }
 
@@ -267,12 +278,18 @@ mod wire {
         Message(Remembered),
         #[prost(message, tag = "5")]
         Items(Items),
+        #[prost(message, tag = "6")]
+        CheckpointEnd(Checkpoint),
     }
 
+    /// A header ([`Kind::Checkpoint`]) or an end ([`Kind::CheckpointEnd`]).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Checkpoint {
         #[prost(uint64, tag = "1")]
         pub entries: u64,
+        /// A header whose entry count comes in its end record.
+        #[prost(bool, tag = "2")]
+        pub open: bool,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -305,7 +322,9 @@ mod wire {
 
     pub fn store(record: StoreRecord) -> Kind {
         match record {
-            StoreRecord::Checkpoint { entries } => Kind::Checkpoint(Checkpoint { entries }),
+            StoreRecord::Checkpoint { entries } => Kind::Checkpoint(Checkpoint { entries, open: false }),
+            StoreRecord::CheckpointStart => Kind::Checkpoint(Checkpoint { entries: 0, open: true }),
+            StoreRecord::CheckpointEnd { entries } => Kind::CheckpointEnd(Checkpoint { entries, open: false }),
             StoreRecord::Message(m) => Kind::Message(m),
             StoreRecord::Items { items } => Kind::Items(Items {
                 items: items
@@ -329,7 +348,9 @@ mod wire {
         Ok(match record.kind.ok_or("a record of no known kind")? {
             Kind::Accepted(a) => LogRecord::Event(ChatEvent::Accepted(a)),
             Kind::Raised(r) => LogRecord::Event(ChatEvent::StateRaised(r)),
+            Kind::Checkpoint(Checkpoint { open: true, .. }) => LogRecord::Store(StoreRecord::CheckpointStart),
             Kind::Checkpoint(c) => LogRecord::Store(StoreRecord::Checkpoint { entries: c.entries }),
+            Kind::CheckpointEnd(c) => LogRecord::Store(StoreRecord::CheckpointEnd { entries: c.entries }),
             Kind::Message(m) => LogRecord::Store(StoreRecord::Message(m)),
             Kind::Items(i) => LogRecord::Store(StoreRecord::Items {
                 items: i
@@ -360,22 +381,24 @@ fn keeps<F: Fs>(latest: &BTreeMap<String, (i64, String)>, queue: &QueueStore<F>,
         || m.items.iter().any(|(eid, last)| *last >= queue.oldest_retained(eid))
 }
 
-/// Entries of a checkpoint written per sync, by default: a checkpoint of the whole remembered state in one batch stalled every
-/// connection of the shard for as long as it took (p99 of chat at 10,000 msgs/s 206 ms with it, 20 ms without;
-/// BENCHMARKS.md), so it is spread over the syncs that follow its header.
+/// Most messages a sync visits for a checkpoint, by default: a checkpoint of the whole remembered state in one
+/// batch stalled every connection of the shard for as long as it took (p99 of chat at 10,000 msgs/s 206 ms with it,
+/// 20 ms without; BENCHMARKS.md), so it is spread over the syncs that follow its header.
 const CHECKPOINT_CHUNK: usize = 1_000;
 
-/// A checkpoint whose header is written and whose entries are being written.
+/// Fewest messages a sync visits for a checkpoint (unless `checkpoint_chunk` is lower): a quiet log still finishes
+/// its checkpoint.
+const CHECKPOINT_MIN_VISITS: usize = 64;
+
+/// A checkpoint whose header is written and whose entries are being written, in message id order.
 #[derive(Debug)]
 struct CheckpointInProgress {
     /// The header's increment: the log is trimmed to it once every entry is durable.
     header: u64,
-    /// The messages it holds, in entry order.
-    ids: Vec<String>,
+    /// The last message visited: the next sync goes on after it.
+    cursor: Option<String>,
     /// How many entries are written.
-    written: usize,
-    /// An entry could not be written (its message was gone).
-    short: bool,
+    written: u64,
 }
 
 /// [`ChatStore`] over a [`QueueStore`] (module doc).
@@ -386,6 +409,8 @@ pub struct DurableChatStore<F: Fs> {
     mirror: Mirror,
     /// Events recorded since the last checkpoint (or the open's tail).
     events_since_checkpoint: u64,
+    /// Events recorded since the last sync: a checkpoint in progress visits twice as many messages at that sync.
+    batch_events: u64,
     /// Entries of the last checkpoint.
     checkpoint_size: u64,
     /// The header increment of a checkpoint made durable by a sync: the event log is trimmed to it at the next one.
@@ -430,11 +455,13 @@ impl<F: Fs> DurableChatStore<F> {
     ) -> Result<(Self, Vec<ChatEvent>), ChatStoreError> {
         let queue = QueueStore::open(fs, dir, cfg)?;
         let mut report = ChatOpenReport::default();
-        // The state before the checkpoint being read, and the checkpoint being read (promoted once complete).
+        // The state before the checkpoint being read, and the checkpoint being read (promoted once complete): its
+        // entry count when the header names it, the state read so far, and the entries read.
         let mut mirror = Mirror::default();
-        let mut building: Option<(u64, Mirror, u64)> = None;
+        let mut building: Option<(Option<u64>, Mirror, u64)> = None;
         // Events read since the header of the checkpoint being read.
         let mut interleaved_events = 0;
+        let mut interleaved_items = 0;
         let mut tail_touched: Vec<String> = Vec::new();
         let mut bad = None;
         let mut buf = Vec::new();
@@ -459,8 +486,10 @@ impl<F: Fs> DurableChatStore<F> {
                     // Events and item records of later batches come between a checkpoint's entries (it is written a
                     // chunk per sync): they apply to the checkpoint being read too. A new header means the one
                     // being read was torn: a crash cut it; the state before it stands.
-                    if matches!(other, LogRecord::Store(StoreRecord::Checkpoint { .. }))
-                        && let Some((_, _, read)) = building.take()
+                    if matches!(
+                        other,
+                        LogRecord::Store(StoreRecord::Checkpoint { .. } | StoreRecord::CheckpointStart)
+                    ) && let Some((_, _, read)) = building.take()
                     {
                         report.ignored_records += read + 1;
                     }
@@ -473,15 +502,35 @@ impl<F: Fs> DurableChatStore<F> {
                             tail_touched.clear();
                         }
                         LogRecord::Store(StoreRecord::Checkpoint { entries }) => {
-                            building = Some((entries, Mirror::default(), 0));
+                            building = Some((Some(entries), Mirror::default(), 0));
                             interleaved_events = 0;
+                            interleaved_items = 0;
                         }
+                        LogRecord::Store(StoreRecord::CheckpointStart) => {
+                            building = Some((None, Mirror::default(), 0));
+                            interleaved_events = 0;
+                            interleaved_items = 0;
+                        }
+                        LogRecord::Store(StoreRecord::CheckpointEnd { entries }) => match building.take() {
+                            Some((None, next, read)) if read == entries => {
+                                mirror = next;
+                                report.checkpoint_entries = entries;
+                                report.tail_events = interleaved_events;
+                                report.item_records = interleaved_items;
+                                tail_touched.clear();
+                            }
+                            // An end that does not close the checkpoint being read: that one is not whole.
+                            other => report.ignored_records += other.map_or(0, |(_, _, read)| read + 1) + 1,
+                        },
                         LogRecord::Store(StoreRecord::Items { items }) => {
                             for (message_id, eid, increment) in &items {
                                 mirror.note_item(message_id, eid, *increment);
                                 if let Some((_, next, _)) = building.as_mut() {
                                     next.note_item(message_id, eid, *increment);
                                 }
+                            }
+                            if building.is_some() {
+                                interleaved_items += 1;
                             }
                             // Every event before this record had its items in this batch or an earlier one.
                             tail_touched.clear();
@@ -511,13 +560,13 @@ impl<F: Fs> DurableChatStore<F> {
             };
             next.insert(message);
             *read += 1;
-            if *read == *entries
-                && let Some((entries, next, _)) = building.take()
+            if *entries == Some(*read)
+                && let Some((_, next, entries)) = building.take()
             {
                 mirror = next;
                 report.checkpoint_entries = entries;
                 report.tail_events = interleaved_events;
-                report.item_records = 0;
+                report.item_records = interleaved_items;
                 tail_touched.clear();
             }
         })?;
@@ -547,6 +596,7 @@ impl<F: Fs> DurableChatStore<F> {
             queue,
             cfg: chat_cfg,
             events_since_checkpoint: report.tail_events,
+            batch_events: 0,
             checkpoint_size: report.checkpoint_entries,
             mirror,
             trim_to: None,
@@ -622,57 +672,79 @@ impl<F: Fs> DurableChatStore<F> {
         }
     }
 
-    /// Appends a checkpoint (header and entries) of the remembered messages, forgetting the others (module doc).
-    /// Starts a checkpoint: forgets what no longer needs remembering, writes the header and notes which messages
-    /// the entries will be.
+    /// Starts a checkpoint: writes its header. Its entries follow at the next syncs ([`Self::continue_checkpoint`]),
+    /// so starting costs one record whatever the remembered state.
     fn start_checkpoint(&mut self) -> Result<(), QueueError> {
-        let Self { mirror, queue, now, .. } = self;
-        let Mirror { messages, latest } = mirror;
-        messages.retain(|_, m| keeps(latest, queue, *now, m));
-        let entries = messages.len() as u64;
-        let header = queue
-            .append(EVENTS_EID, &encode_record(StoreRecord::Checkpoint { entries }), None)?
+        let header = self
+            .queue
+            .append(EVENTS_EID, &encode_record(StoreRecord::CheckpointStart), None)?
             .increment;
         self.checkpoint = Some(CheckpointInProgress {
             header,
-            ids: messages.keys().cloned().collect(),
+            cursor: None,
             written: 0,
-            short: false,
         });
-        self.checkpoint_size = entries;
         self.events_since_checkpoint = 0;
         Ok(())
     }
 
-    /// Writes the next chunk of the checkpoint in progress: each entry is its message as it is now, after the
-    /// events logged since the header, which an open applies to it too (module doc). `Some(header)` once the last
-    /// entry is written.
+    /// Visits the next messages of the checkpoint in progress, in id order from where the last sync stopped: each
+    /// one still worth remembering becomes an entry (its message as it is now, after the events logged since the
+    /// header, which an open applies to it too; module doc), the others are forgotten. Messages accepted after the
+    /// header are in the log after it, so the checkpoint needs none of them; those past the cursor become entries
+    /// anyway, which an open reads like any other. `Some(header)` once the end record is written.
     fn continue_checkpoint(&mut self) -> Result<Option<u64>, QueueError> {
-        let Some(progress) = self.checkpoint.as_mut() else {
+        let Self {
+            mirror,
+            queue,
+            now,
+            checkpoint,
+            cfg,
+            batch_events,
+            ..
+        } = self;
+        let Some(progress) = checkpoint.as_mut() else {
             return Ok(None);
         };
-        let end = (progress.written + self.cfg.checkpoint_chunk.max(1)).min(progress.ids.len());
+        let twice = usize::try_from(batch_events.saturating_mul(2)).unwrap_or(usize::MAX);
+        let budget = cfg.checkpoint_chunk.max(1).min(twice.max(CHECKPOINT_MIN_VISITS));
+        let Mirror { messages, latest } = mirror;
+        let rest = match &progress.cursor {
+            Some(after) => messages.range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded)),
+            None => messages.range::<str, _>(..),
+        };
+        let mut forget = Vec::new();
+        let mut last = None;
         let mut buf = Vec::new();
-        for id in &progress.ids[progress.written..end] {
-            // Nothing forgets a message while a checkpoint is in progress (only `start_checkpoint` does); were one
-            // gone, the checkpoint would be short of an entry, and trimming to it would lose the state before it.
-            let Some(m) = self.mirror.messages.get(id) else {
-                progress.short = true;
-                continue;
-            };
-            buf.clear();
-            encode_message_entry(m, &mut buf);
-            self.queue.append(EVENTS_EID, &buf, None)?;
+        let mut finished = true;
+        for (visited, (id, m)) in rest.enumerate() {
+            if visited == budget {
+                finished = false;
+                break;
+            }
+            last = Some(id);
+            if keeps(latest, queue, *now, m) {
+                buf.clear();
+                encode_message_entry(m, &mut buf);
+                queue.append(EVENTS_EID, &buf, None)?;
+                progress.written += 1;
+            } else {
+                forget.push(id.clone());
+            }
         }
-        progress.written = end;
-        if progress.written < progress.ids.len() {
+        if let Some(last) = last {
+            progress.cursor = Some(last.clone());
+        }
+        for id in &forget {
+            messages.remove(id);
+        }
+        if !finished {
             return Ok(None);
         }
-        let done = self.checkpoint.take().filter(|p| !p.short).map(|p| p.header);
-        if done.is_none() {
-            tracing::error!("chat store: a checkpoint lost an entry while being written; the log is not trimmed to it");
-        }
-        Ok(done)
+        let entries = progress.written;
+        queue.append(EVENTS_EID, &encode_record(StoreRecord::CheckpointEnd { entries }), None)?;
+        self.checkpoint_size = entries;
+        Ok(self.checkpoint.take().map(|p| p.header))
     }
 
     fn retain_if_due(&mut self, eid: &str, device: &str, now: Millis) -> Result<(), StoreError> {
@@ -702,6 +774,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
         }
         self.mirror.apply(event);
         self.events_since_checkpoint += 1;
+        self.batch_events += 1;
         Ok(())
     }
 
@@ -736,6 +809,7 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
                 self.start_checkpoint()?;
             }
             let completed = self.continue_checkpoint()?;
+            self.batch_events = 0;
             self.queue.sync()?;
             if completed.is_some() {
                 self.trim_to = completed;

@@ -82,29 +82,14 @@ pub struct Chunk {
 
 impl Chunk {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; 8]);
-        out.extend_from_slice(&self.from.to_le_bytes());
-        out.extend_from_slice(&self.to.to_le_bytes());
-        out.extend_from_slice(&(self.eids.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.items.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.meta.len() as u32).to_le_bytes());
-        for eid in &self.eids {
-            out.extend_from_slice(&(eid.len() as u16).to_le_bytes());
-            out.extend_from_slice(eid.as_bytes());
-        }
-        for it in &self.items {
-            out.extend_from_slice(&it.eid.to_le_bytes());
-            out.extend_from_slice(&it.increment.to_le_bytes());
-            out.extend_from_slice(&it.offset.to_le_bytes());
-            out.extend_from_slice(&it.rec_len.to_le_bytes());
-            out.extend_from_slice(&it.payload_len.to_le_bytes());
-        }
-        out.extend_from_slice(&self.meta);
-        let len = (out.len() - start) as u32;
-        let crc = crc32c::crc32c(&out[start + 8..]);
-        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        encode_chunk(
+            self.from,
+            self.to,
+            &self.eids,
+            self.items.iter().copied(),
+            &self.meta,
+            out,
+        );
     }
 
     /// Decodes the chunk at the start of `buf`: `Ok(None)` when the buffer ends inside it (a torn append).
@@ -269,6 +254,43 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.bytes(8)?);
         Ok(u64::from_le_bytes(a))
     }
+}
+
+/// Appends one chunk's encoding (the layout [`Chunk::decode`] reads) to `out`, from its parts: the writer encodes
+/// straight from its builder, with no decoded `Chunk` in between.
+pub(super) fn encode_chunk<S: AsRef<str>>(
+    from: u64,
+    to: u64,
+    eids: &[S],
+    items: impl ExactSizeIterator<Item = ItemEntry>,
+    meta: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.reserve(CHUNK_HEADER_LEN + eids.len() * 40 + items.len() * ITEM_ENTRY_LEN + meta.len());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&from.to_le_bytes());
+    out.extend_from_slice(&to.to_le_bytes());
+    out.extend_from_slice(&(eids.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    for eid in eids {
+        let eid = eid.as_ref();
+        out.extend_from_slice(&(eid.len() as u16).to_le_bytes());
+        out.extend_from_slice(eid.as_bytes());
+    }
+    for it in items {
+        out.extend_from_slice(&it.eid.to_le_bytes());
+        out.extend_from_slice(&it.increment.to_le_bytes());
+        out.extend_from_slice(&it.offset.to_le_bytes());
+        out.extend_from_slice(&it.rec_len.to_le_bytes());
+        out.extend_from_slice(&it.payload_len.to_le_bytes());
+    }
+    out.extend_from_slice(meta);
+    let len = (out.len() - start) as u32;
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[cfg(test)]

@@ -301,9 +301,7 @@ fn rewrite_index<F: Fs>(
 ) -> Result<u64, QueueError> {
     let mut bytes = index::file_header(index::IDX_MAGIC, id).to_vec();
     if to > builder.from {
-        builder
-            .build(to, &|e| loader.eids[e as usize].name.to_string())
-            .encode(&mut bytes);
+        builder.encode(to, &|e| loader.eids[e as usize].name.to_string(), &mut bytes);
     }
     let tmp = dir.join(format!("{}.tmp", idx_name(id)));
     let path = dir.join(idx_name(id));

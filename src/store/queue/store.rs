@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::fs::{Fs, FsFile};
-use super::index::{self, Chunk, FILE_HEADER_LEN, ItemEntry};
+use super::index::{self, FILE_HEADER_LEN, ItemEntry};
 use super::record::{self, Kind, MAX_DEVICE_LEN, MAX_EID_LEN};
 use super::spare::Spare;
 use super::{
@@ -238,31 +238,31 @@ impl ChunkBuilder {
     }
 
     /// The chunk for `(from, to]`, with EID ids mapped to a chunk-local table.
-    pub fn build(&self, to: u64, name: &dyn Fn(u32) -> String) -> Chunk {
+    /// Appends the chunk for bytes `(from, to]` to `out` (EIDs renumbered to the chunk's own list, as
+    /// [`index::Chunk::decode`] reads them), encoded straight from the builder.
+    pub fn encode(&self, to: u64, name: &dyn Fn(u32) -> String, out: &mut Vec<u8>) {
         let mut local: BTreeMap<u32, u32> = BTreeMap::new();
         let mut names = Vec::new();
-        let mut map = |id: u32| {
-            *local.entry(id).or_insert_with(|| {
-                names.push(name(id));
+        for it in &self.items {
+            local.entry(it.eid).or_insert_with(|| {
+                names.push(name(it.eid));
                 names.len() as u32 - 1
-            })
-        };
-        let items = self
-            .items
-            .iter()
-            .map(|it| ItemEntry {
-                eid: map(it.eid),
-                ..*it
-            })
-            .collect();
-        let meta = self.meta.values().flatten().copied().collect();
-        Chunk {
-            from: self.from,
-            to,
-            eids: names,
-            items,
-            meta,
+            });
         }
+        let items = self.items.iter().map(|it| ItemEntry {
+            eid: local[&it.eid],
+            ..*it
+        });
+        let meta: Vec<u8> = self.meta.values().flatten().copied().collect();
+        index::encode_chunk(self.from, to, &names, items, &meta, out);
+    }
+
+    /// Empties the builder for the bytes after `from`, keeping its allocation: a chunk covers megabytes of log, so
+    /// its item list is hundreds of kilobytes, which a fresh list would grow again by doubling for every chunk.
+    pub fn reset(&mut self, from: u64) {
+        self.from = from;
+        self.items.clear();
+        self.meta.clear();
     }
 }
 
@@ -335,6 +335,11 @@ pub struct QueueStore<F: Fs> {
     /// Rolled segments whose final index chunk waits for the next sync.
     pub(super) sealing: Vec<(u32, ChunkBuilder, u64)>,
     pub(super) builder: ChunkBuilder,
+    /// A written chunk's builder, emptied, for the next chunk ([`ChunkBuilder::reset`]).
+    pub(super) recycled: Option<ChunkBuilder>,
+    /// Where index chunks are encoded before they are written; kept, like `recycled`, so that writing an index
+    /// chunk allocates nothing once the store runs.
+    pub(super) chunk_buf: Vec<u8>,
     pub(super) dir_dirty: bool,
     /// The next record starts a batch and is preceded by a mark.
     pub(super) mark_needed: bool,
@@ -414,6 +419,8 @@ impl<F: Fs> QueueStore<F> {
             unsynced: Vec::new(),
             sealing: Vec::new(),
             builder: ChunkBuilder::new(FILE_HEADER_LEN as u64),
+            recycled: None,
+            chunk_buf: Vec::new(),
             dir_dirty: rec.dir_dirty,
             mark_needed: false,
             tickets_begun: 0,
@@ -521,7 +528,7 @@ impl<F: Fs> QueueStore<F> {
         self.buf.clear();
         self.buf.extend_from_slice(&index::file_header(index::SEG_MAGIC, id));
         self.active = id;
-        self.builder = ChunkBuilder::new(FILE_HEADER_LEN as u64);
+        self.builder.reset(FILE_HEADER_LEN as u64);
         self.dir_dirty = true;
         self.mark_needed = false;
         Ok(())
@@ -563,8 +570,9 @@ impl<F: Fs> QueueStore<F> {
             self.unsynced.push(old);
         }
         let seg = &self.segs[&old];
-        let builder = std::mem::take(&mut self.builder);
-        self.sealing.push((old, builder, seg.written));
+        let written = seg.written;
+        let builder = self.next_builder(FILE_HEADER_LEN as u64);
+        self.sealing.push((old, builder, written));
         self.new_segment(old + 1)
     }
 
@@ -747,7 +755,7 @@ impl<F: Fs> QueueStore<F> {
         let written = self.segs[&self.active].written;
         // The periodic index chunk covers exactly the bytes written so far; the ticket writes it once durable.
         let chunk = (written - self.builder.from >= self.cfg.index_interval_bytes).then(|| {
-            let builder = std::mem::replace(&mut self.builder, ChunkBuilder::new(written));
+            let builder = self.next_builder(written);
             (self.active, builder, written)
         });
         self.tickets_begun += 1;
@@ -786,13 +794,18 @@ impl<F: Fs> QueueStore<F> {
             st.durable_last = st.durable_last.max(last);
         }
         self.mark_needed = true;
-        for (id, builder, to) in ticket.sealing {
+        for (id, builder, to) in ticket.sealing.into_iter().chain(ticket.chunk) {
             self.write_chunk(id, &builder, to)?;
-        }
-        if let Some((id, builder, to)) = ticket.chunk {
-            self.write_chunk(id, &builder, to)?;
+            self.recycled = Some(builder);
         }
         Ok(self.durable_lsn)
+    }
+
+    /// Swaps in an empty builder for the bytes after `from` (a recycled one when there is) and returns the full one.
+    pub(super) fn next_builder(&mut self, from: u64) -> ChunkBuilder {
+        let mut next = self.recycled.take().unwrap_or_default();
+        next.reset(from);
+        std::mem::replace(&mut self.builder, next)
     }
 
     /// Appends an index chunk for durable bytes `(builder.from, to]` of segment `id`.
@@ -800,14 +813,13 @@ impl<F: Fs> QueueStore<F> {
         if to <= builder.from {
             return Ok(());
         }
-        let mut bytes = Vec::new();
+        let mut bytes = std::mem::take(&mut self.chunk_buf);
+        bytes.clear();
         let idx_len = self.segs[&id].idx_len;
         if idx_len == 0 {
             bytes.extend_from_slice(&index::file_header(index::IDX_MAGIC, id));
         }
-        builder
-            .build(to, &|id| self.eids[id as usize].name.to_string())
-            .encode(&mut bytes);
+        builder.encode(to, &|id| self.eids[id as usize].name.to_string(), &mut bytes);
         let path = self.path(idx_name(id));
         let mut file = if idx_len == 0 {
             self.dir_dirty = true;
@@ -820,6 +832,7 @@ impl<F: Fs> QueueStore<F> {
         file.sync().map_err(QueueError::io("fsync", &path))?;
         self.stats.fsyncs += 1;
         self.segs.get_mut(&id).expect("indexed segment exists").idx_len = idx_len + bytes.len() as u64;
+        self.chunk_buf = bytes;
         Ok(())
     }
 
@@ -1365,7 +1378,7 @@ impl<F: Fs> QueueStore<F> {
         self.guarded(|s| {
             s.sync_inner()?;
             let written = s.segs[&s.active].written;
-            let builder = std::mem::replace(&mut s.builder, ChunkBuilder::new(written));
+            let builder = s.next_builder(written);
             s.write_chunk(s.active, &builder, written)?;
             let path = s.path(seg_name(s.active));
             let seg = s.segs.get_mut(&s.active).expect("active segment exists");
