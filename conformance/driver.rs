@@ -26,10 +26,16 @@ use crate::proto::message_scheme::Payload;
 use crate::proto::{Authenticate, ErrorMessage};
 
 /// The transport of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TransportKind {
+    #[serde(rename = "websocket")]
     Ws,
     Tcp,
+}
+
+impl TransportKind {
+    pub const ALL: [TransportKind; 2] = [TransportKind::Ws, TransportKind::Tcp];
 }
 
 impl fmt::Display for TransportKind {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::driver::Transcript;
+use super::driver::{Transcript, TransportKind};
 use super::spec::{area_of, is_requirement_tag};
 
 /// How a case ended, before the verdict rules are applied.
@@ -82,7 +82,11 @@ pub struct CaseResult {
     pub file: String,
     pub section: String,
     pub area: String,
+    /// The scenario's name; a transport-neutral case's ends in its run's transport (`... [tcp]`).
     pub name: String,
+    /// The transport of a transport-neutral case's run; None for a case that names its transports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportKind>,
     pub line: usize,
     pub tags: Vec<String>,
     pub outcome: Outcome,
@@ -96,6 +100,14 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
+    /// The scenario's name, without the transport a neutral case's run adds to it.
+    pub fn scenario(&self) -> &str {
+        match self.transport {
+            Some(t) => self.name.strip_suffix(&format!(" [{t}]")).unwrap_or(&self.name),
+            None => &self.name,
+        }
+    }
+
     pub fn requirements(&self) -> Vec<String> {
         self.tags.iter().filter(|t| is_requirement_tag(t)).cloned().collect()
     }
@@ -108,9 +120,12 @@ impl CaseResult {
 
     /// Whether an expected-failures entry names this case.
     pub fn listed_in(&self, expected: &[String]) -> bool {
-        expected
-            .iter()
-            .any(|e| *e == self.name || *e == format!("{}:{}", self.file, self.line) || self.requirements().contains(e))
+        expected.iter().any(|e| {
+            *e == self.name
+                || *e == self.scenario()
+                || *e == format!("{}:{}", self.file, self.line)
+                || self.requirements().contains(e)
+        })
     }
 }
 

@@ -20,10 +20,11 @@ use cucumber::gherkin::tagexpr::TagOperation;
 use cucumber::tag::Ext as _;
 use cucumber::{Event, Writer, WriterExt as _, cli, parser, runner};
 
+use super::driver::TransportKind;
 use super::report::{CaseResult, Outcome, Report, verdict};
 use super::spec::{self, area_of};
 use super::steps;
-use super::world::{CaseWorld, SKIP_PREFIX, SharedFactory, set_factory};
+use super::world::{CaseWorld, SKIP_PREFIX, SharedFactory, set_factory, set_pass};
 
 /// What to run and how to judge it.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +50,20 @@ pub struct RunOptions {
     /// Threads running cases side by side (network only: each case has its
     /// own users, so cases do not disturb each other). 0 or 1: one.
     pub jobs: usize,
+    /// The transports the target offers, in the order of the passes (empty: both, WebSocket first). Transport-neutral
+    /// cases run in every pass, each over that pass's transport; the others run once, in the first.
+    pub transports: Vec<TransportKind>,
+}
+
+impl RunOptions {
+    /// The passes: [`RunOptions::transports`], or both.
+    pub fn passes(&self) -> Vec<TransportKind> {
+        if self.transports.is_empty() {
+            TransportKind::ALL.to_vec()
+        } else {
+            self.transports.clone()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +118,18 @@ impl Filter {
     }
 }
 
-/// The cases the options select, without running them (`--list`).
+/// The cases the options select, without running them (`--list`): a transport-neutral scenario once per pass.
 pub fn list(options: &RunOptions) -> Result<Vec<spec::Case>, RunError> {
     let filter = Filter::new(options)?;
+    let passes = options.passes();
     Ok(spec::cases()
         .map_err(RunError::Parse)?
         .into_iter()
         .filter(|c| filter.selects(&c.file, &c.tags, &c.name))
+        .flat_map(|c| match c.neutral {
+            true => passes.iter().map(|t| c.over(*t)).collect(),
+            false => vec![c],
+        })
         .collect())
 }
 
@@ -139,7 +159,12 @@ fn panic_text(info: &event::Info) -> String {
 }
 
 impl Collected {
-    fn start(&mut self, feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin::Scenario) {
+    fn start(
+        &mut self,
+        feature: &cucumber::gherkin::Feature,
+        rule: Option<&cucumber::gherkin::Rule>,
+        scenario: &cucumber::gherkin::Scenario,
+    ) {
         let file = feature
             .path
             .as_ref()
@@ -149,11 +174,17 @@ impl Collected {
         let (section, area) = area_of(&file);
         let mut tags = feature.tags.clone();
         tags.extend(scenario.tags.iter().cloned());
+        // This thread's pass is the transport of a neutral case's run.
+        let transport = spec::is_neutral(feature, rule, scenario).then(super::world::pass);
         let case = CaseResult {
             file,
             section: section.to_string(),
             area: area.to_string(),
-            name: scenario.name.clone(),
+            name: match transport {
+                Some(t) => spec::name_over(&scenario.name, t),
+                None => scenario.name.clone(),
+            },
+            transport,
             line: scenario.position.line,
             tags,
             outcome: Outcome::Passed,
@@ -230,13 +261,13 @@ impl Writer<CaseWorld> for Collector {
         let CucumberEvent::Feature(feature, feature_event) = event else {
             return;
         };
-        let (scenario, RetryableScenario { event, .. }) = match feature_event {
-            event::Feature::Scenario(scenario, event) => (scenario, event),
-            event::Feature::Rule(_, event::Rule::Scenario(scenario, event)) => (scenario, event),
+        let (rule, scenario, RetryableScenario { event, .. }) = match feature_event {
+            event::Feature::Scenario(scenario, event) => (None, scenario, event),
+            event::Feature::Rule(rule, event::Rule::Scenario(scenario, event)) => (Some(rule), scenario, event),
             _ => return,
         };
         match event {
-            event::Scenario::Started => c.start(&feature, &scenario),
+            event::Scenario::Started => c.start(&feature, rule.as_deref(), &scenario),
             event::Scenario::Step(step, step_event) | event::Scenario::Background(step, step_event) => match step_event
             {
                 event::Step::Failed(_, _, world, error) => {
@@ -399,8 +430,8 @@ fn run_worker(
     worker: usize,
     jobs: usize,
 ) -> Result<(), RunError> {
-    let filter = Filter::new(options)?;
-    let plan = plan(jobs);
+    let filter = Arc::new(Filter::new(options)?);
+    let plan = Arc::new(plan(jobs));
     let dir = std::env::temp_dir().join(format!(
         "bimip-conform-features-{}-{:?}-{worker}",
         std::process::id(),
@@ -419,44 +450,50 @@ fn run_worker(
         .collect();
     let dir = PathBuf::from(dir_name);
     let features: PathBuf = spec::write_features(&dir).map_err(RunError::Features)?;
-    let writer = Collector(Arc::clone(collected)).normalized();
-    let cucumber = cucumber::Cucumber::<CaseWorld, _, PathBuf, _, _, cli::Empty>::custom(
-        parser::Basic::new(),
-        runner::Basic::default(),
-        writer,
-    )
-    .steps(steps::collection())
-    .after(|_, _, _, finished, world| {
-        Box::pin(async move {
-            if let (cucumber::event::ScenarioFinished::StepPassed, Some(world)) = (finished, world) {
-                world.check_at_end();
-            }
-        })
-    })
-    .max_concurrent_scenarios(1)
-    .with_cli(cli::Opts::<_, _, _, cli::Empty>::default());
     quiet_step_panics();
     set_factory(Some(factory), u64::try_from(worker).unwrap_or(0));
     QUIET_PANICS.with(|q| q.set(true));
-    let run = cucumber.filter_run(features, move |feature, rule, scenario| {
-        let mut tags = feature.tags.clone();
-        if let Some(rule) = rule {
-            tags.extend(rule.tags.iter().cloned());
-        }
-        tags.extend(scenario.tags.iter().cloned());
-        let file = feature
-            .path
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let assigned = plan
-            .get(&(file.clone(), scenario.position.line))
-            .copied()
-            .unwrap_or_else(|| worker_of(feature, scenario, jobs));
-        filter.selects(&file, &tags, &scenario.name) && assigned == worker
-    });
-    futures::executor::block_on(run);
+    for (index, transport) in options.passes().into_iter().enumerate() {
+        set_pass(transport);
+        let writer = Collector(Arc::clone(collected)).normalized();
+        let cucumber = cucumber::Cucumber::<CaseWorld, _, PathBuf, _, _, cli::Empty>::custom(
+            parser::Basic::new(),
+            runner::Basic::default(),
+            writer,
+        )
+        .steps(steps::collection())
+        .after(|_, _, _, finished, world| {
+            Box::pin(async move {
+                if let (cucumber::event::ScenarioFinished::StepPassed, Some(world)) = (finished, world) {
+                    world.check_at_end();
+                }
+            })
+        })
+        .max_concurrent_scenarios(1)
+        .with_cli(cli::Opts::<_, _, _, cli::Empty>::default());
+        let (filter, plan) = (Arc::clone(&filter), Arc::clone(&plan));
+        let run = cucumber.filter_run(features.clone(), move |feature, rule, scenario| {
+            let mut tags = feature.tags.clone();
+            if let Some(rule) = rule {
+                tags.extend(rule.tags.iter().cloned());
+            }
+            tags.extend(scenario.tags.iter().cloned());
+            let file = feature
+                .path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let assigned = plan
+                .get(&(file.clone(), scenario.position.line))
+                .copied()
+                .unwrap_or_else(|| worker_of(feature, scenario, jobs));
+            // A case that names its transports runs once, in the first pass.
+            let in_pass = index == 0 || spec::is_neutral(feature, rule, scenario);
+            in_pass && filter.selects(&file, &tags, &scenario.name) && assigned == worker
+        });
+        futures::executor::block_on(run);
+    }
     QUIET_PANICS.with(|q| q.set(false));
     set_factory(None, 0);
     let _ = std::fs::remove_dir_all(&dir);

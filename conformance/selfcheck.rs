@@ -20,6 +20,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
     match fault {
         Fault::SkipVersionUpdate => &["chat.feature"],
         Fault::ReorderChat => &["chat.feature", "queue.feature"],
+        Fault::ReorderChatTcp => &["chat.feature", "queue.feature"],
         Fault::WrongAckCode => &["ack.feature"],
         Fault::IgnoreBlock => &["block.feature"],
         Fault::IgnoreRevocation => &["token.feature"],

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use cucumber::codegen::Regex;
 
+use super::driver::TransportKind;
+
 /// SPEC.md as this build knows it.
 pub const SPEC: &str = include_str!("../SPEC.md");
 
@@ -181,9 +183,22 @@ pub struct Case {
     pub line: usize,
     /// Feature and scenario tags, without '@'.
     pub tags: Vec<String>,
+    /// About no transport ([`is_neutral`]): runs once per transport the target offers.
+    pub neutral: bool,
+    /// The transport of this run of a neutral case (its name ends in it: `... [tcp]`); None for the others.
+    pub transport: Option<TransportKind>,
 }
 
 impl Case {
+    /// This neutral case's run over `transport`, named for it.
+    pub fn over(&self, transport: TransportKind) -> Case {
+        Case {
+            name: name_over(&self.name, transport),
+            transport: Some(transport),
+            ..self.clone()
+        }
+    }
+
     pub fn requirements(&self) -> Vec<String> {
         self.tags.iter().filter(|t| is_requirement_tag(t)).cloned().collect()
     }
@@ -195,11 +210,13 @@ pub fn cases() -> Result<Vec<Case>, String> {
     for (file, section, area, text) in FEATURES {
         let feature = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default())
             .map_err(|e| format!("{file}: {e}"))?;
-        let mut scenarios: Vec<&cucumber::gherkin::Scenario> = feature.scenarios.iter().collect();
+        let mut scenarios: Vec<(Option<&cucumber::gherkin::Rule>, &cucumber::gherkin::Scenario)> =
+            feature.scenarios.iter().map(|s| (None, s)).collect();
         for rule in &feature.rules {
-            scenarios.extend(rule.scenarios.iter());
+            scenarios.extend(rule.scenarios.iter().map(|s| (Some(rule), s)));
         }
-        for scenario in scenarios {
+        for (rule, scenario) in scenarios {
+            let neutral = is_neutral(&feature, rule, scenario);
             let mut tags = feature.tags.clone();
             tags.extend(scenario.tags.iter().cloned());
             let copies = scenario
@@ -216,11 +233,55 @@ pub fn cases() -> Result<Vec<Case>, String> {
                     name: scenario.name.clone(),
                     line: scenario.position.line,
                     tags: tags.clone(),
+                    neutral,
+                    transport: None,
                 });
             }
         }
     }
     Ok(out)
+}
+
+/// A neutral case's name in the run over `transport`.
+pub fn name_over(name: &str, transport: TransportKind) -> String {
+    format!("{name} [{transport}]")
+}
+
+/// Whether a scenario is about no transport: neither its steps nor a background before them name one (no
+/// "websocket", "tcp" or `<transport>`, nor do an outline's examples), and it opens connections ("alice is connected as ...", "alice's phone connects with ..."). Such a scenario
+/// runs once per transport the target offers, each run's connections over that transport; a rule that is a
+/// transport's own (WebSocket close codes, TCP framing), or that compares the two, names them in its steps.
+pub fn is_neutral(
+    feature: &cucumber::gherkin::Feature,
+    rule: Option<&cucumber::gherkin::Rule>,
+    scenario: &cucumber::gherkin::Scenario,
+) -> bool {
+    let backgrounds = feature
+        .background
+        .iter()
+        .chain(rule.and_then(|r| r.background.as_ref()))
+        .flat_map(|b| b.steps.iter());
+    let names_transport = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        text.contains("websocket") || text.contains("tcp")
+    };
+    // An outline whose examples give the transports (`over <old>`) names them too.
+    let in_examples = scenario
+        .examples
+        .iter()
+        .filter_map(|e| e.table.as_ref())
+        .any(|t| t.rows.iter().flatten().any(|cell| names_transport(cell)));
+    if in_examples {
+        return false;
+    }
+    let mut connects = false;
+    for step in backgrounds.chain(scenario.steps.iter()) {
+        if names_transport(&step.value) || step.value.contains("<transport>") {
+            return false;
+        }
+        connects |= step.value.contains(" is connected ") || step.value.contains(" connects ");
+    }
+    connects
 }
 
 /// Writes the embedded features into `dir` (for cucumber's file parser).

@@ -95,6 +95,7 @@ fn case(tags: &[&str], outcome: Outcome) -> CaseResult {
         section: "7".into(),
         area: "PingPong".into(),
         name: "a case".into(),
+        transport: None,
         line: 3,
         tags: tags.iter().map(|t| (*t).to_string()).collect(),
         outcome,
@@ -300,4 +301,57 @@ fn the_html_report_of_a_clean_run_says_passed() {
     let path = super::html::write(&report, &dir).expect("written");
     assert_eq!(std::fs::read_to_string(&path).expect("read back"), html);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 22: a transport-neutral scenario runs once per transport the target offers (named for it), one that names
+/// its transports runs once, and the README says how many cases each kind of target gets.
+#[test]
+fn neutral_cases_run_once_per_transport_and_the_readme_counts_them() {
+    use super::driver::TransportKind;
+    let count = |transports: Vec<TransportKind>| {
+        super::runner::list(&RunOptions {
+            transports,
+            ..RunOptions::default()
+        })
+        .expect("the features parse")
+    };
+    let neutral = spec::cases()
+        .expect("the features parse")
+        .iter()
+        .filter(|c| c.neutral)
+        .count();
+    let (both, ws, tcp) = (
+        count(Vec::new()),
+        count(vec![TransportKind::Ws]),
+        count(vec![TransportKind::Tcp]),
+    );
+    assert_eq!(both.len(), ws.len() + neutral);
+    assert_eq!(ws.len(), tcp.len());
+    assert!(
+        2 * neutral > ws.len(),
+        "most scenarios are about no transport: {neutral} of {}",
+        ws.len()
+    );
+    for transport in TransportKind::ALL {
+        let over: Vec<_> = both.iter().filter(|c| c.transport == Some(transport)).collect();
+        assert_eq!(over.len(), neutral, "{transport}");
+        assert!(over.iter().all(|c| c.name.ends_with(&format!(" [{transport}]"))));
+    }
+    // A scenario that names a transport is never neutral, and one that compares the two is not either.
+    let named = spec::cases().expect("the features parse");
+    assert!(named.iter().any(|c| !c.neutral && c.name.contains("subprotocol")));
+    assert!(
+        named
+            .iter()
+            .any(|c| !c.neutral && c.name.contains("The same device connecting again"))
+    );
+    let said = format!(
+        "{} cases with both transports, {} with one ({neutral} of them",
+        both.len(),
+        ws.len()
+    );
+    assert!(
+        include_str!("../README.md").contains(&said),
+        "README.md should say: {said}"
+    );
 }

@@ -47,6 +47,19 @@ pub type SharedFactory = Arc<dyn DriverFactory + Send + Sync>;
 thread_local! {
     static FACTORY: RefCell<Option<SharedFactory>> = const { RefCell::new(None) };
     static NEXT_CASE: RefCell<u64> = const { RefCell::new(0) };
+    static PASS: std::cell::Cell<TransportKind> = const { std::cell::Cell::new(TransportKind::Ws) };
+}
+
+/// Sets the transport of this thread's pass: the one a step that names none ("alice is connected as ...") opens
+/// its connections over, in the cases started from now on (`runner`: a transport-neutral scenario runs once per
+/// transport the target offers).
+pub fn set_pass(transport: TransportKind) {
+    PASS.with(|p| p.set(transport));
+}
+
+/// The transport of this thread's pass ([`set_pass`]).
+pub fn pass() -> TransportKind {
+    PASS.with(std::cell::Cell::get)
 }
 
 /// Sets the factory the worlds of this thread get their driver from; the
@@ -122,6 +135,8 @@ pub struct Forbidden {
 pub struct CaseWorld {
     pub driver: Box<dyn Driver>,
     pub case: u64,
+    /// What "alice is connected as ..." connects over: the pass's transport ([`set_pass`]).
+    pub transport: TransportKind,
     suffix: String,
     pub conns: BTreeMap<String, Conn>,
     /// Events received and not yet consumed, per connection.
@@ -216,6 +231,7 @@ impl cucumber::World for CaseWorld {
         Ok(CaseWorld {
             driver,
             case,
+            transport: pass(),
             suffix: factory.eid_suffix(case),
             conns: BTreeMap::new(),
             inbox: BTreeMap::new(),

@@ -3,8 +3,8 @@ Feature: Acknowledgments (SPEC section 16)
   devices, reported to the sender's devices and the receiver's others.
 
   Background:
-    Given alice is connected over websocket as "phone"
-    And bob is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
     And alice's phone sends text "hello" to bob as "m1"
     And alice's phone receives a version update for "m1" with version 1
     And bob's phone receives the chat message "m1" from alice's phone with version 1 as receiver
@@ -31,7 +31,7 @@ Feature: Acknowledgments (SPEC section 16)
 
   @ACK-2 @must
   Scenario: Unknown and foreign messages get the same not_found
-    Given carol is connected over websocket as "phone"
+    Given carol is connected as "phone"
     When carol's phone acknowledges "m1" with status 2
     Then carol's phone receives error 404 not_found for route "16" with ref_id "$message(m1)"
     When carol's phone sends AcknowledgmentRequest {"message_id": "no-such-message", "status": 2}

@@ -74,7 +74,7 @@ Feature: Authentication (SPEC section 3)
 
   @AUTH-8 @must
   Scenario: The signature is checked before the expiry
-    When alice's phone connects over websocket with an expired token with a bad signature
+    When alice's phone connects with an expired token with a bad signature
     Then alice's phone is refused with 401 token_signature
 
   @AUTH-8 @AUTH-10 @must

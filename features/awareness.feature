@@ -3,7 +3,7 @@ Feature: Awareness (SPEC section 10)
   watchers hear about changes.
 
   Background:
-    Given bob is connected over websocket as "phone"
+    Given bob is connected as "phone"
 
   @AWR-1 @AWR-10 @must
   Scenario: A subscriber hears the user come online
@@ -18,8 +18,8 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-2 @AWR-10 @must
   Scenario: The last session ending makes the user offline with last_seen; the user-set status is gone
-    Given alice is connected over websocket as "phone"
-    And alice is connected over websocket as "laptop"
+    Given alice is connected as "phone"
+    And alice is connected as "laptop"
     And alice's phone adds bob as a subscriber
     And bob's phone receives alice's status as online
     And alice's phone sets her status to away
@@ -30,12 +30,12 @@ Feature: Awareness (SPEC section 10)
     Then bob's phone receives alice's status as offline
     When bob's phone asks about alice
     Then bob's phone learns that alice is offline
-    When alice is connected over websocket as "phone"
+    When alice is connected as "phone"
     Then bob's phone receives alice's status as online
 
   @AWR-3 @must
   Scenario: A presence change is not answered and reaches watchers only when it changes
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone adds bob as a subscriber
     And bob's phone receives alice's status as online
     When alice's phone sets her status to busy
@@ -48,7 +48,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-4 @must
   Scenario Outline: An awareness notification that fits neither form is invalid_field
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends AwarenessNotification <fields>
     Then alice's phone receives error 400 invalid_field for route "2"
     And alice's phone stays connected
@@ -67,7 +67,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-5 @must
   Scenario: A status with a ttl lapses to online
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone adds bob as a subscriber
     And bob's phone receives alice's status as online
     When alice's phone sets her status to away for 2 seconds
@@ -97,7 +97,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-8 @BLK-5 @must
   Scenario Outline: An intention across a block is dropped silently
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And <blocker>'s phone blocks <blocked>
     When alice's phone signals typing to bob for 5 seconds
     And bob's phone signals recording to alice
@@ -113,7 +113,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-9 @AWR-13 @must
   Scenario Outline: Visibility and relationships decide who sees a user
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone sets her visibility to <visibility>
     And alice's phone sets her status to busy
     And <relation>
@@ -131,15 +131,15 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-9 @must
   Scenario: A user always sees itself
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone sets her visibility to private
-    And alice is connected over websocket as "laptop"
+    And alice is connected as "laptop"
     When alice's laptop asks about alice
     Then alice's laptop learns that alice is online
 
   @AWR-11 @must
   Scenario: Loosening visibility delivers the current state to new watchers
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone sets her status to away
     And bob's phone subscribes to alice's awareness
     And bob's phone receives nothing about alice
@@ -148,7 +148,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-12 @must
   Scenario: Losing sight delivers exactly one unavailable notification
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone adds bob as a subscriber
     And bob's phone receives alice's status as online
     When alice's phone sets her visibility to private
@@ -158,7 +158,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-13 @must
   Scenario: An AwarenessRequest about an unknown or invalid user
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends AwarenessRequest {"to": {"eid": ""}, "awareness_identifier": 5}
     Then alice's phone receives error 400 invalid_field for route "4" with ref_id "5"
     When alice's phone sends AwarenessRequest {"to": {"eid": "no at sign"}, "awareness_identifier": 6}
@@ -168,12 +168,12 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-14 @must
   Scenario: Hidden users look alike whatever the reason
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone sets her visibility to private
-    And carol is connected over websocket as "phone"
+    And carol is connected as "phone"
     And carol's phone sets her visibility to public
     And carol's phone blocks bob
-    And dave is connected over websocket as "phone"
+    And dave is connected as "phone"
     When bob's phone asks about alice
     Then bob's phone learns that alice is unavailable
     When bob's phone asks about carol
@@ -185,11 +185,11 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-15 @must
   Scenario: A subscription request always succeeds; a visible user's state follows
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone sets her visibility to public
     When bob's phone subscribes to alice's awareness
     Then bob's phone receives alice's status as online
-    Given carol is connected over websocket as "phone"
+    Given carol is connected as "phone"
     And carol's phone sets her visibility to private
     When bob's phone subscribes to carol's awareness
     Then bob's phone receives nothing about carol
@@ -198,7 +198,7 @@ Feature: Awareness (SPEC section 10)
 
   @AWR-16 @must
   Scenario: A subscription ends with unsubscribe or with the session
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone sets her visibility to public
     And bob's phone subscribes to alice's awareness
     And bob's phone receives alice's status as online
@@ -209,26 +209,26 @@ Feature: Awareness (SPEC section 10)
     Then bob's phone receives nothing about alice
     When bob's phone subscribes to alice's awareness
     And bob's phone receives alice's status as away
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     And alice's phone sets her status to online
     Then bob's phone receives nothing about alice
 
   @AWR-17 @PUSH-4 @should
   Scenario: A new session gets one Body with the users it follows and may see
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     And alice's phone adds dave as a subscriber
     And alice's phone sets her status to busy
-    And carol is connected over websocket as "phone"
+    And carol is connected as "phone"
     And carol's phone adds dave as a subscriber
     And carol's phone sets her visibility to private
-    And erin is connected over websocket as "phone"
+    And erin is connected as "phone"
     And erin's phone adds dave as a subscriber
-    When dave is connected over websocket as "phone"
+    When dave is connected as "phone"
     Then dave's phone receives a Body listing alice as busy and erin as online
 
   @AWR-18 @must
   Scenario: More than five presence changes and intentions per second are rate limited
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sets her status to away
     And alice's phone sets her status to busy
     And alice's phone signals typing to bob

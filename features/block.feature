@@ -3,8 +3,8 @@ Feature: Blocking (SPEC section 12)
   acknowledgments between them; it is never announced.
 
   Background:
-    Given alice is connected over websocket as "phone"
-    And bob is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
 
   @BLK-1 @must
   Scenario: Blocking and unblocking are confirmed, also when nothing changes
@@ -94,13 +94,13 @@ Feature: Blocking (SPEC section 12)
   Scenario: A block is never announced and earlier messages are still delivered
     Given alice's phone sends text "queued before the block" to carol as "q1"
     And alice's phone receives a version update for "q1" with version 1
-    And carol is connected over websocket as "phone"
+    And carol is connected as "phone"
     And carol's phone receives the chat message "q1" from alice's phone with version 1 as receiver
     When alice's phone blocks bob
     Then bob's phone receives no BlockSubscriber
     When carol's phone blocks alice
     And carol's phone closes its connection
-    And carol is connected over websocket as "phone"
+    And carol is connected as "phone"
     Then carol's phone receives the chat message "q1" from alice's phone with version 1 as receiver
     And alice's phone receives no BlockSubscriber
 

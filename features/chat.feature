@@ -3,8 +3,8 @@ Feature: Chat (SPEC section 15)
   to every device, idempotent resends and ordering.
 
   Background:
-    Given alice is connected over websocket as "phone"
-    And bob is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
 
   @CHAT-5 @CHAT-9 @CHAT-10 @CHAT-11 @must
   Scenario: A message reaches every receiver device and the sender's other devices
@@ -98,14 +98,14 @@ Feature: Chat (SPEC section 15)
   @CHAT-4 @must
   Scenario: The block is checked before the receiver's queue limit
     Given alice's phone fills carol's queue
-    And carol is connected over websocket as "phone"
+    And carol is connected as "phone"
     And carol's phone blocks alice
     When alice's phone sends text "one too many" to carol as "over"
     Then alice's phone receives error 403 blocked for route "14" with ref_id "over"
 
   @CHAT-6 @CHAT-7 @CHAT-8 @must
   Scenario: Versions count per chat, both directions share a chat, message ids are unique
-    Given carol is connected over websocket as "phone"
+    Given carol is connected as "phone"
     When alice's phone sends text to bob as "a1" and receives version 1
     And bob's phone sends text to alice as "b1" and receives version 2
     And carol's phone sends text to alice as "c1" and receives version 1

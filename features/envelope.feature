@@ -20,7 +20,7 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-4 @ERR-2 @must
   Scenario Outline: A stanza without a payload is answered with missing_payload
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends the bytes "<bytes>"
     Then alice's phone receives error 400 missing_payload for route "<route>"
     And alice's phone stays connected
@@ -33,14 +33,14 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-5 @ERR-2 @must
   Scenario: A route that differs from the payload's field number is route_mismatch
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends the bytes "0807320b100118012080d095ffbc31"
     Then alice's phone receives error 400 route_mismatch for route "7"
     And alice's phone stays connected
 
   @ENV-6 @ERR-2 @must
   Scenario Outline: A route outside the table is unknown_route
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends the bytes "<bytes>"
     Then alice's phone receives error 501 unknown_route for route "<route>"
     And alice's phone stays connected
@@ -54,7 +54,7 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-7 @must
   Scenario Outline: A sender identity that differs from the session is identity_mismatch
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends PingPong {"type": 1, "status": 1, "id": "spoof", "to": <to>}
     Then alice's phone receives error 403 identity_mismatch for route "6" with ref_id "spoof"
     And alice's phone receives no PingPong
@@ -67,8 +67,8 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-7 @ERR-5 @must
   Scenario: A spoofed chat sender is refused and the message goes nowhere
-    Given alice is connected over websocket as "phone"
-    And carol is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And carol is connected as "phone"
     When alice's phone sends TextPayloadRequest {"from": {"eid": "$bob"}, "to": [{"eid": "$carol"}], "content": "hi", "message_id_local": "spoof-1"}
     Then alice's phone receives error 403 identity_mismatch for route "14" with ref_id "spoof-1"
     And alice's phone receives no VersionUpdate
@@ -76,13 +76,13 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-7 @PING-1 @must
   Scenario: The server fills an identity the client left empty or partial
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends PingPong {"type": 1, "status": 1, "id": "filled", "to": {"eid": "$alice"}}
     Then alice's phone receives PingPong matching {"type": 2, "id": "filled", "to": {"eid": "$alice", "connection_resource_id": "phone"}}
 
   @ENV-8 @must
   Scenario Outline: A server-only stanza or a RESPONSE from a client is not_allowed
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends <message> <fields>
     Then alice's phone receives error 405 not_allowed for route "<route>"
     And alice's phone stays connected
@@ -106,7 +106,7 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-9 @must
   Scenario Outline: A code outside its table is invalid_field
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends <message> <fields>
     Then alice's phone receives error 400 invalid_field for route "<route>"
     And alice's phone stays connected
@@ -121,13 +121,13 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-10 @must
   Scenario: Fields in any order, defaults written out and unknown fields are accepted
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends the bytes "320c3a01751801100130009806010806"
     Then alice's phone receives a pong for "u"
 
   @ENV-11 @must
   Scenario: With two payloads the last one counts
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends the bytes "080622003207100118013a0176"
     Then alice's phone receives a pong for "v"
     When alice's phone sends the bytes "080422003207100118013a0176"
@@ -135,7 +135,7 @@ Feature: Envelope (SPEC section 4)
 
   @ENV-13 @must
   Scenario: Only the first failed check is reported
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends PingPong {"type": 1, "status": 9, "id": "both", "to": {"eid": "$mallory"}}
     Then alice's phone receives error 403 identity_mismatch for route "6"
     And alice's phone receives no error

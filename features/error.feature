@@ -5,7 +5,7 @@ Feature: Errors (SPEC section 5)
 
   @ERR-1 @ERR-2 @ERR-4 @must
   Scenario: Errors carry a code and kind from the table, the route and the server's time
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends SubscriberAddRequest {"subscriber": {"eid": "not-an-eid"}}
     Then alice's phone receives error 400 invalid_field for route "9" with ref_id ""
     When alice's phone sends the bytes "0863"
@@ -15,7 +15,7 @@ Feature: Errors (SPEC section 5)
 
   @ERR-3 @must
   Scenario Outline: ref_id is the offending stanza's correlation id
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends <message> <fields>
     Then alice's phone receives error 400 invalid_field for route "<route>" with ref_id "<ref_id>"
 
@@ -32,7 +32,7 @@ Feature: Errors (SPEC section 5)
 
   @ERR-5 @VIS-4 @must
   Scenario: A refused stanza has no effect and the connection stays open
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends AwarenessVisibility {"id": "bad", "type": 1, "visibility": 9, "location_sharing": 1}
     Then alice's phone receives error 400 invalid_field for route "23" with ref_id "bad"
     When alice's phone sends AwarenessVisibility {"id": "check", "type": 1}

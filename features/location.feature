@@ -2,9 +2,9 @@ Feature: Location (SPEC section 14)
   Live location fixes, only to allowed subscribers, never stored or queued.
 
   Background:
-    Given alice is connected over websocket as "phone"
-    And bob is connected over websocket as "phone"
-    And carol is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
+    And carol is connected as "phone"
     And alice's phone adds bob as a subscriber
     And alice's phone sets her visibility to public
 
@@ -36,7 +36,7 @@ Feature: Location (SPEC section 14)
     Given alice's phone turns location sharing on
     And bob's phone closes its connection
     When alice's phone shares her location 10.5, 20.5
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     Then bob's phone receives no LocationStream
 
   @LOC-4 @LOC-1 @AWR-13 @must
@@ -58,7 +58,7 @@ Feature: Location (SPEC section 14)
     And alice's phone shares her location 48.1, 11.6
     And bob's phone receives alice's location 48.1, 11.6 from her phone
     When alice's phone closes its connection
-    And alice is connected over websocket as "phone"
+    And alice is connected as "phone"
     And bob's phone asks about alice
     Then bob's phone learns that alice is online
 

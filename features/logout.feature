@@ -35,7 +35,7 @@ Feature: Logout (SPEC section 9)
 
   @ENV-8 @must
   Scenario: A Logout RESPONSE from a client is not allowed
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends Logout {"type": 2, "status": 3}
     Then alice's phone receives error 405 not_allowed for route "12"
     And alice's phone stays connected

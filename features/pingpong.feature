@@ -15,7 +15,7 @@ Feature: PingPong (SPEC section 7)
 
   @PING-1 @ENV-14 @must
   Scenario: The pong comes before the answer to any later stanza
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends a ping with id "first"
     And alice's phone sends the bytes "0806"
     And alice's phone sends a ping with id "third"
@@ -52,7 +52,7 @@ Feature: PingPong (SPEC section 7)
 
   @PING-4 @must
   Scenario: Other traffic does not count as a pong
-    Given alice is connected over websocket as "phone" without answering pings
+    Given alice is connected as "phone" without answering pings
     When alice's phone sends a ping every 0.5 ping intervals for 2.5 ping intervals
     Then alice's phone receives error 408 ping_timeout within 1 ping interval
     And that error on alice's phone came 3 ping intervals after the session started
@@ -60,7 +60,7 @@ Feature: PingPong (SPEC section 7)
 
   @PING-4 @must
   Scenario: A pong matching by id, or by request time with an empty id, resets the count
-    Given alice is connected over websocket as "phone" without answering pings
+    Given alice is connected as "phone" without answering pings
     When alice's phone receives a server ping
     And alice's phone answers the server ping by its id
     And alice's phone receives another server ping
@@ -73,7 +73,7 @@ Feature: PingPong (SPEC section 7)
 
   @PING-6 @ENV-9 @must
   Scenario Outline: A PingPong with a bad type, status or id is refused
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends PingPong <fields>
     Then alice's phone receives error 400 invalid_field for route "6"
     And alice's phone stays connected
@@ -88,7 +88,7 @@ Feature: PingPong (SPEC section 7)
 
   @PING-7 @must
   Scenario: A pong that matches no outstanding ping is ignored
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends PingPong {"type": 2, "status": 2, "id": "nobody-asked", "request_time": 5}
     Then alice's phone receives nothing
     And alice's phone stays connected

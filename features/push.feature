@@ -4,7 +4,7 @@ Feature: Push and Body (SPEC section 18)
 
   @PUSH-1 @ENV-8 @must
   Scenario Outline: A client may not send PushNotification or Body
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends <message> <fields>
     Then alice's phone receives error 405 not_allowed for route "<route>"
     And alice's phone stays connected

@@ -3,7 +3,7 @@ Feature: Offline queue and retention (SPEC section 17)
   session start, confirmation, retention, and the queue limit.
 
   Background:
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
 
   @QUE-3 @QUE-8 @QUE-1 @CHAT-9 @must
   Scenario: A new device receives the queued messages first, in order
@@ -18,7 +18,7 @@ Feature: Offline queue and retention (SPEC section 17)
   @QUE-3 @must
   Scenario: After the replay, new items arrive live
     Given alice's phone sends text to bob as "old" and receives version 1
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     And bob's phone receives the chat message "old" from alice's phone with version 1 as receiver
     When alice's phone sends text to bob as "new" and receives version 2
     Then bob's phone receives the chat message "new" from alice's phone with version 2 as receiver
@@ -28,30 +28,30 @@ Feature: Offline queue and retention (SPEC section 17)
     Given alice's phone sends text to bob as "u1" and receives version 1
     And alice's phone sends text to bob as "u2" and receives version 2
     And alice's phone sends text to bob as "u3" and receives version 3
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     And bob's phone receives the chat message "u3" from alice's phone with version 3 as receiver
     And bob's phone closes its connection
-    When bob is connected over websocket as "phone"
+    When bob is connected as "phone"
     Then the next stanza bob's phone receives is the chat message "u1" from alice's phone with version 1 as receiver
     And the next stanza bob's phone receives is the chat message "u2" from alice's phone with version 2 as receiver
     And the next stanza bob's phone receives is the chat message "u3" from alice's phone with version 3 as receiver
     When bob's phone acknowledges "u2" with status 2
     And bob's phone receives an acknowledgment of "u2" with status 2 from bob's phone
     And bob's phone closes its connection
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     Then the next stanza bob's phone receives is the chat message "u3" from alice's phone with version 3 as receiver
     And bob's phone receives no ChatMessage
 
   @QUE-9 @QUE-12 @must
   Scenario: An item stays until every known device confirmed it, and comes as appended
-    Given bob is connected over websocket as "phone"
-    And bob is connected over websocket as "tablet"
+    Given bob is connected as "phone"
+    And bob is connected as "tablet"
     And bob's tablet closes its connection
     When alice's phone sends text to bob as "k1" and receives version 1
     And bob's phone receives the chat message "k1" from alice's phone with version 1 as receiver
     And bob's phone acknowledges "k1" with status 3
     And bob's phone receives an acknowledgment of "k1" with status 3 from bob's phone
-    And bob is connected over websocket as "tablet"
+    And bob is connected as "tablet"
     Then the next stanza bob's tablet receives is the chat message "k1" from alice's phone with version 1 as receiver
     And the next stanza bob's tablet receives is an acknowledgment of "k1" with status 3 from bob's phone
 
@@ -74,14 +74,14 @@ Feature: Offline queue and retention (SPEC section 17)
   @QUE-13 @BLK-4 @must
   Scenario: A refused acknowledgment across a block still confirms the item
     Given alice's phone sends text to bob as "b1" and receives version 1
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     And bob's phone receives the chat message "b1" from alice's phone with version 1 as receiver
     When bob's phone blocks alice
     And bob's phone acknowledges "b1" with status 2
     Then bob's phone receives error 403 blocked for route "16"
     And alice's phone receives no AcknowledgmentResponse
     When bob's phone closes its connection
-    And bob is connected over websocket as "phone"
+    And bob is connected as "phone"
     Then bob's phone receives no ChatMessage
 
   @QUE-10 @must

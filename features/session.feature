@@ -58,7 +58,7 @@ Feature: Sessions (SPEC section 6)
 
   @SES-5 @must
   Scenario: Stanzas beyond the rate limit are dropped with rate_limited
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends 210 pings at once
     Then alice's phone receives error 429 rate_limited for route "6" with ref_id "$any"
     When 1 second passes
@@ -66,7 +66,7 @@ Feature: Sessions (SPEC section 6)
 
   @SES-6 @ERR-6 @must
   Scenario: Fifty rejected stanzas in a row end the connection
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
     When alice's phone sends the bytes "08" 50 times
     Then alice's phone receives 50 errors 400 malformed
     And alice's phone receives error 429 rate_limited for route ""

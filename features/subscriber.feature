@@ -2,8 +2,8 @@ Feature: Subscribers (SPEC section 11)
   An owner adds a subscriber, who may then follow the owner; one direction.
 
   Background:
-    Given alice is connected over websocket as "phone"
-    And bob is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
 
   @SUB-1 @SUB-2 @AWR-11 @must
   Scenario: Adding a subscriber lets it see the owner, not the other way round

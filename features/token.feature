@@ -4,8 +4,8 @@ Feature: Token control (SPEC section 8)
 
   @TOK-1 @must
   Scenario: Revoking another user's sessions or tokens is forbidden
-    Given alice is connected over websocket as "phone"
-    And bob is connected over websocket as "phone"
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
     When alice's phone sends TokenRevokeRequest {"type": 1, "to": {"eid": "$bob"}}
     Then alice's phone receives error 403 forbidden for route "7"
     When alice's phone revokes the token of bob's phone
@@ -15,8 +15,8 @@ Feature: Token control (SPEC section 8)
 
   @TOK-2 @must
   Scenario Outline: A token that does not verify is invalid_field
-    Given alice is connected over websocket as "phone"
-    And alice is connected over websocket as "laptop"
+    Given alice is connected as "phone"
+    And alice is connected as "laptop"
     When alice's phone sends TokenRevokeRequest {"type": 1, "token": "<token>"}
     Then alice's phone receives error 400 invalid_field for route "7"
     And alice's laptop stays connected
@@ -42,8 +42,8 @@ Feature: Token control (SPEC section 8)
 
   @TOK-4 @TOK-6 @TOK-7 @must
   Scenario: Revoking a device ends that device's session
-    Given alice is connected over websocket as "phone"
-    And alice is connected over websocket as "laptop"
+    Given alice is connected as "phone"
+    And alice is connected as "laptop"
     When alice's phone revokes the session of its laptop
     Then alice's phone receives a revoke response for its laptop ending 1 session
     And alice's laptop receives error 401 token_revoked
@@ -79,11 +79,11 @@ Feature: Token control (SPEC section 8)
 
   @TOK-9 @must
   Scenario: After a refresh the old token is revoked and the session lives to the new exp
-    Given alice is connected over websocket as "phone" with a token valid for 4 seconds
+    Given alice is connected as "phone" with a token valid for 4 seconds
     When 1 second passes
     And alice's phone refreshes its token
     Then alice's phone receives a refreshed token
-    When alice's phone connects again over websocket with its previous token
+    When alice's phone connects again with its previous token
     Then alice's phone is refused with 401 token_revoked
     When the first token of alice's previous phone has expired
     Then alice's previous phone stays connected
@@ -94,7 +94,7 @@ Feature: Token control (SPEC section 8)
   @TOK-10 @must
   Scenario: Without a signing key a refresh is unavailable and nothing changes
     Given the server has no key to sign tokens with
-    And alice is connected over websocket as "phone"
+    And alice is connected as "phone"
     When alice's phone refreshes its token
     Then alice's phone receives error 503 unavailable for route "19"
     And alice's phone stays connected

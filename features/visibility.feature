@@ -2,7 +2,7 @@ Feature: Visibility (SPEC section 13)
   Who may see a user's awareness, and whether the user shares its location.
 
   Background:
-    Given alice is connected over websocket as "phone"
+    Given alice is connected as "phone"
 
   @VIS-1 @VIS-3 @must
   Scenario: A user who never set anything has CONTACTS and location OFF

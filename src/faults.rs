@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use crate::codec::{self, Route};
 use crate::core::auth::Verifier;
-use crate::core::{ConnId, Millis, Output};
+use crate::core::{ConnId, Millis, Output, Transport};
 use crate::net::Edge;
 use crate::proto::message_scheme::Payload;
 use crate::proto::{BlockSubscriber, Identity, TokenRevokeResponse};
@@ -31,6 +31,9 @@ pub enum Fault {
     /// Holds each chat delivery back until the next one for the same
     /// connection (or the next timer), then sends it second (CHAT-16).
     ReorderChat,
+    /// ReorderChat on native TCP connections only: WebSocket ones get their
+    /// chat in order (CHAT-16; issue 22: a TCP-only run must catch it).
+    ReorderChatTcp,
     /// Acknowledgment responses carry delivered and read swapped (ACK).
     WrongAckCode,
     /// Block requests are confirmed but change nothing: presence still
@@ -90,9 +93,10 @@ pub enum Fault {
 pub const LATE_MS: Millis = 600;
 
 impl Fault {
-    pub const ALL: [Fault; 22] = [
+    pub const ALL: [Fault; 23] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
+        Fault::ReorderChatTcp,
         Fault::WrongAckCode,
         Fault::IgnoreBlock,
         Fault::IgnoreRevocation,
@@ -120,6 +124,7 @@ impl Fault {
         match self {
             Fault::SkipVersionUpdate => "skip-version-update",
             Fault::ReorderChat => "reorder-chat",
+            Fault::ReorderChatTcp => "reorder-chat-tcp",
             Fault::WrongAckCode => "wrong-ack-code",
             Fault::IgnoreBlock => "ignore-block",
             Fault::IgnoreRevocation => "ignore-revocation",
@@ -247,6 +252,8 @@ pub struct FaultLayer {
     sessions: BTreeMap<ConnId, Identity>,
     /// ReorderChat: the chat delivery held back, per connection.
     held_chat: BTreeMap<ConnId, Bytes>,
+    /// ReorderChatTcp: the native TCP connections.
+    tcp: BTreeSet<ConnId>,
     /// DropOfflineQueue: connections whose queue replay is under way (from
     /// the Authenticate RESPONSE to the first stanza that is not a queue item,
     /// within one batch of the engine's outputs).
@@ -590,7 +597,8 @@ impl Edge for FaultLayer {
                 return;
             }
         }
-        if self.has(Fault::ReorderChat) && matches!(payload, Payload::ChatMessage(_)) {
+        let reorder = self.has(Fault::ReorderChat) || (self.has(Fault::ReorderChatTcp) && self.tcp.contains(&conn));
+        if reorder && matches!(payload, Payload::ChatMessage(_)) {
             match self.held_chat.remove(&conn) {
                 None => {
                     self.held_chat.insert(conn, stanza);
@@ -639,8 +647,17 @@ impl Edge for FaultLayer {
             .min()
     }
 
+    fn opened(&mut self, conn: ConnId, transport: Transport) {
+        if transport == Transport::Tcp {
+            self.tcp.insert(conn);
+        } else {
+            self.tcp.remove(&conn);
+        }
+    }
+
     fn closed(&mut self, conn: ConnId) {
         self.sessions.remove(&conn);
+        self.tcp.remove(&conn);
         self.late.retain(|l| l.1 != conn);
         self.held_chat.remove(&conn);
         self.unanswered_pings.remove(&conn);

@@ -704,6 +704,7 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
     let expected = |fault: Fault| match fault {
         Fault::SkipVersionUpdate | Fault::NeverPong => Some("answered"), // SPEC: CHAT-5, PING-1
         Fault::ReorderChat => Some("chat_order"),                        // SPEC: CHAT-16
+        Fault::ReorderChatTcp => Some("chat_order"),
         Fault::WrongAckCode => Some("ack_forward"),
         Fault::IgnoreBlock => Some("blocked"), // or visibility: AWR-9 folds blocks in
         Fault::IgnoreRevocation => Some("revoked_session"), // SPEC: TOK-4, TOK-7

@@ -14,7 +14,7 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: const_format(&[
                 CONN,
-                r" connects(?: again)? over (websocket|tcp) with (.+?)(?: in the (authorization header|token header|bearer token header|query))?(?: and (.+?) in the query)?",
+                r" connects(?: again)?(?: over (websocket|tcp))? with (.+?)(?: in the (authorization header|token header|bearer token header|query))?(?: and (.+?) in the query)?",
             ]),
             run: connects_with,
         },
@@ -102,10 +102,11 @@ fn connects_with(w: &mut CaseWorld, a: &Args) {
         fail("a device name, not a previous connection", &device);
     }
     let written = a.conn(1, 2);
-    let transport = if a.s(3) == "tcp" {
-        TransportKind::Tcp
-    } else {
-        TransportKind::Ws
+    // A step that names no transport connects over the case's own (the pass's, `world::set_pass`).
+    let transport = match a.opt(3) {
+        Some("tcp") => TransportKind::Tcp,
+        Some(_) => TransportKind::Ws,
+        None => w.transport,
     };
     let token = token_for(w, &written, &user, &device, a.s(4));
     let mut spec = ConnectSpec::new(&w.eid(&user), &device, transport);

@@ -13,11 +13,11 @@ use crate::proto::message_scheme::Payload;
 pub fn steps() -> Vec<StepDef> {
     vec![
         StepDef {
-            pattern: r#"(\w+) is connected over (websocket|tcp) as "([\w-]+)"( without answering pings| and sees server pings| without answering pings but sees server pings| with a token valid for (\d+) seconds)?"#,
+            pattern: r#"(\w+) is connected(?: over (websocket|tcp))? as "([\w-]+)"( without answering pings| and sees server pings| without answering pings but sees server pings| with a token valid for (\d+) seconds)?"#,
             run: connected,
         },
         StepDef {
-            pattern: r"(\w+) is connected over (websocket|tcp) with (\d+) devices",
+            pattern: r"(\w+) is connected(?: over (websocket|tcp))? with (\d+) devices",
             run: connected_many,
         },
         StepDef {
@@ -120,10 +120,12 @@ pub fn const_format(parts: &[&str]) -> &'static str {
     Box::leak(parts.concat().into_boxed_str())
 }
 
-fn transport(name: &str) -> TransportKind {
+/// The transport a step names, or the case's own (the pass's) when it names none.
+fn transport(w: &CaseWorld, name: Option<&str>) -> TransportKind {
     match name {
-        "tcp" => TransportKind::Tcp,
-        _ => TransportKind::Ws,
+        Some("tcp") => TransportKind::Tcp,
+        Some(_) => TransportKind::Ws,
+        None => w.transport,
     }
 }
 
@@ -153,7 +155,7 @@ pub fn open_session(w: &mut CaseWorld, user: &str, device: &str, spec: ConnectSp
 
 fn connected(w: &mut CaseWorld, a: &Args) {
     let (user, device) = (a.s(1), a.s(3));
-    let mut spec = ConnectSpec::new(&w.eid(user), device, transport(a.s(2)));
+    let mut spec = ConnectSpec::new(&w.eid(user), device, transport(w, a.opt(2)));
     let mode = a.s(4);
     if mode.contains("without answering pings") {
         spec.auto_pong = false;
@@ -172,7 +174,7 @@ fn connected_many(w: &mut CaseWorld, a: &Args) {
     let user = a.s(1);
     for i in 1..=a.n(3) {
         let device = format!("d{i}");
-        let spec = ConnectSpec::new(&w.eid(user), &device, transport(a.s(2)));
+        let spec = ConnectSpec::new(&w.eid(user), &device, transport(w, a.opt(2)));
         open_session(w, user, &device, spec);
     }
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use bimip::conformance::builtin::BuiltIn;
-use bimip::conformance::driver::{Credentials, TargetInfo};
+use bimip::conformance::driver::{Credentials, TargetInfo, TransportKind};
 use bimip::conformance::network::{NetworkFactory, NetworkTarget};
 use bimip::conformance::runner::{self, RunOptions};
 use bimip::core::auth::Algorithm;
@@ -24,8 +24,10 @@ const AFTER_HELP: &str = "\
 Targets:
   Give --target once per transport: at most one ws:// or wss:// URL (any path,
   e.g. ws://127.0.0.1:7420/ws) and at most one tcp:// or tls:// URL. Cases on a
-  transport without a target are skipped. With no --target at all, the built-in
-  reference server is started on loopback and checked.
+  transport without a target are skipped. A case about no particular transport
+  (most of them) runs once per transport given, its name ending in [websocket] or
+  [tcp]. With no --target at all, the built-in reference server is started on
+  loopback and checked over both.
 
 Credentials (for an external target; one of):
   --jwt-key FILE --jwt-alg ALG   the suite mints every token itself (RS256: a
@@ -160,6 +162,23 @@ fn write_report(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The transports the given targets offer, WebSocket first; none given (the built-in server): both.
+fn transports_of(targets: &[String]) -> Vec<TransportKind> {
+    let offers = |schemes: [&str; 2]| {
+        targets
+            .iter()
+            .any(|t| schemes.iter().any(|s| t.starts_with(&format!("{s}://"))))
+    };
+    let mut out = Vec::new();
+    if offers(["ws", "wss"]) {
+        out.push(TransportKind::Ws);
+    }
+    if offers(["tcp", "tls"]) {
+        out.push(TransportKind::Tcp);
+    }
+    out
+}
+
 fn run(args: Args) -> Result<bool> {
     let options = RunOptions {
         tags: args.tags.clone(),
@@ -175,6 +194,7 @@ fn run(args: Args) -> Result<bool> {
         progress: !args.list,
         target: String::new(),
         jobs: args.jobs,
+        transports: transports_of(&args.target),
     };
     if args.steps {
         for phrase in bimip::conformance::steps::phrases() {

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::core::{ConnId, Millis, Output};
+use crate::core::{ConnId, Millis, Output, Transport};
 
 /// A layer between the engine and the connections ([`crate::faults::FaultLayer`]
 /// is one). Calls come in engine order, under the hub's lock.
@@ -23,6 +23,9 @@ pub trait Edge: Send {
     fn deadline(&self) -> Option<Millis> {
         None
     }
+    /// A connection opened over `transport` (on this shard: a native TCP connection opens again on its user's
+    /// home shard when its Authenticate moves it there).
+    fn opened(&mut self, _conn: ConnId, _transport: Transport) {}
     /// The connection is gone.
     fn closed(&mut self, conn: ConnId);
 }

@@ -288,7 +288,7 @@ impl Hub {
             }
         }
         let shard = conn.shard();
-        let opened = self.with_engine(shard, |engine, now| engine.open(conn.id, transport, token, now));
+        let opened = self.with_core(shard, |core, now| core.open(conn.id, transport, token, now));
         if opened.is_err() {
             self.lock(shard).links.remove(&conn.id);
         }
@@ -343,7 +343,7 @@ impl Hub {
         };
         self.lock(to).links.insert(conn.id, link);
         conn.shard.store(to, Ordering::Relaxed);
-        let opened = self.with_engine(to, |engine, now| engine.open(conn.id, Transport::Tcp, None, now));
+        let opened = self.with_core(to, |core, now| core.open(conn.id, Transport::Tcp, None, now));
         if opened.is_err() {
             self.lock(to).links.remove(&conn.id);
         }
@@ -586,6 +586,14 @@ impl Core {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// A connection opens: the edge layer hears of it first.
+    fn open(&mut self, conn: ConnId, transport: Transport, token: Option<&str>, now: Millis) -> Result<(), ErrorKind> {
+        if let Some(edge) = &mut self.edge {
+            edge.opened(conn, transport);
+        }
+        self.engine.open(conn, transport, token, now)
     }
 
     /// One stanza, through the edge layer if there is one.
