@@ -108,6 +108,11 @@ impl BuiltIn {
                 signing_key: Some(key),
                 issuer: None,
                 audience: None,
+                leeway_s: if variants.has(Variant::TokenLeeway) {
+                    crate::variants::TOKEN_LEEWAY_S
+                } else {
+                    0
+                },
             }),
             tls: tls.clone(),
             limits: limits.clone(),

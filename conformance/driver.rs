@@ -219,6 +219,12 @@ pub struct TargetInfo {
     /// How much later than an event on another connection the suite may see
     /// one the server sent first, ms: two sockets are read by two tasks.
     pub order_slack_ms: u64,
+    /// The target's token leeway (SPEC AUTH-6, at most 60 s): a session may
+    /// outlive its token's exp by this much (`--leeway`).
+    pub leeway: Duration,
+    /// Routes the target does not implement on purpose (`--without-route`):
+    /// a case that sends one is not applicable.
+    pub without_routes: Vec<i64>,
 }
 
 impl Default for TargetInfo {
@@ -234,6 +240,8 @@ impl Default for TargetInfo {
             clock_tolerance_ms: 120_000,
             timer_tolerance_ms: 1_000,
             order_slack_ms: 20,
+            leeway: Duration::ZERO,
+            without_routes: Vec::new(),
         }
     }
 }

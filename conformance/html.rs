@@ -164,6 +164,9 @@ fn case_html(out: &mut String, case: &CaseResult) {
         Outcome::Skipped { reason } => {
             let _ = write!(out, "<dt>Skipped</dt><dd>{}</dd>", escape(reason));
         }
+        Outcome::NotApplicable { reason } => {
+            let _ = write!(out, "<dt>Not applicable</dt><dd>{}</dd>", escape(reason));
+        }
         Outcome::Failed { step, message } => {
             let _ = write!(out, "<dt>Step</dt><dd>{}</dd>", escape(step));
             match expected_actual(message) {

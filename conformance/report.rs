@@ -22,6 +22,10 @@ pub enum Outcome {
     Skipped {
         reason: String,
     },
+    /// The case needs a route the target says it does not implement (`--without-route`): which.
+    NotApplicable {
+        reason: String,
+    },
 }
 
 /// The verdict of one case.
@@ -33,6 +37,8 @@ pub enum Verdict {
     NonStrict,
     /// The server answered 501 unknown_route to a route SPEC defines.
     Unimplemented,
+    /// Needs a route the target was declared not to implement (`--without-route`).
+    NotApplicable,
     Skipped,
     /// Failed, and listed in the expected failures.
     ExpectedFailure,
@@ -47,6 +53,7 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::NonStrict => "non-strict",
             Verdict::Unimplemented => "unimplemented",
+            Verdict::NotApplicable => "not applicable",
             Verdict::Skipped => "skipped",
             Verdict::ExpectedFailure => "expected failure",
             Verdict::UnexpectedPass => "unexpected pass",
@@ -59,6 +66,7 @@ impl Verdict {
             Verdict::Pass => "✔",
             Verdict::NonStrict => "~",
             Verdict::Unimplemented => "∅",
+            Verdict::NotApplicable => "n/a",
             Verdict::Skipped => "-",
             Verdict::ExpectedFailure => "x",
             Verdict::UnexpectedPass => "!",
@@ -70,7 +78,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "\x1b[32m",
             Verdict::NonStrict | Verdict::ExpectedFailure => "\x1b[33m",
-            Verdict::Unimplemented | Verdict::Skipped => "\x1b[36m",
+            Verdict::Unimplemented | Verdict::NotApplicable | Verdict::Skipped => "\x1b[36m",
             Verdict::UnexpectedPass | Verdict::Fail => "\x1b[31m",
         }
     }
@@ -119,21 +127,38 @@ impl CaseResult {
     }
 
     /// Whether an expected-failures entry names this case.
-    pub fn listed_in(&self, expected: &[String]) -> bool {
-        expected.iter().any(|e| {
-            *e == self.name
-                || *e == self.scenario()
-                || *e == format!("{}:{}", self.file, self.line)
-                || self.requirements().contains(e)
+    /// The expected-failures entry that lists this case, if one does ([`split_entry`]).
+    pub fn listed_in<'a>(&self, expected: &'a [String]) -> Option<&'a str> {
+        expected.iter().map(String::as_str).find(|e| {
+            let (named, _) = split_entry(e);
+            named == self.name
+                || named == self.scenario()
+                || named == format!("{}:{}", self.file, self.line)
+                || self.requirements().iter().any(|r| r == named)
         })
+    }
+}
+
+/// An expected-failures entry: the case it names (scenario name, `file:line` or requirement ID) and, after ` => `,
+/// the failure it expects: text of the failing step or its message. A listed case that fails otherwise fails.
+pub fn split_entry(entry: &str) -> (&str, Option<&str>) {
+    match entry.split_once(" => ") {
+        Some((named, reason)) => (named.trim(), Some(reason.trim())),
+        None => (entry.trim(), None),
     }
 }
 
 /// Applies the verdict rules to an outcome.
 pub fn verdict(case: &CaseResult, strict: bool, expected: &[String]) -> Verdict {
-    let listed = case.listed_in(expected);
+    let entry = case.listed_in(expected);
+    let listed = match (&case.outcome, entry.and_then(|e| split_entry(e).1)) {
+        // Listed for another failure than this one: this failure is new.
+        (Outcome::Failed { step, message }, Some(reason)) => step.contains(reason) || message.contains(reason),
+        _ => entry.is_some(),
+    };
     match &case.outcome {
         Outcome::Skipped { .. } => Verdict::Skipped,
+        Outcome::NotApplicable { .. } => Verdict::NotApplicable,
         Outcome::Passed if listed => Verdict::UnexpectedPass,
         Outcome::Passed => Verdict::Pass,
         Outcome::Failed { .. } if listed => Verdict::ExpectedFailure,
@@ -168,7 +193,10 @@ impl Report {
     /// Whether the run succeeded: some case ran, none failed (non-strict
     /// passes without --strict, skipped and expected failures do not fail).
     pub fn ok(&self) -> bool {
-        let ran = self.cases.iter().any(|c| c.verdict != Verdict::Skipped);
+        let ran = self
+            .cases
+            .iter()
+            .any(|c| !matches!(c.verdict, Verdict::Skipped | Verdict::NotApplicable));
         let bad = self.cases.iter().any(|c| {
             matches!(
                 c.verdict,
@@ -234,8 +262,15 @@ impl Report {
                         Verdict::Fail | Verdict::UnexpectedPass | Verdict::Unimplemented
                     );
                 match &case.outcome {
-                    Outcome::Skipped { reason } => {
+                    Outcome::Skipped { reason } | Outcome::NotApplicable { reason } => {
                         let _ = writeln!(out, "      {reason}");
+                    }
+                    Outcome::Passed if case.verdict == Verdict::UnexpectedPass => {
+                        let _ = writeln!(
+                            out,
+                            "      {}:{}: listed as an expected failure, but it passed (remove it from the list)",
+                            case.file, case.line
+                        );
                     }
                     Outcome::Failed { step, message } if detail || case.verdict == Verdict::NonStrict => {
                         let _ = writeln!(out, "      {}:{} step: {step}", case.file, case.line);
@@ -303,7 +338,7 @@ impl Report {
                     case.duration_ms as f64 / 1000.0
                 );
                 match (&case.outcome, case.verdict) {
-                    (Outcome::Skipped { reason }, _) => {
+                    (Outcome::Skipped { reason } | Outcome::NotApplicable { reason }, _) => {
                         let _ = write!(out, "<skipped message=\"{}\"/>", xml(reason));
                     }
                     (Outcome::Failed { step, message }, v) if failing(case) => {

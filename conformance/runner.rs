@@ -24,7 +24,7 @@ use super::driver::TransportKind;
 use super::report::{CaseResult, Outcome, Report, verdict};
 use super::spec::{self, area_of};
 use super::steps;
-use super::world::{CaseWorld, SKIP_PREFIX, SharedFactory, set_factory, set_pass};
+use super::world::{CaseWorld, NOT_APPLICABLE_PREFIX, SKIP_PREFIX, SharedFactory, set_factory, set_pass};
 
 /// What to run and how to judge it.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +35,10 @@ pub struct RunOptions {
     pub exclude: Option<String>,
     /// Only cases tagged with one of these requirement IDs.
     pub requirements: Vec<String>,
+    /// Only cases with a requirement of one of these areas (`AWR` selects `@AWR-3`).
+    pub areas: Vec<String>,
+    /// Leave out cases with a requirement of one of these areas.
+    pub exclude_areas: Vec<String>,
     /// Only cases whose name contains one of these.
     pub names: Vec<String>,
     /// Only cases of these feature files (`chat.feature`); empty: all.
@@ -74,6 +78,8 @@ pub enum RunError {
     Features(std::io::Error),
     #[error("{0}")]
     Parse(String),
+    #[error("{0}")]
+    Selects(String),
 }
 
 /// A compiled case filter.
@@ -81,6 +87,8 @@ pub struct Filter {
     tags: Option<TagOperation>,
     exclude: Option<TagOperation>,
     requirements: Vec<String>,
+    areas: Vec<String>,
+    exclude_areas: Vec<String>,
     names: Vec<String>,
     files: Vec<String>,
 }
@@ -102,6 +110,8 @@ impl Filter {
             tags: parse_tags(&options.tags)?,
             exclude: parse_tags(&options.exclude)?,
             requirements: options.requirements.clone(),
+            areas: options.areas.clone(),
+            exclude_areas: options.exclude_areas.clone(),
             names: options.names.clone(),
             files: options.files.clone(),
         })
@@ -113,8 +123,65 @@ impl Filter {
         let by_tags = self.tags.as_ref().is_none_or(|t| t.eval(tags.iter()));
         let excluded = self.exclude.as_ref().is_some_and(|t| t.eval(tags.iter()));
         let by_req = self.requirements.is_empty() || self.requirements.iter().any(|r| tags.contains(r));
+        let in_area = |areas: &[String]| tags.iter().any(|t| areas.iter().any(|a| in_area(t, a)));
+        let by_area = self.areas.is_empty() || in_area(&self.areas);
+        let area_excluded = in_area(&self.exclude_areas);
         let by_name = self.names.is_empty() || self.names.iter().any(|n| name.contains(n.as_str()));
-        by_file && by_tags && !excluded && by_req && by_name
+        by_file && by_tags && !excluded && by_req && by_area && !area_excluded && by_name
+    }
+}
+
+/// Whether requirement tag `tag` (`AWR-3`) belongs to `area` (`AWR`, any case).
+fn in_area(tag: &str, area: &str) -> bool {
+    tag.split_once('-')
+        .is_some_and(|(prefix, number)| prefix.eq_ignore_ascii_case(area) && number.parse::<u32>().is_ok())
+}
+
+/// Expected-failures entries that name no case of the suite (by name, with or without its transport, `file:line`
+/// or requirement ID): a stale or mistyped baseline would otherwise excuse nothing and say nothing.
+pub fn check_baseline(entries: &[String]) -> Result<(), RunError> {
+    let all = list(&RunOptions::default())?;
+    let stale: Vec<&String> = entries
+        .iter()
+        .filter(|e| {
+            let (named, _) = super::report::split_entry(e);
+            !all.iter().any(|c| {
+                c.name == named
+                    || c.name.strip_suffix(&c.transport.map(|t| format!(" [{t}]")).unwrap_or_default()) == Some(named)
+                    || format!("{}:{}", c.file, c.line) == named
+                    || c.tags.iter().any(|t| t == named)
+            })
+        })
+        .collect();
+    match stale.is_empty() {
+        true => Ok(()),
+        false => Err(RunError::Selects(format!(
+            "expected failures that name no case: {}",
+            stale.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Requirement IDs and areas the options name that no case of the suite has: a typo, or an ID SPEC does not
+/// define, would otherwise select nothing (or, excluded, leave everything in) without a word.
+pub fn check_selectors(options: &RunOptions) -> Result<(), RunError> {
+    let cases = spec::cases().map_err(RunError::Parse)?;
+    let mut unknown = Vec::new();
+    for id in &options.requirements {
+        if !cases.iter().any(|c| c.tags.contains(id)) {
+            unknown.push(format!("--req {id}: no case checks it"));
+        }
+    }
+    for (flag, areas) in [("--area", &options.areas), ("--exclude-area", &options.exclude_areas)] {
+        for area in areas {
+            if !cases.iter().any(|c| c.tags.iter().any(|t| in_area(t, area))) {
+                unknown.push(format!("{flag} {area}: no case has a requirement of that area (areas: AUTH, CHAT, ...)"));
+            }
+        }
+    }
+    match unknown.is_empty() {
+        true => Ok(()),
+        false => Err(RunError::Selects(unknown.join("; "))),
     }
 }
 
@@ -203,11 +270,17 @@ impl Collected {
         if case.outcome != Outcome::Passed {
             return;
         }
-        case.outcome = match message.strip_prefix(SKIP_PREFIX) {
-            Some(reason) => Outcome::Skipped {
+        case.outcome = match (
+            message.strip_prefix(SKIP_PREFIX),
+            message.strip_prefix(NOT_APPLICABLE_PREFIX),
+        ) {
+            (Some(reason), _) => Outcome::Skipped {
                 reason: reason.to_string(),
             },
-            None => Outcome::Failed {
+            (_, Some(reason)) => Outcome::NotApplicable {
+                reason: reason.to_string(),
+            },
+            _ => Outcome::Failed {
                 step: format!("{} {}", step.keyword.trim(), step.value),
                 message,
             },
@@ -230,6 +303,7 @@ impl Collected {
                 Outcome::Passed => "ok",
                 Outcome::Failed { .. } => "FAILED",
                 Outcome::Skipped { .. } => "skipped",
+                Outcome::NotApplicable { .. } => "not applicable",
             };
             let line = format!(
                 "[{}/{}] §{} {}: {} ... {label}",

@@ -8,6 +8,7 @@
 //! check fast; [`areas`] is a `match`, so a new fault cannot be left out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::report::{Report, Verdict};
 use super::runner::{RunError, RunOptions, run};
@@ -92,6 +93,8 @@ pub fn skipped_should(variant: Variant) -> Option<&'static str> {
         Variant::NoWsAuthenticateResponse => Some("TRN-16"),
         Variant::NoStartBody => Some("AWR-17"),
         Variant::OtherDetails | Variant::RevokeNotice | Variant::FragmentedMessages | Variant::CloseReasons => None,
+        // In effect when the suite fails it without the leeway (`conformance::tests`).
+        Variant::TokenLeeway => None,
     }
 }
 
@@ -109,10 +112,14 @@ pub fn variant_in_effect(variant: Variant, report: &Report) -> bool {
 /// (a SHOULD it skips, a MAY it takes, other free text). A server that does so conforms, so no case may fail: a
 /// failure is a check stricter than SPEC, the mirror image of a fault nobody catches.
 pub fn run_variant(variant: Variant, expected_failures: &[String]) -> Result<Report, RunError> {
-    let options = SimOptions {
+    let mut options = SimOptions {
         variants: Variants::of([variant]),
         ..SimOptions::default()
     };
+    if variant == Variant::TokenLeeway {
+        // As `bimip-conform --leeway 2` tells the suite.
+        options.info.leeway = Duration::from_secs(crate::variants::TOKEN_LEEWAY_S);
+    }
     let run_options = RunOptions {
         expected_failures: expected_failures.to_vec(),
         target: format!("reference server in simulation with the allowed variant {variant}"),

@@ -177,7 +177,10 @@ impl SimDriver {
         config.revoke_notice |= self.options.variants.has(Variant::RevokeNotice);
         let faults = self.options.faults.clone();
         let variants = self.options.variants.clone();
-        let verifier = faults.verifier(self.keys.verifier.clone());
+        let mut verifier = faults.verifier(self.keys.verifier.clone());
+        if variants.has(Variant::TokenLeeway) {
+            verifier = verifier.with_leeway_s(crate::variants::TOKEN_LEEWAY_S);
+        }
         let signer = self.keys.server_signs.then(|| self.keys.signer.clone());
         let shards = self.options.shards.max(1);
         let mail_steps = MailSteps::Seeded {

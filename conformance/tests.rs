@@ -6,6 +6,7 @@
 //! through [`super::selfcheck`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::driver::{Transcript, alg_none, alter_signature};
 use super::report::{CaseResult, Outcome, Verdict, verdict};
@@ -353,5 +354,32 @@ fn neutral_cases_run_once_per_transport_and_the_readme_counts_them() {
     assert!(
         include_str!("../README.md").contains(&said),
         "README.md should say: {said}"
+    );
+}
+
+/// Issue 23.1: a server whose sessions outlive their token by a SPEC-legal leeway fails the expiry cases unless
+/// the suite is told the leeway (`--leeway`), and passes them when it is.
+#[test]
+fn the_token_leeway_is_a_setting_of_the_target() {
+    use crate::variants::{TOKEN_LEEWAY_S, Variant, Variants};
+    let run_with = |leeway: Duration| {
+        let mut options = SimOptions {
+            variants: Variants::of([Variant::TokenLeeway]),
+            ..SimOptions::default()
+        };
+        options.info.leeway = leeway;
+        let run_options = RunOptions {
+            requirements: vec!["AUTH-13".into(), "TOK-9".into()],
+            ..RunOptions::default()
+        };
+        run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("runs")
+    };
+    let told = run_with(Duration::from_secs(TOKEN_LEEWAY_S));
+    assert!(told.ok() && told.cases.len() >= 3, "{}", told.render_tree(false, true));
+    let untold = run_with(Duration::ZERO);
+    assert!(
+        untold.cases.iter().filter(|c| c.verdict == Verdict::Fail).count() >= 3,
+        "{}",
+        untold.render_tree(false, true)
     );
 }

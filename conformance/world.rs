@@ -5,7 +5,10 @@
 //! Steps fail by panicking with an "Expected: ... / Actual: ..." message
 //! ([`fail`]); a step that cannot run against the target panics with
 //! [`SKIP_PREFIX`] and a reason ([`skip`]), which the report turns into the
-//! verdict "skipped".
+//! verdict "skipped"; one that needs a route the target says it lacks
+//! (`--without-route`) panics with [`NOT_APPLICABLE_PREFIX`]
+//! ([`not_applicable`]): "not applicable". An answer 501 `unknown_route` to a
+//! route SPEC defines ends the case at once ("unimplemented").
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -23,6 +26,9 @@ use crate::proto::{ErrorMessage, Identity, PingPong, VersionUpdate};
 /// The panic message prefix of a skipped step.
 pub const SKIP_PREFIX: &str = "SKIPPED: ";
 
+/// The panic message prefix of a step the target cannot take part in: it lacks a route on purpose.
+pub const NOT_APPLICABLE_PREFIX: &str = "NOT APPLICABLE: ";
+
 /// Fails the step with what SPEC expects and what happened.
 pub fn fail(expected: impl fmt::Display, actual: impl fmt::Display) -> ! {
     panic!("Expected: {expected}\nActual: {actual}")
@@ -31,6 +37,11 @@ pub fn fail(expected: impl fmt::Display, actual: impl fmt::Display) -> ! {
 /// Marks the case skipped: it cannot run against this target.
 pub fn skip(reason: impl fmt::Display) -> ! {
     panic!("{SKIP_PREFIX}{reason}")
+}
+
+/// Marks the case not applicable: it needs what the target says it does not implement.
+pub fn not_applicable(reason: impl fmt::Display) -> ! {
+    panic!("{NOT_APPLICABLE_PREFIX}{reason}")
 }
 
 /// Turns a driver error into a step failure or skip.
@@ -355,6 +366,13 @@ impl CaseWorld {
 
     /// Sends one stanza on a connection.
     pub fn send(&mut self, key: &str, payload: Payload) {
+        let route = codec::Route::of(&payload);
+        if self.driver.info().without_routes.contains(&route.number()) {
+            not_applicable(format!(
+                "the case sends route {} ({route:?}), which the target does not implement (--without-route)",
+                route.number()
+            ));
+        }
         self.settle();
         match &payload {
             Payload::TextPayloadRequest(r) => self.remember_chat_sent(&r.message_id_local),
@@ -436,6 +454,16 @@ impl CaseWorld {
         loop {
             let event = self.driver.next(key, within)?;
             check_server_event(&event);
+            if let Event::Stanza(Payload::ErrorMessage(e)) = &event
+                && e.code == 501
+                && e.route.parse::<i64>().is_ok_and(|r| (2..=27).contains(&r))
+            {
+                // Nothing the case waits for can come after this: waiting out the timeout would only be slower.
+                fail(
+                    format!("{key}'s route {} handled (SPEC defines it)", e.route),
+                    format!("501 unknown_route: {}", e.message),
+                );
+            }
             self.arrived(key, &event);
             if !self.greeted(key, &event) {
                 return Some(event);

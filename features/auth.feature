@@ -120,7 +120,7 @@ Feature: Authentication (SPEC section 3)
   Scenario Outline: A session ends when its token expires
     Given alice is connected over <transport> as "phone" with a token valid for 3 seconds
     Then alice's phone stays connected
-    And alice's phone receives error 401 token_expired for route "" within 4 seconds
+    And alice's phone receives error 401 token_expired for route "" within 4 seconds plus the token leeway
     And that error on alice's phone came when its token expired
     And alice's phone is closed with code 4401
 

@@ -87,7 +87,7 @@ Feature: Token control (SPEC section 8)
     Then alice's phone is refused with 401 token_revoked
     When the first token of alice's previous phone has expired
     Then alice's previous phone stays connected
-    And alice's previous phone receives error 401 token_expired within 3 seconds
+    And alice's previous phone receives error 401 token_expired within 3 seconds plus the token leeway
     And that error on alice's previous phone came when its refreshed token expired
     And alice's previous phone is closed with code 4401
 

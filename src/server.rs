@@ -77,6 +77,10 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     /// Required `aud`, when set.
     pub audience: Option<String>,
+    /// Seconds a token stays good past its `exp` (and before its `nbf`): SPEC AUTH-6 allows up to 60; sessions
+    /// end that long after their token's exp (AUTH-13). 0 by default.
+    #[serde(default)]
+    pub leeway_s: u64,
 }
 
 /// PEM files of the server's certificate chain and private key.
@@ -117,6 +121,8 @@ pub enum StartError {
     },
     #[error("unknown JWT algorithm {0:?} (RS256, EdDSA or HS256)")]
     Algorithm(String),
+    #[error("jwt.leeway_s = {0}: SPEC AUTH-6 allows at most 60 seconds")]
+    Leeway(u64),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("durable state: {0}")]
@@ -169,6 +175,10 @@ impl Settings {
         if let Some(aud) = &jwt.audience {
             verifier = verifier.with_audience(aud.clone());
         }
+        if jwt.leeway_s > 60 {
+            return Err(StartError::Leeway(jwt.leeway_s));
+        }
+        verifier = verifier.with_leeway_s(jwt.leeway_s);
         let signer = jwt
             .signing_key
             .as_deref()

@@ -6,7 +6,8 @@
 //! Like faults, none lives in the protocol core: the stanza variants are an
 //! [`Edge`] layer ([`VariantLayer`]) that drops or rewrites what the engine
 //! sends, the WebSocket variant is read by the WebSocket adapter, and the
-//! MAY of OUT-4 is a product setting (`Config::revoke_notice`).
+//! MAY of OUT-4 and the token leeway are product settings (`Config::revoke_notice`,
+//! `Verifier::with_leeway_s`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -36,10 +37,17 @@ pub enum Variant {
     FragmentedMessages,
     /// Words in every WebSocket Close frame's reason (free text; SPEC fixes only the code).
     CloseReasons,
+    /// A token leeway of [`TOKEN_LEEWAY_S`] (AUTH-6 allows up to 60 s; the reference server's is 0): tokens are
+    /// accepted that long past their exp, and sessions outlive their token by as much. A product setting
+    /// (`[jwt] leeway_s`), like OUT-4's MAY. The suite passes it given `--leeway`.
+    TokenLeeway,
 }
 
+/// The leeway of [`Variant::TokenLeeway`], seconds.
+pub const TOKEN_LEEWAY_S: u64 = 2;
+
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 8] = [
         Variant::NoSubprotocol,
         Variant::NoWsAuthenticateResponse,
         Variant::NoStartBody,
@@ -47,6 +55,7 @@ impl Variant {
         Variant::RevokeNotice,
         Variant::FragmentedMessages,
         Variant::CloseReasons,
+        Variant::TokenLeeway,
     ];
 
     /// The name on command lines: kebab-case.
@@ -59,6 +68,7 @@ impl Variant {
             Variant::RevokeNotice => "revoke-notice",
             Variant::FragmentedMessages => "fragmented-messages",
             Variant::CloseReasons => "close-reasons",
+            Variant::TokenLeeway => "token-leeway",
         }
     }
 }

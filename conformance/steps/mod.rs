@@ -130,13 +130,17 @@ pub fn collection() -> Collection<CaseWorld> {
 pub const CONN: &str = r"(\w+)'s ((?:previous )?[\w-]+)";
 
 /// A duration phrase: "90 seconds", "500 ms", "3 ping intervals", "1.5 ping intervals".
-pub const DURATION: &str = r"(\d+(?:\.\d+)?) (seconds?|ms|milliseconds?|minutes?|ping intervals?|auth deadlines?)";
+pub const DURATION: &str = r"(\d+(?:\.\d+)?) (seconds? plus the token leeway|seconds?|ms|milliseconds?|minutes?|ping intervals?|auth deadlines?)";
 
 /// Parses the two captures of [`DURATION`].
 pub fn duration(world: &CaseWorld, amount: &str, unit: &str) -> Duration {
     let amount: f64 = amount
         .parse()
         .unwrap_or_else(|_| fail("a number of time units", amount));
+    if unit.ends_with("plus the token leeway") {
+        // AUTH-6: a server may end a session up to its leeway after the token's exp (`--leeway`).
+        return Duration::from_secs(1).mul_f64(amount) + world.driver.info().leeway;
+    }
     let unit = if unit.starts_with("ping interval") {
         world.ping_interval()
     } else if unit.starts_with("auth deadline") {

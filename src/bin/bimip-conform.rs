@@ -90,6 +90,21 @@ struct Args {
     /// Only cases whose name contains this text (repeatable).
     #[arg(long = "name", value_name = "TEXT")]
     names: Vec<String>,
+    /// Only cases checking a requirement of this area: AWR selects @AWR-1, @AWR-2, ... (repeatable or
+    /// comma-separated).
+    #[arg(long = "area", value_name = "AREA", value_delimiter = ',')]
+    areas: Vec<String>,
+    /// Leave out cases checking a requirement of this area (repeatable or comma-separated).
+    #[arg(long = "exclude-area", value_name = "AREA", value_delimiter = ',')]
+    exclude_areas: Vec<String>,
+    /// Routes the target does not implement on purpose (e.g. 2,4,21): a case that needs one is reported as not
+    /// applicable, not as a failure or unimplemented.
+    #[arg(long = "without-route", value_name = "ROUTE", value_delimiter = ',')]
+    without_routes: Vec<i64>,
+    /// The target's token leeway (SPEC AUTH-6, at most 60): a session may end up to this long after its
+    /// token's exp.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    leeway: f64,
     /// Leave out cases matching this tag expression.
     #[arg(long, value_name = "EXPR")]
     exclude: Option<String>,
@@ -184,6 +199,8 @@ fn run(args: Args) -> Result<bool> {
         tags: args.tags.clone(),
         exclude: args.exclude.clone(),
         requirements: args.requirements.clone(),
+        areas: args.areas.clone(),
+        exclude_areas: args.exclude_areas.clone(),
         names: args.names.clone(),
         files: Vec::new(),
         strict: args.strict,
@@ -202,6 +219,8 @@ fn run(args: Args) -> Result<bool> {
         }
         return Ok(true);
     }
+    runner::check_selectors(&options)?;
+    runner::check_baseline(&options.expected_failures)?;
     if args.list {
         let cases = runner::list(&options)?;
         for case in &cases {
@@ -222,9 +241,14 @@ fn run(args: Args) -> Result<bool> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
+    if !(0.0..=60.0).contains(&args.leeway) {
+        bail!("--leeway {}: SPEC AUTH-6 allows 0 to 60 seconds", args.leeway);
+    }
     let mut info = TargetInfo {
         timeout: Duration::from_secs_f64(args.timeout),
         queue_max_items: args.queue_limit,
+        leeway: Duration::from_secs_f64(args.leeway),
+        without_routes: args.without_routes.clone(),
         ..TargetInfo::default()
     };
     if let Some(s) = args.auth_deadline {
@@ -240,6 +264,7 @@ fn run(args: Args) -> Result<bool> {
         let server = BuiltIn::start_with(faults, variants, false).context("starting the built-in reference server")?;
         let mut target = server.target()?;
         target.info.timeout = info.timeout;
+        target.info.without_routes = info.without_routes.clone();
         built_in = Some(server);
         target
     } else {

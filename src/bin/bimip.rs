@@ -423,6 +423,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             signing_key,
             issuer: None,
             audience: None,
+            leeway_s: 0,
         });
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {

@@ -160,6 +160,11 @@ impl Verifier {
         Verifier { leeway_s: s, ..self }
     }
 
+    /// The leeway in ms: a token is good until `exp` plus this.
+    pub fn leeway_ms(&self) -> i64 {
+        i64::try_from(self.leeway_s).unwrap_or(i64::MAX).saturating_mul(1000)
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         self.alg
     }
@@ -167,7 +172,7 @@ impl Verifier {
     /// Checks signature, alg, claims and time against `now_ms`. Revocation is the caller's job.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<VerifiedToken, ErrorKind> {
         let checked = self.check(token)?;
-        let leeway_ms = i64::try_from(self.leeway_s).unwrap_or(i64::MAX).saturating_mul(1000);
+        let leeway_ms = self.leeway_ms();
         if now_ms >= checked.token.exp_ms.saturating_add(leeway_ms) {
             return Err(ErrorKind::TokenExpired);
         }

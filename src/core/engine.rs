@@ -362,6 +362,12 @@ impl Engine {
         self.out.pop_front()
     }
 
+    /// When a token with this exp stops being good (AUTH-6, AUTH-13): its exp plus the verifier's leeway. A session
+    /// ends then, and a revocation is kept until then.
+    pub(super) fn token_end(&self, exp_ms: Millis) -> Millis {
+        exp_ms.saturating_add(self.verifier.leeway_ms())
+    }
+
     /// A durable write is buffered: outputs from now on wait for the sync.
     pub(super) fn mark_unsynced(&mut self) {
         self.unsynced = true;
@@ -527,7 +533,8 @@ impl Engine {
             }
             ConnState::Live(session) => {
                 self.timers.cancel(session.ping.next_at, Timer::Ping(conn));
-                self.timers.cancel(session.token.exp_ms, Timer::TokenExpiry(conn));
+                let end = self.token_end(session.token.exp_ms);
+                self.timers.cancel(end, Timer::TokenExpiry(conn));
                 let eid = &session.identity.eid;
                 // A replaced session is no longer the registered one: no flap (SES-2).
                 let was_current = self.registry.remove(eid, &session.identity.device, conn);

@@ -18,7 +18,7 @@ impl Engine {
         let token = self.with_session(conn, |s| (s.token.jti.clone(), s.token.exp_ms));
         let Some((jti, exp)) = token else { return Ok(()) };
         self.revocations
-            .revoke(&jti, exp)
+            .revoke(&jti, self.token_end(exp))
             .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the logout: {e}")))?;
         let answer = Logout {
             entity: logout.entity,

@@ -105,7 +105,8 @@ impl Engine {
         }
         self.stats.sessions_started += 1;
         self.timers.set(ping_at, Timer::Ping(conn));
-        self.timers.set(verified.exp_ms, Timer::TokenExpiry(conn));
+        let end = self.token_end(verified.exp_ms);
+        self.timers.set(end, Timer::TokenExpiry(conn));
         let answer = Authenticate {
             token: String::new(),
             identity: Some(identity.to_proto()),

@@ -55,7 +55,7 @@ impl Engine {
         };
         for (jti, exp) in &targets {
             self.revocations
-                .revoke(jti, *exp)
+                .revoke(jti, self.token_end(*exp))
                 .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the revocation: {e}")))?;
         }
         let ended: Vec<ConnId> = self
@@ -133,11 +133,12 @@ impl Engine {
             None => return Err(Rejection::new(ErrorKind::Unavailable, "this server has no signing key")),
         };
         self.revocations
-            .revoke(&old_jti, old_exp)
+            .revoke(&old_jti, self.token_end(old_exp))
             .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the revocation: {e}")))?;
         let exp_ms = claims.exp * 1000;
-        self.timers.cancel(old_exp, Timer::TokenExpiry(conn));
-        self.timers.set(exp_ms, Timer::TokenExpiry(conn));
+        let (old_end, end) = (self.token_end(old_exp), self.token_end(exp_ms));
+        self.timers.cancel(old_end, Timer::TokenExpiry(conn));
+        self.timers.set(end, Timer::TokenExpiry(conn));
         self.with_session(conn, |s| {
             s.token.jti = jti;
             s.token.iat_ms = claims.iat * 1000;
