@@ -67,6 +67,11 @@ pub enum TokenKind {
     Malformed,
     /// Signed, but without this claim.
     MissingClaim(String),
+    /// Signed, from a valid token's claims (an expired one's with `expired`) with these changed (AUTH-5, AUTH-8).
+    Edited {
+        expired: bool,
+        claims: Vec<(String, ClaimEdit)>,
+    },
     /// No token: on WebSocket none in the upgrade; on TCP no Authenticate is
     /// sent, so the steps decide the first frame.
     Missing,
@@ -86,6 +91,11 @@ impl TokenKind {
             TokenKind::AlgNone => "an unsigned token".into(),
             TokenKind::Malformed => "a malformed token".into(),
             TokenKind::MissingClaim(c) => format!("a token without the {c:?} claim"),
+            TokenKind::Edited { expired, claims } => {
+                let edits: Vec<String> = claims.iter().map(|(name, edit)| format!("{name:?} {edit}")).collect();
+                let base = if *expired { "an expired token" } else { "a token" };
+                format!("{base} with {}", edits.join(", "))
+            }
             TokenKind::Missing => "no token".into(),
             TokenKind::Given(_) => "a given token".into(),
         }
@@ -95,8 +105,32 @@ impl TokenKind {
     pub fn needs_key(&self) -> bool {
         matches!(
             self,
-            TokenKind::ShortLived(_) | TokenKind::Expired | TokenKind::NotYetValid | TokenKind::MissingClaim(_)
+            TokenKind::ShortLived(_)
+                | TokenKind::Expired
+                | TokenKind::NotYetValid
+                | TokenKind::MissingClaim(_)
+                | TokenKind::Edited { .. }
         )
+    }
+}
+
+/// One claim's change in a [`TokenKind::Edited`] token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimEdit {
+    Remove,
+    /// This JSON value, whatever its type.
+    Set(serde_json::Value),
+    /// A NumericDate this many seconds from the time of minting.
+    SecondsFromNow(i64),
+}
+
+impl fmt::Display for ClaimEdit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimEdit::Remove => f.write_str("removed"),
+            ClaimEdit::Set(value) => write!(f, "= {value}"),
+            ClaimEdit::SecondsFromNow(s) => write!(f, "= now {s:+} s"),
+        }
     }
 }
 
@@ -166,6 +200,37 @@ pub enum ConnectOutcome {
     Refused(Refusal),
     /// TCP without a token: connected, nothing sent yet.
     Opened,
+}
+
+impl fmt::Display for ConnectOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectOutcome::Session(s) => match &s.response {
+                Some(_) => f.write_str("a session, with its Authenticate RESPONSE"),
+                None => f.write_str("a session"),
+            },
+            ConnectOutcome::Refused(refusal) => write!(f, "refused: {refusal}"),
+            ConnectOutcome::Opened => f.write_str("connected, with nothing sent and nothing answered yet"),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.http, &self.error) {
+            (Some(http), _) => write!(f, "HTTP {} with the body {:?}", self.code, http.body)?,
+            (None, Some(error)) => write!(
+                f,
+                "{}",
+                describe_bytes(&crate::codec::encode(&Payload::ErrorMessage(error.clone())))
+            )?,
+            (None, None) => write!(f, "{} {}", self.code, self.kind)?,
+        }
+        if self.closed {
+            f.write_str(", then closed")?;
+        }
+        Ok(())
+    }
 }
 
 /// A scenario cannot run against this target; the reason says why.
@@ -391,7 +456,13 @@ impl Transcript {
 /// `route N Message {json}` for bytes (the envelope verdict when it fails).
 pub fn describe_bytes(bytes: &[u8]) -> String {
     let d = describe(bytes);
-    let fields = d.fields.map(|f| f.to_string()).unwrap_or_default();
+    let fields = d
+        .fields
+        .map(|mut f| {
+            redact_tokens(&mut f);
+            f.to_string()
+        })
+        .unwrap_or_default();
     let mut text = match (d.route, d.payload) {
         (Some(route), Some(payload)) => format!("route {route} {payload} {fields}"),
         (Some(route), None) => format!("route {route}, no payload {fields}"),
@@ -406,6 +477,36 @@ pub fn describe_bytes(bytes: &[u8]) -> String {
         text.push_str("...");
     }
     text
+}
+
+/// Replaces every `token` string in a stanza's JSON by its first and last characters and its length: a report
+/// (a CI log, an HTML page someone shares) must never carry a usable credential.
+pub fn redact_tokens(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                match field {
+                    serde_json::Value::String(token) if key == "token" && !token.is_empty() => {
+                        *token = abbreviate_secret(token);
+                    }
+                    other => redact_tokens(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_tokens),
+        _ => {}
+    }
+}
+
+/// `eyJ0eX...Ks (212 chars)`: enough to tell two tokens apart, not enough to use one.
+pub fn abbreviate_secret(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() <= 12 {
+        return format!("({} chars)", chars.len());
+    }
+    let head: String = chars[..6].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail} ({} chars)", chars.len())
 }
 
 fn abbreviate_hex(bytes: &[u8]) -> String {
@@ -576,6 +677,27 @@ impl Credentials {
                 let mut value = serde_json::to_value(claims(3600)).map_err(|e| Skip(e.to_string()))?;
                 if let Some(map) = value.as_object_mut() {
                     map.remove(claim);
+                }
+                let signer = signer.ok_or_else(|| Skip("no key".into()))?;
+                signer
+                    .mint_json(&value)
+                    .map_err(|e| Skip(format!("minting a token: {e}")))
+            }
+            TokenKind::Edited { expired, claims: edits } => {
+                let mut base = claims(3600);
+                if *expired {
+                    base.iat = now - 7200;
+                    base.exp = now - 3600;
+                }
+                let mut value = serde_json::to_value(base).map_err(|e| Skip(e.to_string()))?;
+                if let Some(map) = value.as_object_mut() {
+                    for (name, edit) in edits {
+                        match edit {
+                            ClaimEdit::Remove => map.remove(name),
+                            ClaimEdit::Set(v) => map.insert(name.clone(), v.clone()),
+                            ClaimEdit::SecondsFromNow(s) => map.insert(name.clone(), (now + s).into()),
+                        };
+                    }
                 }
                 let signer = signer.ok_or_else(|| Skip("no key".into()))?;
                 signer

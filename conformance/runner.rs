@@ -147,7 +147,9 @@ pub fn check_baseline(entries: &[String]) -> Result<(), RunError> {
             let (named, _) = super::report::split_entry(e);
             !all.iter().any(|c| {
                 c.name == named
-                    || c.name.strip_suffix(&c.transport.map(|t| format!(" [{t}]")).unwrap_or_default()) == Some(named)
+                    || c.name
+                        .strip_suffix(&c.transport.map(|t| format!(" [{t}]")).unwrap_or_default())
+                        == Some(named)
                     || format!("{}:{}", c.file, c.line) == named
                     || c.tags.iter().any(|t| t == named)
             })
@@ -175,7 +177,9 @@ pub fn check_selectors(options: &RunOptions) -> Result<(), RunError> {
     for (flag, areas) in [("--area", &options.areas), ("--exclude-area", &options.exclude_areas)] {
         for area in areas {
             if !cases.iter().any(|c| c.tags.iter().any(|t| in_area(t, area))) {
-                unknown.push(format!("{flag} {area}: no case has a requirement of that area (areas: AUTH, CHAT, ...)"));
+                unknown.push(format!(
+                    "{flag} {area}: no case has a requirement of that area (areas: AUTH, CHAT, ...)"
+                ));
             }
         }
     }

@@ -22,6 +22,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::SkipVersionUpdate => &["chat.feature"],
         Fault::ReorderChat => &["chat.feature", "queue.feature"],
         Fault::ReorderChatTcp => &["chat.feature", "queue.feature"],
+        Fault::NoLocation => &["location.feature"],
         Fault::WrongAckCode => &["ack.feature"],
         Fault::IgnoreBlock => &["block.feature"],
         Fault::IgnoreRevocation => &["token.feature"],
@@ -52,12 +53,13 @@ pub struct FaultRun {
 }
 
 impl FaultRun {
-    /// The cases that failed: the ones that caught the fault.
+    /// The cases that failed (or found a route unimplemented): the ones that caught the fault.
     pub fn caught_by(&self) -> Vec<String> {
         self.report
             .cases
             .iter()
-            .filter(|c| c.verdict == Verdict::Fail)
+            // A route answered 501 is caught as unimplemented (Fault::NoLocation).
+            .filter(|c| matches!(c.verdict, Verdict::Fail | Verdict::Unimplemented))
             .map(|c| format!("{}:{} {}", c.file, c.line, c.name))
             .collect()
     }

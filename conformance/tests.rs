@@ -383,3 +383,171 @@ fn the_token_leeway_is_a_setting_of_the_target() {
         untold.render_tree(false, true)
     );
 }
+
+/// Issue 23.2 and 23.3: against a server without location (501 to route 24), each location case ends at the 501
+/// (its failure names the 501, not a timeout) and is unimplemented; told `--without-route 24`, every case that
+/// needs the route is not applicable and the run passes.
+#[test]
+fn a_partial_server_is_unimplemented_at_once_or_not_applicable() {
+    use crate::faults::{Fault, Faults};
+    let run_with = |without: Vec<i64>| {
+        let mut options = SimOptions {
+            faults: Faults::of([Fault::NoLocation]),
+            ..SimOptions::default()
+        };
+        options.info.without_routes = without;
+        // With a feature the partial server implements, so that something runs.
+        let run_options = RunOptions {
+            files: vec!["location.feature".into(), "logout.feature".into()],
+            ..RunOptions::default()
+        };
+        run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("runs")
+    };
+    let partial = run_with(Vec::new());
+    let unimplemented: Vec<_> = partial
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Unimplemented)
+        .collect();
+    assert!(
+        unimplemented.len() >= 8 && !partial.ok(),
+        "{}",
+        partial.render_tree(false, false)
+    );
+    for case in &unimplemented {
+        let Outcome::Failed { message, .. } = &case.outcome else {
+            panic!("{} did not fail", case.name)
+        };
+        assert!(message.contains("501 unknown_route"), "{}: {message}", case.name);
+    }
+    let told = run_with(vec![24]);
+    let not_applicable = told
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::NotApplicable)
+        .count();
+    assert!(told.ok(), "{}", told.render_tree(false, true));
+    assert!(
+        not_applicable >= unimplemented.len(),
+        "{}",
+        told.render_tree(false, false)
+    );
+    assert!(told.render_tree(false, false).contains("not applicable"));
+}
+
+/// Issue 23.2: `--area` selects by requirement prefix, `--exclude-area` leaves those out, and an ID or area that
+/// no case has is a usage error.
+#[test]
+fn areas_select_by_requirement_prefix_and_unknown_selectors_are_errors() {
+    use super::runner::{check_selectors, list};
+    let select = |areas: &[&str], exclude: &[&str]| {
+        list(&RunOptions {
+            areas: areas.iter().map(|a| (*a).to_string()).collect(),
+            exclude_areas: exclude.iter().map(|a| (*a).to_string()).collect(),
+            ..RunOptions::default()
+        })
+        .expect("the features parse")
+    };
+    let in_awr = |c: &spec::Case| c.tags.iter().any(|t| t.starts_with("AWR-"));
+    let awr = select(&["AWR"], &[]);
+    assert!(awr.len() > 20 && awr.iter().all(in_awr));
+    assert_eq!(select(&["awr"], &[]).len(), awr.len());
+    let rest = select(&[], &["AWR"]);
+    assert!(!rest.is_empty() && !rest.iter().any(in_awr));
+    assert_eq!(rest.len() + awr.len(), select(&[], &[]).len());
+    let both = select(&["AWR", "CHAT"], &[]);
+    assert!(both.len() > awr.len() && both.iter().any(|c| c.tags.iter().any(|t| t.starts_with("CHAT-"))));
+    let options = |req: &[&str], areas: &[&str]| RunOptions {
+        requirements: req.iter().map(|r| (*r).to_string()).collect(),
+        areas: areas.iter().map(|a| (*a).to_string()).collect(),
+        ..RunOptions::default()
+    };
+    assert!(check_selectors(&options(&["AWR-9"], &["CHAT"])).is_ok());
+    // An area given where an ID goes, an ID SPEC does not define, an area no case has.
+    for bad in [
+        options(&["AWR"], &[]),
+        options(&["AWR-999"], &[]),
+        options(&[], &["NOPE"]),
+    ] {
+        assert!(check_selectors(&bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Issue 23.5: a baseline entry must name a case; one may name the failure it expects, and a case that fails for
+/// another reason fails; an unexpected pass shows where its scenario is.
+#[test]
+fn baseline_entries_name_a_case_and_the_failure_they_expect() {
+    use super::runner::check_baseline;
+    let first = spec::cases().expect("the features parse").remove(0);
+    let good = [
+        first.name.clone(),
+        format!("{}:{}", first.file, first.line),
+        "PING-1".to_string(),
+        format!("{} => Expected", first.name),
+    ];
+    assert!(check_baseline(&good).is_ok());
+    let neutral = spec::cases()
+        .expect("the features parse")
+        .into_iter()
+        .find(|c| c.neutral)
+        .expect("a neutral case");
+    assert!(check_baseline(&[format!("{} [tcp]", neutral.name)]).is_ok());
+    for stale in ["No such scenario", "pingpong.feature:99999", "PING-999"] {
+        assert!(check_baseline(&[stale.to_string()]).is_err(), "{stale}");
+    }
+    let failing = case(
+        &["PING-1", "must"],
+        Outcome::Failed {
+            step: "Then alice's phone receives a pong for \"p\"".into(),
+            message: "Expected: a pong\nActual: nothing".into(),
+        },
+    );
+    let listed = |entry: &str| verdict(&failing, false, &[entry.to_string()]);
+    assert_eq!(listed("a case"), Verdict::ExpectedFailure);
+    assert_eq!(listed("a case => receives a pong"), Verdict::ExpectedFailure);
+    assert_eq!(listed("a case => Actual: nothing"), Verdict::ExpectedFailure);
+    assert_eq!(listed("a case => is closed with code"), Verdict::Fail);
+    let mut passed = case(&["PING-1", "must"], Outcome::Passed);
+    passed.verdict = verdict(&passed, false, &["a case".to_string()]);
+    assert_eq!(passed.verdict, Verdict::UnexpectedPass);
+    let report = super::report::Report {
+        driver: "simulation".into(),
+        target: "t".into(),
+        strict: false,
+        duration_ms: 1,
+        cases: vec![passed],
+        parse_errors: Vec::new(),
+    };
+    assert!(report.render_tree(false, false).contains("pingpong.feature:3"));
+}
+
+/// Issue 23.4: no report carries a whole token (transcripts and "Actual:" lines abbreviate them), and connection
+/// outcomes read as sentences, not debug dumps.
+#[test]
+fn reports_abbreviate_tokens_and_say_outcomes_in_words() {
+    use crate::proto::TokenRefreshResponse;
+    use crate::proto::message_scheme::Payload;
+    let token = format!("eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.{}.signature", "a".repeat(200));
+    let payload = Payload::TokenRefreshResponse(TokenRefreshResponse {
+        token: token.clone(),
+        status: 1,
+        ..Default::default()
+    });
+    let mut transcript = Transcript::default();
+    transcript.received(5, "alice/phone", &crate::client::Event::Stanza(payload.clone()));
+    let rendered = transcript.render();
+    assert!(!rendered.contains(&token), "{rendered}");
+    assert!(
+        rendered.contains(&format!("eyJ0eX...ture ({} chars)", token.len())),
+        "{rendered}"
+    );
+    let actual = super::world::shown(payload);
+    assert!(
+        !actual.contains(&token) && actual.starts_with("the stanza route 20 TokenRefreshResponse"),
+        "{actual}"
+    );
+    assert_eq!(
+        super::driver::ConnectOutcome::Opened.to_string(),
+        "connected, with nothing sent and nothing answered yet"
+    );
+}

@@ -39,6 +39,11 @@ pub fn skip(reason: impl fmt::Display) -> ! {
     panic!("{SKIP_PREFIX}{reason}")
 }
 
+/// A stanza for an "Actual:" line: its route, type and fields in the proto3 JSON mapping, tokens abbreviated.
+pub fn shown(payload: Payload) -> String {
+    format!("the stanza {}", super::driver::describe_bytes(&codec::encode(&payload)))
+}
+
 /// Marks the case not applicable: it needs what the target says it does not implement.
 pub fn not_applicable(reason: impl fmt::Display) -> ! {
     panic!("{NOT_APPLICABLE_PREFIX}{reason}")
@@ -366,13 +371,7 @@ impl CaseWorld {
 
     /// Sends one stanza on a connection.
     pub fn send(&mut self, key: &str, payload: Payload) {
-        let route = codec::Route::of(&payload);
-        if self.driver.info().without_routes.contains(&route.number()) {
-            not_applicable(format!(
-                "the case sends route {} ({route:?}), which the target does not implement (--without-route)",
-                route.number()
-            ));
-        }
+        self.applicable(codec::Route::of(&payload).number());
         self.settle();
         match &payload {
             Payload::TextPayloadRequest(r) => self.remember_chat_sent(&r.message_id_local),
@@ -399,7 +398,26 @@ impl CaseWorld {
             .or_insert(self.acted_ms);
     }
 
+    /// Ends the case as not applicable when it is about to send a route the target does not implement on
+    /// purpose (`--without-route`).
+    fn applicable(&self, route: i64) {
+        if self.driver.info().without_routes.contains(&route) {
+            not_applicable(format!(
+                "the case sends route {route}, which the target does not implement (--without-route)"
+            ));
+        }
+    }
+
+    fn applicable_bytes(&self, bytes: &[u8]) {
+        if let Some(route) = codec::describe(bytes).route {
+            self.applicable(route);
+        }
+    }
+
     pub fn send_burst(&mut self, key: &str, stanzas: Vec<Vec<u8>>) {
+        for stanza in &stanzas {
+            self.applicable_bytes(stanza);
+        }
         self.settle();
         if let Err(e) = self.driver.send_burst(key, stanzas) {
             driver_failed(e)
@@ -407,6 +425,7 @@ impl CaseWorld {
     }
 
     pub fn send_raw(&mut self, key: &str, bytes: Vec<u8>) {
+        self.applicable_bytes(&bytes);
         self.settle();
         if let Err(e) = self.driver.send_raw(key, bytes) {
             driver_failed(e)

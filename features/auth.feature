@@ -48,6 +48,41 @@ Feature: Authentication (SPEC section 3)
       | websocket | exp       |
       | tcp       | iat       |
 
+  @AUTH-5 @AUTH-8 @must
+  Scenario: The claims are checked before the expiry
+    When alice's phone connects with an expired token without the "eid" claim
+    Then alice's phone is refused with 401 token_claims
+
+  @AUTH-5 @must
+  Scenario Outline: A claim of the wrong type is refused with token_claims
+    When alice's phone connects with a token whose "<claim>" claim is <value>
+    Then alice's phone is refused with 401 token_claims
+
+    Examples:
+      | claim     | value             |
+      | exp       | "tomorrow"        |
+      | nbf       | "yesterday"       |
+      | iat       | true              |
+      | eid       | 42                |
+      | device_id | {"name": "phone"} |
+      | jti       | ["a", "b"]        |
+
+  @AUTH-5 @must
+  Scenario Outline: iss and aud are ignored when the server is not configured with them
+    When alice's phone connects with a token whose "<claim>" claim is <value>
+    Then alice's phone gets a session
+
+    Examples:
+      | claim | value                    |
+      | aud   | "some-other-service"     |
+      | aud   | ["one", "two"]           |
+      | iss   | "https://issuer.example" |
+
+  @AUTH-5 @must
+  Scenario: A token issued in the future is accepted
+    When alice's phone connects with a token whose "iat" claim is an hour from now
+    Then alice's phone gets a session
+
   @AUTH-6 @must
   Scenario Outline: A token outside its exp/nbf window is refused with token_expired
     When alice's phone connects over <transport> with <token>

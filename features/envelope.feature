@@ -65,6 +65,21 @@ Feature: Envelope (SPEC section 4)
       | {"eid": "$alice", "connection_resource_id": "laptop"}       |
       | {"eid": "", "connection_resource_id": "laptop"}             |
 
+  # TokenRevokeRequest.to naming another user is `forbidden` instead (TOK-1): it names whose tokens, not the sender.
+  @ENV-7 @must
+  Scenario Outline: Every stanza that names its sender refuses another identity
+    Given alice is connected as "phone"
+    When alice's phone sends <stanza> <fields>
+    Then alice's phone receives error 403 identity_mismatch for route "<route>"
+    And alice's phone stays connected
+
+    Examples:
+      | stanza                | fields                                                              | route |
+      | Logout                | {"type": 1, "entity": {"eid": "$mallory"}}                          | 12    |
+      | TokenRefreshRequest   | {"to": {"eid": "$mallory"}}                                         | 19    |
+      | AcknowledgmentRequest | {"from": {"eid": "$mallory"}, "message_id": "m-1", "status": 2}     | 16    |
+      | AcknowledgmentRequest | {"from": {"eid": "$alice", "connection_resource_id": "laptop"}, "message_id": "m-1", "status": 2} | 16 |
+
   @ENV-7 @ERR-5 @must
   Scenario: A spoofed chat sender is refused and the message goes nowhere
     Given alice is connected as "phone"

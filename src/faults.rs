@@ -34,6 +34,10 @@ pub enum Fault {
     /// ReorderChat on native TCP connections only: WebSocket ones get their
     /// chat in order (CHAT-16; issue 22: a TCP-only run must catch it).
     ReorderChatTcp,
+    /// A partial server: every LocationStream is answered 501 `unknown_route`
+    /// (ERR-2), as by a server without location (issue 23: such a case ends at
+    /// the 501, and `--without-route 24` makes it not applicable).
+    NoLocation,
     /// Acknowledgment responses carry delivered and read swapped (ACK).
     WrongAckCode,
     /// Block requests are confirmed but change nothing: presence still
@@ -93,10 +97,11 @@ pub enum Fault {
 pub const LATE_MS: Millis = 600;
 
 impl Fault {
-    pub const ALL: [Fault; 23] = [
+    pub const ALL: [Fault; 24] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::ReorderChatTcp,
+        Fault::NoLocation,
         Fault::WrongAckCode,
         Fault::IgnoreBlock,
         Fault::IgnoreRevocation,
@@ -125,6 +130,7 @@ impl Fault {
             Fault::SkipVersionUpdate => "skip-version-update",
             Fault::ReorderChat => "reorder-chat",
             Fault::ReorderChatTcp => "reorder-chat-tcp",
+            Fault::NoLocation => "no-location",
             Fault::WrongAckCode => "wrong-ack-code",
             Fault::IgnoreBlock => "ignore-block",
             Fault::IgnoreRevocation => "ignore-revocation",
@@ -426,6 +432,18 @@ impl Edge for FaultLayer {
                     action: 1,
                 };
                 Self::answer(conn, &Payload::BlockSubscriber(answer), out);
+                return None;
+            }
+            Payload::LocationStream(_) if self.has(Fault::NoLocation) => {
+                let error = crate::proto::ErrorMessage {
+                    code: 501,
+                    message: "unknown_route".into(),
+                    route: Route::LocationStream.number().to_string(),
+                    details: "this server has no location".into(),
+                    timestamp: now,
+                    ..Default::default()
+                };
+                Self::answer(conn, &Payload::ErrorMessage(error), out);
                 return None;
             }
             Payload::LocationStream(fix) if self.has(Fault::LeakLocation) => {

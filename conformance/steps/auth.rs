@@ -6,7 +6,7 @@ use base64::Engine;
 use super::transport::const_format;
 use super::{Args, CONN, StepDef};
 use crate::client::TokenPlacement;
-use crate::conformance::driver::{ConnectOutcome, ConnectSpec, TokenKind, TransportKind, alter_signature};
+use crate::conformance::driver::{ClaimEdit, ConnectOutcome, ConnectSpec, TokenKind, TransportKind, alter_signature};
 use crate::conformance::world::{CaseWorld, driver_failed, fail, skip};
 
 pub fn steps() -> Vec<StepDef> {
@@ -71,6 +71,32 @@ fn token_for(w: &mut CaseWorld, written: &str, user: &str, device: &str, phrase:
         .and_then(|rest| rest.strip_suffix("\" claim"));
     if let Some(claim) = claim {
         return TokenKind::MissingClaim(claim.to_string());
+    }
+    // AUTH-8's order: "an expired token without the "eid" claim".
+    if let Some(claim) = phrase
+        .strip_prefix("an expired token without the \"")
+        .and_then(|rest| rest.strip_suffix("\" claim"))
+    {
+        return TokenKind::Edited {
+            expired: true,
+            claims: vec![(claim.to_string(), ClaimEdit::Remove)],
+        };
+    }
+    // AUTH-5: "a token whose "exp" claim is "tomorrow"" (any JSON), or "... is an hour from now".
+    if let Some((claim, value)) = phrase
+        .strip_prefix("a token whose \"")
+        .and_then(|rest| rest.split_once("\" claim is "))
+    {
+        let edit = match value {
+            "an hour from now" => ClaimEdit::SecondsFromNow(3600),
+            json => ClaimEdit::Set(
+                serde_json::from_str(json).unwrap_or_else(|e| fail("a claim value in JSON", format!("{json}: {e}"))),
+            ),
+        };
+        return TokenKind::Edited {
+            expired: false,
+            claims: vec![(claim.to_string(), edit)],
+        };
     }
     if let Some(other) = phrase.strip_suffix("'s token") {
         return TokenKind::Given(remembered(w, &w.resolve(&format!("{other}/{device}"))));
@@ -146,7 +172,7 @@ fn gets_session(w: &mut CaseWorld, a: &Args) {
                 fail("the Authenticate RESPONSE first on TCP (TRN-15)", "another stanza");
             }
         }
-        other => fail(format!("a session for {key}"), format!("{other:?}")),
+        other => fail(format!("a session for {key}"), other.to_string()),
     }
 }
 
@@ -156,15 +182,12 @@ fn is_refused(w: &mut CaseWorld, a: &Args) {
     let (code, kind) = (u16::try_from(a.n(3)).unwrap_or(0), a.s(4).to_string());
     let refusal = match outcome(w, &key) {
         ConnectOutcome::Refused(r) => r,
-        other => fail(format!("{key} refused with {code} {kind}"), format!("{other:?}")),
+        other => fail(format!("{key} refused with {code} {kind}"), other.to_string()),
     };
     match w.conn(&key).transport {
         TransportKind::Ws => {
             let Some(http) = refusal.http else {
-                fail(
-                    "an HTTP answer instead of the upgrade (AUTH-10)",
-                    format!("{refusal:?}"),
-                );
+                fail("an HTTP answer instead of the upgrade (AUTH-10)", refusal.to_string());
             };
             if http.status != code || http.body != kind {
                 fail(
@@ -185,7 +208,7 @@ fn is_refused(w: &mut CaseWorld, a: &Args) {
         }
         TransportKind::Tcp => {
             let Some(error) = refusal.error else {
-                fail(format!("ErrorMessage {code} {kind}"), format!("{refusal:?}"));
+                fail(format!("ErrorMessage {code} {kind}"), refusal.to_string());
             };
             if error.code != i32::from(code) || error.message != kind {
                 fail(

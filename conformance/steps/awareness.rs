@@ -4,7 +4,7 @@
 use super::transport::const_format;
 use super::{Args, CONN, DURATION, StepDef, duration, status_code};
 use crate::client::Event;
-use crate::conformance::world::{CaseWorld, describe_event, fail};
+use crate::conformance::world::{CaseWorld, describe_event, fail, shown};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{
     AwarenessNotification, AwarenessRequest, AwarenessResponse, AwarenessSubscription, AwarenessVisibility,
@@ -191,7 +191,7 @@ fn adds_subscriber(w: &mut CaseWorld, a: &Args) {
     if !ok {
         fail(
             "SubscriberAddResponse{status: 1, message: \"subscriber added\", owner, subscriber, a resource id, timestamp} (SUB-2)",
-            format!("{r:?}"),
+            shown(Payload::SubscriberAddResponse(r.clone())),
         );
     }
     let pair = format!("{owner_eid}>{subscriber_eid}");
@@ -233,7 +233,7 @@ fn removes_subscriber(w: &mut CaseWorld, a: &Args) {
     {
         fail(
             "SubscriberRemove{type: 2, status: 1, owner, subscriber} (SUB-6)",
-            format!("{r:?}"),
+            shown(Payload::SubscriberRemove(r.clone())),
         );
     }
 }
@@ -268,7 +268,7 @@ fn blocks(w: &mut CaseWorld, a: &Args) {
     {
         fail(
             format!("BlockSubscriber{{type: 2, status: 1, action: {action}, owner, subscriber}} (BLK-1)"),
-            format!("{b:?}"),
+            shown(Payload::BlockSubscriber(b.clone())),
         );
     }
 }
@@ -306,7 +306,7 @@ fn set_visibility(w: &mut CaseWorld, a: &Args, visibility: i32, sharing: i32) {
     if !ok {
         fail(
             format!("AwarenessVisibility{{type: 2, status: 1, id: {id:?}, from, the settings in force}} (VIS-1)"),
-            format!("{v:?}"),
+            shown(Payload::AwarenessVisibility(v.clone())),
         );
     }
 }
@@ -503,7 +503,7 @@ fn subscribes(w: &mut CaseWorld, a: &Args) {
     if s.status != 1 || s.action != action || s.to.as_ref().map(|t| t.eid.as_str()) != Some(to.as_str()) {
         fail(
             format!("AwarenessSubscription{{type: 2, status: 1, action: {action}, to}} (AWR-15)"),
-            format!("{s:?}"),
+            shown(Payload::AwarenessSubscription(s.clone())),
         );
     }
 }
@@ -618,7 +618,7 @@ fn receives_signal(w: &mut CaseWorld, a: &Args) {
             format!(
                 "AwarenessNotification{{from: {sender:?}, to: {identity:?}, awareness_intention: {intention}, ttl: {ttl}, status: 0, timestamp}} (AWR-7)"
             ),
-            format!("{n:?}"),
+            shown(Payload::AwarenessNotification(n.clone())),
         );
     }
 }
@@ -668,7 +668,7 @@ fn receives_location(w: &mut CaseWorld, a: &Args) {
             format!(
                 "LocationStream{{from: {sender:?}, to: {identity:?}, {lat}, {lon}, id, altitude and timestamp as sent}} (LOC-2)"
             ),
-            format!("{l:?}"),
+            shown(Payload::LocationStream(l.clone())),
         );
     }
 }
@@ -705,7 +705,7 @@ fn receives_body(w: &mut CaseWorld, a: &Args) {
         if n.to.as_ref() != Some(&identity) {
             fail(
                 "every Body entry addressed to the receiving device (PUSH-4)",
-                format!("{n:?}"),
+                shown(Payload::AwarenessNotification(n.clone())),
             );
         }
         if listed.iter().any(|(e, _)| *e == eid) {

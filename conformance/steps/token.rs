@@ -4,7 +4,7 @@
 use super::auth::claims;
 use super::transport::const_format;
 use super::{Args, CONN, StepDef};
-use crate::conformance::world::{CaseWorld, fail};
+use crate::conformance::world::{CaseWorld, fail, shown};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{Identity, Logout, TokenRefreshRequest, TokenRevokeRequest};
 
@@ -199,7 +199,7 @@ fn logout_confirmation(w: &mut CaseWorld, a: &Args) {
     if (l.r#type, l.status) != (2, 3) || l.entity.as_ref() != Some(&identity) || stamp.is_some() {
         fail(
             format!("Logout{{type: 2, status: 3, entity: {identity:?}, timestamp: server ms}} (OUT-1)"),
-            format!("{l:?}"),
+            shown(Payload::Logout(l.clone())),
         );
     }
 }

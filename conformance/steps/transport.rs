@@ -147,7 +147,7 @@ pub fn open_session(w: &mut CaseWorld, user: &str, device: &str, spec: ConnectSp
             "another stanza first",
         ),
         ConnectOutcome::Session(_) => {}
-        other => fail(format!("a session for {user}'s {device}"), format!("{other:?}")),
+        other => fail(format!("a session for {user}'s {device}"), other.to_string()),
     }
     w.record_connect(&key, user, device, transport, outcome);
     key
