@@ -236,12 +236,7 @@ impl Collected {
         rule: Option<&cucumber::gherkin::Rule>,
         scenario: &cucumber::gherkin::Scenario,
     ) {
-        let file = feature
-            .path
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file = file_name(feature);
         let (section, area) = area_of(&file);
         let mut tags = feature.tags.clone();
         tags.extend(scenario.tags.iter().cloned());
@@ -398,16 +393,21 @@ fn quiet_step_panics() {
     });
 }
 
-/// Which worker runs a case: a hash of where it is, so every worker's
-/// partition is the same whatever order the features are read in.
-fn worker_of(feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin::Scenario, jobs: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
+/// The feature's file name (`chat.feature`), as cases and the plan name it.
+fn file_name(feature: &cucumber::gherkin::Feature) -> String {
     feature
         .path
         .as_ref()
         .and_then(|p| p.file_name())
         .map(|f| f.to_string_lossy().into_owned())
-        .hash(&mut hasher);
+        .unwrap_or_default()
+}
+
+/// Which worker runs a case: a hash of where it is, so every worker's
+/// partition is the same whatever order the features are read in.
+fn worker_of(feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin::Scenario, jobs: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    file_name(feature).hash(&mut hasher);
     scenario.position.line.hash(&mut hasher);
     scenario.name.hash(&mut hasher);
     usize::try_from(hasher.finish() % u64::try_from(jobs.max(1)).unwrap_or(1)).unwrap_or(0)
@@ -556,12 +556,7 @@ fn run_worker(
                 tags.extend(rule.tags.iter().cloned());
             }
             tags.extend(scenario.tags.iter().cloned());
-            let file = feature
-                .path
-                .as_ref()
-                .and_then(|p| p.file_name())
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let file = file_name(feature);
             let assigned = plan
                 .get(&(file.clone(), scenario.position.line))
                 .copied()

@@ -7,7 +7,8 @@ use super::transport::const_format;
 use super::{Args, CONN, StepDef};
 use crate::client::TokenPlacement;
 use crate::conformance::driver::{ClaimEdit, ConnectOutcome, ConnectSpec, TokenKind, TransportKind, alter_signature};
-use crate::conformance::world::{CaseWorld, driver_failed, fail, skip};
+use crate::conformance::world::{CaseWorld, driver_failed, fail, shown, skip};
+use crate::proto::message_scheme::Payload;
 
 pub fn steps() -> Vec<StepDef> {
     vec![
@@ -213,7 +214,12 @@ fn is_refused(w: &mut CaseWorld, a: &Args) {
             if error.code != i32::from(code) || error.message != kind {
                 fail(
                     format!("ErrorMessage {code} {kind}"),
-                    format!("ErrorMessage {} {}", error.code, error.message),
+                    format!(
+                        "ErrorMessage {} {}: {}",
+                        error.code,
+                        error.message,
+                        shown(Payload::ErrorMessage(error.clone()))
+                    ),
                 );
             }
             if error.route != "27" {

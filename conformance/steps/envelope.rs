@@ -10,7 +10,7 @@ use super::{
 };
 use crate::client::Event;
 use crate::codec::Route;
-use crate::conformance::world::{CaseWorld, describe_event, fail, summarize};
+use crate::conformance::world::{CaseWorld, describe_event, fail, shown, summarize};
 use crate::proto::message_scheme::Payload;
 
 pub fn steps() -> Vec<StepDef> {
@@ -250,7 +250,13 @@ fn check_error_fields(
     if i64::from(error.code) != code || error.message != kind {
         fail(
             format!("ErrorMessage {code} {kind}"),
-            format!("ErrorMessage {} {} ({})", error.code, error.message, error.details),
+            format!(
+                "ErrorMessage {} {} ({}): {}",
+                error.code,
+                error.message,
+                error.details,
+                shown(payload.clone())
+            ),
         );
     }
     if let Some(route) = route
