@@ -50,6 +50,49 @@ impl NetworkFactory {
             run_id,
         })
     }
+
+    /// Before any case: one session with a valid token over each transport the target offers. A target that
+    /// cannot be reached, speaks something else, or never answers gets one line that says which and why, instead
+    /// of the same failure in every case.
+    pub fn preflight(&self) -> Result<(), String> {
+        let mut driver = self.make(0)?;
+        let offered = [
+            (TransportKind::Ws, &self.target.ws),
+            (TransportKind::Tcp, &self.target.tcp),
+        ];
+        for (transport, url) in offered {
+            let Some(url) = url else { continue };
+            let eid = format!("preflight{}@example.com", self.eid_suffix(0));
+            let name = format!("preflight/{transport}");
+            let outcome = driver.connect(&name, &ConnectSpec::new(&eid, "preflight", transport));
+            match outcome {
+                Ok(ConnectOutcome::Session(_)) => driver.close(&name),
+                Ok(other) => return Err(format!("{url}: a session with a valid token was {other}")),
+                Err(DriverError::Skip(Skip(reason))) => return Err(format!("{url}: {reason}")),
+                Err(DriverError::Connect { error, .. }) => return Err(format!("{url}: {}", diagnose(&error, self))),
+                Err(other) => return Err(format!("{url}: {other}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a failed first connection says about the target, in words, with the error it came from.
+fn diagnose(error: &str, factory: &NetworkFactory) -> String {
+    let lower = error.to_ascii_lowercase();
+    let timeout = factory.target.info.timeout;
+    let why = if lower.contains("refused") {
+        "nothing listens there".to_string()
+    } else if lower.contains("in time") || lower.contains("timed out") {
+        format!("it accepted the connection but did not complete the handshake and authentication within {timeout:?}")
+    } else if lower.contains("http") || lower.contains("handshake") || lower.contains("websocket") {
+        "it answered, but not as a BIMIP WebSocket server".to_string()
+    } else if lower.contains("closed") || lower.contains("eof") || lower.contains("reset") {
+        "it closed the connection before a session started".to_string()
+    } else {
+        "no session could be opened".to_string()
+    };
+    format!("{why} ({error})")
 }
 
 impl DriverFactory for NetworkFactory {

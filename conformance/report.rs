@@ -95,6 +95,9 @@ pub struct CaseResult {
     /// The transport of a transport-neutral case's run; None for a case that names its transports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<TransportKind>,
+    /// An outline example's row (the name shows it too: `... (websocket, query)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub example: Option<String>,
     pub line: usize,
     pub tags: Vec<String>,
     pub outcome: Outcome,
@@ -108,11 +111,15 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
-    /// The scenario's name, without the transport a neutral case's run adds to it.
+    /// The scenario's name, without the example row and the transport a case's name may add to it.
     pub fn scenario(&self) -> &str {
-        match self.transport {
+        let name = match self.transport {
             Some(t) => self.name.strip_suffix(&format!(" [{t}]")).unwrap_or(&self.name),
             None => &self.name,
+        };
+        match &self.example {
+            Some(label) => name.strip_suffix(&format!(" ({label})")).unwrap_or(name),
+            None => name,
         }
     }
 
@@ -133,6 +140,7 @@ impl CaseResult {
             let (named, _) = split_entry(e);
             named == self.name
                 || named == self.scenario()
+                || named == super::spec::name_of(self.scenario(), self.example.as_deref())
                 || named == format!("{}:{}", self.file, self.line)
                 || self.requirements().iter().any(|r| r == named)
         })

@@ -147,9 +147,8 @@ pub fn check_baseline(entries: &[String]) -> Result<(), RunError> {
             let (named, _) = super::report::split_entry(e);
             !all.iter().any(|c| {
                 c.name == named
-                    || c.name
-                        .strip_suffix(&c.transport.map(|t| format!(" [{t}]")).unwrap_or_default())
-                        == Some(named)
+                    || c.scenario == named
+                    || spec::name_of(&c.scenario, c.example.as_deref()) == named
                     || format!("{}:{}", c.file, c.line) == named
                     || c.tags.iter().any(|t| t == named)
             })
@@ -242,15 +241,18 @@ impl Collected {
         tags.extend(scenario.tags.iter().cloned());
         // This thread's pass is the transport of a neutral case's run.
         let transport = spec::is_neutral(feature, rule, scenario).then(super::world::pass);
+        let example = spec::example_at(&file, scenario.position.line);
+        let name = spec::name_of(&scenario.name, example.as_deref());
         let case = CaseResult {
             file,
             section: section.to_string(),
             area: area.to_string(),
             name: match transport {
-                Some(t) => spec::name_over(&scenario.name, t),
-                None => scenario.name.clone(),
+                Some(t) => spec::name_over(&name, t),
+                None => name,
             },
             transport,
+            example,
             line: scenario.position.line,
             tags,
             outcome: Outcome::Passed,

@@ -179,7 +179,10 @@ pub struct Case {
     pub file: String,
     pub section: String,
     pub area: String,
+    /// What reports call the case: the scenario's name, its example row, its transport.
     pub name: String,
+    /// The scenario's own name.
+    pub scenario: String,
     pub line: usize,
     /// Feature and scenario tags, without '@'.
     pub tags: Vec<String>,
@@ -187,6 +190,8 @@ pub struct Case {
     pub neutral: bool,
     /// The transport of this run of a neutral case (its name ends in it: `... [tcp]`); None for the others.
     pub transport: Option<TransportKind>,
+    /// An outline example's row, as its name shows it: `... (websocket, query)`.
+    pub example: Option<String>,
 }
 
 impl Case {
@@ -219,27 +224,76 @@ pub fn cases() -> Result<Vec<Case>, String> {
             let neutral = is_neutral(&feature, rule, scenario);
             let mut tags = feature.tags.clone();
             tags.extend(scenario.tags.iter().cloned());
-            let copies = scenario
-                .examples
-                .iter()
-                .map(|e| e.table.as_ref().map_or(0, |t| t.rows.len().saturating_sub(1)))
-                .sum::<usize>()
-                .max(1);
-            for _ in 0..copies {
-                out.push(Case {
-                    file: (*file).to_string(),
-                    section: (*section).to_string(),
-                    area: (*area).to_string(),
-                    name: scenario.name.clone(),
-                    line: scenario.position.line,
-                    tags: tags.clone(),
-                    neutral,
-                    transport: None,
-                });
+            let case = |line: usize, example: Option<String>| Case {
+                file: (*file).to_string(),
+                section: (*section).to_string(),
+                area: (*area).to_string(),
+                name: name_of(&scenario.name, example.as_deref()),
+                scenario: scenario.name.clone(),
+                line,
+                tags: tags.clone(),
+                neutral,
+                transport: None,
+                example,
+            };
+            let rows = example_rows(scenario);
+            if rows.is_empty() {
+                out.push(case(scenario.position.line, None));
+            }
+            for (line, label) in rows {
+                out.push(case(line, Some(label)));
             }
         }
     }
     Ok(out)
+}
+
+/// An outline's example rows: the line cucumber gives each expanded scenario (its row's) and the row's cells as a
+/// label.
+pub fn example_rows(scenario: &cucumber::gherkin::Scenario) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for examples in &scenario.examples {
+        let Some(table) = &examples.table else { continue };
+        for (index, row) in table.rows.iter().skip(1).enumerate() {
+            // Whole cells: two rows may differ only at the end of a long one.
+            out.push((examples.position.line + index + 2, row.join(", ")));
+        }
+    }
+    out
+}
+
+/// The label of the example row at `line` of `file`, when an outline's example is there: what a case cucumber
+/// ran from that row is called ([`name_of`]).
+pub fn example_at(file: &str, line: usize) -> Option<String> {
+    static ROWS: std::sync::OnceLock<BTreeMap<(String, usize), String>> = std::sync::OnceLock::new();
+    ROWS.get_or_init(|| {
+        let mut rows = BTreeMap::new();
+        for (name, _, _, text) in FEATURES {
+            let Ok(feature) = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()) else {
+                continue;
+            };
+            let scenarios = feature
+                .scenarios
+                .iter()
+                .chain(feature.rules.iter().flat_map(|r| r.scenarios.iter()));
+            for scenario in scenarios {
+                for (at, label) in example_rows(scenario) {
+                    rows.insert(((*name).to_string(), at), label);
+                }
+            }
+        }
+        rows
+    })
+    .get(&(file.to_string(), line))
+    .cloned()
+}
+
+/// A case's name: the scenario's, with its example row when it is one.
+pub fn name_of(scenario: &str, example: Option<&str>) -> String {
+    match example {
+        Some(label) => format!("{scenario} ({label})"),
+        None => scenario.to_string(),
+    }
 }
 
 /// A neutral case's name in the run over `transport`.

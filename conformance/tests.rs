@@ -97,6 +97,7 @@ fn case(tags: &[&str], outcome: Outcome) -> CaseResult {
         area: "PingPong".into(),
         name: "a case".into(),
         transport: None,
+        example: None,
         line: 3,
         tags: tags.iter().map(|t| (*t).to_string()).collect(),
         outcome,
@@ -550,4 +551,32 @@ fn reports_abbreviate_tokens_and_say_outcomes_in_words() {
         super::driver::ConnectOutcome::Opened.to_string(),
         "connected, with nothing sent and nothing answered yet"
     );
+}
+
+/// Issue 18: an outline's examples are told apart by name (`... (websocket, query)`), so every case of a feature
+/// file has a name of its own in every report, and a baseline may name an example with or without its row.
+#[test]
+fn every_case_of_a_feature_has_its_own_name() {
+    let cases = super::runner::list(&RunOptions::default()).expect("the features parse");
+    let mut seen = std::collections::BTreeSet::new();
+    for case in &cases {
+        assert!(
+            seen.insert((case.file.clone(), case.name.clone())),
+            "{}: {} twice",
+            case.file,
+            case.name
+        );
+    }
+    let expiry: Vec<_> = cases
+        .iter()
+        .filter(|c| c.scenario == "A session ends when its token expires")
+        .collect();
+    assert_eq!(expiry.len(), 2);
+    assert!(
+        expiry
+            .iter()
+            .any(|c| c.name.ends_with("(websocket)") && c.example.as_deref() == Some("websocket"))
+    );
+    assert!(super::runner::check_baseline(&["A session ends when its token expires (tcp)".to_string()]).is_ok());
+    assert!(super::runner::check_baseline(&["A session ends when its token expires (udp)".to_string()]).is_err());
 }

@@ -489,9 +489,49 @@ fn cli_reports() -> Result<String, String> {
         if none.status.success() {
             return Err("a run that selected no case exited 0".into());
         }
+        // A target that is not there, or that never answers, gets one line that says so (exit 2), no case.
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let key = dir.join("hs256.secret");
+        std::fs::write(&key, "a-secret-for-the-preflight").map_err(|e| e.to_string())?;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let closed_port = closed.local_addr().map_err(|e| e.to_string())?.port();
+        drop(closed);
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let silent_port = silent.local_addr().map_err(|e| e.to_string())?.port();
+        for (port, says) in [
+            (closed_port, "nothing listens there"),
+            (silent_port, "did not complete"),
+        ] {
+            let url = format!("tcp://127.0.0.1:{port}");
+            let started = std::time::Instant::now();
+            let out = run(&[
+                "--target".as_ref(),
+                url.as_ref(),
+                "--jwt-key".as_ref(),
+                key.as_os_str(),
+                "--jwt-alg".as_ref(),
+                "HS256".as_ref(),
+                "--timeout".as_ref(),
+                "1".as_ref(),
+            ])?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            let answer = lines
+                .iter()
+                .filter(|l| l.contains("not ready") && l.contains(says))
+                .count();
+            if out.status.code() != Some(2) || answer != 1 || lines.len() > 2 || started.elapsed().as_secs() > 10 {
+                return Err(format!(
+                    "{url}: expected exit 2 and one line saying {says:?} within 10 s; got {:?} after {:?}:\n{stderr}",
+                    out.status.code(),
+                    started.elapsed()
+                ));
+            }
+        }
+        drop(silent);
         Ok(format!(
             "{cases} cases in the HTML, JUnit and JSON reports, {progress} plain progress lines; exit 0, and \
-             non-zero when nothing ran"
+             non-zero when nothing ran; an absent and a silent target each get one line"
         ))
     })();
     let _ = std::fs::remove_dir_all(&dir);

@@ -314,6 +314,9 @@ fn run(args: Args) -> Result<bool> {
         None => args.target.join(", "),
     };
     let factory = NetworkFactory::new(target).context("starting the network driver")?;
+    if let Err(problem) = factory.preflight() {
+        bail!("the target is not ready, so no case was run: {problem}");
+    }
     eprintln!("bimip-conform: checking {description}");
     let options = RunOptions {
         target: description,
