@@ -15,6 +15,8 @@ use crate::client::{ClientOptions, Event};
 use crate::core::Millis;
 use crate::core::auth::Algorithm;
 use crate::net::{Clock, SystemClock};
+use crate::proto::PingPong;
+use crate::proto::message_scheme::Payload;
 
 /// Where and how the suite reaches a server.
 #[derive(Clone, Debug)]
@@ -64,9 +66,17 @@ impl NetworkFactory {
             let Some(url) = url else { continue };
             let eid = format!("preflight{}@example.com", self.eid_suffix(0));
             let name = format!("preflight/{transport}");
-            let outcome = driver.connect(&name, &ConnectSpec::new(&eid, "preflight", transport));
+            let mut spec = ConnectSpec::new(&eid, "preflight", transport);
+            // Pings surface unanswered: an echo of the preflight's ping must not be answered (and echoed again).
+            spec.auto_pong = false;
+            spec.surface_pings = true;
+            let outcome = driver.connect(&name, &spec);
             match outcome {
-                Ok(ConnectOutcome::Session(_)) => driver.close(&name),
+                Ok(ConnectOutcome::Session(_)) => {
+                    let answered = answers_a_ping(driver.as_mut(), &name, self.target.info.timeout);
+                    driver.close(&name);
+                    answered.map_err(|why| format!("{url}: {why}"))?;
+                }
                 Ok(other) => return Err(format!("{url}: a session with a valid token was {other}")),
                 Err(DriverError::Skip(Skip(reason))) => return Err(format!("{url}: {reason}")),
                 Err(DriverError::Connect { error, .. }) => return Err(format!("{url}: {}", diagnose(&error, self))),
@@ -75,6 +85,36 @@ impl NetworkFactory {
         }
         Ok(())
     }
+}
+
+/// The preflight session's ping (PING-1): a BIMIP server answers it with a pong; an echo server sends it back.
+fn answers_a_ping(driver: &mut dyn Driver, name: &str, timeout: Duration) -> Result<(), String> {
+    let ping = PingPong {
+        r#type: 1,
+        status: 1,
+        id: "preflight".into(),
+        request_time: SystemClock.now_ms(),
+        ..PingPong::default()
+    };
+    driver
+        .send(name, &Payload::PingpongMessage(ping.clone()))
+        .map_err(|e| e.to_string())?;
+    let until = Instant::now() + timeout;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match driver.next(name, left) {
+            Some(Event::Stanza(Payload::PingpongMessage(p))) if p.r#type == 2 && p.id == ping.id => return Ok(()),
+            Some(Event::Stanza(Payload::PingpongMessage(p))) if p == ping => {
+                return Err("it sent the ping back as it was sent: an echo server, not a BIMIP server".into());
+            }
+            Some(Event::Closed { .. }) => return Err("it closed the session when it got a ping".into()),
+            // The start Body, the server's own pings, ...: the pong may come after them.
+            Some(_) => {}
+            None => break,
+        }
+    }
+    Err(format!(
+        "the session opened, but a ping got no pong within {timeout:?} (PING-1)"
+    ))
 }
 
 /// What a failed first connection says about the target, in words, with the error it came from.

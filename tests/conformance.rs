@@ -498,11 +498,35 @@ fn cli_reports() -> Result<String, String> {
         drop(closed);
         let silent = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let silent_port = silent.local_addr().map_err(|e| e.to_string())?.port();
-        for (port, says) in [
-            (closed_port, "nothing listens there"),
-            (silent_port, "did not complete"),
-        ] {
-            let url = format!("tcp://127.0.0.1:{port}");
+        // A WebSocket echo server: it completes the upgrade and sends every message back.
+        let echo = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        echo.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let echo_port = echo.local_addr().map_err(|e| e.to_string())?.port();
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(echo) else {
+                return;
+            };
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use futures::{SinkExt, StreamExt};
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = ws.next().await {
+                        if (message.is_binary() || message.is_text()) && ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let targets = [
+            (format!("tcp://127.0.0.1:{closed_port}"), "nothing listens there"),
+            (format!("tcp://127.0.0.1:{silent_port}"), "did not complete"),
+            (format!("ws://127.0.0.1:{echo_port}/ws"), "an echo server"),
+        ];
+        for (url, says) in targets {
             let started = std::time::Instant::now();
             let out = run(&[
                 "--target".as_ref(),
@@ -529,9 +553,10 @@ fn cli_reports() -> Result<String, String> {
             }
         }
         drop(silent);
+        drop(runtime);
         Ok(format!(
             "{cases} cases in the HTML, JUnit and JSON reports, {progress} plain progress lines; exit 0, and \
-             non-zero when nothing ran; an absent and a silent target each get one line"
+             non-zero when nothing ran; an absent, a silent and an echoing target each get one line"
         ))
     })();
     let _ = std::fs::remove_dir_all(&dir);
