@@ -422,32 +422,16 @@ fn worker_of(feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin:
 /// of their wait, longest first, each to the least loaded worker.
 fn plan(jobs: usize) -> HashMap<(String, usize), usize> {
     let mut cases: Vec<((String, usize), u64)> = Vec::new();
-    for (file, _, _, text) in spec::FEATURES {
-        let Ok(feature) = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()) else {
-            continue;
-        };
-        let scenarios = feature
-            .scenarios
-            .iter()
-            .chain(feature.rules.iter().flat_map(|r| r.scenarios.iter()));
-        for scenario in scenarios {
-            let cost = estimated_wait_ms(scenario);
-            let rows: Vec<usize> = scenario
-                .examples
-                .iter()
-                .flat_map(|e| {
-                    let data_rows = e.table.as_ref().map_or(0, |t| t.rows.len().saturating_sub(1));
-                    (0..data_rows).map(move |id| e.position.line + id + 2)
-                })
-                .collect();
-            if rows.is_empty() {
-                cases.push((((*file).to_string(), scenario.position.line), cost));
-            }
-            for line in rows {
-                cases.push((((*file).to_string(), line), cost));
-            }
+    spec::each_scenario(|file, scenario| {
+        let cost = estimated_wait_ms(scenario);
+        let rows = spec::example_rows(scenario);
+        if rows.is_empty() {
+            cases.push(((file.to_string(), scenario.position.line), cost));
         }
-    }
+        for (line, _) in rows {
+            cases.push(((file.to_string(), line), cost));
+        }
+    });
     // Longest first; ties in file order, so every worker computes the same plan.
     cases.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let mut load = vec![0u64; jobs.max(1)];

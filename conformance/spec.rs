@@ -268,24 +268,32 @@ pub fn example_at(file: &str, line: usize) -> Option<String> {
     static ROWS: std::sync::OnceLock<BTreeMap<(String, usize), String>> = std::sync::OnceLock::new();
     ROWS.get_or_init(|| {
         let mut rows = BTreeMap::new();
-        for (name, _, _, text) in FEATURES {
-            let Ok(feature) = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()) else {
-                continue;
-            };
-            let scenarios = feature
-                .scenarios
-                .iter()
-                .chain(feature.rules.iter().flat_map(|r| r.scenarios.iter()));
-            for scenario in scenarios {
-                for (at, label) in example_rows(scenario) {
-                    rows.insert(((*name).to_string(), at), label);
-                }
+        each_scenario(|file, scenario| {
+            for (at, label) in example_rows(scenario) {
+                rows.insert((file.to_string(), at), label);
             }
-        }
+        });
         rows
     })
     .get(&(file.to_string(), line))
     .cloned()
+}
+
+/// Calls `f` with each scenario of the embedded features (rules' too) and its file name, in file order; a feature
+/// that does not parse is left out (`cases` reports it).
+pub fn each_scenario(mut f: impl FnMut(&str, &cucumber::gherkin::Scenario)) {
+    for (file, _, _, text) in FEATURES {
+        let Ok(feature) = cucumber::gherkin::Feature::parse(text, cucumber::gherkin::GherkinEnv::default()) else {
+            continue;
+        };
+        let scenarios = feature
+            .scenarios
+            .iter()
+            .chain(feature.rules.iter().flat_map(|r| r.scenarios.iter()));
+        for scenario in scenarios {
+            f(file, scenario);
+        }
+    }
 }
 
 /// A case's name: the scenario's, with its example row when it is one.
