@@ -14,12 +14,17 @@ use super::runner::{RunOptions, run};
 use super::sim::{SimFactory, SimOptions};
 use super::spec::{self, Level};
 
+/// Runs `run_options` against the reference server in simulation, set up by `options`.
+fn in_simulation(options: SimOptions, run_options: &RunOptions) -> super::report::Report {
+    run(run_options, Arc::new(SimFactory { options }), "simulation").expect("the simulated run")
+}
+
 fn ping_timeout_case(options: SimOptions) -> Vec<CaseResult> {
     let run_options = RunOptions {
         names: vec!["never answers a ping".into()],
         ..RunOptions::default()
     };
-    let report = run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("the run");
+    let report = in_simulation(options, &run_options);
     assert_eq!(report.cases.len(), 2, "one case per transport: {:?}", report.cases);
     report.cases
 }
@@ -60,7 +65,7 @@ fn verdicts_with(name: &str, change: impl FnOnce(&mut crate::core::Config)) -> V
         names: vec![name.into()],
         ..RunOptions::default()
     };
-    let report = run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("the run");
+    let report = in_simulation(options, &run_options);
     assert!(!report.cases.is_empty(), "no case named {name:?}");
     report.cases.iter().map(|c| c.verdict).collect()
 }
@@ -373,7 +378,7 @@ fn the_token_leeway_is_a_setting_of_the_target() {
             requirements: vec!["AUTH-13".into(), "TOK-9".into()],
             ..RunOptions::default()
         };
-        run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("runs")
+        in_simulation(options, &run_options)
     };
     let told = run_with(Duration::from_secs(TOKEN_LEEWAY_S));
     assert!(told.ok() && told.cases.len() >= 3, "{}", told.render_tree(false, true));
@@ -402,7 +407,7 @@ fn a_partial_server_is_unimplemented_at_once_or_not_applicable() {
             files: vec!["location.feature".into(), "logout.feature".into()],
             ..RunOptions::default()
         };
-        run(&run_options, Arc::new(SimFactory { options }), "simulation").expect("runs")
+        in_simulation(options, &run_options)
     };
     let partial = run_with(Vec::new());
     let unimplemented: Vec<_> = partial
