@@ -233,7 +233,7 @@ const HELD_MS: Millis = 50;
 fn output_conn(output: &Output) -> Option<ConnId> {
     match output {
         Output::Send { conn, .. } | Output::Close { conn, .. } => Some(*conn),
-        Output::Mail { .. } => None,
+        Output::Mail { .. } | Output::Sync(_) => None,
     }
 }
 
@@ -497,7 +497,7 @@ impl Edge for FaultLayer {
                 }
                 return;
             }
-            mail @ Output::Mail { .. } => return out.push(mail),
+            other @ (Output::Mail { .. } | Output::Sync(_)) => return out.push(other),
         };
         let Ok(mut payload) = codec::decode(&stanza, usize::MAX) else {
             out.push(Output::Send { conn, stanza });

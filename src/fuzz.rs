@@ -341,6 +341,7 @@ mod engine {
                         assert!(closed.insert(conn), "{conn} closed twice");
                     }
                     Output::Mail { .. } => panic!("a one-shard engine sent mail"),
+                    Output::Sync(job) => job.run(),
                 }
             }
             assert!(engine.connection_count() <= 8);

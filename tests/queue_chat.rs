@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bimip::codec;
 use bimip::core::auth::{Algorithm, Claims, Signer, Verifier};
-use bimip::core::queue::{ChatStore, FORGET_AFTER_MS, QueueItem};
+use bimip::core::queue::{ChatStore, FORGET_AFTER_MS, QueueItem, SyncJob};
 use bimip::core::{Config, ConnId, Engine, MemoryRevocations, Millis, Output, Transport};
 use bimip::proto::message_scheme::Payload;
 use bimip::proto::{AcknowledgmentRequest, Identity, TextPayloadRequest};
@@ -28,6 +28,9 @@ struct Node {
     next_conn: u64,
     /// (conn, stanza) in engine order, not yet read.
     seen: Vec<(ConnId, Payload)>,
+    /// Set for a pipelined store: its fsync waits here until the next input has been handled, as it runs on
+    /// another thread while a server's engine goes on (`Output::Sync`).
+    lagging: Option<Vec<SyncJob>>,
 }
 
 impl Node {
@@ -45,6 +48,7 @@ impl Node {
             now,
             next_conn: 0,
             seen: Vec::new(),
+            lagging: None,
         }
     }
 
@@ -67,10 +71,24 @@ impl Node {
 
     fn pump(&mut self) {
         while let Some(out) = self.engine.poll_output() {
-            if let Output::Send { conn, stanza } = out {
-                self.seen
-                    .push((conn, codec::decode(&stanza, usize::MAX).expect("valid stanza")));
+            match out {
+                Output::Send { conn, stanza } => self
+                    .seen
+                    .push((conn, codec::decode(&stanza, usize::MAX).expect("valid stanza"))),
+                Output::Sync(job) => match &mut self.lagging {
+                    Some(jobs) => jobs.push(job),
+                    None => job.run(),
+                },
+                Output::Close { .. } | Output::Mail { .. } => {}
             }
+        }
+    }
+
+    /// Runs the fsyncs that lag behind, and what they release, until none is out.
+    fn catch_up(&mut self) {
+        while let Some(jobs) = self.lagging.as_mut().map(std::mem::take).filter(|j| !j.is_empty()) {
+            jobs.into_iter().for_each(SyncJob::run);
+            self.pump();
         }
     }
 
@@ -98,11 +116,15 @@ impl Node {
 
     fn send(&mut self, conn: ConnId, payload: Payload) {
         self.engine.receive(conn, &codec::encode(&payload), self.now);
+        // The sync out before this stanza ends after it was handled.
+        let lagging = self.lagging.as_mut().map(std::mem::take).unwrap_or_default();
+        lagging.into_iter().for_each(SyncJob::run);
         self.pump();
     }
 
     /// Everything `conn` was sent since the last take.
     fn take(&mut self, conn: ConnId) -> Vec<Payload> {
+        self.catch_up();
         let (mine, rest) = std::mem::take(&mut self.seen)
             .into_iter()
             .partition(|(c, _)| *c == conn);
@@ -300,7 +322,14 @@ fn server_settings_open_the_queue_in_the_data_dir() {
             })
             .unwrap()
     };
-    let drain = |engine: &mut Engine| std::iter::from_fn(|| engine.poll_output()).count();
+    // The server's store pipelines its syncs: each fsync runs here, and the next poll releases what it covered.
+    let drain = |engine: &mut Engine| {
+        while let Some(output) = engine.poll_output() {
+            if let Output::Sync(job) = output {
+                job.run();
+            }
+        }
+    };
     engine
         .open(ConnId(1), Transport::WebSocket, Some(&token(ALICE, "a")), T0)
         .unwrap();
@@ -316,6 +345,10 @@ fn server_settings_open_the_queue_in_the_data_dir() {
     let got: Vec<Payload> = std::iter::from_fn(|| engine.poll_output())
         .filter_map(|o| match o {
             Output::Send { stanza, .. } => codec::decode(&stanza, usize::MAX).ok(),
+            Output::Sync(job) => {
+                job.run();
+                None
+            }
             Output::Close { .. } | Output::Mail { .. } => None,
         })
         .collect();
@@ -393,7 +426,7 @@ struct Seen {
 
 /// Alice sends to bob (offline, then online and acking every other message, then offline again); every engine
 /// call is followed by a drain, which syncs. Stops quietly when the filesystem dies.
-fn crash_workload(fs: &SimFs) -> Seen {
+fn crash_workload(fs: &SimFs, pipelined: bool) -> Seen {
     let mut seen = Seen::default();
     // Spares prepared inline: the cuts also land in their zero-filling, renames and zero tails.
     // Two checkpoint entries per sync: checkpoints spread over several batches, their entries between other
@@ -402,11 +435,13 @@ fn crash_workload(fs: &SimFs) -> Seen {
         checkpoint_min_events: 6,
         checkpoint_chunk: 2,
         spares: Spares::Inline,
+        pipelined,
     };
     let Ok((store, events)) = DurableChatStore::open_with(fs.clone(), "/queue", small_segments(), chat_cfg) else {
         return seen;
     };
     let mut node = Node::new(Box::new(store), &events, T0);
+    node.lagging = pipelined.then(Vec::new);
     let alice = node.connect(ALICE, "phone");
     let mut bob = None;
     for i in 0..24 {
@@ -448,8 +483,19 @@ fn crash_workload(fs: &SimFs) -> Seen {
 /// every one he did not confirm, alice's resend of it is recognised (CHAT-14), and new messages get higher versions.
 #[test]
 fn acknowledged_messages_survive_a_crash_at_any_point() {
+    crash_at_any_point(false);
+}
+
+/// The same with a pipelined store (`bimip serve`'s): each fsync runs after the next stanza was handled, so cuts
+/// also land while a sync is out and later writes are buffered behind it.
+#[test]
+fn acknowledged_messages_survive_a_crash_at_any_point_with_pipelined_syncs() {
+    crash_at_any_point(true);
+}
+
+fn crash_at_any_point(pipelined: bool) {
     let full = SimFs::new();
-    crash_workload(&full);
+    crash_workload(&full, pipelined);
     let total_ops = full.ops();
     assert!(total_ops > 40, "the workload does real I/O: {total_ops} ops");
     // The log ran on spares: one is waiting, or the active segment still has its zero tail.
@@ -467,7 +513,7 @@ fn acknowledged_messages_survive_a_crash_at_any_point() {
     for cut in 0..=total_ops {
         let fs = SimFs::new();
         fs.cut_power_after(cut);
-        let seen = crash_workload(&fs);
+        let seen = crash_workload(&fs, pipelined);
         let pending = fs.pending_ops();
         let plans = [
             CrashPlan::LOSE_ALL,

@@ -433,10 +433,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         tracing::warn!(faults = ?args.fault, "TEST ONLY: this server breaks SPEC on purpose");
         settings.faults = bimip::faults::Faults::of(args.fault);
     }
-    // At least two workers even on one CPU (e.g. under `taskset -c 0`): the worker holding the engine blocks in the
-    // chat store's fsync, and only another worker can read the stanzas that are to share the next one (group commit,
-    // QUE-2). With one worker every stanza paid its own fsync (BENCHMARKS.md, Load).
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    // One worker per CPU the process may use (`taskset` included): no worker waits for the disk, since each shard's
+    // fsyncs run on a thread of their own (src/net/hub.rs), so a second worker on one CPU would only take turns
+    // with the first, preempting whichever holds a shard.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -124,6 +124,8 @@ pub struct Engine {
     /// successful sync (group commit, QUE-2).
     held: VecDeque<Output>,
     unsynced: bool,
+    /// The outputs held for the pipelined sync that is out (`Output::Sync`), if one is.
+    syncing: Option<VecDeque<Output>>,
     pub(super) stats: Stats,
     next_id: u64,
     /// Which shard this engine is; one of one unless partitioned.
@@ -150,6 +152,7 @@ impl Engine {
             out: VecDeque::new(),
             held: VecDeque::new(),
             unsynced: false,
+            syncing: None,
             stats: Stats::default(),
             next_id: 0,
             shard: ShardId::default(),
@@ -348,18 +351,50 @@ impl Engine {
     /// The next thing the adapter must do. Outputs that wait on durable
     /// writes are released by one sync for all of them (group commit).
     pub fn poll_output(&mut self) -> Option<Output> {
-        if self.out.is_empty() && self.unsynced {
-            match self.chat_store.sync() {
-                Ok(()) => {
-                    self.unsynced = false;
-                    self.out.append(&mut self.held);
-                }
-                // Nothing held back may go out before it is durable; the
-                // next poll tries again.
-                Err(_) => self.stats.sync_failures += 1,
-            }
+        if self.out.is_empty() {
+            self.advance_sync();
         }
         self.out.pop_front()
+    }
+
+    /// Releases what a finished sync made durable, and starts the next sync when writes wait for one. A store
+    /// that pipelines hands its fsync out (`Output::Sync`) and the engine goes on meanwhile: one sync is out at a
+    /// time, and what is written while it runs waits for the next (group commit, QUE-2).
+    fn advance_sync(&mut self) {
+        if let Some(released) = &mut self.syncing {
+            match self.chat_store.poll_sync() {
+                std::task::Poll::Pending => return,
+                std::task::Poll::Ready(Ok(())) => self.out.append(released),
+                std::task::Poll::Ready(Err(_)) => {
+                    // Nothing held back may go out before it is durable: it waits for a sync that succeeds.
+                    self.stats.sync_failures += 1;
+                    released.append(&mut self.held);
+                    std::mem::swap(released, &mut self.held);
+                    self.unsynced = true;
+                    self.syncing = None;
+                    return;
+                }
+            }
+            self.syncing = None;
+        }
+        if !self.unsynced {
+            // Held while the last sync was out, with nothing written since: durable now.
+            self.out.append(&mut self.held);
+            return;
+        }
+        match self.chat_store.begin_sync() {
+            Ok(None) => {
+                self.unsynced = false;
+                self.out.append(&mut self.held);
+            }
+            Ok(Some(job)) => {
+                self.unsynced = false;
+                self.syncing = Some(std::mem::take(&mut self.held));
+                self.out.push_back(Output::Sync(job));
+            }
+            // The next poll tries again.
+            Err(_) => self.stats.sync_failures += 1,
+        }
     }
 
     /// When a token with this exp stops being good (AUTH-6, AUTH-13): its exp plus the verifier's leeway. A session
@@ -382,7 +417,7 @@ impl Engine {
 
     /// An output past the connection's answer order: out now, or after the pending sync (QUE-2).
     pub(super) fn emit(&mut self, output: Output) {
-        if self.unsynced && output.waits_for_sync() {
+        if (self.unsynced || self.syncing.is_some()) && output.waits_for_sync() {
             self.held.push_back(output);
         } else {
             self.out.push_back(output);

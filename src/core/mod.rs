@@ -92,6 +92,9 @@ pub enum Output {
     Close { conn: ConnId, reason: CloseReason },
     /// Deliver mail to another shard ([`Engine::deliver`]), after this shard's earlier mail to it.
     Mail { to: usize, mail: Mail },
+    /// Run this fsync off the engine's thread, then poll the engine again: the outputs that wait for it leave
+    /// once it has run (a pipelined group commit, QUE-2; only from a store that pipelines, `ChatStore::begin_sync`).
+    Sync(queue::SyncJob),
 }
 
 /// Limits and timers of SPEC §19; `Default` is SPEC's defaults.

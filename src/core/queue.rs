@@ -149,6 +149,16 @@ pub trait ChatStore: Send {
     fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError>;
     /// Makes every earlier write durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// Starts making every earlier write durable without waiting for the disk: `Ok(None)` when that is done
+    /// already (the default, a plain [`ChatStore::sync`]), or the fsync to run off the engine's thread
+    /// ([`SyncJob`]), whose end [`ChatStore::poll_sync`] reports. Writes made meanwhile wait for the next sync.
+    fn begin_sync(&mut self) -> Result<Option<SyncJob>, StoreError> {
+        self.sync().map(|()| None)
+    }
+    /// Whether the sync [`ChatStore::begin_sync`] started has ended (`Ready` also when none is out).
+    fn poll_sync(&mut self) -> std::task::Poll<Result<(), StoreError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
     /// Retained items of `eid` with increment > `after`, in order.
     fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, QueueItem)>;
     /// The oldest retained increment of `eid` (last_increment + 1 when none is retained).
@@ -165,6 +175,41 @@ pub trait ChatStore: Send {
     fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<DeviceStart, StoreError>;
     /// The users with a queue here.
     fn users(&self) -> Vec<String>;
+}
+
+/// The blocking half of a pipelined sync ([`ChatStore::begin_sync`]): the adapter runs it where blocking is fine
+/// (not on the thread that runs the engine), then polls the engine again, which then releases what waited for it.
+/// Clones share the one job: whichever runs first runs it (outputs are `Clone` for the tests that compare them).
+#[must_use = "run it, or the engine's outputs that wait for it never leave"]
+#[derive(Clone)]
+pub struct SyncJob(std::sync::Arc<std::sync::Mutex<Option<Fsync>>>);
+
+type Fsync = Box<dyn FnOnce() + Send>;
+
+impl SyncJob {
+    pub fn new(run: impl FnOnce() + Send + 'static) -> SyncJob {
+        SyncJob(std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new(run)))))
+    }
+
+    /// Runs the fsync (blocking), unless a clone already did.
+    pub fn run(self) {
+        let job = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(job) = job {
+            job();
+        }
+    }
+}
+
+impl PartialEq for SyncJob {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncJob")
+    }
 }
 
 /// Chat storage in memory: for tests and simulations without restarts.

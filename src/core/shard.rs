@@ -254,7 +254,7 @@ impl Engine {
     pub(super) fn hold(&mut self, output: Output) -> Option<Output> {
         let conn = match &output {
             Output::Send { conn, .. } | Output::Close { conn, .. } => *conn,
-            Output::Mail { .. } => return Some(output),
+            Output::Mail { .. } | Output::Sync(_) => return Some(output),
         };
         let answering = self.crossing.answering.filter(|(c, _)| *c == conn).map(|(_, seq)| seq);
         let Some(held) = self.crossing.held.get_mut(&conn) else {

@@ -8,13 +8,16 @@
 //! for whichever task holds the shard next; mail one shard sends another is put in the other's inbox before the
 //! sender lets go of its own lock, so mail between two shards keeps its order (FIFO per pair).
 //!
-//! Group commit across connections (QUE-2): draining `poll_output()` is when a shard syncs its chat store, one
-//! fsync for everything written since the last one. The task that finds the shard free feeds it every input
-//! waiting in the inbox, then drains the outputs once (one sync for the batch); a task that finds it busy
-//! (typically inside an fsync) leaves its input in the inbox for the holder, which looks at the inbox again
-//! before it lets go and once more after. So while one fsync runs, the stanzas of every other connection gather
-//! and then share the next one, and shards sync independently of each other. A full inbox makes senders wait
-//! for the shard (backpressure).
+//! Group commit across connections (QUE-2), pipelined: draining `poll_output()` is when a shard starts a sync of
+//! its chat store, one fsync for everything written since the last one, and the engine hands that fsync out
+//! (`Output::Sync`) to the shard's fsync thread instead of waiting for it. The shard goes on handling stanzas
+//! meanwhile; their outputs that need durability wait in the engine, and when the fsync has run the thread
+//! wakes [`Hub::run_syncs`], which runs the shard again: what the sync covered leaves, and the writes made
+//! meanwhile share the next fsync. So no runtime worker ever waits for the disk (a server on one core runs one
+//! worker), and shards sync independently of each other. The task that finds the shard free feeds it every
+//! input waiting in the inbox; a task that finds it busy leaves its input in the inbox for the holder, which
+//! looks at the inbox again before it lets go and once more after. A full inbox makes senders wait for the
+//! shard (backpressure).
 //!
 //! Who runs the mail ([`MailSteps`]): in a server, the task that sent it runs the receiving shard at once (or
 //! leaves it to the task holding it). Under the simulation a stepping task runs it later, picking the shard and
@@ -41,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use super::outbox::{self, PushError};
 use super::{Clock, Edge};
 use crate::codec::{ErrorKind, FrameError};
+use crate::core::queue::SyncJob;
 use crate::core::shard::home;
 use crate::core::{CloseReason, ConnId, Engine, Mail, Millis, Output, Stats, Transport};
 
@@ -150,10 +154,10 @@ struct Core {
     links: BTreeMap<ConnId, Link>,
     /// The deadline the timer task sleeps until; an earlier one must wake it.
     armed: Option<Millis>,
-    /// Stanzas fed to the engine in the last batch (between two output drains).
-    last_batch: usize,
     /// Mail the engine sent in this batch, in order: (shard, mail).
     mail: Vec<(usize, Mail)>,
+    /// The fsync the engine handed out in this batch (at most one is out at a time).
+    syncs: Vec<SyncJob>,
 }
 
 /// One shard: its engine and what waits for it.
@@ -164,14 +168,15 @@ struct Shard {
     /// The shard's counters as its last batch left them: observers sum the shards' when they read, so that no
     /// batch pays for the others and reading never touches a shard's lock.
     snapshot: Mutex<Snapshot>,
+    /// The shard's fsync thread, started with the first job ([`Hub::run_syncs`]).
+    syncer: Mutex<Option<std::sync::mpsc::Sender<SyncJob>>>,
+    /// Told by the fsync thread when a job has run: the engine may release what waited for it.
+    synced: Arc<Notify>,
 }
 
 /// Stanzas waiting in the inbox beyond which a sender waits for the engine
 /// instead of leaving its stanza for the current holder.
 const INBOX_LIMIT: usize = 1024;
-
-/// Longest wait for the stragglers of a batch before its sync (module doc).
-const LINGER: Duration = Duration::from_millis(1);
 
 pub(crate) struct Hub {
     shards: Vec<Shard>,
@@ -183,6 +188,8 @@ pub(crate) struct Hub {
     /// `None`: mail is handled at once ([`MailSteps::Eager`]).
     stepper: Option<Mutex<Stepper>>,
     stepper_wake: Notify,
+    /// Least time between the starts of a shard's fsyncs (`ServerOptions::sync_gap`).
+    sync_gap: Duration,
 }
 
 fn unpoison<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,6 +208,7 @@ impl Hub {
         queue_capacity: usize,
         shutdown: CancellationToken,
         steps: MailSteps,
+        sync_gap: Duration,
     ) -> Self {
         let max_stanza_bytes = engines.first().map_or(0, |e| e.config().max_stanza_bytes);
         let shards: Vec<Shard> = engines
@@ -213,11 +221,13 @@ impl Hub {
                     max_stanza_bytes,
                     links: BTreeMap::new(),
                     armed: None,
-                    last_batch: 0,
                     mail: Vec::new(),
+                    syncs: Vec::new(),
                 }),
                 inbox: Mutex::new(VecDeque::new()),
                 timer_wake: Notify::new(),
+                syncer: Mutex::new(None),
+                synced: Arc::new(Notify::new()),
             })
             .collect();
         Hub {
@@ -236,6 +246,7 @@ impl Hub {
                 })),
             },
             stepper_wake: Notify::new(),
+            sync_gap,
         }
     }
 
@@ -486,40 +497,23 @@ impl Hub {
         f: impl FnOnce(&mut Core, Millis) -> R,
     ) -> (R, Vec<usize>) {
         let now = self.clock.now_ms();
-        let mut fed = 0;
         let feed = |core: &mut Core| {
             let batch = std::mem::take(&mut *self.inbox(shard));
-            let mut stanzas = 0;
             for input in batch {
                 match input {
-                    Input::Stanza(conn, stanza) => {
-                        stanzas += 1;
-                        core.receive(conn, stanza, now);
-                    }
+                    Input::Stanza(conn, stanza) => core.receive(conn, stanza, now),
                     Input::Mail(mail) => core.engine.deliver(mail, now),
                 }
             }
-            stanzas
         };
         let result = loop {
-            fed += feed(&mut core);
+            feed(&mut core);
             // Looked at again under the engine lock: what arrived meanwhile
             // joins this batch's sync.
             if self.inbox(shard).is_empty() {
                 break f(&mut core, now);
             }
         };
-        if fed > 0 {
-            // Senders answered by the last sync send their next stanzas a
-            // moment apart; without a short wait for them, batches split into
-            // cohorts that never merge again.
-            let until = std::time::Instant::now() + LINGER;
-            while fed < core.last_batch && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_micros(50));
-                fed += feed(&mut core);
-            }
-            core.last_batch = fed;
-        }
         core.route_outputs(now);
         // Into the other shards' inboxes before this shard lets go: mail between two shards keeps its order.
         let mut mailed = BTreeSet::new();
@@ -534,9 +528,74 @@ impl Hub {
             self.shards[shard].timer_wake.notify_one();
         }
         let snapshot = snapshot_of(&core.engine);
+        let syncs = std::mem::take(&mut core.syncs);
         drop(core);
+        for job in syncs {
+            self.start_sync(shard, job);
+        }
         self.publish(shard, snapshot);
         (result, mailed.into_iter().collect())
+    }
+
+    /// Hands a pipelined fsync to the shard's fsync thread: the engine's thread never waits for the disk, and
+    /// stanzas handled meanwhile have their outputs held for the next sync (group commit, QUE-2).
+    fn start_sync(&self, shard: usize, job: SyncJob) {
+        let mut syncer = unpoison(&self.shards[shard].syncer);
+        let job = match syncer.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let synced = Arc::clone(&self.shards[shard].synced);
+        let gap = self.sync_gap;
+        // The thread ends when the hub (and with it the sender) is gone.
+        let spawned = std::thread::Builder::new()
+            .name(format!("bimip-fsync-{shard}"))
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                for job in rx {
+                    // A group-commit window (`ServerOptions::sync_gap`): writes made meanwhile share the next fsync.
+                    if let Some(wait) = (last + gap).checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    last = std::time::Instant::now();
+                    job.run();
+                    synced.notify_one();
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = tx.send(job);
+                *syncer = Some(tx);
+            }
+            Err(error) => {
+                // No thread: the fsync runs here, late but never skipped.
+                tracing::warn!(%error, "cannot start the fsync thread; syncing on the engine's thread");
+                job.run();
+                self.shards[shard].synced.notify_one();
+            }
+        }
+    }
+
+    /// Runs each shard's engine after each of its fsyncs, until shutdown: what waited for the sync leaves then.
+    pub async fn run_syncs(self: Arc<Self>) {
+        let loops = (0..self.shards.len()).map(|shard| {
+            let hub = Arc::clone(&self);
+            async move {
+                let synced = Arc::clone(&hub.shards[shard].synced);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = hub.shutdown.cancelled() => return,
+                        () = synced.notified() => hub.with_core(shard, |_, _| ()),
+                    }
+                }
+            }
+        });
+        futures::future::join_all(loops).await;
     }
 
     fn publish(&self, shard: usize, snapshot: Snapshot) {
@@ -679,6 +738,7 @@ impl Core {
             Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
             Output::Close { conn, reason } => (conn, Out::Close(reason), true),
             Output::Mail { to, mail } => return self.mail.push((to, mail)),
+            Output::Sync(job) => return self.syncs.push(job),
         };
         let Some(link) = self.links.get(&conn) else {
             // Already given up on (and the engine told); nothing to deliver.

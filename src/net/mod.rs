@@ -95,6 +95,10 @@ pub struct ServerOptions {
     pub variants: crate::variants::Variants,
     /// When shards handle each other's mail: at once (a server), or stepped by a seeded scheduler (simulation).
     pub mail_steps: MailSteps,
+    /// Least time between the starts of two fsyncs of one shard (a pipelined store's, [`Hub::run_syncs`]): a
+    /// group-commit window. Every fsync costs the same whatever it covers, so at 10,000 stanzas/s a shard that
+    /// synced as soon as the last fsync ended spent a fifth of its core on them (BENCHMARKS.md, part 8).
+    pub sync_gap: Duration,
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -107,6 +111,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("faults", &self.faults)
             .field("variants", &self.variants)
             .field("mail_steps", &self.mail_steps)
+            .field("sync_gap", &self.sync_gap)
             .finish()
     }
 }
@@ -121,6 +126,7 @@ impl Default for ServerOptions {
             faults: crate::faults::Faults::none(),
             variants: crate::variants::Variants::default(),
             mail_steps: MailSteps::Eager,
+            sync_gap: Duration::from_millis(1),
         }
     }
 }
@@ -195,13 +201,18 @@ impl ServerHandle {
             options.outbound_queue,
             shutdown,
             options.mail_steps.clone(),
+            options.sync_gap,
         ));
         let (tasks, tasks_done) = mpsc::channel(1);
         let guard = tasks.clone();
         tokio::spawn({
             let hub = Arc::clone(&hub);
             async move {
-                tokio::join!(Arc::clone(&hub).run_timers(), hub.run_mail_steps());
+                tokio::join!(
+                    Arc::clone(&hub).run_timers(),
+                    Arc::clone(&hub).run_syncs(),
+                    hub.run_mail_steps()
+                );
                 drop(guard);
             }
         });

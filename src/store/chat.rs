@@ -57,12 +57,15 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::queue::{Accepted, ChatEvent, ChatStore, DeviceStart, QueueItem, StateRaised};
+use crate::core::queue::{Accepted, ChatEvent, ChatStore, DeviceStart, QueueItem, StateRaised, SyncJob};
 use crate::core::{Millis, StoreError};
-use crate::store::queue::{DeviceStatus, Fs, QueueConfig, QueueError, QueueStore, SpareDone};
+use crate::store::queue::{
+    DeviceStatus, Fs, FsFile, FsyncDone, QueueConfig, QueueError, QueueStore, SpareDone, SyncTicket,
+};
 
 /// The queue that holds the chat event log. Not an EID: valid EIDs contain exactly one `@`.
 pub const EVENTS_EID: &str = "#chat-events";
@@ -95,6 +98,9 @@ pub struct ChatStoreConfig {
     pub checkpoint_chunk: usize,
     /// How the log's spare segments are prepared ([`QueueStore::spare_job`]).
     pub spares: Spares,
+    /// Syncs hand their fsync to the caller ([`ChatStore::begin_sync`]) instead of waiting for it: for a server
+    /// that runs fsyncs on a thread of their own. Off, a sync returns once durable (simulations, crash tests).
+    pub pipelined: bool,
 }
 
 impl Default for ChatStoreConfig {
@@ -103,6 +109,7 @@ impl Default for ChatStoreConfig {
             checkpoint_min_events: 10_000,
             checkpoint_chunk: CHECKPOINT_CHUNK,
             spares: Spares::Off,
+            pipelined: false,
         }
     }
 }
@@ -432,10 +439,103 @@ pub struct DurableChatStore<F: Fs> {
     pub unreadable_items: u64,
     /// The spare segment being prepared by its thread ([`Spares::Thread`]).
     spare: Option<std::thread::JoinHandle<SpareDone<F::File>>>,
+    /// The pipelined sync that is out, if one is ([`ChatStoreConfig::pipelined`]).
+    in_flight: Option<InFlight<F::File>>,
+}
+
+/// A pipelined sync that is out: its fsync, how many of the store's `pending` items it covers, and the checkpoint
+/// whose end record it makes durable.
+struct InFlight<Fl> {
+    slot: Arc<FsyncSlot<Fl>>,
+    pending: usize,
+    completed: Option<u64>,
+}
+
+impl<Fl> std::fmt::Debug for InFlight<Fl> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("pending", &self.pending)
+            .field("completed", &self.completed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a pipelined sync's fsync stands, shared by its [`SyncJob`] and the store: the job runs it on the
+/// adapter's fsync thread, unless the store needs it finished first (retention, close) and runs or awaits it.
+struct FsyncSlot<Fl> {
+    state: Mutex<SlotState<Fl>>,
+    ended: Condvar,
+}
+
+enum SlotState<Fl> {
+    Waiting(SyncTicket<Fl>),
+    Running,
+    Done(FsyncDone<Fl>),
+    Taken,
+}
+
+impl<Fl: FsFile> FsyncSlot<Fl> {
+    fn lock(&self) -> MutexGuard<'_, SlotState<Fl>> {
+        // Nothing panics while holding it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the fsync unless it has run or is running.
+    fn run(&self) {
+        let ticket = {
+            let mut state = self.lock();
+            match std::mem::replace(&mut *state, SlotState::Running) {
+                SlotState::Waiting(ticket) => ticket,
+                other => {
+                    *state = other;
+                    return;
+                }
+            }
+        };
+        let done = ticket.fsync();
+        *self.lock() = SlotState::Done(done);
+        self.ended.notify_all();
+    }
+
+    /// The finished fsync, if it has finished.
+    fn try_take(&self) -> Option<FsyncDone<Fl>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(done) => Some(done),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// The finished fsync: run here if nobody has started it, awaited if it is running.
+    fn wait(&self) -> Option<FsyncDone<Fl>> {
+        self.run();
+        let mut state = self.lock();
+        while matches!(*state, SlotState::Running) {
+            state = self
+                .ended
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(done) => Some(done),
+            _ => None,
+        }
+    }
 }
 
 fn store_error(e: QueueError) -> StoreError {
     StoreError::Io(std::io::Error::other(e))
+}
+
+/// After a failed fsync the store is poisoned (the kernel may have dropped the pages): every later sync fails too
+/// and the engine keeps every chat output held, so nothing unacknowledged ever goes out. Only a restart (which
+/// recovers the queue) clears it; say so loudly.
+fn sync_failed(e: QueueError) -> StoreError {
+    tracing::error!(error = %e, "offline queue sync failed; chat is stalled until the server restarts");
+    store_error(e)
 }
 
 /// The message an item belongs to.
@@ -608,6 +708,7 @@ impl<F: Fs> DurableChatStore<F> {
             next_retain: None,
             unreadable_items: 0,
             spare: None,
+            in_flight: None,
         };
         Ok((store, events))
     }
@@ -629,6 +730,13 @@ impl<F: Fs> DurableChatStore<F> {
 
     /// Syncs and closes the store cleanly (indexes written, nothing to scan at the next open).
     pub fn close(mut self) -> Result<(), QueueError> {
+        let dir = self.queue.dir().to_path_buf();
+        self.finish_in_flight(true)
+            .map_err(|StoreError::Io(source)| QueueError::Io {
+                op: "fsync",
+                path: dir,
+                source,
+            })?;
         // A spare still being prepared is installed, so the close removes its file.
         self.tend_spare(true);
         self.queue.close()
@@ -747,6 +855,67 @@ impl<F: Fs> DurableChatStore<F> {
         Ok(self.checkpoint.take().map(|p| p.header))
     }
 
+    /// What a sync writes before its fsync: the trim a completed checkpoint allows, the batch's item positions,
+    /// the next checkpoint chunk. Returns the header of the checkpoint this sync completes, if it does.
+    fn before_sync(&mut self) -> Result<Option<u64>, QueueError> {
+        if let Some(at) = self.trim_to.take() {
+            self.queue.trim(EVENTS_EID, at)?;
+        }
+        if !self.batch_items.is_empty() {
+            let items = StoreRecord::Items {
+                items: std::mem::take(&mut self.batch_items),
+            };
+            self.queue.append(EVENTS_EID, &encode_record(items), None)?;
+        }
+        if self.checkpoint.is_none()
+            && self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
+        {
+            self.start_checkpoint()?;
+        }
+        let completed = self.continue_checkpoint()?;
+        self.batch_events = 0;
+        Ok(completed)
+    }
+
+    /// What follows a durable sync: the trim the completed checkpoint allows waits for the next one.
+    fn after_sync(&mut self, completed: Option<u64>) {
+        if completed.is_some() {
+            self.trim_to = completed;
+        }
+        self.tend_spare(false);
+    }
+
+    /// Finishes the pipelined sync that is out, waiting for its fsync with `wait`: `Ok(true)` when none is out
+    /// any more, `Ok(false)` when its fsync is still running.
+    fn finish_in_flight(&mut self, wait: bool) -> Result<bool, StoreError> {
+        let Some(in_flight) = &self.in_flight else {
+            return Ok(true);
+        };
+        let done = if wait {
+            in_flight.slot.wait()
+        } else {
+            in_flight.slot.try_take()
+        };
+        let Some(done) = done else {
+            if wait {
+                // Taken by an earlier call that failed: the store is poisoned.
+                self.in_flight = None;
+                return Err(sync_failed(QueueError::Invalid {
+                    what: "sync",
+                    why: "a pipelined sync was lost",
+                }));
+            }
+            return Ok(false);
+        };
+        let Some(InFlight { pending, completed, .. }) = self.in_flight.take() else {
+            return Ok(true);
+        };
+        self.queue.finish_sync(done).map_err(sync_failed)?;
+        self.after_sync(completed);
+        self.pending.drain(..pending);
+        Ok(true)
+    }
+
     fn retain_if_due(&mut self, eid: &str, device: &str, now: Millis) -> Result<(), StoreError> {
         let forget_after = self.queue.config().forget_after_ms;
         let stale = self
@@ -756,6 +925,8 @@ impl<F: Fs> DurableChatStore<F> {
             .any(|d| d.device == device && d.last_seen.saturating_add(forget_after) <= now);
         let due = self.next_retain.is_none_or(|at| now >= at);
         if stale || due {
+            // Retention syncs, which the log refuses while a pipelined sync is out: it is finished here first.
+            self.finish_in_flight(true)?;
             self.queue.retain(now).map_err(store_error)?;
             // retain() synced: every pending append is durable now.
             self.pending.clear();
@@ -793,39 +964,45 @@ impl<F: Fs> ChatStore for DurableChatStore<F> {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        let result = (|| {
-            if let Some(at) = self.trim_to.take() {
-                self.queue.trim(EVENTS_EID, at)?;
-            }
-            if !self.batch_items.is_empty() {
-                let items = StoreRecord::Items {
-                    items: std::mem::take(&mut self.batch_items),
-                };
-                self.queue.append(EVENTS_EID, &encode_record(items), None)?;
-            }
-            if self.checkpoint.is_none()
-                && self.events_since_checkpoint >= self.cfg.checkpoint_min_events.max(self.checkpoint_size)
-            {
-                self.start_checkpoint()?;
-            }
-            let completed = self.continue_checkpoint()?;
-            self.batch_events = 0;
+        self.finish_in_flight(true)?;
+        let result = self.before_sync().and_then(|completed| {
             self.queue.sync()?;
-            if completed.is_some() {
-                self.trim_to = completed;
-            }
-            self.tend_spare(false);
+            self.after_sync(completed);
             Ok(())
-        })();
-        if let Err(e) = result {
-            // After a failed fsync the store is poisoned (the kernel may have dropped the pages): every later sync
-            // fails too and the engine keeps every chat output held, so nothing unacknowledged ever goes out. Only
-            // a restart (which recovers the queue) clears it; say so loudly.
-            tracing::error!(error = %e, "offline queue sync failed; chat is stalled until the server restarts");
-            return Err(store_error(e));
-        }
+        });
+        result.map_err(sync_failed)?;
         self.pending.clear();
         Ok(())
+    }
+
+    fn begin_sync(&mut self) -> Result<Option<SyncJob>, StoreError> {
+        if !self.cfg.pipelined {
+            return self.sync().map(|()| None);
+        }
+        // One out at a time (the engine waits for it): tickets finish in the order they began.
+        self.finish_in_flight(true)?;
+        let (ticket, completed) = self
+            .before_sync()
+            .and_then(|completed| Ok((self.queue.begin_sync()?, completed)))
+            .map_err(sync_failed)?;
+        let slot = Arc::new(FsyncSlot {
+            state: Mutex::new(SlotState::Waiting(ticket)),
+            ended: Condvar::new(),
+        });
+        self.in_flight = Some(InFlight {
+            slot: Arc::clone(&slot),
+            pending: self.pending.len(),
+            completed,
+        });
+        Ok(Some(SyncJob::new(move || slot.run())))
+    }
+
+    fn poll_sync(&mut self) -> std::task::Poll<Result<(), StoreError>> {
+        match self.finish_in_flight(false) {
+            Ok(true) => std::task::Poll::Ready(Ok(())),
+            Ok(false) => std::task::Poll::Pending,
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
     }
     fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, QueueItem)> {
         let mut out = Vec::new();

@@ -113,6 +113,7 @@ impl Partition {
                     Output::Send { conn, .. } | Output::Close { conn, .. } => {
                         self.outputs.entry(conn).or_default().push(output);
                     }
+                    Output::Sync(job) => job.run(),
                 }
             }
         }
@@ -234,7 +235,7 @@ fn a_closing_connection_gets_the_answers_still_out_first() {
         .iter()
         .filter_map(|o| match o {
             Output::Send { stanza, .. } => Some(codec::decode(stanza, usize::MAX).unwrap()),
-            Output::Close { .. } | Output::Mail { .. } => None,
+            Output::Close { .. } | Output::Mail { .. } | Output::Sync(_) => None,
         })
         .collect();
     assert!(
