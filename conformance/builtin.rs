@@ -5,11 +5,12 @@
 //! driver against it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::driver::{Credentials, TargetInfo};
-use super::network::NetworkTarget;
+use super::lifecycle::{Restart, ServerControl};
+use super::network::{Control, NetworkTarget};
 use crate::core::Config;
 use crate::core::auth::Algorithm;
 use crate::faults::Faults;
@@ -32,11 +33,71 @@ pub enum BuiltInError {
 
 /// The reference server on its own runtime, for as long as this lives.
 pub struct BuiltIn {
-    runtime: tokio::runtime::Runtime,
-    running: Option<Running>,
+    server: Arc<Server>,
     data_dir: PathBuf,
     limits: Config,
     tls: bool,
+}
+
+/// The server process's stand-in: its settings (with the ports it bound) and the running instance, which a
+/// restart replaces ([`ServerControl`]).
+struct Server {
+    settings: Mutex<Settings>,
+    current: Mutex<Option<Instance>>,
+}
+
+/// One start of the server: its own runtime, so that a kill can drop every task at once.
+struct Instance {
+    runtime: tokio::runtime::Runtime,
+    running: Running,
+}
+
+impl Server {
+    fn start(settings: &Settings) -> Result<Instance, BuiltInError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|source| BuiltInError::Io {
+                what: "starting a runtime".into(),
+                source,
+            })?;
+        let running = runtime.block_on(settings.start())?;
+        Ok(Instance { runtime, running })
+    }
+
+    fn stop(&self, how: Restart) {
+        let Some(Instance { runtime, running }) = lock(&self.current).take() else {
+            return;
+        };
+        match how {
+            Restart::Graceful => {
+                let _ =
+                    runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), running.shutdown()).await });
+            }
+            // As `kill -9`: every task dropped where it stands, sockets closed by their drop, nothing flushed.
+            Restart::Kill => drop(running),
+        }
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ServerControl for Server {
+    fn unavailable(&self, _: Restart) -> Option<String> {
+        None
+    }
+
+    fn restart(&self, how: Restart) -> Result<(), String> {
+        self.stop(how);
+        let instance =
+            Server::start(&lock(&self.settings)).map_err(|e| format!("restarting the built-in server: {e}"))?;
+        *lock(&self.current) = Some(instance);
+        Ok(())
+    }
 }
 
 impl BuiltIn {
@@ -121,15 +182,16 @@ impl BuiltIn {
             faults,
             variants,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(io("starting a runtime".into()))?;
-        let running = runtime.block_on(settings.start())?;
+        let mut settings = settings;
+        let instance = Server::start(&settings)?;
+        // A restart binds the same ports: the target's URLs stay.
+        settings.ws = instance.running.net.ws_addr().or(settings.ws);
+        settings.tcp = instance.running.net.tcp_addr().or(settings.tcp);
         Ok(BuiltIn {
-            runtime,
-            running: Some(running),
+            server: Arc::new(Server {
+                settings: Mutex::new(settings),
+                current: Mutex::new(Some(instance)),
+            }),
             data_dir,
             limits,
             tls: tls.is_some(),
@@ -142,9 +204,12 @@ impl BuiltIn {
             what: what.to_string(),
             source: std::io::Error::other("no listener"),
         };
-        let net = &self.running.as_ref().ok_or_else(|| missing("the server"))?.net;
-        let ws = net.ws_addr().ok_or_else(|| missing("the WebSocket listener"))?;
-        let tcp = net.tcp_addr().ok_or_else(|| missing("the TCP listener"))?;
+        let (ws, tcp) = {
+            let settings = lock(&self.server.settings);
+            (settings.ws, settings.tcp)
+        };
+        let ws = ws.ok_or_else(|| missing("the WebSocket listener"))?;
+        let tcp = tcp.ok_or_else(|| missing("the TCP listener"))?;
         let signer = crate::keys::load_signer(Algorithm::Rs256, &self.data_dir.join("rs256.pem"))?;
         let ms = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         let (ws_scheme, tcp_scheme) = if self.tls { ("wss", "tls") } else { ("ws", "tcp") };
@@ -165,17 +230,14 @@ impl BuiltIn {
             },
             // The built-in certificate is self-signed.
             insecure: self.tls,
+            control: Some(Control(Arc::clone(&self.server) as Arc<dyn ServerControl>)),
         })
     }
 }
 
 impl Drop for BuiltIn {
     fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            let _ = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(5), running.shutdown()).await });
-        }
+        self.server.stop(Restart::Graceful);
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }

@@ -8,6 +8,7 @@
 //! target). Both run each connection as one task around the reference
 //! [`Client`] ([`run_connection`]), so they differ only in how time passes.
 
+pub use super::lifecycle::Restart;
 use super::tap::{Framing, TapHandle};
 use std::collections::VecDeque;
 use std::fmt;
@@ -588,6 +589,10 @@ pub trait Driver {
 
     /// The raw-byte tap of `name` (see `tap.rs`).
     fn tap(&self, name: &str) -> Option<TapHandle>;
+
+    /// Takes the server down and up again (`lifecycle.rs`) and returns once it accepts connections; every
+    /// session of the case ends. `Skip` when the target cannot be restarted that way.
+    fn restart(&mut self, how: Restart) -> Result<(), DriverError>;
 }
 
 /// Makes one driver per case.

@@ -7,6 +7,7 @@
 //! - [`sim`]: the reference server and clients as turmoil hosts, simulated time.
 //! - [`network`]: real connections to any target; [`builtin`]: the reference
 //!   server on loopback for network runs.
+//! - [`lifecycle`]: restarting the target (hooks), for the cases that need it.
 //! - [`tap`]: raw bytes under the client (ENV-12 canonical form, TRN-7 Ping frames).
 //! - [`world`]: the cucumber World of one case.
 //! - [`steps`]: the step vocabulary, per SPEC area.
@@ -20,6 +21,7 @@
 pub mod builtin;
 pub mod driver;
 pub mod html;
+pub mod lifecycle;
 pub mod network;
 pub mod report;
 pub mod runner;

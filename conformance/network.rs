@@ -10,6 +10,7 @@ use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
     Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
 };
+use super::lifecycle::{Restart, ServerControl};
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::Millis;
@@ -29,7 +30,22 @@ pub struct NetworkTarget {
     pub info: TargetInfo,
     /// Accept any TLS certificate.
     pub insecure: bool,
+    /// How the target is restarted, for the cases that need it (`lifecycle.rs`); `None`: those are skipped.
+    pub control: Option<Control>,
 }
+
+/// A target's [`ServerControl`], shared by every case's driver.
+#[derive(Clone)]
+pub struct Control(pub Arc<dyn ServerControl>);
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+/// Longest wait for a restarted target to accept connections again.
+const RESTART_WAIT: Duration = Duration::from_secs(30);
 
 /// Makes one [`NetworkDriver`] per case, all on one runtime.
 pub struct NetworkFactory {
@@ -370,5 +386,61 @@ impl Driver for NetworkDriver {
 
     fn tap(&self, name: &str) -> Option<TapHandle> {
         self.conns.get(name).map(|c| c.tap.clone())
+    }
+
+    fn restart(&mut self, how: Restart) -> Result<(), DriverError> {
+        let control = self.target.control.clone().ok_or_else(|| {
+            Skip(format!(
+                "to {how} the target, bimip-conform needs --restart-cmd, or --kill-cmd and --start-cmd"
+            ))
+        })?;
+        if let Some(why) = control.0.unavailable(how) {
+            return Err(Skip(why).into());
+        }
+        let at = self.elapsed_ms();
+        self.transcript.note(at, "server", format!("{how} (hook)"));
+        control.0.restart(how).map_err(DriverError::Other)?;
+        // Every session of the case ends with the server.
+        let until = Instant::now() + self.target.info.timeout;
+        let names: Vec<String> = self.conns.keys().cloned().collect();
+        for name in names {
+            while Instant::now() < until && self.conns.get(&name).is_some_and(|c| !c.ended) {
+                self.pump(&name, until);
+                if let Some(conn) = self.conns.get_mut(&name)
+                    && conn.events.iter().any(|(_, e)| matches!(e, Event::Closed { .. }))
+                {
+                    conn.ended = true;
+                }
+            }
+        }
+        let urls = [&self.target.ws, &self.target.tcp];
+        for url in urls.into_iter().flatten() {
+            let (host, port) = host_port(url).map_err(DriverError::Other)?;
+            accepting_again(&host, port).map_err(|why| DriverError::Other(format!("{url}: {why}")))?;
+        }
+        let at = self.elapsed_ms();
+        self.transcript.note(at, "server", "accepting connections again");
+        Ok(())
+    }
+}
+
+/// Waits until `host:port` accepts a TCP connection, at most [`RESTART_WAIT`].
+fn accepting_again(host: &str, port: u16) -> Result<(), String> {
+    use std::net::ToSocketAddrs as _;
+    let until = Instant::now() + RESTART_WAIT;
+    loop {
+        let addrs: Vec<_> = (host, port).to_socket_addrs().map_err(|e| e.to_string())?.collect();
+        let up = addrs
+            .iter()
+            .any(|addr| std::net::TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok());
+        if up {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            return Err(format!(
+                "not accepting connections {RESTART_WAIT:?} after the restart hook"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -486,13 +486,21 @@ fn estimated_wait_ms(scenario: &cucumber::gherkin::Scenario) -> u64 {
     ms
 }
 
-/// One worker: its share of the selected cases, on this thread.
+/// Which of the selected cases a run of workers takes: the cases that restart the server run alone, after the
+/// others (`spec::restarts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Together,
+    Alone,
+}
+
+/// One worker: its share of the selected cases of `phase`, on this thread.
 fn run_worker(
     options: &RunOptions,
     factory: SharedFactory,
     collected: &Arc<Mutex<Collected>>,
-    worker: usize,
-    jobs: usize,
+    (worker, jobs): (usize, usize),
+    phase: Phase,
 ) -> Result<(), RunError> {
     let filter = Arc::new(Filter::new(options)?);
     let plan = Arc::new(plan(jobs));
@@ -515,7 +523,14 @@ fn run_worker(
     let dir = PathBuf::from(dir_name);
     let features: PathBuf = spec::write_features(&dir).map_err(RunError::Features)?;
     quiet_step_panics();
-    set_factory(Some(factory), u64::try_from(worker).unwrap_or(0));
+    // Case numbers (and so the EIDs on a shared target) apart from every worker's of the other phase.
+    let numbering = worker
+        + if phase == Phase::Alone {
+            jobs.max(options.jobs)
+        } else {
+            0
+        };
+    set_factory(Some(factory), u64::try_from(numbering).unwrap_or(0));
     QUIET_PANICS.with(|q| q.set(true));
     for (index, transport) in options.passes().into_iter().enumerate() {
         set_pass(transport);
@@ -549,7 +564,8 @@ fn run_worker(
                 .unwrap_or_else(|| worker_of(feature, scenario, jobs));
             // A case that names its transports runs once, in the first pass.
             let in_pass = index == 0 || spec::is_neutral(feature, rule, scenario);
-            in_pass && filter.selects(&file, &tags, &scenario.name) && assigned == worker
+            let in_phase = spec::restarts(scenario) == (phase == Phase::Alone);
+            in_pass && in_phase && filter.selects(&file, &tags, &scenario.name) && assigned == worker
         });
         futures::executor::block_on(run);
     }
@@ -570,7 +586,7 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
     let started = Instant::now();
     let jobs = options.jobs.max(1);
     if jobs == 1 {
-        run_worker(options, factory, &collected, 0, 1)?;
+        run_worker(options, Arc::clone(&factory), &collected, (0, 1), Phase::Together)?;
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..jobs)
@@ -579,7 +595,9 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
                     let collected = &collected;
                     std::thread::Builder::new()
                         .name(format!("conform-{worker}"))
-                        .spawn_scoped(scope, move || run_worker(options, factory, collected, worker, jobs))
+                        .spawn_scoped(scope, move || {
+                            run_worker(options, factory, collected, (worker, jobs), Phase::Together)
+                        })
                 })
                 .collect();
             for handle in handles {
@@ -594,6 +612,7 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
             Ok(())
         })?;
     }
+    run_worker(options, factory, &collected, (0, 1), Phase::Alone)?;
     if options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }

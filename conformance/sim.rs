@@ -18,14 +18,15 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
+    Restart, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
 };
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
 use crate::core::auth::{Algorithm, Signer, Verifier};
-use crate::core::{Config, Engine, MemoryRevocations, Millis, ShardId};
+use crate::core::{Config, Engine, Millis, ShardId};
 use crate::faults::Faults;
 use crate::net::{MailSteps, ServerHandle, ServerOptions, SimClock};
+use crate::sim::storage::{SimStorage, StorageModel};
 use crate::variants::{Variant, Variants};
 
 /// The simulated Unix time at the start of every case, ms (2026-01-01).
@@ -51,6 +52,9 @@ pub struct SimOptions {
     pub info: TargetInfo,
     /// Shards of the reference server's engine (src/core/README.md).
     pub shards: usize,
+    /// What the server keeps across a restart or a kill: everything (the reference server makes each write
+    /// durable before it says so), or a broken disk for the test that the restart cases can fail.
+    pub storage: StorageModel,
 }
 
 impl Default for SimOptions {
@@ -78,6 +82,7 @@ impl Default for SimOptions {
                 ..TargetInfo::default()
             },
             shards: 1,
+            storage: StorageModel::Shared,
         }
     }
 }
@@ -139,6 +144,11 @@ pub struct SimDriver {
     options: SimOptions,
     keys: Keys,
     started: bool,
+    /// What the server keeps across its restarts: every write (the reference server makes a write durable
+    /// before it says so; the crash models of `bimip sim` test that, not the suite).
+    storage: Arc<dyn SimStorage>,
+    /// Tells the server host to shut down and boot again ([`Restart::Graceful`]).
+    reboot: Arc<tokio::sync::Notify>,
     conns: BTreeMap<String, ConnHandle>,
     transcript: Transcript,
     hosts: u64,
@@ -157,11 +167,14 @@ impl SimDriver {
             .tcp_capacity(4096)
             .simulation_duration(Duration::from_secs(30 * 24 * 3600))
             .build();
+        let storage = options.storage.build();
         SimDriver {
             sim,
             options,
             keys: Keys::hs256(),
             started: false,
+            storage,
+            reboot: Arc::new(tokio::sync::Notify::new()),
             conns: BTreeMap::new(),
             transcript: Transcript::default(),
             hosts: 0,
@@ -187,6 +200,7 @@ impl SimDriver {
             seed: self.options.seed,
             max_delay: Duration::from_millis(3),
         };
+        let (storage, reboot) = (Arc::clone(&self.storage), Arc::clone(&self.reboot));
         self.sim.host("server", move || {
             let config = config.clone();
             let verifier = verifier.clone();
@@ -197,20 +211,38 @@ impl SimDriver {
                 mail_steps: mail_steps.clone(),
                 ..ServerOptions::default()
             };
+            let (storage, reboot) = (Arc::clone(&storage), Arc::clone(&reboot));
             async move {
-                let engines = (0..shards)
-                    .map(|shard| {
-                        let revocations = Box::new(MemoryRevocations::default());
-                        Engine::new(config.clone(), verifier.clone(), signer.clone(), revocations)
-                            .with_shard(ShardId::new(shard, shards))
-                    })
-                    .collect();
-                let clock = Arc::new(SimClock::new(BASE_MS));
-                let mut server = ServerHandle::start_shards(engines, clock, options);
-                server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", TCP_PORT)).await?)?;
-                server.listen_ws(turmoil::net::TcpListener::bind(("0.0.0.0", WS_PORT)).await?)?;
-                server.stopped().await;
-                Ok(())
+                // Each pass is one boot: a graceful restart shuts the server down and boots it again from its
+                // storage; a kill crashes the host, and turmoil runs this again.
+                loop {
+                    let (social, social_events) = storage.boot_social();
+                    let mut social = Some(social);
+                    let mut engines = Vec::new();
+                    for shard in 0..shards {
+                        let (chat, chat_events) = storage.boot_chat(shard)?;
+                        let engine = Engine::new(
+                            config.clone(),
+                            verifier.clone(),
+                            signer.clone(),
+                            storage.boot_revocations(),
+                        )
+                        .with_shard(ShardId::new(shard, shards))
+                        .with_social(social.take().unwrap_or_else(|| storage.boot_social().0), &social_events)
+                        .with_chat(chat, &chat_events);
+                        engines.push(engine);
+                    }
+                    crate::core::shard::recover(&mut engines);
+                    let now = turmoil::sim_elapsed().map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+                    let clock = Arc::new(SimClock::new(BASE_MS + now));
+                    let mut server = ServerHandle::start_shards(engines, clock, options.clone());
+                    server.listen_tcp(turmoil::net::TcpListener::bind(("0.0.0.0", TCP_PORT)).await?)?;
+                    server.listen_ws(turmoil::net::TcpListener::bind(("0.0.0.0", WS_PORT)).await?)?;
+                    tokio::select! {
+                        () = server.stopped() => return Ok(()),
+                        () = reboot.notified() => server.shutdown().await,
+                    }
+                }
             }
         });
     }
@@ -392,5 +424,27 @@ impl Driver for SimDriver {
 
     fn tap(&self, name: &str) -> Option<TapHandle> {
         self.conns.get(name).map(|c| c.tap.clone())
+    }
+
+    fn restart(&mut self, how: Restart) -> Result<(), DriverError> {
+        self.ensure_server();
+        let at = self.elapsed_ms();
+        self.transcript.note(at, "server", format!("{how}"));
+        match how {
+            Restart::Graceful => self.reboot.notify_one(),
+            Restart::Kill => {
+                self.sim.crash("server");
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(self.options.seed);
+                self.storage.crash(&mut rng);
+                self.sim.bounce("server");
+            }
+        }
+        // Until every session of the case has seen its end, and then as long again for the listeners.
+        let deadline = self.elapsed() + self.options.info.timeout;
+        while self.elapsed() < deadline && self.conns.values().any(|c| !c.ended) {
+            self.step();
+        }
+        self.wait(Duration::from_millis(100));
+        Ok(())
     }
 }

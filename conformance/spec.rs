@@ -309,6 +309,16 @@ pub fn name_over(name: &str, transport: TransportKind) -> String {
     format!("{name} [{transport}]")
 }
 
+/// Whether a scenario takes the server down ("the server restarts", "... is killed and started again"): the
+/// runner runs those cases alone, after the others, since a restart ends every session on the target.
+pub fn restarts(scenario: &cucumber::gherkin::Scenario) -> bool {
+    use super::steps::transport::{KILLED, RESTARTS};
+    scenario
+        .steps
+        .iter()
+        .any(|step| step.value == RESTARTS || step.value == KILLED)
+}
+
 /// Whether a scenario is about no transport: neither its steps nor a background before them name one (no
 /// "websocket", "tcp" or `<transport>`, nor do an outline's examples), and it opens connections ("alice is connected as ...", "alice's phone connects with ..."). Such a scenario
 /// runs once per transport the target offers, each run's connections over that transport; a rule that is a

@@ -363,6 +363,38 @@ fn neutral_cases_run_once_per_transport_and_the_readme_counts_them() {
     );
 }
 
+/// Issue 18.2: the restart cases run in simulation against the reference server, and fail a server whose disk
+/// loses what it said was stored when it is killed (QUE-2: the message and the chat's version are gone).
+#[test]
+fn the_restart_cases_fail_a_server_that_forgets_on_a_kill() {
+    use crate::sim::storage::StorageModel;
+    let run_with = |storage: StorageModel| {
+        let options = SimOptions {
+            storage,
+            ..SimOptions::default()
+        };
+        let run_options = RunOptions {
+            requirements: vec!["SES-8".into()],
+            ..RunOptions::default()
+        };
+        in_simulation(options, &run_options)
+    };
+    let kept = run_with(StorageModel::Shared);
+    assert!(kept.ok() && kept.cases.len() >= 8, "{}", kept.render_tree(false, true));
+    let forgetful = run_with(StorageModel::ForgetsOnCrash);
+    let failed: Vec<&str> = forgetful
+        .cases
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        failed.len() == 2 && failed.iter().all(|n| n.contains("survives a kill")),
+        "{}",
+        forgetful.render_tree(false, true)
+    );
+}
+
 /// Issue 23.1: a server whose sessions outlive their token by a SPEC-legal leeway fails the expiry cases unless
 /// the suite is told the leeway (`--leeway`), and passes them when it is.
 #[test]

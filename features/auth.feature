@@ -163,3 +163,12 @@ Feature: Authentication (SPEC section 3)
       | transport |
       | websocket |
       | tcp       |
+
+  @AUTH-14 @SES-8 @must
+  Scenario: A token revoked before a server restart is refused after it
+    Given alice is connected as "phone"
+    When alice's phone logs out
+    And alice's phone receives a logout confirmation
+    And the server restarts
+    And alice's phone connects again with its previous token
+    Then alice's phone is refused with 401 token_revoked

@@ -154,3 +154,13 @@ Feature: Chat (SPEC section 15)
     Then the next stanza bob's phone receives is the chat message "o1" from alice's phone with version 1 as receiver
     And the next stanza bob's phone receives is the chat message "o2" from alice's phone with version 2 as receiver
     And the next stanza bob's phone receives is the chat message "o3" from alice's phone with version 3 as receiver
+
+  @CHAT-15 @CHAT-14 @SES-8 @must
+  Scenario: A resend after a server restart is answered with the original message
+    When alice's phone sends text "original" to bob as "kept"
+    And alice's phone receives a version update for "kept" with version 1
+    And the server restarts
+    And alice is connected as "phone"
+    And alice's phone sends text "original" to bob as "kept"
+    Then alice's phone receives a version update for "kept" with version 1
+    And alice's phone sends text to bob as "after" and receives version 2

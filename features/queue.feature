@@ -91,3 +91,12 @@ Feature: Offline queue and retention (SPEC section 17)
     Then alice's phone receives error 503 queue_full for route "14" with ref_id "full"
     And alice's phone receives no VersionUpdate
     And alice's phone sends text to bob as "other" and receives version 1
+
+  @QUE-2 @SES-8 @must
+  Scenario: A message confirmed by its VersionUpdate survives a kill of the server, and its chat's versions go on
+    Given alice's phone sends text to bob as "kept" and receives version 1
+    When the server is killed and started again
+    And bob is connected as "phone"
+    Then the next stanza bob's phone receives is the chat message "kept" from alice's phone with version 1 as receiver
+    When alice is connected as "phone"
+    Then alice's phone sends text to bob as "after" and receives version 2

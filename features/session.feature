@@ -94,3 +94,15 @@ Feature: Sessions (SPEC section 6)
     And alice's phone sends the text message "x"
     Then alice's phone is closed with code 1003
     And bob's phone stays connected
+
+  @SES-8 @must
+  Scenario: A server restart ends every session and keeps the blocks
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
+    And bob's phone blocks alice
+    When the server restarts
+    Then alice's phone is closed
+    And bob's phone is closed
+    When alice is connected as "phone"
+    And alice's phone sends text "hello" to bob as "after"
+    Then alice's phone receives error 403 blocked for route "14" with ref_id "after"

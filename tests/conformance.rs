@@ -571,9 +571,11 @@ const NETWORK_SELECTION: &str = "@PING-1 or @AUTH-9 or @TRN-7 or @TRN-9 or @ENV-
 /// `bimip-conform --target ... --jwt-key ...` against it: every case over real
 /// loopback sockets must pass (the loopback test of each SPEC requirement).
 /// Most of a case's time is waiting (deadlines, "nothing arrives"), so more
-/// jobs than cores pay off.
+/// jobs than cores pay off. The server runs in the background with a pid file,
+/// as an operator would run it, so that the suite's lifecycle hooks can kill
+/// it with `kill -9`, stop it with SIGINT and start it again on the same ports:
+/// the restart cases (SES-8, AUTH-14, CHAT-15, QUE-2 across a kill) run too.
 fn against_bimip_serve() -> Result<String, String> {
-    use std::io::BufRead as _;
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
     let dir = std::env::temp_dir().join(format!("bimip-serve-conform-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -585,53 +587,48 @@ fn against_bimip_serve() -> Result<String, String> {
         "[limits]\nping_interval_ms = 2000\nauth_deadline_ms = 2000\nqueue_max_items = 20\n",
     )
     .map_err(|e| e.to_string())?;
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_bimip"))
-        .args([
-            "serve",
-            "--ws",
-            "127.0.0.1:0",
-            "--tcp",
-            "127.0.0.1:0",
-            "--no-admin",
-            "--jwt-alg",
-            "RS256",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--jwt-key")
-        .arg(format!("{keys}/rs256-test.pub.pem"))
-        .arg("--jwt-signing-key")
-        .arg(format!("{keys}/rs256-test.pem"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting bimip serve: {e}"))?;
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())
+    };
+    let (ws_port, tcp_port) = (free_port()?, free_port()?);
+    let pid = dir.join("server.pid");
+    let start = format!(
+        "{bimip} serve --ws 127.0.0.1:{ws_port} --tcp 127.0.0.1:{tcp_port} --no-admin --jwt-alg RS256 \
+         --config {config} --data-dir {data} --jwt-key {keys}/rs256-test.pub.pem \
+         --jwt-signing-key {keys}/rs256-test.pem >> {log} 2>&1 & echo $! > {pid}",
+        bimip = env!("CARGO_BIN_EXE_bimip"),
+        config = config.display(),
+        data = dir.join("data").display(),
+        log = dir.join("serve.log").display(),
+        pid = pid.display(),
+    );
+    // Gone, or a zombie nobody reaped: either way its sockets and files are closed.
+    let stop = |signal: &str| {
+        format!(
+            "p=$(cat {pid}); kill -{signal} $p; while [ -d /proc/$p ] && [ \"$(cut -d' ' -f3 /proc/$p/stat)\" != Z ]; \
+             do sleep 0.05; done",
+            pid = pid.display()
+        )
+    };
+    let (kill, restart) = (stop("9"), format!("{}; {start}", stop("INT")));
+    bimip::conformance::lifecycle::run_hook("start", &start)?;
     let result = (|| {
-        let stdout = server.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for port in [ws_port, tcp_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if std::time::Instant::now() > until {
+                    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+                    return Err(format!("bimip serve did not listen on {port}:\n{log}"));
                 }
-            }
-        });
-        let mut targets = Vec::new();
-        while targets.len() < 2 {
-            let line = rx
-                .recv_timeout(std::time::Duration::from_secs(30))
-                .map_err(|_| format!("bimip serve announced {} of 2 listeners", targets.len()))?;
-            if let Some(url) = line
-                .split_whitespace()
-                .find(|w| w.starts_with("ws://") || w.starts_with("tcp://"))
-            {
-                targets.push(url.to_string());
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_bimip-conform"))
-            .args(["--target", &targets[0], "--target", &targets[1], "--jwt-alg", "RS256"])
+            .args(["--target", &format!("ws://127.0.0.1:{ws_port}/ws")])
+            .args(["--target", &format!("tcp://127.0.0.1:{tcp_port}"), "--jwt-alg", "RS256"])
             .args([
                 "--auth-deadline",
                 "2",
@@ -641,6 +638,7 @@ fn against_bimip_serve() -> Result<String, String> {
                 "--jobs",
                 "8",
             ])
+            .args(["--restart-cmd", &restart, "--kill-cmd", &kill, "--start-cmd", &start])
             .arg("--jwt-key")
             .arg(format!("{keys}/rs256-test.pem"))
             .output()
@@ -649,10 +647,14 @@ fn against_bimip_serve() -> Result<String, String> {
         if !out.status.success() {
             return Err(format!("bimip-conform exited {:?}:\n{stdout}", out.status));
         }
+        // The restart cases ran (a skip would pass the run without them).
+        let restarts = stdout.lines().filter(|l| l.contains("SES-8")).count();
+        if restarts < 4 || stdout.contains("needs --restart-cmd") || stdout.contains("needs --kill-cmd") {
+            return Err(format!("the restart cases did not all run:\n{stdout}"));
+        }
         Ok(stdout.lines().last().unwrap_or_default().to_string())
     })();
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = bimip::conformance::lifecycle::run_hook("kill", &kill);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

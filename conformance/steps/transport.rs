@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Args, CONN, DURATION, StepDef, duration};
 use crate::client::Event;
-use crate::conformance::driver::{ConnectOutcome, ConnectSpec, ServerTweak, TransportKind};
+use crate::conformance::driver::{ConnectOutcome, ConnectSpec, DriverError, Restart, ServerTweak, TransportKind};
 use crate::conformance::world::{CaseWorld, conn_key, describe_event, driver_failed, fail, skip, summarize};
 use crate::proto::PingPong;
 use crate::proto::message_scheme::Payload;
@@ -39,6 +39,14 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: r"the server has no key to sign tokens with",
             run: |w, _| configure(w, ServerTweak::NoSigningKey),
+        },
+        StepDef {
+            pattern: RESTARTS,
+            run: |w, _| restart(w, Restart::Graceful),
+        },
+        StepDef {
+            pattern: KILLED,
+            run: |w, _| restart(w, Restart::Kill),
         },
         StepDef {
             pattern: const_format(DURATION_PASS),
@@ -126,6 +134,20 @@ fn transport(w: &CaseWorld, name: Option<&str>) -> TransportKind {
         Some("tcp") => TransportKind::Tcp,
         Some(_) => TransportKind::Ws,
         None => w.transport,
+    }
+}
+
+/// The steps that take the server down (`lifecycle.rs`); the runner runs their cases alone (`spec::restarts`).
+pub const RESTARTS: &str = r"the server restarts";
+pub const KILLED: &str = r"the server is killed and started again";
+
+/// Whatever the case sent before is answered first; then the server goes down and comes back.
+fn restart(w: &mut CaseWorld, how: Restart) {
+    w.settle();
+    match w.driver.restart(how) {
+        Ok(()) => {}
+        Err(DriverError::Skip(reason)) => skip(reason.0),
+        Err(e) => driver_failed(e),
     }
 }
 

@@ -16,7 +16,8 @@ use clap::Parser;
 
 use bimip::conformance::builtin::BuiltIn;
 use bimip::conformance::driver::{Credentials, TargetInfo, TransportKind};
-use bimip::conformance::network::{NetworkFactory, NetworkTarget};
+use bimip::conformance::lifecycle::ShellHooks;
+use bimip::conformance::network::{Control, NetworkFactory, NetworkTarget};
 use bimip::conformance::runner::{self, RunOptions};
 use bimip::core::auth::Algorithm;
 
@@ -72,6 +73,18 @@ struct Args {
     /// Accept any TLS certificate (self-signed development servers).
     #[arg(long)]
     insecure: bool,
+    /// A shell command that restarts the target gracefully and returns (e.g. `systemctl restart my-server`):
+    /// with it the restart cases run (SES-8, AUTH-14, CHAT-15). The suite then waits for the target to accept
+    /// connections again.
+    #[arg(long, value_name = "CMD", requires = "target")]
+    restart_cmd: Option<String>,
+    /// A shell command that kills the target without warning (e.g. `kill -9 $(cat server.pid)`); with
+    /// --start-cmd the durability cases run (QUE-2 across a kill).
+    #[arg(long, value_name = "CMD", requires_all = ["target", "start_cmd"])]
+    kill_cmd: Option<String>,
+    /// A shell command that starts the target after --kill-cmd and returns (it backgrounds the server).
+    #[arg(long, value_name = "CMD", requires_all = ["target", "kill_cmd"])]
+    start_cmd: Option<String>,
     /// The key the suite signs tokens with (see below).
     #[arg(long, value_name = "FILE", requires = "jwt_alg", conflicts_with = "token_cmd")]
     jwt_key: Option<PathBuf>,
@@ -283,6 +296,11 @@ fn run(args: Args) -> Result<bool> {
                 bail!("{url}: give at most one WebSocket and one TCP target");
             }
         }
+        let hooks = ShellHooks {
+            restart: args.restart_cmd.clone(),
+            kill: args.kill_cmd.clone(),
+            start: args.start_cmd.clone(),
+        };
         let credentials = match (&args.jwt_key, &args.jwt_alg, &args.token_cmd) {
             (Some(key), Some(alg), None) => {
                 let alg: Algorithm = alg.parse().map_err(|e| anyhow::anyhow!("--jwt-alg: {e}"))?;
@@ -297,6 +315,7 @@ fn run(args: Args) -> Result<bool> {
             credentials,
             info,
             insecure: args.insecure,
+            control: hooks.any().then(|| Control(Arc::new(hooks))),
         }
     };
     let description = match &built_in {

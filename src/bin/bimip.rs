@@ -473,7 +473,12 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             println!("  (from a checkout: cargo run --release -- token --eid alice@example.com --device phone)");
         }
         tracing::info!("ready");
-        tokio::signal::ctrl_c().await?;
+        // SIGINT (a terminal) or SIGTERM (a service manager, `kill`): both close every session and the store.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted?,
+            _ = terminate.recv() => {}
+        }
         tracing::info!("shutting down");
         running.shutdown().await;
         anyhow::Ok(())
