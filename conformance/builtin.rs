@@ -198,6 +198,12 @@ impl BuiltIn {
         })
     }
 
+    /// Kills the server when called, from any thread, and leaves it down: a target that goes away part-way.
+    pub fn killer(&self) -> impl FnOnce() + Send + 'static {
+        let server = Arc::clone(&self.server);
+        move || server.stop(Restart::Kill)
+    }
+
     /// The target the network driver checks, with tokens the suite mints.
     pub fn target(&self) -> Result<NetworkTarget, BuiltInError> {
         let missing = |what: &str| BuiltInError::Io {

@@ -601,6 +601,12 @@ pub trait DriverFactory {
 
     /// Suffix that keeps the EIDs of different cases apart on a shared server.
     fn eid_suffix(&self, case: u64) -> String;
+
+    /// Whether the target still answers, asked after a case could not connect: `Err` says why not, and the
+    /// run stops there instead of failing every case after it.
+    fn alive(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Where tokens come from.

@@ -165,6 +165,10 @@ impl DriverFactory for NetworkFactory {
     fn eid_suffix(&self, case: u64) -> String {
         format!(".{}.{case}", self.run_id)
     }
+
+    fn alive(&self) -> Result<(), String> {
+        self.preflight()
+    }
 }
 
 /// The network driver. See the module docs.

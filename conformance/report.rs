@@ -186,6 +186,9 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
     /// Feature files cucumber could not parse.
     pub parse_errors: Vec<String>,
+    /// Why the run stopped before its last case, if it did: its deadline passed, or the target stopped answering
+    /// (`RunOptions::deadline`); the cases after are skipped with that reason.
+    pub halted: Option<String>,
 }
 
 impl Report {
@@ -211,14 +214,18 @@ impl Report {
                 Verdict::Fail | Verdict::Unimplemented | Verdict::UnexpectedPass
             )
         });
-        ran && !bad && self.parse_errors.is_empty()
+        ran && !bad && self.parse_errors.is_empty() && self.halted.is_none()
     }
 
     pub fn summary(&self) -> String {
         let counts = self.counts();
         let parts: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {}", v.label())).collect();
+        let halted = match &self.halted {
+            Some(why) => format!("; stopped early: {why}"),
+            None => String::new(),
+        };
         format!(
-            "{} cases: {} ({:.1} s, {})",
+            "{} cases: {} ({:.1} s, {}){halted}",
             self.cases.len(),
             if parts.is_empty() {
                 "none".to_string()

@@ -13,7 +13,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cucumber::event::{self, Cucumber as CucumberEvent, RetryableScenario};
 use cucumber::gherkin::tagexpr::TagOperation;
@@ -24,7 +24,10 @@ use super::driver::TransportKind;
 use super::report::{CaseResult, Outcome, Report, verdict};
 use super::spec::{self, area_of};
 use super::steps;
-use super::world::{CaseWorld, NOT_APPLICABLE_PREFIX, SKIP_PREFIX, SharedFactory, set_factory, set_pass};
+use super::world::{
+    CaseWorld, Halt, NOT_APPLICABLE_PREFIX, SKIP_PREFIX, SharedFactory, set_factory, set_halt, set_pass,
+    take_connect_failure,
+};
 
 /// What to run and how to judge it.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +60,8 @@ pub struct RunOptions {
     /// The transports the target offers, in the order of the passes (empty: both, WebSocket first). Transport-neutral
     /// cases run in every pass, each over that pass's transport; the others run once, in the first.
     pub transports: Vec<TransportKind>,
+    /// The longest the whole run may take: the cases not begun by then are skipped, and the run fails saying so.
+    pub deadline: Option<Duration>,
 }
 
 impl RunOptions {
@@ -501,6 +506,7 @@ fn run_worker(
     collected: &Arc<Mutex<Collected>>,
     (worker, jobs): (usize, usize),
     phase: Phase,
+    halt: &Halt,
 ) -> Result<(), RunError> {
     let filter = Arc::new(Filter::new(options)?);
     let plan = Arc::new(plan(jobs));
@@ -530,7 +536,8 @@ fn run_worker(
         } else {
             0
         };
-    set_factory(Some(factory), u64::try_from(numbering).unwrap_or(0));
+    set_factory(Some(Arc::clone(&factory)), u64::try_from(numbering).unwrap_or(0));
+    set_halt(halt.clone());
     QUIET_PANICS.with(|q| q.set(true));
     for (index, transport) in options.passes().into_iter().enumerate() {
         set_pass(transport);
@@ -541,12 +548,22 @@ fn run_worker(
             writer,
         )
         .steps(steps::collection())
-        .after(|_, _, _, finished, world| {
-            Box::pin(async move {
-                if let (cucumber::event::ScenarioFinished::StepPassed, Some(world)) = (finished, world) {
-                    world.check_at_end();
+        .after({
+            let (factory, halt) = (Arc::clone(&factory), halt.clone());
+            move |_, _, _, finished, world| {
+                // A case that could not connect: if the target no longer answers, the cases after it do not run.
+                if take_connect_failure()
+                    && halt.why().is_none()
+                    && let Err(why) = factory.alive()
+                {
+                    halt.stop(format!("the target stopped answering ({why})"));
                 }
-            })
+                Box::pin(async move {
+                    if let (cucumber::event::ScenarioFinished::StepPassed, Some(world)) = (finished, world) {
+                        world.check_at_end();
+                    }
+                })
+            }
         })
         .max_concurrent_scenarios(1)
         .with_cli(cli::Opts::<_, _, _, cli::Empty>::default());
@@ -585,8 +602,16 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
     }));
     let started = Instant::now();
     let jobs = options.jobs.max(1);
+    let halt = Halt::new(options.deadline);
     if jobs == 1 {
-        run_worker(options, Arc::clone(&factory), &collected, (0, 1), Phase::Together)?;
+        run_worker(
+            options,
+            Arc::clone(&factory),
+            &collected,
+            (0, 1),
+            Phase::Together,
+            &halt,
+        )?;
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..jobs)
@@ -595,8 +620,9 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
                     let collected = &collected;
                     std::thread::Builder::new()
                         .name(format!("conform-{worker}"))
-                        .spawn_scoped(scope, move || {
-                            run_worker(options, factory, collected, (worker, jobs), Phase::Together)
+                        .spawn_scoped(scope, {
+                            let halt = &halt;
+                            move || run_worker(options, factory, collected, (worker, jobs), Phase::Together, halt)
                         })
                 })
                 .collect();
@@ -612,7 +638,7 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
             Ok(())
         })?;
     }
-    run_worker(options, factory, &collected, (0, 1), Phase::Alone)?;
+    run_worker(options, factory, &collected, (0, 1), Phase::Alone, &halt)?;
     if options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }
@@ -635,6 +661,7 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         cases,
         parse_errors: std::mem::take(&mut collected.parse_errors),
+        halted: halt.why(),
     })
 }
 

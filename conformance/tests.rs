@@ -246,6 +246,7 @@ fn html_report() -> super::report::Report {
         duration_ms: 1234,
         cases: vec![failed_case, passed, skipped],
         parse_errors: Vec::new(),
+        halted: None,
     }
 }
 
@@ -361,6 +362,28 @@ fn neutral_cases_run_once_per_transport_and_the_readme_counts_them() {
         include_str!("../README.md").contains(&said),
         "README.md should say: {said}"
     );
+}
+
+/// Issue 18.4: a run past its deadline starts no more case; each is skipped with the reason, and the run fails
+/// saying so.
+#[test]
+fn a_run_past_its_deadline_runs_no_more_cases_and_fails() {
+    let run_options = RunOptions {
+        files: vec!["logout.feature".into()],
+        deadline: Some(Duration::ZERO),
+        ..RunOptions::default()
+    };
+    let report = in_simulation(SimOptions::default(), &run_options);
+    assert!(!report.cases.is_empty());
+    for case in &report.cases {
+        assert!(
+            matches!(&case.outcome, Outcome::Skipped { reason } if reason.contains("deadline (0 s) passed")),
+            "{}: {:?}",
+            case.name,
+            case.outcome
+        );
+    }
+    assert!(!report.ok() && report.summary().contains("stopped early: the run's deadline"));
 }
 
 /// Issue 18.2: the restart cases run in simulation against the reference server, and fail a server whose disk
@@ -555,6 +578,7 @@ fn baseline_entries_name_a_case_and_the_failure_they_expect() {
         duration_ms: 1,
         cases: vec![passed],
         parse_errors: Vec::new(),
+        halted: None,
     };
     assert!(report.render_tree(false, false).contains("pingpong.feature:3"));
 }

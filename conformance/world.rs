@@ -53,14 +53,65 @@ pub fn not_applicable(reason: impl fmt::Display) -> ! {
 pub fn driver_failed(error: DriverError) -> ! {
     match error {
         DriverError::Skip(reason) => skip(reason.0),
-        other => fail("the driver to carry out the step", other),
+        other => {
+            if matches!(other, DriverError::Connect { .. }) {
+                CONNECT_FAILED.with(|c| c.set(true));
+            }
+            fail("the driver to carry out the step", other)
+        }
     }
 }
 
 /// A driver factory shared by the runner's worker threads.
 pub type SharedFactory = Arc<dyn DriverFactory + Send + Sync>;
 
+/// Why a run stops before its last case ([`Halt::why`]), shared by its workers.
+#[derive(Clone, Debug, Default)]
+pub struct Halt {
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+    deadline: Option<(std::time::Instant, Duration)>,
+}
+
+impl Halt {
+    /// A run that stops `deadline` after now, if given.
+    pub fn new(deadline: Option<Duration>) -> Halt {
+        Halt {
+            reason: Arc::default(),
+            deadline: deadline.map(|d| (std::time::Instant::now() + d, d)),
+        }
+    }
+
+    /// Why no more case may start, if none may.
+    pub fn why(&self) -> Option<String> {
+        if let Some(why) = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            return Some(why);
+        }
+        match self.deadline {
+            Some((at, total)) if std::time::Instant::now() >= at => {
+                Some(format!("the run's deadline ({} s) passed", total.as_secs()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Stops the run: the cases not yet started are skipped with `why`.
+    pub fn stop(&self, why: String) {
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+}
+
 thread_local! {
+    static HALT: RefCell<Halt> = RefCell::new(Halt::default());
+    /// A step of this thread's current case could not connect (`driver_failed`).
+    static CONNECT_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static FACTORY: RefCell<Option<SharedFactory>> = const { RefCell::new(None) };
     static NEXT_CASE: RefCell<u64> = const { RefCell::new(0) };
     static PASS: std::cell::Cell<TransportKind> = const { std::cell::Cell::new(TransportKind::Ws) };
@@ -80,6 +131,16 @@ pub fn pass() -> TransportKind {
 
 /// Sets the factory the worlds of this thread get their driver from; the
 /// cases of worker `worker` are numbered from `worker * 100_000 + 1`.
+/// The run's [`Halt`], for the cases this thread starts from now on.
+pub fn set_halt(halt: Halt) {
+    HALT.with(|h| *h.borrow_mut() = halt);
+}
+
+/// After a case: whether a step of it could not connect (and forget it for the next case).
+pub fn take_connect_failure() -> bool {
+    CONNECT_FAILED.with(|c| c.replace(false))
+}
+
 pub fn set_factory(factory: Option<SharedFactory>, worker: u64) {
     FACTORY.with(|f| *f.borrow_mut() = factory);
     NEXT_CASE.with(|n| *n.borrow_mut() = worker * 100_000);
@@ -151,6 +212,8 @@ pub struct Forbidden {
 pub struct CaseWorld {
     pub driver: Box<dyn Driver>,
     pub case: u64,
+    /// Why this case does not run: the run stopped before it began ([`Halt`]).
+    pub halted: Option<String>,
     /// What "alice is connected as ..." connects over: the pass's transport ([`set_pass`]).
     pub transport: TransportKind,
     suffix: String,
@@ -247,6 +310,7 @@ impl cucumber::World for CaseWorld {
         Ok(CaseWorld {
             driver,
             case,
+            halted: HALT.with(|h| h.borrow().why()),
             transport: pass(),
             suffix: factory.eid_suffix(case),
             conns: BTreeMap::new(),

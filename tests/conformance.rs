@@ -178,6 +178,13 @@ fn main() -> ExitCode {
                 ok = false;
             }
         }
+        match a_target_that_goes_away_stops_the_run() {
+            Ok(summary) => println!("a target that goes away: {summary}"),
+            Err(error) => {
+                println!("a target that goes away FAILED: {error}");
+                ok = false;
+            }
+        }
         match against_bimip_serve() {
             Ok(summary) => println!("against `bimip serve`: {summary}"),
             Err(error) => {
@@ -290,6 +297,44 @@ fn run_against(server: BuiltIn, options: &RunOptions) -> Result<Report, String> 
     }
     let factory = NetworkFactory::new(target).map_err(|e| e.to_string())?;
     runner::run(options, Arc::new(factory), "network").map_err(|e| e.to_string())
+}
+
+/// Issue 18.4: a target that stops answering part-way stops the run at the first case that cannot connect: the
+/// cases after it are skipped with one reason, the summary says so, the run fails, and it ends in seconds (each
+/// case would otherwise wait out its own timeouts).
+fn a_target_that_goes_away_stops_the_run() -> Result<String, String> {
+    let server = BuiltIn::start().map_err(|e| e.to_string())?;
+    let kill = server.killer();
+    let options = RunOptions {
+        files: vec!["chat.feature".into(), "awareness.feature".into()],
+        target: "built-in reference server, killed part-way".into(),
+        jobs: 1,
+        ..RunOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        kill();
+    });
+    let report = run_against(server, &options)?;
+    let _ = killer.join();
+    let not_run = report
+        .cases
+        .iter()
+        .filter(|c| match &c.outcome {
+            bimip::conformance::report::Outcome::Skipped { reason } => reason.contains("the target stopped answering"),
+            _ => false,
+        })
+        .count();
+    let summary = report.summary();
+    let elapsed = started.elapsed();
+    if report.ok() || not_run < 20 || !summary.contains("stopped early") || elapsed.as_secs() > 60 {
+        return Err(format!("{not_run} cases not run, {elapsed:?}: {summary}"));
+    }
+    Ok(format!(
+        "{not_run} of {} cases not run ({elapsed:.1?})",
+        report.cases.len()
+    ))
 }
 
 /// Issue 22: against a TCP-only and a WebSocket-only target, every transport-neutral case runs over that transport

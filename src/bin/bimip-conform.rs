@@ -134,6 +134,10 @@ struct Args {
     /// Longest wait for an expected stanza, seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     timeout: f64,
+    /// Longest the whole run may take, seconds: the cases not begun by then are skipped and the run fails
+    /// (exit 1) saying so. A target that stops answering part-way stops the run at once, the same way.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800.0)]
+    deadline: f64,
     /// The target's TCP auth deadline, seconds (SPEC default 10).
     #[arg(long, value_name = "SECONDS")]
     auth_deadline: Option<f64>,
@@ -225,6 +229,7 @@ fn run(args: Args) -> Result<bool> {
         target: String::new(),
         jobs: args.jobs,
         transports: transports_of(&args.target),
+        deadline: Some(Duration::from_secs_f64(args.deadline)),
     };
     if args.steps {
         for phrase in bimip::conformance::steps::phrases() {
@@ -253,6 +258,9 @@ fn run(args: Args) -> Result<bool> {
     }
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
+    }
+    if !(args.deadline > 0.0 && args.deadline.is_finite()) {
+        bail!("--deadline must be a positive number of seconds");
     }
     if !(0.0..=60.0).contains(&args.leeway) {
         bail!("--leeway {}: SPEC AUTH-6 allows 0 to 60 seconds", args.leeway);
@@ -358,6 +366,9 @@ fn run(args: Args) -> Result<bool> {
     }
     if report.cases.is_empty() {
         eprintln!("bimip-conform: no case was selected");
+    }
+    if let Some(why) = &report.halted {
+        eprintln!("bimip-conform: the run stopped before its last case: {why}");
     }
     Ok(report.ok())
 }
