@@ -133,7 +133,7 @@ Feature: Chat (SPEC section 15)
     When alice's phone sends text "m" to bob as "vu"
     And alice's phone receives a version update for "vu" with version 1
     And alice's phone sends VersionUpdate {"type": 2, "message_id": "$message(vu)", "status": 1}
-    And alice's phone sends VersionUpdate {"type": 2, "message_id": "no-such-message"}
+    And alice's phone sends VersionUpdate {"type": 2, "message_id": "no-such-message", "status": 0}
     Then alice's phone receives nothing
 
   @CHAT-14 @must

@@ -94,3 +94,12 @@ Feature: Location (SPEC section 14)
     When alice's phone shares her location 52.5, 13.4
     Then alice's phone receives ErrorMessage matching {"code": 403, "message": "forbidden", "route": "24"}
     And bob's phone receives no LocationStream
+
+  @LOC-4 @LOC-2 @must
+  Scenario: A fix sent to one peer, delivered or dropped, is the latest fix for every allowed viewer
+    Given alice's phone turns location sharing on
+    When alice's phone shares her location 1.5, 2.5 with carol
+    And carol's phone receives no LocationStream
+    And bob's phone asks about alice
+    Then bob's phone learns that alice is online at 1.5, 2.5
+    And bob's phone receives no LocationStream

@@ -94,16 +94,16 @@ Feature: Transports (SPEC section 2)
   Scenario Outline: A first TCP frame that is not Authenticate REQUEST is refused
     Given alice is connected over tcp as "phone" without authenticating
     When alice's phone writes the bytes "<frame>"
-    Then alice's phone receives error 401 token_missing
+    Then alice's phone receives error 401 token_missing for route "<route>"
     And alice's phone is closed
 
     Examples:
-      | frame                                          |
-      | 0000000d 0806320910011801 3a0370696e           |
-      | 00000000                                       |
-      | 00000001 08                                    |
-      | 00000007 081bda01021802                        |
-      | 00000002 081b                                  |
+      | frame                                          | route |
+      | 0000000d 0806320910011801 3a0370696e           | 6     |
+      | 00000000                                       |       |
+      | 00000001 08                                    |       |
+      | 00000007 081bda01021802                        | 27    |
+      | 00000002 081b                                  |       |
 
   @TRN-12 @must
   Scenario: No Authenticate within the auth deadline gives auth_timeout

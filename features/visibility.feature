@@ -7,7 +7,7 @@ Feature: Visibility (SPEC section 13)
   @VIS-1 @VIS-3 @must
   Scenario: A user who never set anything has CONTACTS and location OFF
     When alice's phone sends AwarenessVisibility {"id": "q", "type": 1}
-    Then alice's phone receives AwarenessVisibility matching {"id": "q", "type": 2, "status": 1, "visibility": 2, "location_sharing": 2, "from": {"eid": "$alice"}}
+    Then alice's phone receives AwarenessVisibility matching {"id": "q", "type": 2, "status": 1, "visibility": 2, "location_sharing": 2, "from": {"eid": "$alice", "connection_resource_id": ""}}
 
   @VIS-1 @VIS-2 @must
   Scenario: Zero leaves a setting unchanged, independently of the other

@@ -427,9 +427,11 @@ impl Engine {
     fn receive_first(&mut self, conn: ConnId, decoded: Result<Payload, codec::EnvelopeError>, now: Millis) {
         let token = match decoded {
             Ok(Payload::Authenticate(Authenticate { token, r#type: 1, .. })) => token,
-            _ => {
+            other => {
+                // ERR-2 (SPEC TRN-11's decision): the offending stanza's route when the frame decodes, else "".
+                let route = other.ok().map(|payload| codec::Route::of(&payload).number());
                 let rejection = Rejection::new(ErrorKind::TokenMissing, "the first stanza must be Authenticate");
-                return self.reject(conn, None, rejection, now);
+                return self.reject(conn, route, rejection, now);
             }
         };
         if token.is_empty() {
