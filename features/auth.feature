@@ -134,11 +134,12 @@ Feature: Authentication (SPEC section 3)
     Then alice's phone gets a session
 
     Examples:
-      | location             |
-      | authorization header |
-      | token header         |
-      | bearer token header  |
-      | query                |
+      | location                 |
+      | authorization header     |
+      | token header             |
+      | bearer token header      |
+      | lower-case bearer header |
+      | query                    |
 
   @AUTH-12 @must
   Scenario Outline: The session identity is the token's eid and device_id

@@ -118,6 +118,7 @@ Feature: Envelope (SPEC section 4)
       | SubscriberRemove       | {"type": 2, "status": 1}            | 22    |
       | AwarenessVisibility    | {"type": 2, "status": 1}            | 23    |
       | Authenticate           | {"type": 2, "status": 1}            | 27    |
+      | TokenRevokeRequest     | {"type": 2}                         | 7     |
 
   @ENV-9 @must
   Scenario Outline: A code outside its table is invalid_field

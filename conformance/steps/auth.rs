@@ -15,7 +15,7 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: const_format(&[
                 CONN,
-                r" connects(?: again)?(?: over (websocket|tcp))? with (.+?)(?: in the (authorization header|token header|bearer token header|query))?(?: and (.+?) in the query)?",
+                r" connects(?: again)?(?: over (websocket|tcp))? with (.+?)(?: in the (authorization header|token header|bearer token header|lower-case bearer header|query))?(?: and (.+?) in the query)?",
             ]),
             run: connects_with,
         },
@@ -141,6 +141,7 @@ fn connects_with(w: &mut CaseWorld, a: &Args) {
     spec.placement = match a.opt(5) {
         Some("token header") => TokenPlacement::TokenHeader,
         Some("bearer token header") => TokenPlacement::TokenHeaderBearer,
+        Some("lower-case bearer header") => TokenPlacement::AuthorizationLowercase,
         Some("query") => TokenPlacement::Query,
         _ => TokenPlacement::AuthorizationHeader,
     };

@@ -50,6 +50,8 @@ pub enum TokenPlacement {
     TokenHeader,
     /// `token: Bearer <jwt>`.
     TokenHeaderBearer,
+    /// `Authorization: bearer <jwt>`: the scheme in lower case (SPEC 3.2: matched case-insensitively).
+    AuthorizationLowercase,
     /// `?token=<jwt>` in the request URL.
     Query,
     /// No token anywhere. On TCP: no Authenticate is sent and
@@ -709,6 +711,9 @@ fn ws_request(
         }
         TokenPlacement::TokenHeaderBearer => {
             headers.insert("token", header_value(format!("Bearer {token}"))?);
+        }
+        TokenPlacement::AuthorizationLowercase => {
+            headers.insert(header::AUTHORIZATION, header_value(format!("bearer {token}"))?);
         }
         TokenPlacement::Query | TokenPlacement::None => {}
     }
