@@ -106,3 +106,13 @@ Feature: Sessions (SPEC section 6)
     When alice is connected as "phone"
     And alice's phone sends text "hello" to bob as "after"
     Then alice's phone receives error 403 blocked for route "14" with ref_id "after"
+
+  @SES-6 @CHAT-13 @must
+  Scenario: A stanza the server takes without any answer resets the count too
+    Given alice is connected as "phone"
+    When alice's phone sends the bytes "08" 49 times
+    And alice's phone sends VersionUpdate {"type": 2, "message_id": "no-such-message"}
+    And alice's phone sends the bytes "08" 49 times
+    Then alice's phone receives 98 errors 400 malformed
+    And alice's phone receives no error
+    And alice's phone is still connected
