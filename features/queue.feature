@@ -100,3 +100,18 @@ Feature: Offline queue and retention (SPEC section 17)
     Then the next stanza bob's phone receives is the chat message "kept" from alice's phone with version 1 as receiver
     When alice is connected as "phone"
     Then alice's phone sends text to bob as "after" and receives version 2
+
+  @QUE-4 @ACK-6 @must
+  Scenario: An acknowledgment that raises nothing still confirms the device's copy
+    Given bob is connected as "phone"
+    And bob is connected as "tablet"
+    When alice's phone sends text to bob as "n1" and receives version 1
+    And bob's phone receives the chat message "n1" from alice's phone with version 1 as receiver
+    And bob's tablet receives the chat message "n1" from alice's phone with version 1 as receiver
+    And bob's phone acknowledges "n1" with status 3
+    And bob's tablet receives an acknowledgment of "n1" with status 3 from bob's phone
+    And bob's tablet acknowledges "n1" with status 2
+    And bob's tablet receives an acknowledgment of "n1" with status 3 from bob's tablet
+    And bob's tablet closes its connection
+    And bob is connected as "tablet"
+    Then bob's tablet receives no ChatMessage
