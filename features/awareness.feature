@@ -84,6 +84,15 @@ Feature: Awareness (SPEC section 10)
     Then alice's laptop receives alice's status as busy
     And alice's phone receives nothing
 
+  @AWR-6 @AWR-5 @should
+  Scenario: A ttl lapse is the server's change: every device of the user sees it, the one that set the ttl too
+    Given alice is connected over websocket as "phone"
+    And alice is connected over tcp as "laptop"
+    When alice's phone sets her status to away for 2 seconds
+    And alice's laptop receives alice's status as away with ttl 2
+    Then alice's phone receives alice's status as online within 4 seconds
+    And alice's laptop receives alice's status as online within 1 second
+
   @AWR-7 @must
   Scenario: An intention reaches every online device of the peer, and only then
     Given alice is connected over websocket as "phone"
