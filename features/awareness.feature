@@ -248,3 +248,17 @@ Feature: Awareness (SPEC section 10)
     When 1 second passes
     And alice's phone sets her status to busy
     Then alice's phone receives no error
+
+  @AWR-18 @must
+  Scenario: A change refused for its fields does not count towards the rate
+    Given alice is connected as "phone"
+    When alice's phone sends AwarenessNotification {"status": 4, "ttl": -1}
+    And alice's phone sends AwarenessNotification {"status": 4, "ttl": -1}
+    And alice's phone sends AwarenessNotification {"status": 9}
+    Then alice's phone receives 3 errors 400 invalid_field
+    When alice's phone sets her status to away
+    And alice's phone sets her status to busy
+    And alice's phone sets her status to online
+    And alice's phone sets her status to away
+    And alice's phone sets her status to busy
+    Then alice's phone receives no error
