@@ -31,11 +31,11 @@ Feature: Envelope (SPEC section 4)
       | 081b  | 27    |
       |       | 0     |
 
-  @ENV-5 @ERR-2 @must
-  Scenario: A route that differs from the payload's field number is route_mismatch
+  @ENV-5 @ERR-2 @ERR-3 @must
+  Scenario: A route that differs from the payload's field number is route_mismatch, with no ref_id
     Given alice is connected as "phone"
-    When alice's phone sends the bytes "0807320b100118012080d095ffbc31"
-    Then alice's phone receives error 400 route_mismatch for route "7"
+    When alice's phone sends the bytes "0807320f100118012080d095ffbc313a027031"
+    Then alice's phone receives error 400 route_mismatch for route "7" with ref_id ""
     And alice's phone stays connected
 
   @ENV-6 @ERR-2 @must
