@@ -73,3 +73,10 @@ Feature: Acknowledgments (SPEC section 16)
     And alice's phone acknowledges "m1" with status 2
     Then alice's phone receives an acknowledgment of "m1" with status 3 from alice's phone
     And bob's phone receives no AcknowledgmentResponse
+
+  @ACK-4 @ENV-9 @must
+  Scenario: The informative `to` of an acknowledgment is not checked
+    When bob's phone sends AcknowledgmentRequest {"message_id": "$message(m1)", "status": 2, "to": {"eid": "not an eid", "connection_resource_id": "no-such-device"}}
+    Then bob's phone receives AcknowledgmentResponse matching {"message_id": "$message(m1)", "status": 2, "from": {"eid": "$bob", "connection_resource_id": "phone"}}
+    And alice's phone receives AcknowledgmentResponse matching {"message_id": "$message(m1)", "status": 2, "from": {"eid": "$bob", "connection_resource_id": "phone"}}
+    And bob's phone receives no error

@@ -164,3 +164,11 @@ Feature: Chat (SPEC section 15)
     And alice's phone sends text "original" to bob as "kept"
     Then alice's phone receives a version update for "kept" with version 1
     And alice's phone sends text to bob as "after" and receives version 2
+
+  @CHAT-5 @ENV-9 @must
+  Scenario: A device named in a chat request's `to` narrows nothing: every device of the receiver gets the message
+    Given bob is connected as "tablet"
+    When alice's phone sends TextPayloadRequest {"to": [{"eid": "$bob", "connection_resource_id": "tablet"}], "content": "for all", "message_id_local": "d1"}
+    Then alice's phone receives a version update for "d1" with version 1
+    And bob's phone receives the chat message "d1" from alice's phone with version 1 as receiver
+    And bob's tablet receives the chat message "d1" from alice's phone with version 1 as receiver
