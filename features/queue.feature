@@ -115,3 +115,15 @@ Feature: Offline queue and retention (SPEC section 17)
     And bob's tablet closes its connection
     And bob is connected as "tablet"
     Then bob's tablet receives no ChatMessage
+
+  @QUE-8 @QUE-9 @must
+  Scenario: A brand-new device gets every item a known device has not confirmed
+    Given bob is connected as "phone"
+    When alice's phone sends text to bob as "read" and receives version 1
+    And bob's phone receives the chat message "read" from alice's phone with version 1 as receiver
+    And bob's phone acknowledges "read" with status 3
+    And bob's phone receives an acknowledgment of "read" with status 3 from bob's phone
+    And bob's phone closes its connection
+    And alice's phone sends text to bob as "unread" and receives version 2
+    And bob is connected as "tablet"
+    Then bob's tablet receives the chat message "unread" from alice's phone with version 2 as receiver
