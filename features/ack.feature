@@ -80,3 +80,11 @@ Feature: Acknowledgments (SPEC section 16)
     Then bob's phone receives AcknowledgmentResponse matching {"message_id": "$message(m1)", "status": 2, "from": {"eid": "$bob", "connection_resource_id": "phone"}}
     And alice's phone receives AcknowledgmentResponse matching {"message_id": "$message(m1)", "status": 2, "from": {"eid": "$bob", "connection_resource_id": "phone"}}
     And bob's phone receives no error
+
+  @ACK-7 @ACK-5 @must
+  Scenario: A sender's SENT confirmation carries the time the message was accepted
+    When 1 second passes
+    And bob's phone acknowledges "m1" with status 2
+    And alice's phone receives an acknowledgment of "m1" with status 2 from bob's phone
+    And alice's phone sends AcknowledgmentRequest {"message_id": "$message(m1)", "status": 4}
+    Then alice's phone receives AcknowledgmentResponse matching {"message_id": "$message(m1)", "status": 4, "timestamp": "$accepted(m1)"}

@@ -173,7 +173,8 @@ pub fn status_code(name: &str) -> i32 {
 
 /// Replaces `$name` placeholders in step text: `$alice` is alice's EID,
 /// `$message(local-1)` the message_id the server gave "local-1",
-/// `$chat(local-1)` its chat_id, `$token(alice/phone)` a token the case
+/// `$chat(local-1)` its chat_id, `$accepted(local-1)` its VersionUpdate's timestamp (when the server accepted
+/// it), `$token(alice/phone)` a token the case
 /// holds, `$x(129)` 129 letters "x", `$server_ping_id(alice/phone)` and
 /// `$server_ping_time(alice/phone)` the last server ping's id and request_time,
 /// `$now` the current time in ms.
@@ -214,6 +215,7 @@ fn placeholder(world: &CaseWorld, name: &str, arg: Option<&str>) -> String {
     match (name, arg) {
         ("message", Some(local)) => version(local).message_id,
         ("chat", Some(local)) => version(local).chat_id,
+        ("accepted", Some(local)) => version(local).timestamp.to_string(),
         ("token", Some(label)) => world
             .memory
             .tokens

@@ -136,17 +136,18 @@ impl Engine {
         }
         let recorded = self.chat.messages.get(&message_id).map_or(meta.state, |m| m.state);
         let state_at = self.chat.messages.get(&message_id).map_or(at, |m| m.state_at);
-        let status = if !receiver_side && status == SENT {
-            SENT
+        // ACK-7: SENT was reached when the message was accepted, whatever state it has reached since.
+        let (status, timestamp) = if !receiver_side && status == SENT {
+            (SENT, meta.accepted_at)
         } else {
-            recorded
+            (recorded, state_at)
         };
         let confirmation = AcknowledgmentResponse {
             from: Some(me.to_proto()),
             to: Some(me.to_proto()),
             message_id: message_id.clone(),
             status,
-            timestamp: state_at,
+            timestamp,
             chat_id: meta.chat_id,
             version: meta.version,
         };

@@ -29,6 +29,8 @@ pub(super) struct MessageMeta {
     /// 1 UNREAD, 2 DELIVERED, 3 READ, and when it was reached.
     pub state: i32,
     pub state_at: Millis,
+    /// When it was accepted: when it became SENT for its sender (ACK-7).
+    pub accepted_at: Millis,
 }
 
 /// Chats, messages and the resend index, rebuilt from [`ChatEvent`]s.
@@ -62,6 +64,7 @@ impl ChatState {
                     receiver: a.receiver.clone(),
                     state: 1,
                     state_at: a.at,
+                    accepted_at: a.at,
                 };
                 self.messages.insert(a.message_id.clone(), meta);
             }
