@@ -1029,3 +1029,30 @@ async fn durable_chat_throughput() {
     }
     println!("50 senders / 1 sender: {:.1}x", rates[1] / rates[0]);
 }
+
+/// SPEC 2.2 (RFC 6455 4.2.1): a request that is not a WebSocket upgrade is answered HTTP 400 with the reason, not
+/// with silence; the listener goes on serving.
+#[tokio::test]
+async fn a_request_that_is_not_an_upgrade_gets_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(Duration::from_secs(10), async {
+        let server = server(Config::default()).await;
+        let addr = server.handle.ws_addr().expect("a WebSocket address");
+        for request in [
+            "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connecting");
+            stream.write_all(request.as_bytes()).await.expect("writing");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("reading to the close");
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{request:?} -> {answer:?}");
+            assert!(answer.contains("not a WebSocket upgrade request"), "{answer:?}");
+        }
+        // The listener still upgrades a real client.
+        let mut client = connect(&server.ws, &token("alice@example.com", "phone")).await;
+        client.ping("after").await.expect("a pong");
+    })
+    .await;
+}

@@ -61,7 +61,7 @@ enum End {
 
 // tungstenite's callback signature returns the whole HTTP error response.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn serve<S>(hub: Arc<Hub>, io: S, endpoint: Endpoint, options: Arc<ServerOptions>)
+pub(crate) async fn serve<S>(hub: Arc<Hub>, mut io: S, endpoint: Endpoint, options: Arc<ServerOptions>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -73,34 +73,46 @@ where
         move |request: &Request, response: Response| decide(&hub, conn, request, response, select)
     };
     let config = ws_config(hub.max_stanza_bytes());
-    // Boxed, so the connection's task does not keep the handshake's size.
+    // Boxed, so the connection's task does not keep the handshake's size. It borrows the stream, so that a
+    // request that is no WebSocket upgrade can still be answered on it.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        io,
+        &mut io,
         callback,
         Some(config),
     ));
     let accepted = tokio::select! {
         biased;
-        () = kill.cancelled() => None,
+        () = kill.cancelled() => Err(None),
         accepted = tokio::time::timeout(options.handshake_timeout, handshake) => match accepted {
-            Ok(Ok(ws)) => Some(ws),
+            Ok(Ok(ws)) => Ok(ws),
             Ok(Err(WsError::Http(response))) => {
                 tracing::debug!(%conn, status = %response.status(), "upgrade refused");
-                None
+                Err(None)
+            }
+            Ok(Err(WsError::Protocol(error))) => {
+                tracing::debug!(%conn, %error, "not a WebSocket upgrade request");
+                Err(Some(error))
             }
             Ok(Err(error)) => {
                 tracing::debug!(%conn, %error, "WebSocket handshake failed");
-                None
+                Err(None)
             }
             Err(_) => {
                 tracing::debug!(%conn, "WebSocket handshake timed out");
-                None
+                Err(None)
             }
         },
     };
-    let Some(mut ws) = accepted else {
-        hub.closed(&conn);
-        return;
+    let mut ws = match accepted {
+        Ok(ws) => ws,
+        Err(not_an_upgrade) => {
+            hub.closed(&conn);
+            if let Some(error) = not_an_upgrade {
+                // RFC 6455 4.2.1 (SPEC 2.2): a handshake that is not a valid upgrade gets 400, not silence.
+                let _ = tokio::time::timeout(options.close_linger, bad_request(&mut io, &error)).await;
+            }
+            return;
+        }
     };
     let style = Style::of(&options.variants);
     // False after a read error (an oversized message): tungstenite stops
@@ -190,6 +202,21 @@ where
         }
         End::Killed | End::Peer => {}
     }
+}
+
+/// HTTP 400 for a request that is not a WebSocket upgrade, `text/plain` body = why; then the connection closes.
+async fn bad_request<S>(io: &mut S, error: &tokio_tungstenite::tungstenite::error::ProtocolError) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    let body = format!("not a WebSocket upgrade request: {error}\n");
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    io.write_all(head.as_bytes()).await?;
+    io.write_all(body.as_bytes()).await?;
+    io.shutdown().await
 }
 
 /// The handshake callback: the engine decides whether this request upgrades.
