@@ -5,7 +5,11 @@
 //! control frame onto the wire (TRN-7: the client has no API for one).
 //!
 //! It parses what it reads (the HTTP upgrade answer, then RFC 6455 frames;
-//! or native TCP's 4-byte length-prefixed frames) and never changes it. A
+//! or native TCP's 4-byte length-prefixed frames) and changes nothing, with
+//! one exception, a network fault (issue 18): armed with
+//! [`TapHandle::cut_in_next`], it lets the next stanza of a route reach the
+//! client all but its last byte, then fails the connection (a reset in the
+//! middle of a stanza: the server sent it, the client never got it). A
 //! TLS connection is tapped below TLS, where nothing is readable: the tap
 //! then records nothing and says so ([`TapLog::plaintext`]).
 
@@ -48,6 +52,13 @@ struct State {
     /// Bytes to write before anything else (an injected control frame).
     inject: Vec<u8>,
     reader: Option<Waker>,
+    /// Bytes fed so far, and bytes parsed off the buffer so far (absolute stream offsets).
+    fed: u64,
+    parsed: u64,
+    /// The fault: cut the connection inside the next stanza of this route.
+    cut_route: Option<crate::codec::Route>,
+    /// Where that stanza ends in the stream, once seen; then the connection has failed.
+    cut_at: Option<u64>,
 }
 
 /// Shared between the driver (reads the log, injects) and the [`Tap`].
@@ -92,6 +103,18 @@ impl TapHandle {
         })
     }
 
+    /// Arms the fault: the next stanza on `route` the server sends reaches the client all but its last byte, and
+    /// the connection then fails (reads and writes return `ConnectionReset`). `Err` on an unreadable (TLS) stream.
+    pub fn cut_in_next(&self, route: crate::codec::Route) -> Result<(), String> {
+        self.with(|s| {
+            if s.framing == Some(Framing::Opaque) {
+                return Err("the tap cannot read a TLS stream, so it cannot find the stanza to cut".to_string());
+            }
+            s.cut_route = Some(route);
+            Ok(())
+        })
+    }
+
     /// Wraps `stream`; the tap parses by `framing`.
     pub fn wrap<S>(&self, stream: S, framing: Framing) -> Tap<S> {
         self.with(|s| {
@@ -107,15 +130,37 @@ impl TapHandle {
 }
 
 impl State {
-    fn feed(&mut self, bytes: &[u8]) {
+    /// Parses fresh bytes; returns how many of them may reach the client (all, unless the cut falls in them).
+    fn feed(&mut self, bytes: &[u8]) -> usize {
+        let start = self.fed;
+        self.fed += bytes.len() as u64;
+        if self.cut_at.is_some() {
+            return 0;
+        }
         if self.log.broken.is_some() || self.framing == Some(Framing::Opaque) {
-            return;
+            return bytes.len();
         }
         self.buffer.extend_from_slice(bytes);
         if let Err(why) = self.parse() {
             self.log.broken = Some(why);
             self.buffer.clear();
         }
+        match self.cut_at {
+            // The stanza's last byte is held back, and everything after it.
+            Some(end) => usize::try_from(end.saturating_sub(1).saturating_sub(start)).unwrap_or(0),
+            None => bytes.len(),
+        }
+    }
+
+    /// A whole stanza from the server, ending `end` bytes into the buffer: logged, and cut if the fault wants it.
+    fn stanza(&mut self, bytes: Vec<u8>, end: usize) {
+        if let Some(route) = self.cut_route
+            && crate::codec::decode(&bytes, usize::MAX).is_ok_and(|p| crate::codec::Route::of(&p) == route)
+        {
+            self.cut_route = None;
+            self.cut_at = Some(self.parsed + end as u64);
+        }
+        self.log.stanzas.push(bytes);
     }
 
     fn parse(&mut self) -> Result<(), String> {
@@ -139,6 +184,10 @@ impl State {
             match consumed {
                 Some(n) => {
                     self.buffer.drain(..n);
+                    self.parsed += n as u64;
+                    if self.cut_at.is_some() {
+                        return Ok(());
+                    }
                 }
                 None => return Ok(()),
             }
@@ -149,7 +198,7 @@ impl State {
         let header: [u8; 4] = self.buffer.get(..4)?.try_into().ok()?;
         let len = usize::try_from(u32::from_be_bytes(header)).ok()?;
         let frame = self.buffer.get(4..4 + len)?.to_vec();
-        self.log.stanzas.push(frame);
+        self.stanza(frame, 4 + len);
         Some(4 + len)
     }
 
@@ -188,14 +237,14 @@ impl State {
             payload.iter_mut().enumerate().for_each(|(i, x)| *x ^= mask[i % 4]);
         }
         match opcode {
-            0x2 if fin => self.log.stanzas.push(payload),
+            0x2 if fin => self.stanza(payload, at + len),
             0x1 | 0x2 => self.partial = Some(payload),
             0x0 => {
                 let whole = self.partial.get_or_insert_with(Vec::new);
                 whole.extend_from_slice(&payload);
                 if fin {
                     let message = self.partial.take().unwrap_or_default();
-                    self.log.stanzas.push(message);
+                    self.stanza(message, at + len);
                 }
             }
             0xA => self.log.pongs.push(payload),
@@ -238,6 +287,9 @@ impl<S: AsyncWrite + Unpin> Tap<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.handle.with(|s| s.cut_at.is_some()) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
         // An injected frame goes out when the connection is next polled.
         if let Poll::Ready(Ok(())) = this.poll_inject(cx) {
             let _ = Pin::new(&mut this.inner).poll_flush(cx);
@@ -245,12 +297,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let fresh = buf.filled()[before..].to_vec();
-        this.handle.with(|s| {
-            s.feed(&fresh);
+        let passed = this.handle.with(|s| {
             if result.is_pending() {
                 s.reader = Some(cx.waker().clone());
             }
+            s.feed(&fresh)
         });
+        if passed < fresh.len() {
+            buf.set_filled(before + passed);
+            if passed == 0 {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+        }
         result
     }
 }
@@ -258,6 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.handle.with(|s| s.cut_at.is_some()) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
         match this.poll_inject(cx) {
             Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write(cx, buf),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -299,6 +360,36 @@ mod tests {
         assert_eq!(s.log.broken, None);
         assert_eq!(s.log.stanzas, vec![vec![0x08, 0x06], vec![0x0a, 0x0b]]);
         assert_eq!(s.log.pongs, vec![b"hi".to_vec()]);
+    }
+
+    #[test]
+    fn a_cut_holds_back_the_stanzas_last_byte_and_everything_after() {
+        use crate::codec::{Route, encode};
+        use crate::proto::message_scheme::Payload;
+        use crate::proto::{PingPong, VersionUpdate};
+        let frame = |p: &Payload| {
+            let bytes = encode(p);
+            let mut out = u32::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+            out.extend(bytes);
+            out
+        };
+        let ping = frame(&Payload::PingpongMessage(PingPong {
+            id: "p".into(),
+            ..PingPong::default()
+        }));
+        let update = frame(&Payload::VersionUpdate(VersionUpdate {
+            message_id: "m".into(),
+            ..VersionUpdate::default()
+        }));
+        let mut s = state(Framing::Tcp);
+        s.cut_route = Some(Route::VersionUpdate);
+        assert_eq!(s.feed(&ping), ping.len());
+        let mut rest = update.clone();
+        rest.extend(&ping);
+        // The update's last byte and the ping after it never reach the client.
+        assert_eq!(s.feed(&rest), update.len() - 1);
+        assert_eq!(s.feed(&ping), 0);
+        assert_eq!(s.log.stanzas.len(), 2);
     }
 
     #[test]

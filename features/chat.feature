@@ -172,3 +172,15 @@ Feature: Chat (SPEC section 15)
     Then alice's phone receives a version update for "d1" with version 1
     And bob's phone receives the chat message "d1" from alice's phone with version 1 as receiver
     And bob's tablet receives the chat message "d1" from alice's phone with version 1 as receiver
+
+  @CHAT-14 @QUE-7 @must
+  Scenario: A connection lost inside the VersionUpdate: the resend gets the same message, delivered once
+    Given alice's phone loses its connection in the middle of the next VersionUpdate
+    When alice's phone sends text "only once" to bob as "lost"
+    Then alice's phone is closed
+    And bob's phone receives the chat message "lost" from alice's phone with version 1 as receiver
+    When alice is connected as "phone"
+    And alice's phone sends text "only once" to bob as "lost"
+    Then alice's phone receives a version update for "lost" with version 1
+    And bob's phone receives no ChatMessage
+    And alice's phone sends text to bob as "next" and receives version 2

@@ -41,6 +41,10 @@ pub fn steps() -> Vec<StepDef> {
             run: |w, _| configure(w, ServerTweak::NoSigningKey),
         },
         StepDef {
+            pattern: const_format(&[CONN, r" loses its connection in the middle of the next ([A-Z]\w+)"]),
+            run: cut_in_next,
+        },
+        StepDef {
             pattern: RESTARTS,
             run: |w, _| restart(w, Restart::Graceful),
         },
@@ -140,6 +144,19 @@ fn transport(w: &CaseWorld, name: Option<&str>) -> TransportKind {
 /// The steps that take the server down (`lifecycle.rs`); the runner runs their cases alone (`spec::restarts`).
 pub const RESTARTS: &str = r"the server restarts";
 pub const KILLED: &str = r"the server is killed and started again";
+
+/// A network fault under the client (`tap.rs`): the next such stanza from the server is cut short and the
+/// connection fails, as when the network drops after the server sent it.
+fn cut_in_next(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let route = super::route_of(a.s(3));
+    let Some(tap) = w.driver.tap(&key) else {
+        fail(format!("a connection {key}"), "none")
+    };
+    if let Err(why) = tap.cut_in_next(route) {
+        skip(why)
+    }
+}
 
 /// Whatever the case sent before is answered first; then the server goes down and comes back.
 fn restart(w: &mut CaseWorld, how: Restart) {
