@@ -127,3 +127,13 @@ Feature: Offline queue and retention (SPEC section 17)
     And alice's phone sends text to bob as "unread" and receives version 2
     And bob is connected as "tablet"
     Then bob's tablet receives the chat message "unread" from alice's phone with version 2 as receiver
+
+  @QUE-3 @QUE-5 @QUE-6 @must
+  Scenario: A message cut off on its way to a device comes again at its next session, once
+    Given bob is connected as "phone"
+    And bob's phone loses its connection in the middle of the next ChatMessage
+    When alice's phone sends text to bob as "cut" and receives version 1
+    Then bob's phone is closed
+    When bob is connected as "phone"
+    Then the next stanza bob's phone receives is the chat message "cut" from alice's phone with version 1 as receiver
+    And bob's phone receives no ChatMessage
