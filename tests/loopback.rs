@@ -1030,8 +1030,8 @@ async fn durable_chat_throughput() {
     println!("50 senders / 1 sender: {:.1}x", rates[1] / rates[0]);
 }
 
-/// SPEC 2.2 (RFC 6455 4.2.1): a request that is not a WebSocket upgrade is answered HTTP 400 with the reason, not
-/// with silence; the listener goes on serving.
+/// SPEC TRN-18 (RFC 6455 4.2.1): a request that is not a WebSocket upgrade is answered HTTP 400 with the reason,
+/// not with silence; the listener goes on serving.
 #[tokio::test]
 async fn a_request_that_is_not_an_upgrade_gets_400() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -108,7 +108,7 @@ where
         Err(not_an_upgrade) => {
             hub.closed(&conn);
             if let Some(error) = not_an_upgrade {
-                // RFC 6455 4.2.1 (SPEC 2.2): a handshake that is not a valid upgrade gets 400, not silence.
+                // SPEC TRN-18 (RFC 6455 4.2.1): a handshake that is not a valid upgrade gets 400, not silence.
                 let _ = tokio::time::timeout(options.close_linger, bad_request(&mut io, &error)).await;
             }
             return;
