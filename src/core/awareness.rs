@@ -194,7 +194,7 @@ impl Engine {
             return;
         }
         if let Some(Presence { lapse_at: Some(at), .. }) = self.awareness.presence.remove(eid) {
-            self.timers.cancel(at, Timer::StatusTtl(eid.to_string()));
+            self.timers.cancel(at, Timer::StatusTtl(eid.into()));
         }
         self.awareness.last_seen.insert(eid.to_string(), now);
         self.awareness.fixes.remove(eid);
@@ -356,11 +356,11 @@ impl Engine {
             return;
         };
         if let Some(at) = current.lapse_at {
-            self.timers.cancel(at, Timer::StatusTtl(eid.to_string()));
+            self.timers.cancel(at, Timer::StatusTtl(eid.into()));
         }
         let lapse_at = (status != ONLINE && ttl > 0).then(|| now.saturating_add(i64::from(ttl) * 1000));
         if let Some(at) = lapse_at {
-            self.timers.set(at, Timer::StatusTtl(eid.to_string()));
+            self.timers.set(at, Timer::StatusTtl(eid.into()));
         }
         self.awareness
             .presence

@@ -6,8 +6,9 @@ use super::Millis;
 /// A token bucket holding up to `burst` stanzas, refilled at `per_sec`.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
-    per_sec: u64,
-    burst: u64,
+    // u32, as configured: every session holds two buckets.
+    per_sec: u32,
+    burst: u32,
     /// Tokens, in thousandths, so refills below one whole token are kept.
     milli_tokens: u64,
     last: Millis,
@@ -16,11 +17,11 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(per_sec: u32, burst: u32, now: Millis) -> Self {
-        let burst = u64::from(burst.max(1));
+        let burst = burst.max(1);
         TokenBucket {
-            per_sec: u64::from(per_sec),
+            per_sec,
             burst,
-            milli_tokens: burst * 1000,
+            milli_tokens: u64::from(burst) * 1000,
             last: now,
         }
     }
@@ -29,7 +30,8 @@ impl TokenBucket {
     pub fn try_take(&mut self, now: Millis) -> bool {
         let elapsed = u64::try_from(now.saturating_sub(self.last)).unwrap_or(0);
         self.last = self.last.max(now);
-        self.milli_tokens = (self.milli_tokens + elapsed.saturating_mul(self.per_sec)).min(self.burst * 1000);
+        self.milli_tokens =
+            (self.milli_tokens + elapsed.saturating_mul(u64::from(self.per_sec))).min(u64::from(self.burst) * 1000);
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             true

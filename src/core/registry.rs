@@ -11,7 +11,8 @@ use super::ConnId;
 /// than a map: a map would allocate a whole tree node per online user.
 #[derive(Debug, Default)]
 pub struct Registry {
-    online: BTreeMap<String, Vec<(Arc<str>, ConnId)>>,
+    /// Keyed by the session identity's own EID: no copy of it per user.
+    online: BTreeMap<Arc<str>, Vec<(Arc<str>, ConnId)>>,
 }
 
 impl Registry {
@@ -33,8 +34,12 @@ impl Registry {
     }
 
     /// Records a session; returns the connection it replaces, if any.
-    pub fn insert(&mut self, eid: &str, device: Arc<str>, conn: ConnId) -> Option<ConnId> {
-        let devices = self.online.entry(eid.to_string()).or_default();
+    pub fn insert(&mut self, eid: &Arc<str>, device: Arc<str>, conn: ConnId) -> Option<ConnId> {
+        // Most users have one device online: room for one, not the four a first push would make.
+        let devices = self
+            .online
+            .entry(Arc::clone(eid))
+            .or_insert_with(|| Vec::with_capacity(1));
         match devices.binary_search_by(|(d, _)| d.cmp(&device)) {
             Ok(at) => Some(std::mem::replace(&mut devices[at].1, conn)),
             Err(at) => {
@@ -75,9 +80,10 @@ mod tests {
     #[test]
     fn devices_stay_sorted_and_replacement_returns_the_old_connection() {
         let mut r = Registry::default();
-        assert_eq!(r.insert("a@x", "tablet".into(), ConnId(1)), None);
-        assert_eq!(r.insert("a@x", "phone".into(), ConnId(2)), None);
-        assert_eq!(r.insert("a@x", "tablet".into(), ConnId(3)), Some(ConnId(1)));
+        let eid: Arc<str> = "a@x".into();
+        assert_eq!(r.insert(&eid, "tablet".into(), ConnId(1)), None);
+        assert_eq!(r.insert(&eid, "phone".into(), ConnId(2)), None);
+        assert_eq!(r.insert(&eid, "tablet".into(), ConnId(3)), Some(ConnId(1)));
         let devices: Vec<_> = r.devices("a@x").collect();
         assert_eq!(devices, [("phone", ConnId(2)), ("tablet", ConnId(3))]);
         assert_eq!(r.conn_of("a@x", "tablet"), Some(ConnId(3)));

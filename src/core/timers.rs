@@ -14,8 +14,9 @@ pub enum Timer {
     Ping(ConnId),
     /// The session's token expires (AUTH-13).
     TokenExpiry(ConnId),
-    /// A user-set status lapses back to ONLINE (AWR-5).
-    StatusTtl(String),
+    /// A user-set status lapses back to ONLINE (AWR-5). Boxed, not a `String`: every timer of every
+    /// connection is as large as the largest variant.
+    StatusTtl(Box<str>),
 }
 
 /// Every deadline, ordered by time.

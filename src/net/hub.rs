@@ -76,17 +76,15 @@ impl std::fmt::Display for ConnRef {
     }
 }
 
-/// A connection's side of the routing table: its writer queue, and the token
-/// that aborts it when the hub gives up on it.
+/// A connection's side of the routing table: its writer queue, which also
+/// tells it when the hub gives up on it.
 pub(crate) struct Endpoint {
     pub conn: ConnRef,
     pub rx: outbox::Receiver,
-    pub kill: CancellationToken,
 }
 
 struct Link {
     tx: outbox::Sender,
-    kill: CancellationToken,
 }
 
 /// What observers (metrics, health checks) may read about the engine, taken
@@ -274,14 +272,32 @@ impl Hub {
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let shard = usize::try_from(id.0 % self.shards.len() as u64).unwrap_or(0);
         let (tx, rx) = outbox::outbox(self.queue_capacity);
-        let kill = self.shutdown.child_token();
-        self.lock(shard).links.insert(id, Link { tx, kill: kill.clone() });
+        {
+            // `stop` cancels, then kills every link under its shard's lock: a link made meanwhile is killed
+            // by one of the two.
+            let mut core = self.lock(shard);
+            if self.shutdown.is_cancelled() {
+                tx.kill();
+            }
+            core.links.insert(id, Link { tx });
+        }
         let conn = ConnRef {
             id,
             shard: AtomicUsize::new(shard),
             routed: AtomicBool::new(self.shards.len() == 1),
         };
-        Endpoint { conn, rx, kill }
+        Endpoint { conn, rx }
+    }
+
+    /// Stops the server: shutdown is flagged, and every connection's writer is told to end (its adapter then
+    /// closes it, WebSocket with 1001).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+        for shard in 0..self.shards.len() {
+            for link in self.lock(shard).links.values() {
+                link.tx.kill();
+            }
+        }
     }
 
     pub fn open(&self, conn: &ConnRef, transport: Transport, token: Option<&str>) -> Result<(), ErrorKind> {
@@ -756,7 +772,7 @@ impl Core {
                 // dead, and an unbounded queue would let it eat memory.
                 tracing::debug!(%conn, "outbound queue full; dropping the connection");
                 if let Some(link) = self.links.remove(&conn) {
-                    link.kill.cancel();
+                    link.tx.kill();
                 }
                 if !last {
                     dead.push(conn);

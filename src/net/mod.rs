@@ -36,6 +36,7 @@ mod accept;
 mod clock;
 mod edge;
 mod hub;
+mod lean;
 mod outbox;
 mod tcp;
 pub mod tls;
@@ -46,6 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -293,7 +295,7 @@ impl ServerHandle {
             mut tasks_done,
             ..
         } = self;
-        hub.shutdown_token().cancel();
+        hub.stop();
         drop(tasks);
         while tasks_done.recv().await.is_some() {}
     }
@@ -312,14 +314,8 @@ impl ServerHandle {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let hub = Arc::clone(&hub);
-                        let options = Arc::clone(&options);
-                        let guard = tasks.clone();
-                        tokio::spawn(async move {
-                            tracing::trace!(%peer, "accepted");
-                            connection(hub, stream, kind, options).await;
-                            drop(guard);
-                        });
+                        tracing::trace!(%peer, "accepted");
+                        spawn_connection(Arc::clone(&hub), stream, kind, Arc::clone(&options), tasks.clone());
                     }
                     Err(error) => {
                         // Typically out of file descriptors: retrying at once
@@ -340,21 +336,27 @@ enum Kind {
     Ws,
 }
 
-/// One accepted stream: TLS if configured, then its transport.
+/// One accepted stream as one task: TLS if configured, then its transport; `guard` goes when it ends.
 ///
-/// Every stage is boxed: an async function's state is as large as its largest
-/// stage, and a task that held the TLS handshake or the other transport's
-/// future inline would carry their size for as long as the connection lives
-/// (most connections are idle: SPEC §19's memory budget is per connection).
-async fn connection<S>(hub: Arc<Hub>, stream: S, kind: Kind, options: Arc<ServerOptions>)
+/// Without TLS the transport's future is the task itself, one allocation; with TLS, every stage is boxed: an
+/// async function's state is as large as its largest stage, and a task that held the TLS handshake or the other
+/// transport's future inline would carry their size for as long as the connection lives (most connections are
+/// idle: SPEC §19's memory budget is per connection).
+fn spawn_connection<S>(hub: Arc<Hub>, stream: S, kind: Kind, options: Arc<ServerOptions>, guard: mpsc::Sender<()>)
 where
     S: tokio::io::AsyncWrite + AsyncRead + Unpin + Send + 'static,
 {
     let endpoint = hub.register();
-    match options.tls.clone() {
-        None => transport(hub, stream, endpoint, kind, options).await,
-        Some(acceptor) => Box::pin(over_tls(hub, stream, endpoint, kind, options, acceptor)).await,
-    }
+    match (options.tls.clone(), kind) {
+        // `map`, not an `async` block that awaits it: that would hold the transport's future twice (rustc moves
+        // an awaited capture into a local of its own).
+        (None, Kind::Tcp) => tokio::spawn(tcp::serve(hub, stream, endpoint, options).map(move |()| drop(guard))),
+        (None, Kind::Ws) => tokio::spawn(ws::serve(hub, stream, endpoint, options).map(move |()| drop(guard))),
+        (Some(acceptor), _) => tokio::spawn(async move {
+            Box::pin(over_tls(hub, stream, endpoint, kind, options, acceptor)).await;
+            drop(guard);
+        }),
+    };
 }
 
 /// The TLS handshake, then the transport over TLS.
@@ -372,7 +374,7 @@ async fn over_tls<S>(
     let handshake = Box::pin(tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream)));
     let tls = tokio::select! {
         biased;
-        () = endpoint.kill.cancelled() => None,
+        () = endpoint.rx.killed() => None,
         tls = handshake => match tls {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(error)) => {

@@ -1,9 +1,11 @@
-//! A connection's outbound queue: what the hub routed to it, in engine order, until its writer takes it.
+//! A connection's outbound queue: what the hub routed to it, in engine order, until its writer takes it; and the
+//! hub's way to abort the connection (`kill`: queue full, server stopping).
 //!
 //! Bounded like a channel, but it holds no buffer while it is empty: tokio's bounded mpsc allocates a block of
 //! 32 slots per channel when it is made, more than the rest of an idle connection's adapter state (SPEC §19's
 //! memory budget is per connection, and most connections are idle). The buffer is released again once the writer
-//! empties it after a burst.
+//! empties it. The kill signal rides on the same lock and wake-up, so a connection needs no cancellation token
+//! (a tree node and a waiter of its own).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,9 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use super::hub::Out;
-
-/// Above this many slots, an emptied queue gives its buffer back.
-const KEEP_SLOTS: usize = 8;
 
 struct Outbox {
     state: Mutex<State>,
@@ -26,6 +25,8 @@ struct State {
     queue: VecDeque<Out>,
     sender_gone: bool,
     receiver_gone: bool,
+    /// The hub gave up on the connection: the writer stops without draining the queue.
+    killed: bool,
 }
 
 impl Outbox {
@@ -71,6 +72,12 @@ impl Sender {
         self.0.ready.notify_one();
         Ok(())
     }
+
+    /// Aborts the connection: its writer's `recv` ends and `killed` resolves, whatever is still queued.
+    pub fn kill(&self) {
+        self.0.lock().killed = true;
+        self.0.ready.notify_one();
+    }
 }
 
 impl Drop for Sender {
@@ -84,11 +91,14 @@ impl Drop for Sender {
 pub(crate) struct Receiver(Arc<Outbox>);
 
 impl Receiver {
-    /// The next stanza; `None` once the hub dropped its end and the queue is empty.
-    pub async fn recv(&mut self) -> Option<Out> {
+    /// The next stanza; `None` once the connection is killed, or the hub dropped its end and the queue is empty.
+    pub async fn recv(&self) -> Option<Out> {
         loop {
             {
                 let mut state = self.0.lock();
+                if state.killed {
+                    return None;
+                }
                 if let Some(out) = Self::pop(&mut state) {
                     return Some(out);
                 }
@@ -101,14 +111,48 @@ impl Receiver {
         }
     }
 
-    /// The next stanza if one is queued.
-    pub fn try_recv(&mut self) -> Option<Out> {
-        Self::pop(&mut self.0.lock())
+    /// The next stanza if one is queued (and the connection is not killed).
+    pub fn try_recv(&self) -> Option<Out> {
+        let mut state = self.0.lock();
+        if state.killed {
+            return None;
+        }
+        Self::pop(&mut state)
+    }
+
+    /// Resolves once `recv` has something to say: a stanza, a kill, or the end of the queue.
+    pub async fn ready(&self) {
+        loop {
+            {
+                let state = self.0.lock();
+                if state.killed || state.sender_gone || !state.queue.is_empty() {
+                    return;
+                }
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// Whether the hub gave up on the connection.
+    pub fn is_killed(&self) -> bool {
+        self.0.lock().killed
+    }
+
+    /// Resolves once the hub gives up on the connection. Only one task waits on a queue at a time (the
+    /// connection's own), so it may share the wake-up with `recv`: a push that wakes it is still found by the
+    /// next `recv`.
+    pub async fn killed(&self) {
+        loop {
+            if self.is_killed() {
+                return;
+            }
+            self.0.ready.notified().await;
+        }
     }
 
     fn pop(state: &mut State) -> Option<Out> {
         let out = state.queue.pop_front();
-        if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
+        if state.queue.is_empty() && state.queue.capacity() > 0 {
             state.queue = VecDeque::new();
         }
         out
@@ -140,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn in_order_bounded_and_ended_by_the_sender() {
-        let (tx, mut rx) = outbox(2);
+        let (tx, rx) = outbox(2);
         assert_eq!(tx.try_send(send(1)), Ok(()));
         assert_eq!(tx.try_send(send(2)), Ok(()));
         assert_eq!(tx.try_send(send(3)), Err(PushError::Full));
@@ -156,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_writer_is_woken_and_a_gone_writer_refuses() {
-        let (tx, mut rx) = outbox(4);
+        let (tx, rx) = outbox(4);
         let waiter = tokio::spawn(async move {
             let first = byte(rx.recv().await);
             (first, rx)
@@ -171,11 +215,29 @@ mod tests {
 
     #[test]
     fn an_emptied_queue_gives_back_a_burst_buffer() {
-        let (tx, mut rx) = outbox(1024);
+        let (tx, rx) = outbox(1024);
         for n in 0..100 {
             tx.try_send(send(n)).unwrap();
         }
         while rx.try_recv().is_some() {}
         assert_eq!(rx.0.lock().queue.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_kill_ends_the_writer_before_what_is_queued_and_wakes_a_waiter() {
+        let (tx, rx) = outbox(4);
+        let rx = std::sync::Arc::new(rx);
+        let waiter = tokio::spawn({
+            let rx = std::sync::Arc::clone(&rx);
+            async move { rx.killed().await }
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(send(1)).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a push is no kill");
+        tx.kill();
+        waiter.await.unwrap();
+        assert!(rx.try_recv().is_none());
+        assert!(rx.recv().await.is_none());
     }
 }

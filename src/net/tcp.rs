@@ -3,22 +3,27 @@
 //! The connection authenticates with its first frame, so the engine learns of
 //! it with no token (`open(.., Transport::Tcp, None, ..)`).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::{Decoder, Encoder};
 
-use super::hub::{Endpoint, Hub, Out};
+use super::hub::{ConnRef, Endpoint, Hub, Out};
+use super::lean::{poll_fill, release};
+use super::outbox::Receiver;
 use super::{ServerOptions, linger};
 use crate::codec::{FrameError, TcpFrameCodec};
 use crate::core::Transport;
 
-/// Read buffer a connection starts with; it grows for larger frames. Idle
-/// connections are the common case, so start small. Writes take a buffer
-/// only while a batch is written (`write_batch`): `Framed` would keep 8 KiB.
-const READ_CAPACITY: usize = 256;
+/// What one read brought.
+enum Read {
+    /// Bytes (in the connection's pending buffer).
+    Bytes,
+    Eof,
+    Failed(std::io::Error),
+}
 
 enum End {
     /// The engine closed it: flush, FIN, then let the peer finish.
@@ -29,57 +34,97 @@ enum End {
     Killed,
 }
 
-pub(crate) async fn serve<S>(hub: Arc<Hub>, io: S, endpoint: Endpoint, options: Arc<ServerOptions>)
+/// Not an `async fn`, whose arguments the future would hold twice (as arguments and as locals): the future is
+/// as large as its largest stage, and an idle connection waits in the smallest (the write is boxed).
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` would be larger
+pub(crate) fn serve<S>(
+    hub: Arc<Hub>,
+    mut io: S,
+    endpoint: Endpoint,
+    options: Arc<ServerOptions>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Endpoint { conn, mut rx, kill } = endpoint;
-    if hub.open(&conn, Transport::Tcp, None).is_err() {
-        return;
-    }
-    let codec = TcpFrameCodec::new(hub.max_stanza_bytes());
-    let mut framed = FramedRead::with_capacity(io, codec, READ_CAPACITY);
-    // False once the framing is broken (an oversized length): the rest of the
-    // byte stream cannot be trusted, so it is never parsed (SPEC TRN-10).
-    let mut reading = true;
-    let end = loop {
-        tokio::select! {
-            biased;
-            () = kill.cancelled() => break End::Killed,
-            out = rx.recv() => {
-                let Some(out) = out else { break End::Killed };
-                let written = tokio::select! {
-                    biased;
-                    () = kill.cancelled() => break End::Killed,
-                    // Boxed: while idle, the task holds no room for a write.
-                    written = Box::pin(write_batch(&mut framed, out, &mut rx)) => written,
-                };
-                match written {
-                    Ok(false) => {}
-                    Ok(true) => break End::Engine,
-                    Err(error) => {
-                        tracing::debug!(%conn, %error, "write failed");
-                        break End::Peer;
+    async move {
+        let (conn, rx) = (&endpoint.conn, &endpoint.rx);
+        if hub.open(conn, Transport::Tcp, None).is_err() {
+            return;
+        }
+        let mut codec = TcpFrameCodec::new(hub.max_stanza_bytes());
+        // Bytes of a frame not complete yet; no buffer between frames (`lean`).
+        let mut pending = BytesMut::new();
+        // False once the framing is broken (an oversized length): the rest of the
+        // byte stream cannot be trusted, so it is never parsed (SPEC TRN-10).
+        let mut reading = true;
+        let end = loop {
+            tokio::select! {
+                biased;
+                out = rx.recv() => {
+                    let Some(out) = out else { break End::Killed };
+                    if let Some(end) = Box::pin(write(&mut io, &mut codec, out, rx, conn)).await {
+                        break end;
+                    }
+                }
+                read = std::future::poll_fn(|cx| poll_fill(&mut io, cx, &mut pending)), if reading => {
+                    let read = match read {
+                        Ok(0) => Read::Eof,
+                        Ok(_) => Read::Bytes,
+                        Err(error) => Read::Failed(error),
+                    };
+                    if let Some(end) = take_frames(&hub, conn, &mut codec, &mut pending, read, &mut reading) {
+                        break end;
                     }
                 }
             }
-            frame = framed.next(), if reading => match frame {
-                Some(Ok(bytes)) => hub.receive(&conn, &bytes),
-                Some(Err(error @ FrameError::TooLarge { .. })) => {
-                    reading = false;
-                    hub.framing_error(&conn, &error);
-                }
-                Some(Err(error)) => {
-                    tracing::debug!(%conn, %error, "read failed");
-                    break End::Peer;
-                }
-                None => break End::Peer,
-            },
+        };
+        hub.closed(conn);
+        // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
+        Box::pin(close(io, end, &hub, &options)).await;
+    }
+}
+
+/// Hands every complete frame in `pending` to the engine; `Some` when the connection ends.
+fn take_frames(
+    hub: &Hub,
+    conn: &ConnRef,
+    codec: &mut TcpFrameCodec,
+    pending: &mut BytesMut,
+    read: Read,
+    reading: &mut bool,
+) -> Option<End> {
+    let eof = match read {
+        Read::Bytes => false,
+        Read::Eof => true,
+        Read::Failed(error) => {
+            tracing::debug!(%conn, %error, "read failed");
+            return Some(End::Peer);
         }
     };
-    hub.closed(&conn);
-    // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
-    Box::pin(close(framed.into_inner(), end, &hub, &options)).await;
+    let outcome = loop {
+        let frame = if eof {
+            codec.decode_eof(pending)
+        } else {
+            codec.decode(pending)
+        };
+        match frame {
+            Ok(Some(bytes)) => hub.receive(conn, &bytes),
+            Ok(None) if eof => break Some(End::Peer),
+            Ok(None) => break None,
+            Err(error @ FrameError::TooLarge { .. }) => {
+                *reading = false;
+                hub.framing_error(conn, &error);
+                *pending = BytesMut::new();
+                break None;
+            }
+            Err(error) => {
+                tracing::debug!(%conn, %error, "read failed");
+                break Some(End::Peer);
+            }
+        }
+    };
+    release(pending);
+    outcome
 }
 
 /// After the loop: what closing the stream needs, by how the connection ended.
@@ -104,13 +149,30 @@ where
     }
 }
 
+/// Writes `out` and what follows it in the queue, unless the connection is killed meanwhile; `Some` when the
+/// connection ends.
+async fn write<S>(io: &mut S, codec: &mut TcpFrameCodec, out: Out, rx: &Receiver, conn: &ConnRef) -> Option<End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let written = tokio::select! {
+        biased;
+        () = rx.killed() => return Some(End::Killed),
+        written = write_batch(io, codec, out, rx) => written,
+    };
+    match written {
+        Ok(false) => None,
+        Ok(true) => Some(End::Engine),
+        Err(error) => {
+            tracing::debug!(%conn, %error, "write failed");
+            Some(End::Peer)
+        }
+    }
+}
+
 /// Writes `first` and whatever else is queued, then flushes once. `Ok(true)`
 /// when a Close was among them (everything before it is flushed).
-async fn write_batch<S>(
-    framed: &mut FramedRead<S, TcpFrameCodec>,
-    first: Out,
-    rx: &mut super::outbox::Receiver,
-) -> Result<bool, FrameError>
+async fn write_batch<S>(io: &mut S, codec: &mut TcpFrameCodec, first: Out, rx: &Receiver) -> Result<bool, FrameError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -119,7 +181,7 @@ where
     let mut closing = false;
     while let Some(out) = next.take() {
         match out {
-            Out::Send(stanza) => framed.decoder_mut().encode(stanza, &mut batch)?,
+            Out::Send(stanza) => codec.encode(stanza, &mut batch)?,
             Out::Close(_) => {
                 closing = true;
                 break;
@@ -127,7 +189,6 @@ where
         }
         next = rx.try_recv();
     }
-    let io = framed.get_mut();
     io.write_all(&batch).await?;
     io.flush().await?;
     Ok(closing)

@@ -7,11 +7,14 @@
 //! a mutex (see [`super`]): the callback locks it for one `open` call, the
 //! same as every other connection event.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use futures::{SinkExt, StreamExt};
+use std::task::{Context, Poll};
+
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -19,10 +22,12 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
-use super::hub::{Endpoint, Hub, Out};
+use super::hub::{ConnRef, Endpoint, Hub, Out};
+use super::lean::Gate;
+use super::outbox::Receiver;
 use super::{ServerOptions, linger};
 use crate::codec::{ErrorKind, FrameError};
 use crate::core::auth::token_from_request;
@@ -59,30 +64,111 @@ enum End {
     Killed,
 }
 
-// tungstenite's callback signature returns the whole HTTP error response.
-#[allow(clippy::result_large_err)]
-pub(crate) async fn serve<S>(hub: Arc<Hub>, mut io: S, endpoint: Endpoint, options: Arc<ServerOptions>)
+/// What a connection's WebSocket phase works with.
+struct Link<'a> {
+    hub: &'a Hub,
+    conn: &'a ConnRef,
+    rx: &'a Receiver,
+    style: Style,
+    /// False after a read error (an oversized message): tungstenite stops
+    /// mid-frame, so what follows on the wire is never parsed (SPEC TRN-6).
+    reading: bool,
+    /// False while a parking attempt found output not yet flushed; true again after the next event.
+    may_rest: bool,
+}
+
+impl<'a> Link<'a> {
+    /// Made anew for each open phase: what it tracks does not outlive one (a connection that stopped reading
+    /// never rests again), and the resting connection's future does not hold it.
+    fn new(hub: &'a Hub, endpoint: &'a Endpoint, options: &ServerOptions) -> Link<'a> {
+        Link {
+            hub,
+            conn: &endpoint.conn,
+            rx: &endpoint.rx,
+            style: Style::of(&options.variants),
+            reading: true,
+            may_rest: true,
+        }
+    }
+}
+
+/// How one [`step`] of an open WebSocket ended.
+enum Step {
+    Going,
+    /// Nothing is buffered either way: the WebSocket state may go.
+    Rest,
+    End(End),
+}
+
+/// An upgraded connection rests as its stream alone: no WebSocket state, no buffers, no wakers (see `lean`).
+/// Input or output opens a WebSocket over it again ([`run_open`]), until the stream is at rest once more.
+///
+/// Not an `async fn`: the gate is made before the future, so the future holds the stream once, and each
+/// phase is boxed, because a future is as large as its largest stage and an idle connection waits in the
+/// smallest.
+pub(crate) fn serve<S>(
+    hub: Arc<Hub>,
+    io: S,
+    endpoint: Endpoint,
+    options: Arc<ServerOptions>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Endpoint { conn, mut rx, kill } = endpoint;
+    let mut gate = Gate::new(io);
+    async move {
+        if !Box::pin(upgrade(&mut gate, &hub, &endpoint, &options)).await {
+            return;
+        }
+        let end = loop {
+            let woke = tokio::select! {
+                biased;
+                () = endpoint.rx.ready() => Ok(1),
+                read = std::future::poll_fn(|cx| gate.poll_wait(cx)) => read,
+            };
+            match woke {
+                Ok(0) => break End::Peer,
+                Ok(_) => {
+                    let ws = Box::pin(open(&mut gate, &hub)).await;
+                    if !Box::pin(run_open(ws, Link::new(&hub, &endpoint, &options), &options)).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let conn = &endpoint.conn;
+                    tracing::debug!(%conn, %error, "read failed");
+                    break End::Peer;
+                }
+            }
+        };
+        hub.closed(&endpoint.conn);
+        let ws = Box::pin(open(&mut gate, &hub)).await;
+        Box::pin(close(ws, end, &hub, &options)).await;
+    }
+}
+
+/// The upgrade, and the frames a client sent before its answer: `true` once the connection rests with no
+/// WebSocket state, `false` when it ended (and was closed here).
+// tungstenite's callback signature returns the whole HTTP error response.
+#[allow(clippy::result_large_err)]
+async fn upgrade<S>(gate: &mut Gate<S>, hub: &Hub, endpoint: &Endpoint, options: &ServerOptions) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (conn, rx) = (&endpoint.conn, &endpoint.rx);
     let callback = {
-        let hub = Arc::clone(&hub);
-        let conn = &conn;
         let select = !options.variants.has(crate::variants::Variant::NoSubprotocol);
-        move |request: &Request, response: Response| decide(&hub, conn, request, response, select)
+        move |request: &Request, response: Response| decide(hub, conn, request, response, select)
     };
-    let config = ws_config(hub.max_stanza_bytes());
-    // Boxed, so the connection's task does not keep the handshake's size. It borrows the stream, so that a
-    // request that is no WebSocket upgrade can still be answered on it.
+    // Boxed: it borrows the stream, so that a request that is no WebSocket upgrade can still be answered on it.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        &mut io,
+        &mut *gate,
         callback,
-        Some(config),
+        Some(ws_config(hub.max_stanza_bytes())),
     ));
     let accepted = tokio::select! {
         biased;
-        () = kill.cancelled() => Err(None),
+        () = rx.killed() => Err(None),
         accepted = tokio::time::timeout(options.handshake_timeout, handshake) => match accepted {
             Ok(Ok(ws)) => Ok(ws),
             Ok(Err(WsError::Http(response))) => {
@@ -103,68 +189,136 @@ where
             }
         },
     };
-    let mut ws = match accepted {
-        Ok(ws) => ws,
+    match accepted {
+        // RFC 6455 4.1 says a client waits for the answer before it sends frames; one that did not left them
+        // in the handshake's WebSocket, which runs until it holds none.
+        Ok(ws) if !ws.get_ref().watch.at_rest() => run_open(ws, Link::new(hub, endpoint, options), options).await,
+        Ok(_) => true,
         Err(not_an_upgrade) => {
-            hub.closed(&conn);
+            hub.closed(conn);
             if let Some(error) = not_an_upgrade {
                 // SPEC TRN-18 (RFC 6455 4.2.1): a handshake that is not a valid upgrade gets 400, not silence.
-                let _ = tokio::time::timeout(options.close_linger, bad_request(&mut io, &error)).await;
+                let _ = tokio::time::timeout(options.close_linger, bad_request(gate.get_mut(), &error)).await;
             }
-            return;
+            false
         }
-    };
-    let style = Style::of(&options.variants);
-    // False after a read error (an oversized message): tungstenite stops
-    // mid-frame, so what follows on the wire is never parsed (SPEC TRN-6).
-    let mut reading = true;
-    let end = loop {
-        tokio::select! {
-            biased;
-            () = kill.cancelled() => break End::Killed,
-            out = rx.recv() => {
-                let Some(out) = out else { break End::Killed };
-                let written = tokio::select! {
-                    biased;
-                    () = kill.cancelled() => break End::Killed,
-                    // Boxed: while idle, the task holds no room for a write.
-                    written = Box::pin(write_batch(&mut ws, out, &mut rx, style)) => written,
-                };
-                match written {
-                    Ok(false) => {}
-                    Ok(true) => break End::Engine { reading },
-                    Err(error) => {
-                        tracing::debug!(%conn, %error, "write failed");
-                        break End::Peer;
-                    }
+    }
+}
+
+/// A WebSocket over a stream that rested with none.
+async fn open<'g, S>(gate: &'g mut Gate<S>, hub: &Hub) -> WebSocketStream<&'g mut Gate<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WebSocketStream::from_raw_socket(gate, Role::Server, Some(ws_config(hub.max_stanza_bytes()))).await
+}
+
+/// An open WebSocket, step by step: `true` when it rests (and goes), `false` when the connection ended (and
+/// was closed here).
+async fn run_open<S>(mut ws: WebSocketStream<&mut Gate<S>>, mut link: Link<'_>, options: &ServerOptions) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match step(&mut ws, &mut link).await {
+            Step::Going => {}
+            Step::Rest => return true,
+            Step::End(end) => {
+                link.hub.closed(link.conn);
+                Box::pin(close(ws, end, link.hub, options)).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// One event of an open WebSocket: output written, a message read, or the finding that it may rest.
+async fn step<S>(ws: &mut WebSocketStream<&mut Gate<S>>, link: &mut Link<'_>) -> Step
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let rx = link.rx;
+    let may_rest = link.may_rest;
+    tokio::select! {
+        biased;
+        out = rx.recv() => {
+            let Some(out) = out else { return Step::End(End::Killed) };
+            link.may_rest = true;
+            let written = tokio::select! {
+                biased;
+                () = rx.killed() => return Step::End(End::Killed),
+                // Boxed: while idle, the task holds no room for a write.
+                written = Box::pin(write_batch(ws, out, rx, link.style)) => written,
+            };
+            match written {
+                Ok(false) => Step::Going,
+                Ok(true) => Step::End(End::Engine { reading: link.reading }),
+                Err(error) => {
+                    let conn = link.conn;
+                    tracing::debug!(%conn, %error, "write failed");
+                    Step::End(End::Peer)
                 }
             }
-            message = ws.next(), if reading => match message {
-                Some(Ok(Message::Binary(stanza))) => hub.receive(&conn, &stanza),
-                Some(Ok(Message::Text(_))) => hub.text_frame(&conn),
-                // tungstenite answers Pings itself (SPEC TRN-7); control frames
-                // are no BIMIP liveness signal (SPEC PING-4).
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) => break End::PeerClose,
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                    reading = false;
-                    let error = FrameError::TooLarge {
-                        declared: u64::try_from(size).unwrap_or(u64::MAX),
-                        max: max_size,
-                    };
-                    hub.framing_error(&conn, &error);
+        }
+        read = std::future::poll_fn(|cx| poll_next_or_rest(ws, cx, may_rest)), if link.reading => match read {
+            None => match ws.flush().now_or_never() {
+                Some(Ok(())) => Step::Rest,
+                Some(Err(_)) => Step::End(End::Peer),
+                None => {
+                    // A pong or a Close reply still on its way: rest once it is out.
+                    link.may_rest = false;
+                    Step::Going
                 }
-                Some(Err(error)) => {
-                    tracing::debug!(%conn, %error, "read failed");
-                    break End::Peer;
-                }
-                None => break End::Peer,
             },
+            Some(message) => {
+                link.may_rest = true;
+                received(link, message)
+            }
+        },
+    }
+}
+
+/// The next message; `None` when there is none and the stream is at rest (with `may_rest`).
+fn poll_next_or_rest<S>(
+    ws: &mut WebSocketStream<&mut Gate<S>>,
+    cx: &mut Context<'_>,
+    may_rest: bool,
+) -> Poll<Option<Option<Result<Message, WsError>>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match ws.poll_next_unpin(cx) {
+        Poll::Ready(message) => Poll::Ready(Some(message)),
+        Poll::Pending if may_rest && ws.get_ref().watch.at_rest() => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// What a message read from the WebSocket means for the connection.
+fn received(link: &mut Link<'_>, message: Option<Result<Message, WsError>>) -> Step {
+    let (hub, conn) = (link.hub, link.conn);
+    match message {
+        Some(Ok(Message::Binary(stanza))) => hub.receive(conn, &stanza),
+        Some(Ok(Message::Text(_))) => hub.text_frame(conn),
+        // tungstenite answers Pings itself (SPEC TRN-7); control frames
+        // are no BIMIP liveness signal (SPEC PING-4).
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+        Some(Ok(Message::Close(_))) => return Step::End(End::PeerClose),
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+            link.reading = false;
+            let error = FrameError::TooLarge {
+                declared: u64::try_from(size).unwrap_or(u64::MAX),
+                max: max_size,
+            };
+            hub.framing_error(conn, &error);
         }
-    };
-    hub.closed(&conn);
-    // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
-    Box::pin(close(ws, end, &hub, &options)).await;
+        Some(Err(error)) => {
+            tracing::debug!(%conn, %error, "read failed");
+            return Step::End(End::Peer);
+        }
+        None => return Step::End(End::Peer),
+    }
+    Step::Going
 }
 
 /// After the loop: the close handshake the way the connection ended needs.
@@ -223,7 +377,7 @@ where
 #[allow(clippy::result_large_err)] // the signature tungstenite's Callback imposes
 fn decide(
     hub: &Hub,
-    conn: &super::hub::ConnRef,
+    conn: &ConnRef,
     request: &Request,
     mut response: Response,
     select_subprotocol: bool,
@@ -337,12 +491,7 @@ impl Style {
 /// Sends `first` and whatever else is queued, then flushes once. `Ok(true)`
 /// when a Close was among them: everything before it is flushed and the Close
 /// frame is sent.
-async fn write_batch<S>(
-    ws: &mut WebSocketStream<S>,
-    first: Out,
-    rx: &mut super::outbox::Receiver,
-    style: Style,
-) -> Result<bool, WsError>
+async fn write_batch<S>(ws: &mut WebSocketStream<S>, first: Out, rx: &Receiver, style: Style) -> Result<bool, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -15,12 +15,12 @@ use std::path::Path;
 use super::fs::{Fs, FsFile};
 use super::index::{self, FILE_HEADER_LEN, ItemEntry};
 use super::record::{self, Kind, RecordRef};
-use super::store::{ChunkBuilder, DeviceState, EidState, Forgotten, Loc, Segment};
+use super::store::{ChunkBuilder, DeviceState, EidState, EidStates, Forgotten, Loc, Segment};
 use super::{OpenReport, QueueError, Truncation, idx_name, parse_name, seg_name};
 
 pub(super) struct Recovered<Fl> {
     pub ids: BTreeMap<Box<str>, u32>,
-    pub eids: Vec<EidState>,
+    pub eids: EidStates,
     pub segs: BTreeMap<u32, Segment<Fl>>,
     pub report: OpenReport,
     pub dir_dirty: bool,
@@ -142,7 +142,7 @@ impl Loader {
         }
     }
 
-    fn finish(self) -> Result<(EidIds, Vec<EidState>), QueueError> {
+    fn finish(self) -> Result<(EidIds, EidStates), QueueError> {
         const MISSING: Loc = Loc {
             seg: u32::MAX,
             off: 0,
@@ -187,7 +187,7 @@ impl Loader {
                 });
             }
             let bytes = locs.iter().map(|l| l.payload_len as u64).sum();
-            eids.push(EidState {
+            eids.push(Box::new(EidState {
                 name: e.name,
                 low,
                 locs,
@@ -197,7 +197,7 @@ impl Loader {
                 forgotten: e.forgotten,
                 trim_seg: e.trim_seg,
                 dirty: false,
-            });
+            }));
         }
         Ok((self.ids, eids))
     }

@@ -149,6 +149,11 @@ pub(super) struct Forgotten {
     pub rec_seg: u32,
 }
 
+/// Every user's state, by id. Boxed: a user's state is not small (136 bytes), and a vector that doubles keeps
+/// up to as much again unused, which for a boxed one is a pointer's worth.
+#[allow(clippy::vec_box)]
+pub(super) type EidStates = Vec<Box<EidState>>;
+
 #[derive(Debug, Clone)]
 pub(super) struct EidState {
     pub name: Box<str>,
@@ -326,7 +331,7 @@ pub struct QueueStore<F: Fs> {
     /// Encoded records for the active segment at `written`, not yet written.
     pub(super) buf: Vec<u8>,
     pub(super) ids: BTreeMap<Box<str>, u32>,
-    pub(super) eids: Vec<EidState>,
+    pub(super) eids: EidStates,
     pub(super) dirty: Vec<u32>,
     pub(super) next_lsn: u64,
     pub(super) durable_lsn: u64,
@@ -489,13 +494,13 @@ impl<F: Fs> QueueStore<F> {
             return id;
         }
         let id = self.eids.len() as u32;
-        self.eids.push(EidState::new(eid));
+        self.eids.push(Box::new(EidState::new(eid)));
         self.ids.insert(eid.into(), id);
         id
     }
 
     fn state(&self, eid: &str) -> Option<&EidState> {
-        self.ids.get(eid).map(|&id| &self.eids[id as usize])
+        self.ids.get(eid).map(|&id| &*self.eids[id as usize])
     }
 
     /// Starts segment `id`: the spare renamed when one is ready, else a new empty file.
