@@ -239,6 +239,51 @@ impl fmt::Display for Refusal {
 #[error("skipped: {0}")]
 pub struct Skip(pub String);
 
+/// What came back for a raw HTTP request ([`Driver::http`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub bytes: Vec<u8>,
+    /// The server closed the connection (within the timeout).
+    pub closed: bool,
+}
+
+impl HttpAnswer {
+    /// The status code of the answer's status line (`HTTP/1.1 400 Bad Request`), if it has one.
+    pub fn status(&self) -> Option<u16> {
+        let line = self.bytes.split(|b| *b == b'\n').next()?;
+        let line = std::str::from_utf8(line).ok()?;
+        let mut words = line.split_whitespace();
+        words.next().filter(|w| w.starts_with("HTTP/"))?;
+        words.next()?.parse().ok()
+    }
+}
+
+/// A raw HTTP answer for the transcript: its head, and whether the connection closed.
+pub fn describe_answer(answer: &HttpAnswer) -> String {
+    let text = String::from_utf8_lossy(&answer.bytes);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().replace("\r\n", " | ");
+    let end = if answer.closed { "then closed" } else { "still open" };
+    format!("answered {} bytes: {head} ({end})", answer.bytes.len())
+}
+
+/// Sends `request` on `stream` and reads until the peer closes it or `timeout`.
+pub async fn http_exchange<S>(mut stream: S, request: &[u8], timeout: Duration) -> std::io::Result<HttpAnswer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await?;
+    let mut bytes = Vec::new();
+    let closed = match tokio::time::timeout(timeout, stream.read_to_end(&mut bytes)).await {
+        Ok(Ok(_)) => true,
+        // A reset after the answer is a close too (the server may close with unread input).
+        Ok(Err(error)) if !bytes.is_empty() && error.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Ok(Err(error)) => return Err(error),
+        Err(_) => false,
+    };
+    Ok(HttpAnswer { bytes, closed })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
@@ -563,6 +608,14 @@ pub trait Driver {
     /// Sends a WebSocket text message.
     fn send_text(&mut self, name: &str, text: &str) -> Result<(), DriverError> {
         self.command(name, Command::Text(text.to_string()))
+    }
+
+    /// Sends `request` as it is (with the listener's path for `$path`) to the WebSocket listener, on a TCP
+    /// connection of its own, and reads the answer until the server closes it or the target's timeout (SPEC
+    /// TRN-18).
+    fn http(&mut self, request: &[u8]) -> Result<HttpAnswer, DriverError> {
+        let _ = request;
+        Err(Skip("this driver sends no raw HTTP requests".into()).into())
     }
 
     /// The next event of `name`, waiting at most `within` (simulated time in

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
+    HttpAnswer, Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_answer,
+    http_exchange, run_connection,
 };
 use super::lifecycle::{Restart, ServerControl};
 use super::tap::TapHandle;
@@ -257,6 +258,41 @@ impl Driver for NetworkDriver {
 
     fn token(&mut self, eid: &str, device: &str, kind: &TokenKind) -> Result<String, Skip> {
         self.target.credentials.token(eid, device, kind, self.now_ms())
+    }
+
+    fn http(&mut self, request: &[u8]) -> Result<HttpAnswer, DriverError> {
+        let url = self
+            .target
+            .ws
+            .clone()
+            .ok_or_else(|| Skip("no websocket target was given".into()))?;
+        if !url.starts_with("ws://") {
+            return Err(Skip("raw HTTP requests go to a ws:// target only".into()).into());
+        }
+        let (host, port) = host_port(&url).map_err(DriverError::Other)?;
+        let path = url["ws://".len()..]
+            .find('/')
+            .map_or("/", |at| &url["ws://".len() + at..]);
+        let request = String::from_utf8_lossy(request).replace("$path", path).into_bytes();
+        let request = &request[..];
+        let timeout = self.target.info.timeout;
+        let at = self.elapsed_ms();
+        self.transcript
+            .note(at, "http", format!("sending {} bytes of HTTP to {url}", request.len()));
+        let answer = self.runtime.block_on(async {
+            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| "dialing timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            http_exchange(stream, request, timeout).await.map_err(|e| e.to_string())
+        });
+        let answer = answer.map_err(|error| DriverError::Connect {
+            name: "http".into(),
+            error,
+        })?;
+        let at = self.elapsed_ms();
+        self.transcript.note(at, "http", describe_answer(&answer));
+        Ok(answer)
     }
 
     fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {

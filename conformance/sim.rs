@@ -18,7 +18,8 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    Restart, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, run_connection,
+    HttpAnswer, Restart, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_answer,
+    http_exchange, run_connection,
 };
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
@@ -298,6 +299,48 @@ impl Driver for SimDriver {
 
     fn token(&mut self, eid: &str, device: &str, kind: &TokenKind) -> Result<String, Skip> {
         Credentials::Key(Arc::new(self.keys.signer.clone())).token(eid, device, kind, self.now_ms())
+    }
+
+    fn http(&mut self, request: &[u8]) -> Result<HttpAnswer, DriverError> {
+        self.ensure_server();
+        self.hosts += 1;
+        let host = format!("client{}", self.hosts);
+        let timeout = self.options.info.timeout;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let request_for_host = String::from_utf8_lossy(request).replace("$path", "/ws").into_bytes();
+        self.sim.client(host, async move {
+            let answer = match turmoil::net::TcpStream::connect(("server", WS_PORT)).await {
+                Ok(stream) => http_exchange(stream, &request_for_host, timeout)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let _ = tx.send(answer);
+            Ok(())
+        });
+        let at = self.elapsed_ms();
+        self.transcript.note(
+            at,
+            "http",
+            format!("sending {} bytes of HTTP to the WebSocket listener", request.len()),
+        );
+        let deadline = self.elapsed() + timeout * 2;
+        let answer = loop {
+            self.step();
+            if let Ok(answer) = rx.try_recv() {
+                break answer;
+            }
+            if self.elapsed() > deadline {
+                break Err("no answer in time".to_string());
+            }
+        };
+        let answer = answer.map_err(|error| DriverError::Connect {
+            name: "http".into(),
+            error,
+        })?;
+        let at = self.elapsed_ms();
+        self.transcript.note(at, "http", describe_answer(&answer));
+        Ok(answer)
     }
 
     fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {

@@ -9,9 +9,12 @@
 //! one exception, a network fault (issue 18): armed with
 //! [`TapHandle::cut_in_next`], it lets the next stanza of a route reach the
 //! client all but its last byte, then fails the connection (a reset in the
-//! middle of a stanza: the server sent it, the client never got it). A
+//! middle of a stanza: the server sent it, the client never got it). Told
+//! to with [`TapHandle::split_writes`], it passes the client's writes on a
+//! few bytes at a time, so the server reads each stanza in many pieces. A
 //! TLS connection is tapped below TLS, where nothing is readable: the tap
-//! then records nothing and says so ([`TapLog::plaintext`]).
+//! then records nothing and says so ([`TapLog::plaintext`]); its writes
+//! are split all the same.
 
 use std::io;
 use std::pin::Pin;
@@ -59,6 +62,8 @@ struct State {
     cut_route: Option<crate::codec::Route>,
     /// Where that stanza ends in the stream, once seen; then the connection has failed.
     cut_at: Option<u64>,
+    /// The most bytes one write of the client passes on.
+    split: Option<usize>,
 }
 
 /// Shared between the driver (reads the log, injects) and the [`Tap`].
@@ -113,6 +118,11 @@ impl TapHandle {
             s.cut_route = Some(route);
             Ok(())
         })
+    }
+
+    /// From now on, each of the client's writes reaches the network `bytes` at a time (at least 1).
+    pub fn split_writes(&self, bytes: usize) {
+        self.with(|s| s.split = Some(bytes.max(1)));
     }
 
     /// Wraps `stream`; the tap parses by `framing`.
@@ -319,6 +329,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
         if this.handle.with(|s| s.cut_at.is_some()) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
         }
+        let split = this.handle.with(|s| s.split);
+        let buf = split.map_or(buf, |n| &buf[..buf.len().min(n)]);
         match this.poll_inject(cx) {
             Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write(cx, buf),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -240,6 +240,8 @@ pub struct CaseWorld {
     /// Every event received, with its connection and when it arrived (ms
     /// since the case started), for order across connections.
     pub arrivals: Vec<(String, u64, Event)>,
+    /// The answer to the case's last raw HTTP request ([`Driver::http`]).
+    pub http: Option<super::driver::HttpAnswer>,
 }
 
 /// The offsets (server clock minus the suite's, ms) that every stamp the case
@@ -324,6 +326,7 @@ impl cucumber::World for CaseWorld {
             acted_ms: 0,
             clock: None,
             arrivals: Vec::new(),
+            http: None,
         }
         .started())
     }

@@ -42,6 +42,17 @@ Feature: Transports (SPEC section 2)
     Given alice is connected over websocket as "phone"
     Then alice's phone was given the subprotocol "bimip.v1"
 
+  @TRN-18 @must
+  Scenario Outline: A request that is not a WebSocket upgrade is answered with HTTP 400
+    When a client sends the HTTP request "<request>" to the WebSocket listener
+    Then the answer is HTTP 400 and the connection closes
+
+    Examples:
+      | what              | request                                                                                                                                                                  |
+      | no upgrade at all | GET $path HTTP/1.1\\r\\nHost: bimip.test\\r\\n\\r\\n                                                                                                                          |
+      | not a GET         | POST $path HTTP/1.1\\r\\nHost: bimip.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\nContent-Length: 0\\r\\n\\r\\n |
+      | no key            | GET $path HTTP/1.1\\r\\nHost: bimip.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n                                             |
+
   @TRN-5 @ERR-6 @must
   Scenario: A WebSocket text message is answered with text_frame and close 1003
     Given alice is connected over websocket as "phone"
@@ -61,6 +72,17 @@ Feature: Transports (SPEC section 2)
     When alice's phone writes the bytes "00000002 0806"
     Then alice's phone receives error 400 missing_payload for route "6"
     And alice's phone stays connected
+
+  @TRN-3 @TRN-9 @must
+  Scenario: Stanzas that reach the server one byte at a time are read whole
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
+    And alice's phone's writes reach the server one byte at a time
+    When alice's phone sends text "one byte at a time" to bob as "split-1"
+    And alice's phone sends a ping with id "split-2"
+    Then alice's phone receives a version update for "split-1" with version 1
+    And alice's phone receives a pong for "split-2"
+    And bob's phone receives the chat message "split-1" from alice's phone with version 1 as receiver
 
   @TRN-9 @must
   Scenario: A frame written one byte at a time is reassembled

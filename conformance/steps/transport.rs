@@ -45,6 +45,10 @@ pub fn steps() -> Vec<StepDef> {
             run: cut_in_next,
         },
         StepDef {
+            pattern: const_format(&[CONN, r"'s writes reach the server one byte at a time"]),
+            run: split_writes,
+        },
+        StepDef {
             pattern: RESTARTS,
             run: |w, _| restart(w, Restart::Graceful),
         },
@@ -89,6 +93,14 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: const_format(SUBPROTOCOL),
             run: subprotocol,
+        },
+        StepDef {
+            pattern: r#"a client sends the HTTP request "([^"]*)" to the WebSocket listener"#,
+            run: http_request,
+        },
+        StepDef {
+            pattern: r"the answer is HTTP (\d+) and the connection closes",
+            run: http_answer,
         },
         StepDef {
             pattern: const_format(STILL_CONNECTED),
@@ -156,6 +168,17 @@ fn cut_in_next(w: &mut CaseWorld, a: &Args) {
     if let Err(why) = tap.cut_in_next(route) {
         skip(why)
     }
+}
+
+/// A network fault under the client (`tap.rs`): every later write of the connection reaches the server in
+/// pieces of one byte, so the server reads each stanza in as many reads (TRN-3, TRN-9).
+fn split_writes(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let Some(tap) = w.driver.tap(&key) else {
+        fail(format!("a connection {key}"), "none")
+    };
+    w.settle();
+    tap.split_writes(1);
 }
 
 /// Whatever the case sent before is answered first; then the server goes down and comes back.
@@ -292,6 +315,30 @@ fn subprotocol(w: &mut CaseWorld, a: &Args) {
             format!("the server to select the subprotocol {:?} (TRN-4)", a.s(3)),
             format!("{got:?}"),
         );
+    }
+}
+
+/// The request as the feature writes it, with `\r\n` for each line end.
+fn http_request(w: &mut CaseWorld, a: &Args) {
+    let request = a.s(1).replace("\\r\\n", "\r\n");
+    w.settle();
+    match w.driver.http(request.as_bytes()) {
+        Ok(answer) => w.http = Some(answer),
+        Err(e) => driver_failed(e),
+    }
+}
+
+fn http_answer(w: &mut CaseWorld, a: &Args) {
+    let Some(answer) = &w.http else {
+        fail("an HTTP request sent first", "none was sent")
+    };
+    let expected = a.s(1).parse::<u16>().ok();
+    let shown = || crate::conformance::driver::describe_answer(answer);
+    if answer.status() != expected {
+        fail(format!("HTTP {} (TRN-18)", a.s(1)), shown());
+    }
+    if !answer.closed {
+        fail("the server to close the connection after its answer (TRN-18)", shown());
     }
 }
 

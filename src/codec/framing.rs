@@ -51,6 +51,11 @@ impl TcpFrameCodec {
     pub fn max_stanza_bytes(&self) -> usize {
         self.max
     }
+
+    /// Between frames: it holds no state a fresh codec would not have.
+    pub fn between_frames(&self) -> bool {
+        !self.in_body
+    }
 }
 
 impl Default for TcpFrameCodec {

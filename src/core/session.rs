@@ -30,7 +30,7 @@ pub(super) enum ConnState {
 
 /// The token a session runs on.
 pub(super) struct SessionToken {
-    pub jti: String,
+    pub jti: Box<str>,
     pub iat_ms: Millis,
     pub exp_ms: Millis,
 }
@@ -83,7 +83,7 @@ impl Engine {
         let session = Session {
             identity: identity.clone(),
             token: SessionToken {
-                jti: verified.jti,
+                jti: verified.jti.into(),
                 iat_ms: verified.iat_ms,
                 exp_ms: verified.exp_ms,
             },

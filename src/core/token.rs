@@ -50,7 +50,7 @@ impl Engine {
             };
             conns
                 .into_iter()
-                .filter_map(|c| self.with_session(c, |s| (s.token.jti.clone(), s.token.exp_ms)))
+                .filter_map(|c| self.with_session(c, |s| (s.token.jti.to_string(), s.token.exp_ms)))
                 .collect()
         };
         for (jti, exp) in &targets {
@@ -140,7 +140,7 @@ impl Engine {
         self.timers.cancel(old_end, Timer::TokenExpiry(conn));
         self.timers.set(end, Timer::TokenExpiry(conn));
         self.with_session(conn, |s| {
-            s.token.jti = jti;
+            s.token.jti = jti.into();
             s.token.iat_ms = claims.iat * 1000;
             s.token.exp_ms = exp_ms;
         });
@@ -157,7 +157,7 @@ impl Engine {
 
     fn session_jti(&self, conn: ConnId) -> Option<String> {
         match &self.conns.get(&conn)?.state {
-            super::session::ConnState::Live(s) => Some(s.token.jti.clone()),
+            super::session::ConnState::Live(s) => Some(s.token.jti.to_string()),
             super::session::ConnState::AwaitingAuth { .. } => None,
         }
     }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -16,6 +17,13 @@ use super::outbox::Receiver;
 use super::{ServerOptions, linger};
 use crate::codec::{FrameError, TcpFrameCodec};
 use crate::core::Transport;
+
+/// A frame begun and not complete: its bytes and the codec's state. None between frames, which is nearly
+/// always, so an idle connection holds a pointer instead of both.
+struct Partial {
+    codec: TcpFrameCodec,
+    pending: BytesMut,
+}
 
 /// What one read brought.
 enum Read {
@@ -47,52 +55,79 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        let (conn, rx) = (&endpoint.conn, &endpoint.rx);
-        if hub.open(conn, Transport::Tcp, None).is_err() {
+        if hub.open(&endpoint.conn, Transport::Tcp, None).is_err() {
             return;
         }
-        let mut codec = TcpFrameCodec::new(hub.max_stanza_bytes());
-        // Bytes of a frame not complete yet; no buffer between frames (`lean`).
-        let mut pending = BytesMut::new();
+        let mut partial: Option<Box<Partial>> = None;
         // False once the framing is broken (an oversized length): the rest of the
         // byte stream cannot be trusted, so it is never parsed (SPEC TRN-10).
         let mut reading = true;
         let end = loop {
             tokio::select! {
                 biased;
-                out = rx.recv() => {
-                    let Some(out) = out else { break End::Killed };
-                    if let Some(end) = Box::pin(write(&mut io, &mut codec, out, rx, conn)).await {
+                // Only a wake-up: the write takes the stanzas itself, so this future holds none.
+                () = endpoint.rx.ready() => {
+                    if let Some(end) = Box::pin(write(&mut io, hub.max_stanza_bytes(), &endpoint)).await {
                         break end;
                     }
                 }
-                read = std::future::poll_fn(|cx| poll_fill(&mut io, cx, &mut pending)), if reading => {
+                read = std::future::poll_fn(|cx| poll_read(&mut io, cx, &mut partial, hub.max_stanza_bytes())), if reading => {
                     let read = match read {
                         Ok(0) => Read::Eof,
                         Ok(_) => Read::Bytes,
                         Err(error) => Read::Failed(error),
                     };
-                    if let Some(end) = take_frames(&hub, conn, &mut codec, &mut pending, read, &mut reading) {
+                    let mut state = partial.take().unwrap_or_else(|| Box::new(Partial::new(hub.max_stanza_bytes())));
+                    let end = take_frames(&hub, &endpoint.conn, &mut state, read, &mut reading);
+                    if !state.pending.is_empty() || !state.codec.between_frames() {
+                        partial = Some(state);
+                    }
+                    if let Some(end) = end {
                         break end;
                     }
                 }
             }
         };
-        hub.closed(conn);
+        hub.closed(&endpoint.conn);
         // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
         Box::pin(close(io, end, &hub, &options)).await;
     }
 }
 
-/// Hands every complete frame in `pending` to the engine; `Some` when the connection ends.
-fn take_frames(
-    hub: &Hub,
-    conn: &ConnRef,
-    codec: &mut TcpFrameCodec,
-    pending: &mut BytesMut,
-    read: Read,
-    reading: &mut bool,
-) -> Option<End> {
+impl Partial {
+    fn new(max_stanza_bytes: usize) -> Partial {
+        Partial {
+            codec: TcpFrameCodec::new(max_stanza_bytes),
+            pending: BytesMut::new(),
+        }
+    }
+}
+
+/// Reads into the frame begun, or, between frames, into a new one only once bytes came (`lean`).
+fn poll_read<S: AsyncRead + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    partial: &mut Option<Box<Partial>>,
+    max_stanza_bytes: usize,
+) -> Poll<std::io::Result<usize>> {
+    match partial {
+        Some(state) => poll_fill(io, cx, &mut state.pending),
+        None => {
+            let mut bytes = BytesMut::new();
+            let read = ready!(poll_fill(io, cx, &mut bytes));
+            if !bytes.is_empty() {
+                let mut state = Box::new(Partial::new(max_stanza_bytes));
+                state.pending = bytes;
+                *partial = Some(state);
+            }
+            Poll::Ready(read)
+        }
+    }
+}
+
+/// Hands every complete frame in the partial frame's bytes to the engine; `Some` when the connection ends.
+fn take_frames(hub: &Hub, conn: &ConnRef, state: &mut Partial, read: Read, reading: &mut bool) -> Option<End> {
+    let Partial { codec, pending } = state;
     let eof = match read {
         Read::Bytes => false,
         Read::Eof => true,
@@ -149,16 +184,20 @@ where
     }
 }
 
-/// Writes `out` and what follows it in the queue, unless the connection is killed meanwhile; `Some` when the
-/// connection ends.
-async fn write<S>(io: &mut S, codec: &mut TcpFrameCodec, out: Out, rx: &Receiver, conn: &ConnRef) -> Option<End>
+/// Writes what the queue holds, unless the connection is killed meanwhile; `Some` when the connection ends
+/// (a queue with nothing to give ended: killed, or the hub dropped it).
+async fn write<S>(io: &mut S, max_stanza_bytes: usize, endpoint: &Endpoint) -> Option<End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (rx, conn) = (&endpoint.rx, &endpoint.conn);
+    let Some(out) = rx.try_recv() else {
+        return Some(End::Killed);
+    };
     let written = tokio::select! {
         biased;
         () = rx.killed() => return Some(End::Killed),
-        written = write_batch(io, codec, out, rx) => written,
+        written = write_batch(io, max_stanza_bytes, out, rx) => written,
     };
     match written {
         Ok(false) => None,
@@ -172,10 +211,12 @@ where
 
 /// Writes `first` and whatever else is queued, then flushes once. `Ok(true)`
 /// when a Close was among them (everything before it is flushed).
-async fn write_batch<S>(io: &mut S, codec: &mut TcpFrameCodec, first: Out, rx: &Receiver) -> Result<bool, FrameError>
+async fn write_batch<S>(io: &mut S, max_stanza_bytes: usize, first: Out, rx: &Receiver) -> Result<bool, FrameError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Encoding keeps no state between frames: a codec for this batch only.
+    let mut codec = TcpFrameCodec::new(max_stanza_bytes);
     let mut batch = BytesMut::new();
     let mut next = Some(first);
     let mut closing = false;
