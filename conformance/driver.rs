@@ -403,6 +403,23 @@ impl Transcript {
     }
 
     /// Notes how opening `conn` ended, and turns a failure into the drivers' error.
+    /// Records how a raw HTTP request ([`Driver::http`]) went; a failure is a failed connect.
+    pub fn http_answered(&mut self, at_ms: u64, answer: Result<HttpAnswer, String>) -> Result<HttpAnswer, DriverError> {
+        match answer {
+            Ok(answer) => {
+                self.note(at_ms, "http", describe_answer(&answer));
+                Ok(answer)
+            }
+            Err(error) => {
+                self.note(at_ms, "http", format!("request failed: {error}"));
+                Err(DriverError::Connect {
+                    name: "http".into(),
+                    error,
+                })
+            }
+        }
+    }
+
     pub fn connected(
         &mut self,
         at_ms: u64,

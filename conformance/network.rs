@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    HttpAnswer, Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_answer,
-    http_exchange, run_connection,
+    HttpAnswer, Report, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, http_exchange,
+    run_connection,
 };
 use super::lifecycle::{Restart, ServerControl};
 use super::tap::TapHandle;
@@ -286,13 +286,8 @@ impl Driver for NetworkDriver {
                 .map_err(|e| e.to_string())?;
             http_exchange(stream, request, timeout).await.map_err(|e| e.to_string())
         });
-        let answer = answer.map_err(|error| DriverError::Connect {
-            name: "http".into(),
-            error,
-        })?;
         let at = self.elapsed_ms();
-        self.transcript.note(at, "http", describe_answer(&answer));
-        Ok(answer)
+        self.transcript.http_answered(at, answer)
     }
 
     fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {

@@ -18,8 +18,8 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 
 use super::driver::{
     Command, ConnHandle, ConnTask, ConnectOutcome, ConnectSpec, Credentials, Driver, DriverError, DriverFactory,
-    HttpAnswer, Restart, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, describe_answer,
-    http_exchange, run_connection,
+    HttpAnswer, Restart, ServerTweak, Skip, Stamp, TargetInfo, TokenKind, Transcript, TransportKind, http_exchange,
+    run_connection,
 };
 use super::tap::TapHandle;
 use crate::client::{ClientOptions, Event};
@@ -334,13 +334,8 @@ impl Driver for SimDriver {
                 break Err("no answer in time".to_string());
             }
         };
-        let answer = answer.map_err(|error| DriverError::Connect {
-            name: "http".into(),
-            error,
-        })?;
         let at = self.elapsed_ms();
-        self.transcript.note(at, "http", describe_answer(&answer));
-        Ok(answer)
+        self.transcript.http_answered(at, answer)
     }
 
     fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {
