@@ -207,6 +207,23 @@ async fn ws_session_ping_logout_and_revoked_token() {
     .await;
 }
 
+/// A stopping server ends its live sessions: WebSocket with Close 1001, TCP by closing the stream, and the
+/// shutdown then completes (the hub tells every connection's queue, not a token per connection).
+#[tokio::test]
+async fn shutdown_closes_live_sessions() {
+    within(Duration::from_secs(10), async {
+        let server = server(Config::default()).await;
+        let mut ws = connect(&server.ws, &token("alice@example.com", "phone")).await;
+        let mut tcp = connect(&server.tcp, &token("bob@example.com", "phone")).await;
+        let stopping = tokio::spawn(server.handle.shutdown());
+        let (code, _) = ws.expect_closed(STEP).await.expect("the WebSocket session is closed");
+        assert_eq!(code, Some(1001));
+        tcp.expect_closed(STEP).await.expect("the TCP session is closed");
+        stopping.await.expect("shutdown completes");
+    })
+    .await;
+}
+
 /// TRN-8, TRN-15, AUTH-12, PING-1, OUT-1, OUT-2, AUTH-7, AUTH-11 over native TCP.
 #[tokio::test]
 async fn tcp_session_ping_logout_and_revoked_token() {
