@@ -56,7 +56,9 @@ impl Engine {
             message_id,
             status: request.status,
             timestamp: request.timestamp,
-            upto: self.with_session(conn, |s| s.delivered.last).unwrap_or(0),
+            upto: self
+                .with_session(conn, |s| s.delivered.as_ref().map_or(0, |d| d.last))
+                .unwrap_or(0),
         };
         if home == self.shard.index {
             self.acknowledge(ack, now);

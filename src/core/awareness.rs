@@ -11,9 +11,11 @@
 //! is UNAVAILABLE (AWR-12).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::auth::valid_eid;
 use super::engine::{Engine, Handled, Rejection, request_only};
+use super::limits::AWARENESS_RATE;
 use super::shard::Letter;
 use super::social::{SHARING_OFF, SocialEvent};
 use super::timers::Timer;
@@ -41,8 +43,8 @@ pub(super) struct Presence {
 /// Awareness state kept in memory.
 #[derive(Debug, Default)]
 pub(super) struct AwarenessState {
-    /// Online users' presence.
-    pub presence: BTreeMap<String, Presence>,
+    /// Online users' presence, keyed by the EID their sessions share (no copy per user).
+    pub presence: BTreeMap<Arc<str>, Presence>,
     /// When each user was last online (AWR-2).
     pub last_seen: BTreeMap<String, Millis>,
     /// Latest location fix per user (LOC-4): (latitude, longitude).
@@ -165,9 +167,9 @@ impl Engine {
     }
 
     /// A user's first session started (AWR-1): ONLINE to the watchers.
-    pub(super) fn user_came_online(&mut self, eid: &str, now: Millis) {
+    pub(super) fn user_came_online(&mut self, eid: &Arc<str>, now: Millis) {
         self.awareness.presence.insert(
-            eid.to_string(),
+            Arc::clone(eid),
             Presence {
                 status: ONLINE,
                 lapse_at: None,
@@ -213,7 +215,12 @@ impl Engine {
         match status {
             Some(status) => {
                 let presence = Presence { status, lapse_at: None };
-                self.awareness.presence.insert(eid.to_string(), presence);
+                match self.awareness.presence.get_mut(eid) {
+                    Some(known) => *known = presence,
+                    None => {
+                        self.awareness.presence.insert(eid.into(), presence);
+                    }
+                }
             }
             None => {
                 self.awareness.presence.remove(eid);
@@ -306,7 +313,7 @@ impl Engine {
         if intention && (!valid_eid(&peer) || peer == *me.eid) {
             return invalid("an intention goes to another user's EID");
         }
-        if self.with_session(conn, |s| s.awareness_bucket.try_take(now)) == Some(false) {
+        if self.with_session(conn, |s| s.awareness_bucket.try_take(AWARENESS_RATE, now)) == Some(false) {
             return Err(Rejection::new(
                 ErrorKind::RateLimited,
                 "more than 5 awareness changes per second",
@@ -362,9 +369,9 @@ impl Engine {
         if let Some(at) = lapse_at {
             self.timers.set(at, Timer::StatusTtl(eid.into()));
         }
-        self.awareness
-            .presence
-            .insert(eid.to_string(), Presence { status, lapse_at });
+        if let Some(known) = self.awareness.presence.get_mut(eid) {
+            *known = Presence { status, lapse_at };
+        }
         if current.status != status {
             self.announce(eid, ttl, Some(by), now);
             self.broadcast(Letter::Presence {

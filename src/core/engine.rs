@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::auth::{Signer, Verifier};
 use super::awareness::AwarenessState;
 use super::chat::ChatState;
+use super::limits::Rate;
 use super::queue::{ChatEvent, ChatStore, MemoryChatStore};
 use super::session::{Conn, ConnState, Session};
 use super::shard::{Crossing, Letter, ShardId};
@@ -252,6 +253,7 @@ impl Engine {
 
     /// One stanza's bytes arrived (a WebSocket binary message or a TCP frame).
     pub fn receive(&mut self, conn: ConnId, stanza: &[u8], now: Millis) {
+        let rate = self.stanza_rate();
         let Some(state) = self.conns.get_mut(&conn).map(|c| &mut c.state) else {
             return;
         };
@@ -263,7 +265,7 @@ impl Engine {
             ConnState::AwaitingAuth { .. } => self.receive_first(conn, decoded, now),
             ConnState::Live(session) => {
                 let reference = decoded.as_ref().map(ref_id_of).unwrap_or_default();
-                if !session.bucket.try_take(now) {
+                if !session.bucket.try_take(rate, now) {
                     let rejection =
                         Rejection::new(ErrorKind::RateLimited, "stanza rate limit exceeded; stanza dropped");
                     let route = decoded.as_ref().ok().map(|p| Route::of(p).number());
@@ -333,12 +335,8 @@ impl Engine {
                     let rejection = Rejection::new(ErrorKind::AuthTimeout, "no Authenticate stanza in time");
                     self.reject(conn, None, rejection, now);
                 }
-                Timer::Ping(conn) => self.on_ping_timer(conn, now),
+                Timer::Session(conn) => self.on_session_timer(conn, now),
                 Timer::StatusTtl(eid) => self.on_status_ttl(&eid, at, now),
-                Timer::TokenExpiry(conn) => {
-                    let rejection = Rejection::new(ErrorKind::TokenExpired, "the session's token expired");
-                    self.reject(conn, None, rejection, now);
-                }
             }
         }
     }
@@ -401,6 +399,34 @@ impl Engine {
     /// ends then, and a revocation is kept until then.
     pub(super) fn token_end(&self, exp_ms: Millis) -> Millis {
         exp_ms.saturating_add(self.verifier.leeway_ms())
+    }
+
+    /// Every session's stanza rate (SES).
+    pub(super) fn stanza_rate(&self) -> Rate {
+        Rate::new(self.config.rate_per_sec, self.config.rate_burst)
+    }
+
+    /// When a session's timer is due: its next ping or its token's end, whichever comes first.
+    pub(super) fn session_due(&self, session: &Session) -> Millis {
+        session.ping.next_at.min(self.token_end(session.token.exp_ms))
+    }
+
+    /// A session's timer: the ping tick if it is due (PING-2, PING-4), then the token's end (AUTH-13); the
+    /// timer is set again for whichever comes next.
+    fn on_session_timer(&mut self, conn: ConnId, now: Millis) {
+        if self.with_session(conn, |s| s.ping.next_at <= now) == Some(true) {
+            self.on_ping_timer(conn, now);
+        }
+        let Some(end) = self.with_session(conn, |s| s.token.exp_ms) else {
+            return;
+        };
+        if self.token_end(end) <= now {
+            let rejection = Rejection::new(ErrorKind::TokenExpired, "the session's token expired");
+            return self.reject(conn, None, rejection, now);
+        }
+        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
+            self.timers.set(due, Timer::Session(conn));
+        }
     }
 
     /// A durable write is buffered: outputs from now on wait for the sync.
@@ -569,9 +595,7 @@ impl Engine {
                 }
             }
             ConnState::Live(session) => {
-                self.timers.cancel(session.ping.next_at, Timer::Ping(conn));
-                let end = self.token_end(session.token.exp_ms);
-                self.timers.cancel(end, Timer::TokenExpiry(conn));
+                self.timers.cancel(self.session_due(&session), Timer::Session(conn));
                 let eid = &session.identity.eid;
                 // A replaced session is no longer the registered one: no flap (SES-2).
                 let was_current = self.registry.remove(eid, &session.identity.device, conn);
@@ -600,12 +624,17 @@ impl Engine {
         }
     }
 
-    /// The identity of the connection's session.
-    pub(super) fn identity(&self, conn: ConnId) -> Option<&SessionIdentity> {
+    /// The connection's session, once authenticated.
+    pub(super) fn session(&self, conn: ConnId) -> Option<&Session> {
         match &self.conns.get(&conn)?.state {
-            ConnState::Live(session) => Some(&session.identity),
+            ConnState::Live(session) => Some(session),
             ConnState::AwaitingAuth { .. } => None,
         }
+    }
+
+    /// The identity of the connection's session.
+    pub(super) fn identity(&self, conn: ConnId) -> Option<&SessionIdentity> {
+        self.session(conn).map(|s| &s.identity)
     }
 
     /// A fresh id, unique in this engine's lifetime; `now` keeps ids unique

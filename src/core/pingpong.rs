@@ -3,7 +3,6 @@
 //! stop: on the tick that finds `max_missed_pongs` consecutive pings unanswered.
 
 use super::engine::{Engine, Handled, MAX_REF_BYTES, Rejection};
-use super::timers::Timer;
 use super::{CloseReason, ConnId, Millis};
 use crate::codec::ErrorKind;
 use crate::proto::PingPong;
@@ -48,7 +47,8 @@ impl Engine {
                             || (ping.id.is_empty() && ping.request_time == *request_time)
                     });
                     if matches {
-                        s.ping.outstanding.clear();
+                        // Given back, not cleared: an idle session keeps no buffer between pings.
+                        s.ping.outstanding = Vec::new();
                         s.ping.missed = 0;
                     }
                 });
@@ -76,11 +76,11 @@ impl Engine {
             return self.close(conn, CloseReason::Error(ErrorKind::PingTimeout), now);
         }
         let next_at = now.saturating_add(interval);
+        // The session timer that called this sets itself again from `next_at`.
         self.with_session(conn, |s| {
             s.ping.outstanding.push((id.clone(), now));
             s.ping.next_at = next_at;
         });
-        self.timers.set(next_at, Timer::Ping(conn));
         let ping = PingPong {
             to: Some(to),
             r#type: REQUEST,

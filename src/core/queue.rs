@@ -490,8 +490,9 @@ impl Engine {
         let Some(key) = item.about.clone() else { return };
         let kind = key.1;
         self.with_session(conn, |s| {
-            s.delivered.items.insert(key, increment);
-            s.delivered.last = s.delivered.last.max(increment);
+            let delivered = s.delivered.get_or_insert_with(Box::default);
+            delivered.items.insert(key, increment);
+            delivered.last = delivered.last.max(increment);
         });
         match kind {
             ItemKind::Copy => self.send_encoded(conn, Route::ChatMessage, item.encoded.clone()),
@@ -592,6 +593,7 @@ impl Engine {
             // this message's items are one contiguous range (a scan of every
             // item sent in the session cost a fifth of the server's CPU).
             s.delivered
+                .as_ref()?
                 .items
                 .range((message_id.to_string(), ItemKind::Copy)..)
                 .take_while(|((m, _), _)| m == message_id)

@@ -4,15 +4,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::ConnId;
 
 /// EID -> its devices' connections. A user has a handful of devices (SES-3:
 /// ten at most), so each user's are a small list sorted by device rather
-/// than a map: a map would allocate a whole tree node per online user.
+/// than a map: a map would allocate a whole tree node per online user. The
+/// first device lives inline: one device, no allocation.
+type Devices = SmallVec<[(Arc<str>, ConnId); 1]>;
+
 #[derive(Debug, Default)]
 pub struct Registry {
     /// Keyed by the session identity's own EID: no copy of it per user.
-    online: BTreeMap<Arc<str>, Vec<(Arc<str>, ConnId)>>,
+    online: BTreeMap<Arc<str>, Devices>,
 }
 
 impl Registry {
@@ -30,16 +35,12 @@ impl Registry {
 
     /// How many devices of an EID are online.
     pub fn device_count(&self, eid: &str) -> usize {
-        self.online.get(eid).map_or(0, Vec::len)
+        self.online.get(eid).map_or(0, |devices| devices.len())
     }
 
     /// Records a session; returns the connection it replaces, if any.
     pub fn insert(&mut self, eid: &Arc<str>, device: Arc<str>, conn: ConnId) -> Option<ConnId> {
-        // Most users have one device online: room for one, not the four a first push would make.
-        let devices = self
-            .online
-            .entry(Arc::clone(eid))
-            .or_insert_with(|| Vec::with_capacity(1));
+        let devices = self.online.entry(Arc::clone(eid)).or_default();
         match devices.binary_search_by(|(d, _)| d.cmp(&device)) {
             Ok(at) => Some(std::mem::replace(&mut devices[at].1, conn)),
             Err(at) => {

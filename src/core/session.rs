@@ -7,7 +7,7 @@
 //! ```
 
 use super::engine::Engine;
-use super::limits::TokenBucket;
+use super::limits::{AWARENESS_RATE, TokenBucket};
 use super::timers::Timer;
 use super::{ConnId, Millis, SessionIdentity, Transport};
 use crate::codec::ErrorKind;
@@ -54,8 +54,8 @@ pub(super) struct Session {
     /// Presence changes and intentions: 5 per second (AWR-18).
     pub awareness_bucket: TokenBucket,
     pub consecutive_errors: u32,
-    /// Queue items sent in this session (SPEC 17.2's `s`).
-    pub delivered: super::queue::Delivered,
+    /// Queue items sent in this session (SPEC 17.2's `s`), from the first one on: an idle session holds none.
+    pub delivered: Option<Box<super::queue::Delivered>>,
 }
 
 impl Engine {
@@ -73,6 +73,7 @@ impl Engine {
             return Err(ErrorKind::TooManySessions);
         }
         let first_of_user = self.registry.device_count(&identity.eid) == 0;
+        let rate = self.stanza_rate();
         let Some(entry) = self.conns.get_mut(&conn) else {
             return Err(ErrorKind::Internal);
         };
@@ -91,8 +92,8 @@ impl Engine {
                 next_at: ping_at,
                 ..PingState::default()
             },
-            bucket: TokenBucket::new(self.config.rate_per_sec, self.config.rate_burst, now),
-            awareness_bucket: TokenBucket::new(5, 5, now),
+            bucket: TokenBucket::new(rate, now),
+            awareness_bucket: TokenBucket::new(AWARENESS_RATE, now),
             consecutive_errors: 0,
             delivered: Default::default(),
         };
@@ -104,9 +105,8 @@ impl Engine {
             self.reject(old, None, rejection, now);
         }
         self.stats.sessions_started += 1;
-        self.timers.set(ping_at, Timer::Ping(conn));
-        let end = self.token_end(verified.exp_ms);
-        self.timers.set(end, Timer::TokenExpiry(conn));
+        let due = ping_at.min(self.token_end(verified.exp_ms));
+        self.timers.set(due, Timer::Session(conn));
         let answer = Authenticate {
             token: String::new(),
             identity: Some(identity.to_proto()),

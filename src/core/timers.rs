@@ -10,10 +10,9 @@ use super::{ConnId, Millis};
 pub enum Timer {
     /// A native TCP connection has not authenticated in time (TRN-12).
     AuthDeadline(ConnId),
-    /// Time for the connection's next server ping (PING-2).
-    Ping(ConnId),
-    /// The session's token expires (AUTH-13).
-    TokenExpiry(ConnId),
+    /// A live session's next deadline: its next server ping (PING-2) or its token's end (AUTH-13), whichever
+    /// comes first. One timer per session, not one per deadline: an idle connection's memory is mostly timers.
+    Session(ConnId),
     /// A user-set status lapses back to ONLINE (AWR-5). Boxed, not a `String`: every timer of every
     /// connection is as large as the largest variant.
     StatusTtl(Box<str>),

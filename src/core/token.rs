@@ -136,14 +136,17 @@ impl Engine {
             .revoke(&old_jti, self.token_end(old_exp))
             .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the revocation: {e}")))?;
         let exp_ms = claims.exp * 1000;
-        let (old_end, end) = (self.token_end(old_exp), self.token_end(exp_ms));
-        self.timers.cancel(old_end, Timer::TokenExpiry(conn));
-        self.timers.set(end, Timer::TokenExpiry(conn));
+        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
+            self.timers.cancel(due, Timer::Session(conn));
+        }
         self.with_session(conn, |s| {
             s.token.jti = jti.into();
             s.token.iat_ms = claims.iat * 1000;
             s.token.exp_ms = exp_ms;
         });
+        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
+            self.timers.set(due, Timer::Session(conn));
+        }
         let answer = TokenRefreshResponse {
             to: Some(me.to_proto()),
             status: SUCCESS,

@@ -6,33 +6,59 @@
 //! memory budget is per connection, and most connections are idle). The buffer is released again once the writer
 //! empties it. The kill signal rides on the same lock and wake-up, so a connection needs no cancellation token
 //! (a tree node and a waiter of its own).
+//!
+//! One task waits on a queue, the connection's own: the queue keeps that task's waker under its lock (no `Notify`
+//! and its waiter list), and the task polls it without a future of its own (`poll_ready`), so a parked
+//! connection's task holds nothing for it.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use super::hub::Out;
 
 struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
     capacity: usize,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Out>,
+    /// The writer's task, while it waits.
+    waker: Option<Waker>,
     sender_gone: bool,
     receiver_gone: bool,
     /// The hub gave up on the connection: the writer stops without draining the queue.
     killed: bool,
 }
 
+impl State {
+    fn park(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
+}
+
 impl Outbox {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Only this module's short critical sections hold it; they do not panic.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the state and wakes the writer, outside the lock.
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let waker = {
+            let mut state = self.lock();
+            f(&mut state);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -49,7 +75,6 @@ pub(crate) enum PushError {
 pub(crate) fn outbox(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Outbox {
         state: Mutex::new(State::default()),
-        ready: Notify::new(),
         capacity: capacity.max(1),
     });
     (Sender(Arc::clone(&shared)), Receiver(shared))
@@ -68,22 +93,23 @@ impl Sender {
             return Err(PushError::Full);
         }
         state.queue.push_back(out);
+        let waker = state.waker.take();
         drop(state);
-        self.0.ready.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Ok(())
     }
 
     /// Aborts the connection: its writer's `recv` ends and `killed` resolves, whatever is still queued.
     pub fn kill(&self) {
-        self.0.lock().killed = true;
-        self.0.ready.notify_one();
+        self.0.change(|state| state.killed = true);
     }
 }
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        self.0.lock().sender_gone = true;
-        self.0.ready.notify_one();
+        self.0.change(|state| state.sender_gone = true);
     }
 }
 
@@ -93,22 +119,22 @@ pub(crate) struct Receiver(Arc<Outbox>);
 impl Receiver {
     /// The next stanza; `None` once the connection is killed, or the hub dropped its end and the queue is empty.
     pub async fn recv(&self) -> Option<Out> {
-        loop {
-            {
-                let mut state = self.0.lock();
-                if state.killed {
-                    return None;
-                }
-                if let Some(out) = Self::pop(&mut state) {
-                    return Some(out);
-                }
-                if state.sender_gone {
-                    return None;
-                }
+        poll_fn(|cx| {
+            let mut state = self.0.lock();
+            if state.killed {
+                return Poll::Ready(None);
             }
-            // A push between the check above and this wait stored a permit: no wake-up is lost.
-            self.0.ready.notified().await;
-        }
+            if let Some(out) = Self::pop(&mut state) {
+                return Poll::Ready(Some(out));
+            }
+            if state.sender_gone {
+                return Poll::Ready(None);
+            }
+            // Under the lock: a push after this check finds the waker.
+            state.park(cx);
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next stanza if one is queued (and the connection is not killed).
@@ -120,34 +146,30 @@ impl Receiver {
         Self::pop(&mut state)
     }
 
-    /// Resolves once `recv` has something to say: a stanza, a kill, or the end of the queue.
-    pub async fn ready(&self) {
-        loop {
-            {
-                let state = self.0.lock();
-                if state.killed || state.sender_gone || !state.queue.is_empty() {
-                    return;
-                }
-            }
-            self.0.ready.notified().await;
+    /// Ready once `recv` has something to say: a stanza, a kill, or the end of the queue. A poll, not a future:
+    /// a waiting connection's task then holds nothing for its queue.
+    pub fn poll_ready(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock();
+        if state.killed || state.sender_gone || !state.queue.is_empty() {
+            return Poll::Ready(());
         }
-    }
-
-    /// Whether the hub gave up on the connection.
-    pub fn is_killed(&self) -> bool {
-        self.0.lock().killed
+        state.park(cx);
+        Poll::Pending
     }
 
     /// Resolves once the hub gives up on the connection. Only one task waits on a queue at a time (the
     /// connection's own), so it may share the wake-up with `recv`: a push that wakes it is still found by the
     /// next `recv`.
     pub async fn killed(&self) {
-        loop {
-            if self.is_killed() {
-                return;
+        poll_fn(|cx| {
+            let mut state = self.0.lock();
+            if state.killed {
+                return Poll::Ready(());
             }
-            self.0.ready.notified().await;
-        }
+            state.park(cx);
+            Poll::Pending
+        })
+        .await;
     }
 
     fn pop(state: &mut State) -> Option<Out> {

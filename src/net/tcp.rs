@@ -42,6 +42,15 @@ enum End {
     Killed,
 }
 
+/// What woke an idle connection.
+enum Woke {
+    /// The queue has stanzas (or a kill) for the writer.
+    Write,
+    /// Frames were read and handed over.
+    Read,
+    End(End),
+}
+
 /// Not an `async fn`, whose arguments the future would hold twice (as arguments and as locals): the future is
 /// as large as its largest stage, and an idle connection waits in the smallest (the write is boxed).
 #[allow(clippy::manual_async_fn)] // see above: an `async fn` would be larger
@@ -63,29 +72,38 @@ where
         // byte stream cannot be trusted, so it is never parsed (SPEC TRN-10).
         let mut reading = true;
         let end = loop {
-            tokio::select! {
-                biased;
+            // One hand-written poll of the queue, then the stream: no select! and its futures in the idle task.
+            let woke = std::future::poll_fn(|cx| {
                 // Only a wake-up: the write takes the stanzas itself, so this future holds none.
-                () = endpoint.rx.ready() => {
+                if endpoint.rx.poll_ready(cx).is_ready() {
+                    return Poll::Ready(Woke::Write);
+                }
+                if !reading {
+                    return Poll::Pending;
+                }
+                let read = match ready!(poll_read(&mut io, cx, &mut partial, hub.max_stanza_bytes())) {
+                    Ok(0) => Read::Eof,
+                    Ok(_) => Read::Bytes,
+                    Err(error) => Read::Failed(error),
+                };
+                let mut state = partial
+                    .take()
+                    .unwrap_or_else(|| Box::new(Partial::new(hub.max_stanza_bytes())));
+                let end = take_frames(&hub, &endpoint.conn, &mut state, read, &mut reading);
+                if !state.pending.is_empty() || !state.codec.between_frames() {
+                    partial = Some(state);
+                }
+                Poll::Ready(end.map_or(Woke::Read, Woke::End))
+            })
+            .await;
+            match woke {
+                Woke::Write => {
                     if let Some(end) = Box::pin(write(&mut io, hub.max_stanza_bytes(), &endpoint)).await {
                         break end;
                     }
                 }
-                read = std::future::poll_fn(|cx| poll_read(&mut io, cx, &mut partial, hub.max_stanza_bytes())), if reading => {
-                    let read = match read {
-                        Ok(0) => Read::Eof,
-                        Ok(_) => Read::Bytes,
-                        Err(error) => Read::Failed(error),
-                    };
-                    let mut state = partial.take().unwrap_or_else(|| Box::new(Partial::new(hub.max_stanza_bytes())));
-                    let end = take_frames(&hub, &endpoint.conn, &mut state, read, &mut reading);
-                    if !state.pending.is_empty() || !state.codec.between_frames() {
-                        partial = Some(state);
-                    }
-                    if let Some(end) = end {
-                        break end;
-                    }
-                }
+                Woke::Read => {}
+                Woke::End(end) => break end,
             }
         };
         hub.closed(&endpoint.conn);

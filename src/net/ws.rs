@@ -121,24 +121,25 @@ where
             return;
         }
         let end = loop {
-            let woke = tokio::select! {
-                biased;
-                () = endpoint.rx.ready() => Ok(1),
-                read = std::future::poll_fn(|cx| gate.poll_wait(cx)) => read,
-            };
-            match woke {
-                Ok(0) => break End::Peer,
-                Ok(_) => {
-                    let ws = Box::pin(open(&mut gate, &hub)).await;
-                    if !Box::pin(run_open(ws, Link::new(&hub, &endpoint, &options), &options)).await {
-                        return;
+            // Parked: one hand-written poll of the queue, then the stream (no select! and its futures in the task).
+            let woke = std::future::poll_fn(|cx| match endpoint.rx.poll_ready(cx) {
+                Poll::Ready(()) => Poll::Ready(true),
+                Poll::Pending => gate.poll_wait(cx).map(|read| match read {
+                    Ok(n) => n > 0,
+                    Err(error) => {
+                        let conn = &endpoint.conn;
+                        tracing::debug!(%conn, %error, "read failed");
+                        false
                     }
-                }
-                Err(error) => {
-                    let conn = &endpoint.conn;
-                    tracing::debug!(%conn, %error, "read failed");
-                    break End::Peer;
-                }
+                }),
+            })
+            .await;
+            if !woke {
+                break End::Peer;
+            }
+            let ws = Box::pin(open(&mut gate, &hub)).await;
+            if !Box::pin(run_open(ws, Link::new(&hub, &endpoint, &options), &options)).await {
+                return;
             }
         };
         hub.closed(&endpoint.conn);

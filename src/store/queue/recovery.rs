@@ -11,6 +11,7 @@
 use litemap::LiteMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use super::fs::{Fs, FsFile};
 use super::index::{self, FILE_HEADER_LEN, ItemEntry};
@@ -19,18 +20,18 @@ use super::store::{ChunkBuilder, DeviceState, EidState, EidStates, Forgotten, Lo
 use super::{OpenReport, QueueError, Truncation, idx_name, parse_name, seg_name};
 
 pub(super) struct Recovered<Fl> {
-    pub ids: BTreeMap<Box<str>, u32>,
+    pub ids: BTreeMap<Arc<str>, u32>,
     pub eids: EidStates,
     pub segs: BTreeMap<u32, Segment<Fl>>,
     pub report: OpenReport,
     pub dir_dirty: bool,
 }
 
-type EidIds = BTreeMap<Box<str>, u32>;
+type EidIds = BTreeMap<Arc<str>, u32>;
 
 /// An EID as it is being put together from the log.
 struct LoadEid {
-    name: Box<str>,
+    name: Arc<str>,
     /// Item locations in log order, as runs of consecutive increments; a later run wins where they overlap (an
     /// item copied by compaction).
     runs: Vec<(u64, Vec<Loc>)>,
@@ -43,7 +44,7 @@ struct LoadEid {
 
 #[derive(Default)]
 struct Loader {
-    ids: BTreeMap<Box<str>, u32>,
+    ids: BTreeMap<Arc<str>, u32>,
     eids: Vec<LoadEid>,
 }
 
@@ -53,8 +54,10 @@ impl Loader {
             return id;
         }
         let id = self.eids.len() as u32;
+        let name: Arc<str> = name.into();
+        self.ids.insert(Arc::clone(&name), id);
         self.eids.push(LoadEid {
-            name: name.into(),
+            name,
             runs: Vec::new(),
             max_inc: 0,
             trim: 1,
@@ -62,7 +65,6 @@ impl Loader {
             devices: LiteMap::with_capacity(1),
             forgotten: LiteMap::new(),
         });
-        self.ids.insert(name.into(), id);
         id
     }
 

@@ -9,7 +9,7 @@
 use litemap::LiteMap;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -156,7 +156,8 @@ pub(super) type EidStates = Vec<Box<EidState>>;
 
 #[derive(Debug, Clone)]
 pub(super) struct EidState {
-    pub name: Box<str>,
+    /// Shared with the store's id map: one copy of the EID per user.
+    pub name: Arc<str>,
     /// Oldest retained increment (`last + 1` when none is retained).
     pub low: u64,
     /// `locs[i]` is item `low + i`.
@@ -175,9 +176,9 @@ pub(super) struct EidState {
 }
 
 impl EidState {
-    pub fn new(name: &str) -> EidState {
+    pub fn new(name: Arc<str>) -> EidState {
         EidState {
-            name: name.into(),
+            name,
             low: 1,
             locs: VecDeque::new(),
             bytes: 0,
@@ -224,7 +225,17 @@ pub(super) struct ChunkBuilder {
     /// `ItemEntry::eid` is the store-wide EID id here.
     pub items: Vec<ItemEntry>,
     /// Last device/forget/trim record per key: (eid id, is trim, device).
-    pub meta: BTreeMap<(u32, bool, Box<str>), Vec<u8>>,
+    pub meta: BTreeMap<(u32, bool, Box<[u8]>), MetaRec>,
+}
+
+/// A device, forget or trim record as the chunk's index will hold it, encoded only when the chunk is written: until
+/// then every user whose session started or whose offset moved keeps these 24 bytes, not a copy of the record with
+/// its EID.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MetaRec {
+    pub kind: Kind,
+    pub a: u64,
+    pub b: u64,
 }
 
 impl ChunkBuilder {
@@ -236,10 +247,12 @@ impl ChunkBuilder {
     }
 
     pub fn add_meta(&mut self, eid: u32, rec: &record::RecordRef<'_>) {
-        let key = (eid, rec.kind == Kind::Trim, String::from_utf8_lossy(rec.aux).into());
-        let mut bytes = Vec::with_capacity(rec.len);
-        record::encode(&mut bytes, rec.kind, rec.eid, rec.aux, rec.a, rec.b, rec.payload);
-        self.meta.insert(key, bytes);
+        let meta = MetaRec {
+            kind: rec.kind,
+            a: rec.a,
+            b: rec.b,
+        };
+        self.meta.insert((eid, rec.kind == Kind::Trim, rec.aux.into()), meta);
     }
 
     /// The chunk for `(from, to]`, with EID ids mapped to a chunk-local table.
@@ -258,7 +271,11 @@ impl ChunkBuilder {
             eid: local[&it.eid],
             ..*it
         });
-        let meta: Vec<u8> = self.meta.values().flatten().copied().collect();
+        let mut meta = Vec::new();
+        for ((eid, _, aux), m) in &self.meta {
+            // Meta records never carry a payload (`put_meta`).
+            record::encode(&mut meta, m.kind, name(*eid).as_bytes(), aux, m.a, m.b, b"");
+        }
         index::encode_chunk(self.from, to, &names, items, &meta, out);
     }
 
@@ -330,7 +347,7 @@ pub struct QueueStore<F: Fs> {
     pub(super) active: u32,
     /// Encoded records for the active segment at `written`, not yet written.
     pub(super) buf: Vec<u8>,
-    pub(super) ids: BTreeMap<Box<str>, u32>,
+    pub(super) ids: BTreeMap<Arc<str>, u32>,
     pub(super) eids: EidStates,
     pub(super) dirty: Vec<u32>,
     pub(super) next_lsn: u64,
@@ -494,8 +511,9 @@ impl<F: Fs> QueueStore<F> {
             return id;
         }
         let id = self.eids.len() as u32;
-        self.eids.push(Box::new(EidState::new(eid)));
-        self.ids.insert(eid.into(), id);
+        let name: Arc<str> = eid.into();
+        self.ids.insert(Arc::clone(&name), id);
+        self.eids.push(Box::new(EidState::new(name)));
         id
     }
 
@@ -623,18 +641,8 @@ impl<F: Fs> QueueStore<F> {
     /// Appends a device/forget/trim record and notes it for the index.
     fn put_meta(&mut self, kind: Kind, eid: u32, aux: &[u8], a: u64, b: u64) -> Result<u32, QueueError> {
         let loc = self.put(kind, eid, aux, a, b, b"")?;
-        let mut bytes = Vec::new();
-        record::encode(
-            &mut bytes,
-            kind,
-            self.eids[eid as usize].name.as_bytes(),
-            aux,
-            a,
-            b,
-            b"",
-        );
-        let key = (eid, kind == Kind::Trim, String::from_utf8_lossy(aux).into());
-        self.builder.meta.insert(key, bytes);
+        let key = (eid, kind == Kind::Trim, aux.into());
+        self.builder.meta.insert(key, MetaRec { kind, a, b });
         Ok(loc.seg)
     }
 
