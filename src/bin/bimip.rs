@@ -392,6 +392,11 @@ fn token(args: TokenArgs) -> Result<ExitCode> {
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
     use bimip::server::{JwtSettings, Settings, TlsSettings};
+    // No transparent huge pages: a server of many small, mostly idle connections pays for a 2 MiB page per heap
+    // region whatever it uses (about 200 B per connection at 10,000), and gained no measurable CPU from them
+    // (BENCHMARKS.md, reference server part 8). Best effort: a kernel without the option keeps its default.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
