@@ -87,11 +87,11 @@ impl Engine {
             confirm,
             result,
         };
-        let Some(meta) = self.chat.messages.get(&message_id).cloned() else {
+        let Some(meta) = self.chat.message(&message_id) else {
             return self.answer(answer(None, Err(not_found())), now);
         };
-        let receiver_side = meta.receiver == *me.eid;
-        if !receiver_side && meta.sender != *me.eid {
+        let receiver_side = meta.receiver == me.eid;
+        if !receiver_side && meta.sender != me.eid {
             return self.answer(answer(None, Err(not_found())), now);
         }
         if receiver_side && status == SENT {
@@ -128,16 +128,18 @@ impl Engine {
                 message_id: message_id.clone(),
                 status,
                 timestamp: at,
-                chat_id: meta.chat_id.clone(),
+                chat_id: meta.chat_id.to_string(),
                 version: meta.version,
             };
             let to_sender = QueueItem::new(None, Payload::AcknowledgmentResponse(update.clone()));
             let to_receiver = QueueItem::new(Some(me.device.to_string()), Payload::AcknowledgmentResponse(update));
-            items.push((meta.sender.clone(), to_sender));
-            items.push((meta.receiver.clone(), to_receiver));
+            items.push((meta.sender.to_string(), to_sender));
+            items.push((meta.receiver.to_string(), to_receiver));
         }
-        let recorded = self.chat.messages.get(&message_id).map_or(meta.state, |m| m.state);
-        let state_at = self.chat.messages.get(&message_id).map_or(at, |m| m.state_at);
+        let (recorded, state_at) = self
+            .chat
+            .message(&message_id)
+            .map_or((meta.state, at), |m| (m.state, m.state_at));
         // ACK-7: SENT was reached when the message was accepted, whatever state it has reached since.
         let (status, timestamp) = if !receiver_side && status == SENT {
             (SENT, meta.accepted_at)
@@ -150,7 +152,7 @@ impl Engine {
             message_id: message_id.clone(),
             status,
             timestamp,
-            chat_id: meta.chat_id,
+            chat_id: meta.chat_id.to_string(),
             version: meta.version,
         };
         let answer = answer(confirm, Ok(Payload::AcknowledgmentResponse(confirmation)));

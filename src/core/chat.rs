@@ -5,6 +5,7 @@
 //! idempotent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 
@@ -17,59 +18,107 @@ use crate::codec::{ErrorKind, Route};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{ChatMessage, Identity, MediaPayloadRequest, TextPayloadRequest, VersionUpdate, chat_message};
 
-/// What the server remembers of one accepted message.
+/// What the server remembers of one accepted message, inside its [`Chat`]: the chat holds the id and both users once,
+/// the resend index the sending device's name.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct MessageMeta {
-    pub chat_id: String,
-    pub version: i64,
-    pub sender: String,
-    pub sender_device: String,
-    pub message_id_local: String,
-    pub receiver: String,
+struct MessageMeta {
+    sender_device: Arc<str>,
+    message_id_local: Box<str>,
+    /// The sender is the chat's second user (else its first).
+    from_second: bool,
     /// 1 UNREAD, 2 DELIVERED, 3 READ, and when it was reached.
+    state: i32,
+    state_at: Millis,
+    /// When it was accepted: when it became SENT for its sender (ACK-7).
+    accepted_at: Millis,
+}
+
+/// One chat on its home: its id and users once, its latest version, and its messages by version.
+#[derive(Debug)]
+struct Chat {
+    id: Arc<str>,
+    /// The pair's EIDs in order.
+    users: [Arc<str>; 2],
+    latest: i64,
+    messages: BTreeMap<i64, MessageMeta>,
+}
+
+/// What an acknowledgment or a resend needs of a message: cheap clones of the chat's shared strings.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct MessageFacts {
+    pub chat_id: Arc<str>,
+    pub version: i64,
+    pub sender: Arc<str>,
+    pub receiver: Arc<str>,
+    pub message_id_local: Box<str>,
     pub state: i32,
     pub state_at: Millis,
-    /// When it was accepted: when it became SENT for its sender (ACK-7).
     pub accepted_at: Millis,
 }
 
-/// Chats, messages and the resend index, rebuilt from [`ChatEvent`]s.
+/// Chats, messages and the resend index, rebuilt from [`ChatEvent`]s. A message id is `{chat}/{version}`
+/// (CHAT-8), so a message is found by its chat, then its version: the maps every message and acknowledgment walks
+/// compare integers, not 60-byte ids that share all but their last bytes, and each message keeps no copy of its
+/// chat's id or users.
 #[derive(Debug, Default)]
 pub(super) struct ChatState {
-    pub versions: BTreeMap<String, i64>,
-    pub messages: BTreeMap<String, MessageMeta>,
-    /// The resend index (CHAT-14): sender EID -> sending device -> message_id_local -> message_id, nested so a
-    /// lookup borrows the session's strings instead of building a key.
-    pub by_local: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    chats: BTreeMap<Arc<str>, Chat>,
+    /// The resend index (CHAT-14): sender EID -> sending device -> message_id_local -> (chat, version), nested so
+    /// a lookup borrows the session's strings instead of building a key.
+    by_local: BTreeMap<Arc<str>, BTreeMap<Arc<str>, BTreeMap<Box<str>, (Arc<str>, i64)>>>,
+}
+
+/// A message id's chat and version, if it has the form this server gives (`{chat}/{version}`, the version in
+/// its canonical decimal form, so one message has one id).
+fn split_message_id(message_id: &str) -> Option<(&str, i64)> {
+    let (chat, version) = message_id.rsplit_once('/')?;
+    let number: i64 = version.parse().ok()?;
+    (number > 0 && !version.starts_with(['0', '+'])).then_some((chat, number))
 }
 
 impl ChatState {
     pub fn apply(&mut self, event: &ChatEvent) {
         match event {
             ChatEvent::Accepted(a) => {
-                let latest = self.versions.entry(a.chat_id.clone()).or_default();
-                *latest = (*latest).max(a.version);
-                self.by_local
-                    .entry(a.sender.clone())
+                let chat = match self.chats.get_mut(a.chat_id.as_str()) {
+                    Some(chat) => chat,
+                    None => {
+                        let id: Arc<str> = a.chat_id.as_str().into();
+                        let mut users: [Arc<str>; 2] = [a.sender.as_str().into(), a.receiver.as_str().into()];
+                        users.sort();
+                        let chat = Chat {
+                            id: Arc::clone(&id),
+                            users,
+                            latest: 0,
+                            messages: BTreeMap::new(),
+                        };
+                        self.chats.entry(id).or_insert(chat)
+                    }
+                };
+                chat.latest = chat.latest.max(a.version);
+                let from_second = *chat.users[1] == *a.sender && *chat.users[0] != *a.sender;
+                let sender = Arc::clone(&chat.users[usize::from(from_second)]);
+                let devices = self.by_local.entry(sender).or_default();
+                let device = match devices.get_key_value(a.sender_device.as_str()) {
+                    Some((device, _)) => Arc::clone(device),
+                    None => a.sender_device.as_str().into(),
+                };
+                devices
+                    .entry(Arc::clone(&device))
                     .or_default()
-                    .entry(a.sender_device.clone())
-                    .or_default()
-                    .insert(a.message_id_local.clone(), a.message_id.clone());
+                    .insert(a.message_id_local.as_str().into(), (Arc::clone(&chat.id), a.version));
                 let meta = MessageMeta {
-                    chat_id: a.chat_id.clone(),
-                    version: a.version,
-                    sender: a.sender.clone(),
-                    sender_device: a.sender_device.clone(),
-                    message_id_local: a.message_id_local.clone(),
-                    receiver: a.receiver.clone(),
+                    sender_device: device,
+                    message_id_local: a.message_id_local.as_str().into(),
+                    from_second,
                     state: 1,
                     state_at: a.at,
                     accepted_at: a.at,
                 };
-                self.messages.insert(a.message_id.clone(), meta);
+                chat.messages.insert(a.version, meta);
             }
             ChatEvent::StateRaised(r) => {
-                if let Some(meta) = self.messages.get_mut(&r.message_id)
+                if let Some(meta) = self.meta_mut(&r.message_id)
                     && r.state > meta.state
                 {
                     meta.state = r.state;
@@ -77,6 +126,48 @@ impl ChatState {
                 }
             }
         }
+    }
+
+    fn meta_mut(&mut self, message_id: &str) -> Option<&mut MessageMeta> {
+        let (chat, version) = split_message_id(message_id)?;
+        self.chats.get_mut(chat)?.messages.get_mut(&version)
+    }
+
+    /// The chat's latest version, 0 before its first message.
+    pub fn latest(&self, chat: &str) -> i64 {
+        self.chats.get(chat).map_or(0, |c| c.latest)
+    }
+
+    pub fn contains(&self, message_id: &str) -> bool {
+        self.message(message_id).is_some()
+    }
+
+    /// What is remembered of a message, by its id.
+    pub fn message(&self, message_id: &str) -> Option<MessageFacts> {
+        let (chat, version) = split_message_id(message_id)?;
+        self.facts(chat, version)
+    }
+
+    fn facts(&self, chat: &str, version: i64) -> Option<MessageFacts> {
+        let chat = self.chats.get(chat)?;
+        let meta = chat.messages.get(&version)?;
+        let sender = usize::from(meta.from_second);
+        Some(MessageFacts {
+            chat_id: Arc::clone(&chat.id),
+            version,
+            sender: Arc::clone(&chat.users[sender]),
+            receiver: Arc::clone(&chat.users[1 - sender]),
+            message_id_local: meta.message_id_local.clone(),
+            state: meta.state,
+            state_at: meta.state_at,
+            accepted_at: meta.accepted_at,
+        })
+    }
+
+    /// The message a device already sent with this `message_id_local`, if any (CHAT-14).
+    pub fn resent(&self, sender: &str, device: &str, local: &str) -> Option<MessageFacts> {
+        let (chat, version) = self.by_local.get(sender)?.get(device)?.get(local)?;
+        self.facts(chat, *version)
     }
 }
 
@@ -224,12 +315,9 @@ impl Engine {
             confirm: None,
             result,
         };
-        let resent = (self.chat.by_local.get(&*me.eid))
-            .and_then(|devices| devices.get(&*me.device))
-            .and_then(|locals| locals.get(&local))
-            .and_then(|message_id| Some((message_id.clone(), self.chat.messages.get(message_id)?.clone())));
-        if let Some((message_id, meta)) = resent {
+        if let Some(meta) = self.chat.resent(&me.eid, &me.device, &local) {
             // CHAT-14: the original stands; only the VersionUpdate again.
+            let message_id = format!("{}/{}", meta.chat_id, meta.version);
             let update = version_update(
                 &me,
                 &message_id,
@@ -248,7 +336,7 @@ impl Engine {
             let rejection = Rejection::new(ErrorKind::QueueFull, "the receiver's queue is full");
             return self.answer(answer(Err(rejection)), now);
         }
-        let version = self.chat.versions.get(&chat).copied().unwrap_or(0) + 1;
+        let version = self.chat.latest(&chat) + 1;
         let message_id = format!("{chat}/{version}");
         let event = ChatEvent::Accepted(Accepted {
             message_id: message_id.clone(),

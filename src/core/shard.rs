@@ -469,7 +469,7 @@ impl Engine {
                 continue;
             };
             let event = match stanza {
-                Payload::ChatMessage(m) if self.owns(&m.chat_id) && !self.chat.messages.contains_key(&m.message_id) => {
+                Payload::ChatMessage(m) if self.owns(&m.chat_id) && !self.chat.contains(&m.message_id) => {
                     let (Some(from), Some(to)) = (m.from, m.to.first()) else {
                         continue;
                     };
@@ -488,8 +488,7 @@ impl Engine {
                     if self.owns(&r.chat_id)
                         && self
                             .chat
-                            .messages
-                            .get(&r.message_id)
+                            .message(&r.message_id)
                             .is_some_and(|meta| meta.state < r.status) =>
                 {
                     ChatEvent::StateRaised(StateRaised {
