@@ -65,8 +65,11 @@ pub(super) struct ChatState {
     chats: BTreeMap<Arc<str>, Chat>,
     /// The resend index (CHAT-14): sender EID -> sending device -> message_id_local -> (chat, version), nested so
     /// a lookup borrows the session's strings instead of building a key.
-    by_local: BTreeMap<Arc<str>, BTreeMap<Arc<str>, BTreeMap<Box<str>, (Arc<str>, i64)>>>,
+    by_local: BTreeMap<Arc<str>, BTreeMap<Arc<str>, SentByDevice>>,
 }
+
+/// One device's messages by `message_id_local`: their chat and version.
+type SentByDevice = BTreeMap<Box<str>, (Arc<str>, i64)>;
 
 /// A message id's chat and version, if it has the form this server gives (`{chat}/{version}`, the version in
 /// its canonical decimal form, so one message has one id).
