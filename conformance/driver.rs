@@ -663,6 +663,12 @@ pub trait Driver {
     /// Takes the server down and up again (`lifecycle.rs`) and returns once it accepts connections; every
     /// session of the case ends. `Skip` when the target cannot be restarted that way.
     fn restart(&mut self, how: Restart) -> Result<(), DriverError>;
+
+    /// Client mode's scripted peer and client under test (`client_mode.rs`); `None` for the drivers that check
+    /// a server.
+    fn client_mode(&mut self) -> Option<&mut super::client_mode::Harness> {
+        None
+    }
 }
 
 /// Makes one driver per case.

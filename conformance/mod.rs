@@ -7,6 +7,8 @@
 //! - [`sim`]: the reference server and clients as turmoil hosts, simulated time.
 //! - [`network`]: real connections to any target; [`builtin`]: the reference
 //!   server on loopback for network runs.
+//! - [`client_mode`]: checking a client instead (SPEC §21): a scripted [`peer`] plays the server, and an
+//!   [`adapter`] process drives the client under test.
 //! - [`lifecycle`]: restarting the target (hooks), for the cases that need it.
 //! - [`tap`]: raw bytes under the client (ENV-12 canonical form, TRN-7 Ping frames).
 //! - [`world`]: the cucumber World of one case.
@@ -18,11 +20,14 @@
 //!
 //! [`Driver`]: driver::Driver
 
+pub mod adapter;
 pub mod builtin;
+pub mod client_mode;
 pub mod driver;
 pub mod html;
 pub mod lifecycle;
 pub mod network;
+pub mod peer;
 pub mod report;
 pub mod runner;
 pub mod selfcheck;

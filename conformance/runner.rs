@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub transports: Vec<TransportKind>,
     /// The longest the whole run may take: the cases not begun by then are skipped, and the run fails saying so.
     pub deadline: Option<Duration>,
+    /// Check a client (client mode: only [`spec::CLIENT_FEATURE`]'s cases) instead of a server (all the others).
+    pub client_mode: bool,
 }
 
 impl RunOptions {
@@ -96,6 +98,7 @@ pub struct Filter {
     exclude_areas: Vec<String>,
     names: Vec<String>,
     files: Vec<String>,
+    client_mode: bool,
 }
 
 fn parse_tags(expr: &Option<String>) -> Result<Option<TagOperation>, RunError> {
@@ -119,6 +122,7 @@ impl Filter {
             exclude_areas: options.exclude_areas.clone(),
             names: options.names.clone(),
             files: options.files.clone(),
+            client_mode: options.client_mode,
         })
     }
 
@@ -132,7 +136,8 @@ impl Filter {
         let by_area = self.areas.is_empty() || in_area(&self.areas);
         let area_excluded = in_area(&self.exclude_areas);
         let by_name = self.names.is_empty() || self.names.iter().any(|n| name.contains(n.as_str()));
-        by_file && by_tags && !excluded && by_req && by_area && !area_excluded && by_name
+        let by_mode = (file == spec::CLIENT_FEATURE) == self.client_mode;
+        by_mode && by_file && by_tags && !excluded && by_req && by_area && !area_excluded && by_name
     }
 }
 

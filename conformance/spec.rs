@@ -115,7 +115,16 @@ pub const FEATURES: &[(&str, &str, &str, &str)] = &[
         "Push and Body",
         include_str!("../features/push.feature"),
     ),
+    (
+        CLIENT_FEATURE,
+        "21",
+        "Clients",
+        include_str!("../features/client.feature"),
+    ),
 ];
+
+/// The cases that check a client (client mode), not a server.
+pub const CLIENT_FEATURE: &str = "client.feature";
 
 /// A requirement's level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]

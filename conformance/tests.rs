@@ -323,10 +323,11 @@ fn neutral_cases_run_once_per_transport_and_the_readme_counts_them() {
         })
         .expect("the features parse")
     };
+    // Server cases: the client cases run in client mode only.
     let neutral = spec::cases()
         .expect("the features parse")
         .iter()
-        .filter(|c| c.neutral)
+        .filter(|c| c.neutral && c.file != spec::CLIENT_FEATURE)
         .count();
     let (both, ws, tcp) = (
         count(Vec::new()),
@@ -640,4 +641,30 @@ fn every_case_of_a_feature_has_its_own_name() {
     );
     assert!(super::runner::check_baseline(&["A session ends when its token expires (tcp)".to_string()]).is_ok());
     assert!(super::runner::check_baseline(&["A session ends when its token expires (udp)".to_string()]).is_err());
+}
+
+/// Client cases run in client mode only, server cases in server runs only, and every client case asks for a
+/// client-mode step (so a server run could never pass one by accident).
+#[test]
+fn client_cases_run_in_client_mode_only() {
+    let list = |client_mode| {
+        super::runner::list(&RunOptions {
+            client_mode,
+            ..RunOptions::default()
+        })
+        .expect("the features parse")
+    };
+    let (server, client) = (list(false), list(true));
+    assert!(!client.is_empty());
+    assert!(client.iter().all(|c| c.file == spec::CLIENT_FEATURE));
+    assert!(server.iter().all(|c| c.file != spec::CLIENT_FEATURE));
+    let phrases = super::steps::client::steps();
+    spec::each_scenario(|file, scenario| {
+        let client_step = scenario.steps.iter().any(|s| {
+            phrases.iter().any(|p| {
+                cucumber::codegen::Regex::new(&format!("^{}$", p.pattern)).is_ok_and(|re| re.is_match(&s.value))
+            })
+        });
+        assert_eq!(file == spec::CLIENT_FEATURE, client_step, "{file}: {}", scenario.name);
+    });
 }

@@ -18,7 +18,8 @@
 //! narrow it: `--tags EXPR`, `--req ID`, `--name TEXT`, `--verbose`,
 //! `--no-network`, `--no-faults`; `--fault NAME` (repeatable) runs only the
 //! self-check of those faults, `--all-areas` runs it over every feature;
-//! `--variants` runs only the check of the allowed variants.
+//! `--variants` runs only the check of the allowed variants; `--client` only client mode (the Rust reference
+//! client through its adapter, and the adapter's deliberate misbehaviours).
 //!
 //! Cucumber runs under `futures::executor::block_on` on this thread (not
 //! under `#[tokio::main]`: the simulation steps runtimes of its own).
@@ -27,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use bimip::conformance::builtin::BuiltIn;
+use bimip::conformance::client_mode::ClientModeFactory;
 use bimip::conformance::driver::TransportKind;
 use bimip::conformance::network::NetworkFactory;
 use bimip::conformance::report::Report;
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
     let mut only_faults: Vec<Fault> = Vec::new();
     let mut all_areas = false;
     let mut only_variants = false;
+    let mut only_client = false;
     let mut shards = 1;
     let mut shards_given = false;
     let mut args = std::env::args().skip(1);
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             "--no-faults" => faults = false,
             "--all-areas" => all_areas = true,
             "--variants" => only_variants = true,
+            "--client" => only_client = true,
             "--shards" => {
                 shards = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
                 shards_given = true;
@@ -119,6 +123,18 @@ fn main() -> ExitCode {
             },
             _ => {}
         }
+    }
+    if only_client {
+        return match client_mode(verbose) {
+            Ok(summary) => {
+                println!("client mode: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                println!("client mode FAILED: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if only_variants {
         return if variant_self_check(&options.expected_failures, verbose) {
@@ -200,6 +216,13 @@ fn main() -> ExitCode {
             }
         }
     }
+    match client_mode(verbose) {
+        Ok(summary) => println!("client mode: {summary}"),
+        Err(error) => {
+            println!("client mode FAILED: {error}");
+            ok = false;
+        }
+    }
     if faults && !fault_self_check(&Fault::ALL, all_areas, &options.expected_failures, verbose) {
         ok = false;
     }
@@ -208,6 +231,56 @@ fn main() -> ExitCode {
     }
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
+
+/// The Rust reference client through its adapter passes every client case (SPEC §21), on both transports; and
+/// each of the adapter's deliberate misbehaviours (`BIMIP_ADAPTER_FAULT`, at the adapter's edge) fails a case,
+/// so no client check is one a broken client would pass too.
+fn client_mode(verbose: bool) -> Result<String, String> {
+    let adapter = env!("CARGO_BIN_EXE_bimip-client-adapter");
+    let options = RunOptions {
+        target: "the Rust reference client".into(),
+        client_mode: true,
+        jobs: 4,
+        ..RunOptions::default()
+    };
+    let report =
+        runner::run(&options, Arc::new(ClientModeFactory::new(adapter)), "client").map_err(|e| e.to_string())?;
+    if !report.ok() || report.cases.len() < 14 {
+        return Err(format!("{}{}", report.render_tree(false, verbose), report.summary()));
+    }
+    let mut caught = Vec::new();
+    for fault in CLIENT_FAULTS {
+        let broken = format!("BIMIP_ADAPTER_FAULT={fault} {adapter}");
+        let report =
+            runner::run(&options, Arc::new(ClientModeFactory::new(broken)), "client").map_err(|e| e.to_string())?;
+        if report.ok() {
+            return Err(format!(
+                "a client that {fault} passed every client case: {}",
+                report.summary()
+            ));
+        }
+        let failed = report
+            .cases
+            .iter()
+            .filter(|c| c.verdict != bimip::conformance::report::Verdict::Pass)
+            .count();
+        caught.push(format!("{fault} (caught by {failed})"));
+    }
+    Ok(format!(
+        "{}; broken clients caught: {}",
+        report.summary(),
+        caught.join(", ")
+    ))
+}
+
+/// The adapter's deliberate misbehaviours (src/bin/bimip-client-adapter.rs).
+const CLIENT_FAULTS: [&str; 5] = [
+    "never-pong",
+    "require-auth-response",
+    "blame-all-on-client",
+    "close-on-bad-stanza",
+    "resend-after-4xx",
+];
 
 /// Against each behaviour SPEC allows, no case may fail.
 fn variant_self_check(expected_failures: &[String], verbose: bool) -> bool {
@@ -341,7 +414,7 @@ fn a_target_that_goes_away_stops_the_run() -> Result<String, String> {
 /// and passes, the count is what `runner::list` promises, and a server that reorders chat on its TCP path alone is
 /// caught by the TCP-only run and passes the WebSocket-only one.
 fn single_transport_runs(verbose: bool) -> Result<String, String> {
-    let neutral = spec::cases()?.iter().filter(|c| c.neutral).count();
+    let neutral = spec::cases()?.iter().filter(|c| c.neutral && c.file != spec::CLIENT_FEATURE).count();
     let mut summaries = Vec::new();
     for transport in TransportKind::ALL {
         let options = RunOptions {

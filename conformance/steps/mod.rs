@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod awareness;
 pub mod chat;
+pub mod client;
 pub mod envelope;
 pub mod pingpong;
 pub mod token;
@@ -75,6 +76,7 @@ fn all_defs() -> Vec<StepDef> {
     defs.extend(token::steps());
     defs.extend(awareness::steps());
     defs.extend(chat::steps());
+    defs.extend(client::steps());
     defs
 }
 

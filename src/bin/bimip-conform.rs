@@ -1,4 +1,5 @@
-//! `bimip-conform`: checks a BIMIP server against SPEC.md over the network.
+//! `bimip-conform`: checks a BIMIP server against SPEC.md over the network, or
+//! (`bimip-conform client --adapter CMD`) a client, through an adapter.
 //!
 //! With no `--target` it starts the built-in reference server on loopback
 //! (WebSocket and native TCP, fresh data directory, short timers) and checks
@@ -14,10 +15,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use bimip::conformance::adapter::Adapter;
 use bimip::conformance::builtin::BuiltIn;
+use bimip::conformance::client_mode::ClientModeFactory;
 use bimip::conformance::driver::{Credentials, TargetInfo, TransportKind};
 use bimip::conformance::lifecycle::ShellHooks;
 use bimip::conformance::network::{Control, NetworkFactory, NetworkTarget};
+use bimip::conformance::report::Report;
 use bimip::conformance::runner::{self, RunOptions};
 use bimip::core::auth::Algorithm;
 
@@ -56,8 +60,15 @@ Verdicts:
   case passed: fails the run). Exit status 0 only when every selected case
   passed; 1 when a case failed or none ran; 2 on a usage or setup error.
 
+Client mode:
+  bimip-conform client --adapter 'CMD' checks a client (an SDK) instead: the
+  suite plays the server on loopback (WebSocket and TCP) and drives the client
+  through CMD, an adapter speaking JSON lines on stdin/stdout (the protocol:
+  conformance/README.md, \"Client mode\"). Selection and report options apply.
+
 Examples:
   bimip-conform
+  bimip-conform client --adapter 'target/debug/bimip-client-adapter' --junit client.xml
   bimip-conform --target ws://chat.example.com/bimip --target tcp://chat.example.com:7421 \\
                 --jwt-key issuer.pem --jwt-alg RS256 --junit report.xml
   bimip-conform --target ws://127.0.0.1:7420/ws --token-cmd 'bimip token {eid} {device}' --req AUTH-9
@@ -95,20 +106,20 @@ struct Args {
     #[arg(long, value_name = "CMD")]
     token_cmd: Option<String>,
     /// Only cases matching this cucumber tag expression.
-    #[arg(long, value_name = "EXPR")]
+    #[arg(long, value_name = "EXPR", global = true)]
     tags: Option<String>,
     /// Only cases tagged with this requirement ID (repeatable).
-    #[arg(long = "req", value_name = "ID")]
+    #[arg(long = "req", value_name = "ID", global = true)]
     requirements: Vec<String>,
     /// Only cases whose name contains this text (repeatable).
-    #[arg(long = "name", value_name = "TEXT")]
+    #[arg(long = "name", value_name = "TEXT", global = true)]
     names: Vec<String>,
     /// Only cases checking a requirement of this area: AWR selects @AWR-1, @AWR-2, ... (repeatable or
     /// comma-separated).
-    #[arg(long = "area", value_name = "AREA", value_delimiter = ',')]
+    #[arg(long = "area", value_name = "AREA", value_delimiter = ',', global = true)]
     areas: Vec<String>,
     /// Leave out cases checking a requirement of this area (repeatable or comma-separated).
-    #[arg(long = "exclude-area", value_name = "AREA", value_delimiter = ',')]
+    #[arg(long = "exclude-area", value_name = "AREA", value_delimiter = ',', global = true)]
     exclude_areas: Vec<String>,
     /// Routes the target does not implement on purpose (e.g. 2,4,21): a case that needs one is reported as not
     /// applicable, not as a failure or unimplemented.
@@ -119,24 +130,24 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     leeway: f64,
     /// Leave out cases matching this tag expression.
-    #[arg(long, value_name = "EXPR")]
+    #[arg(long, value_name = "EXPR", global = true)]
     exclude: Option<String>,
     /// SHOULD and MAY failures fail the run.
-    #[arg(long)]
+    #[arg(long, global = true)]
     strict: bool,
     /// Scenario names, FILE:LINE or requirement IDs expected to fail, one per
     /// line (`#` comments); one that passes fails the run.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     expected_failures: Option<PathBuf>,
     /// Cases run side by side (each has its own users; most of a case's time is waiting).
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 16)]
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 16, global = true)]
     jobs: usize,
     /// Longest wait for an expected stanza, seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, global = true)]
     timeout: f64,
     /// Longest the whole run may take, seconds: the cases not begun by then are skipped and the run fails
     /// (exit 1) saying so. A target that stops answering part-way stops the run at once, the same way.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1800.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800.0, global = true)]
     deadline: f64,
     /// The target's TCP auth deadline, seconds (SPEC default 10).
     #[arg(long, value_name = "SECONDS")]
@@ -146,26 +157,26 @@ struct Args {
     #[arg(long, value_name = "ITEMS")]
     queue_limit: Option<usize>,
     /// Print the selected cases with their tags; run nothing.
-    #[arg(long)]
+    #[arg(long, global = true)]
     list: bool,
     /// Print the step vocabulary (the patterns feature files may use); run nothing.
-    #[arg(long)]
+    #[arg(long, global = true)]
     steps: bool,
     /// Write a JUnit XML report.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     junit: Option<PathBuf>,
     /// Write a JSON report (every case, failures with transcripts).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     json: Option<PathBuf>,
     /// Write a self-contained HTML report to DIR/index.html (filters,
     /// Expected/Actual, transcripts).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     html: Option<PathBuf>,
     /// Show details and transcripts for every case that did not pass.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     verbose: bool,
     /// No colours in the terminal report.
-    #[arg(long)]
+    #[arg(long, global = true)]
     no_color: bool,
     /// TEST ONLY: the built-in server breaks this rule on purpose, to check
     /// that the suite catches it (names in src/faults.rs). Repeatable.
@@ -175,6 +186,19 @@ struct Args {
     /// does not choose (names in src/variants.rs); the suite must pass it. Repeatable.
     #[arg(long, value_name = "NAME", hide = true)]
     variant: Vec<bimip::variants::Variant>,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Check a client (an SDK) instead of a server: the suite plays the server on loopback and drives the
+    /// client through an adapter speaking JSON lines (conformance/README.md, "Client mode").
+    Client {
+        /// The adapter, run with `sh -c` once per case (e.g. `node sdk/adapter.js`).
+        #[arg(long, value_name = "CMD")]
+        adapter: String,
+    },
 }
 
 fn read_list(path: &Path) -> Result<Vec<String>> {
@@ -230,6 +254,7 @@ fn run(args: Args) -> Result<bool> {
         jobs: args.jobs,
         transports: transports_of(&args.target),
         deadline: Some(Duration::from_secs_f64(args.deadline)),
+        client_mode: args.mode.is_some(),
     };
     if args.steps {
         for phrase in bimip::conformance::steps::phrases() {
@@ -274,6 +299,25 @@ fn run(args: Args) -> Result<bool> {
     };
     if let Some(s) = args.auth_deadline {
         info.auth_deadline = Duration::from_secs_f64(s);
+    }
+    if let Some(Mode::Client { adapter }) = &args.mode {
+        if !args.target.is_empty() {
+            bail!("client mode checks a client: the suite is the server, so it takes no --target");
+        }
+        // One adapter started before the run: a command that cannot start says so once, not once per case.
+        Adapter::start(adapter)
+            .map_err(|why| anyhow::anyhow!("the adapter is not ready, so no case was run: {why}"))?;
+        eprintln!("bimip-conform: checking the client behind `{adapter}`");
+        let factory = ClientModeFactory {
+            adapter: adapter.clone(),
+            info,
+        };
+        let options = RunOptions {
+            target: format!("the client behind `{adapter}`"),
+            ..options
+        };
+        let report = runner::run(&options, Arc::new(factory), "client")?;
+        return publish(&args, &report);
     }
     let mut built_in = None;
     let target = if args.target.is_empty() {
@@ -351,6 +395,11 @@ fn run(args: Args) -> Result<bool> {
     };
     let report = runner::run(&options, Arc::new(factory), "network")?;
     drop(built_in);
+    publish(&args, &report)
+}
+
+/// Prints the report and writes the files asked for; whether the run passed.
+fn publish(args: &Args, report: &Report) -> Result<bool> {
     let colour = !args.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
     print!("{}", report.render_tree(colour, args.verbose));
     if let Some(path) = &args.junit {
@@ -361,7 +410,7 @@ fn run(args: Args) -> Result<bool> {
     }
     if let Some(dir) = &args.html {
         let path =
-            bimip::conformance::html::write(&report, dir).with_context(|| format!("writing {}", dir.display()))?;
+            bimip::conformance::html::write(report, dir).with_context(|| format!("writing {}", dir.display()))?;
         eprintln!("bimip-conform: HTML report in {}", path.display());
     }
     if report.cases.is_empty() {
