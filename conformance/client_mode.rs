@@ -251,6 +251,30 @@ impl Harness {
         }
     }
 
+    /// The next connection the client opens by itself (a reconnection), waiting at most `within`; it becomes the
+    /// connection the steps talk to. How long the client took is returned.
+    pub fn reaccept(&mut self, within: Duration) -> Result<Option<Duration>, HarnessError> {
+        let since = Instant::now();
+        let Some(conn) = self.peer.accept(within) else {
+            return Ok(None);
+        };
+        let took = since.elapsed();
+        self.transcript.note(
+            self.at(),
+            PEER,
+            format!("the client connected again ({} ms)", took.as_millis()),
+        );
+        self.conn = Some(conn);
+        Ok(Some(took))
+    }
+
+    /// The peer drops the connection without a close handshake.
+    pub fn drop_connection(&mut self) -> Result<(), HarnessError> {
+        self.transcript.note(self.at(), PEER, "drops the connection");
+        self.conn()?.drop_connection();
+        Ok(())
+    }
+
     /// The peer closes the connection with this WebSocket close code.
     pub fn close(&mut self, code: u16) -> Result<(), HarnessError> {
         self.transcript.note(self.at(), PEER, format!("closes with {code}"));

@@ -56,6 +56,8 @@ pub enum Seen {
 enum Action {
     Send(Vec<u8>),
     Close(u16),
+    /// Ends the connection without a close handshake: a lost connection, as the client sees it.
+    Drop,
 }
 
 /// One accepted connection.
@@ -79,6 +81,11 @@ impl PeerConn {
     /// Closes the connection (with this WebSocket close code).
     pub fn close(&self, code: u16) {
         let _ = self.actions.send(Action::Close(code));
+    }
+
+    /// Drops the connection without a close handshake.
+    pub fn drop_connection(&self) {
+        let _ = self.actions.send(Action::Drop);
     }
 
     /// What came next, waiting at most `within`.
@@ -220,7 +227,7 @@ async fn serve_tcp(
                         return;
                     }
                 }
-                Some(Action::Close(_)) | None => return,
+                Some(Action::Close(_) | Action::Drop) | None => return,
             },
             frame = framed.next() => match frame {
                 Some(Ok(bytes)) => {
@@ -292,7 +299,7 @@ async fn serve_ws(
                     let _ = tokio::time::timeout(Duration::from_secs(2), async { while ws.next().await.is_some() {} }).await;
                     return;
                 }
-                None => return,
+                Some(Action::Drop) | None => return,
             },
             message = ws.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => {

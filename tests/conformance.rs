@@ -245,7 +245,7 @@ fn client_mode(verbose: bool) -> Result<String, String> {
     };
     let report =
         runner::run(&options, Arc::new(ClientModeFactory::new(adapter)), "client").map_err(|e| e.to_string())?;
-    if !report.ok() || report.cases.len() < 14 {
+    if !report.ok() || report.cases.len() < 32 {
         return Err(format!("{}{}", report.render_tree(false, verbose), report.summary()));
     }
     let mut caught = Vec::new();
@@ -274,12 +274,19 @@ fn client_mode(verbose: bool) -> Result<String, String> {
 }
 
 /// The adapter's deliberate misbehaviours (src/bin/bimip-client-adapter.rs).
-const CLIENT_FAULTS: [&str; 5] = [
+const CLIENT_FAULTS: [&str; 12] = [
     "never-pong",
     "require-auth-response",
     "blame-all-on-client",
     "close-on-bad-stanza",
     "resend-after-4xx",
+    "no-dedupe",
+    "no-confirm",
+    "reconnect-after-replaced",
+    "reconnect-same-token",
+    "no-backoff",
+    "new-local-on-resend",
+    "forget-pending",
 ];
 
 /// Against each behaviour SPEC allows, no case may fail.
@@ -414,7 +421,10 @@ fn a_target_that_goes_away_stops_the_run() -> Result<String, String> {
 /// and passes, the count is what `runner::list` promises, and a server that reorders chat on its TCP path alone is
 /// caught by the TCP-only run and passes the WebSocket-only one.
 fn single_transport_runs(verbose: bool) -> Result<String, String> {
-    let neutral = spec::cases()?.iter().filter(|c| c.neutral && c.file != spec::CLIENT_FEATURE).count();
+    let neutral = spec::cases()?
+        .iter()
+        .filter(|c| c.neutral && c.file != spec::CLIENT_FEATURE)
+        .count();
     let mut summaries = Vec::new();
     for transport in TransportKind::ALL {
         let options = RunOptions {

@@ -11,7 +11,7 @@ use crate::conformance::client_mode::{Harness, HarnessError};
 use crate::conformance::peer::{CLIENT_DEVICE, CLIENT_EID, Script};
 use crate::conformance::world::{CaseWorld, fail, not_applicable};
 use crate::proto::message_scheme::Payload;
-use crate::proto::{ErrorMessage, Identity, PingPong};
+use crate::proto::{AcknowledgmentResponse, ChatMessage, ErrorMessage, Identity, PingPong, chat_message};
 
 pub fn steps() -> Vec<StepDef> {
     vec![
@@ -66,6 +66,42 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: r"the peer receives no TextPayloadRequest within (\d+) ms",
             run: no_request,
+        },
+        StepDef {
+            pattern: r#"the peer sends (the chat message|the client's own message) "([^"]*)" of version (\d+)( twice)?"#,
+            run: sends_message,
+        },
+        StepDef {
+            pattern: r"the peer sends the update (delivered|read) for version (\d+)( twice)?",
+            run: sends_update,
+        },
+        StepDef {
+            pattern: r"the client reports the message of version (\d+) once",
+            run: reports_message_once,
+        },
+        StepDef {
+            pattern: r"the client reports the update (delivered|read) for version (\d+) once",
+            run: reports_update_once,
+        },
+        StepDef {
+            pattern: r"the peer receives an AcknowledgmentRequest with status (\d) for version (\d+)",
+            run: receives_confirmation,
+        },
+        StepDef {
+            pattern: r"the peer (replaces the session|refuses the token|drops the connection)",
+            run: peer_ends,
+        },
+        StepDef {
+            pattern: r"the client connects to the peer again after (\d+) to (\d+) ms",
+            run: connects_again,
+        },
+        StepDef {
+            pattern: r"the client does not connect to the peer again within (\d+) ms",
+            run: stays_away,
+        },
+        StepDef {
+            pattern: r#"the peer receives the same TextPayloadRequest with the text "([^"]*)" again"#,
+            run: receives_same_request,
         },
     ]
 }
@@ -281,5 +317,242 @@ fn no_request(w: &mut CaseWorld, a: &Args) {
     let result = h.seen_stanza(within, |p| matches!(p, Payload::TextPayloadRequest(_)));
     if let Some(again) = check(h, result) {
         fail(format!("no TextPayloadRequest within {within:?}"), format!("{again:?}"));
+    }
+}
+
+/// The other user of the scripted chats.
+const PEER_USER: &str = "bob@conform.example";
+
+fn peer_chat() -> String {
+    crate::core::chat::chat_id(CLIENT_EID, PEER_USER)
+}
+
+fn identity(eid: &str, device: &str) -> Option<Identity> {
+    Some(Identity {
+        eid: eid.into(),
+        connection_resource_id: device.into(),
+    })
+}
+
+fn version(a: &Args, i: usize) -> i64 {
+    a.n(i)
+}
+
+fn times(a: &Args, i: usize) -> usize {
+    if a.opt(i).is_some() { 2 } else { 1 }
+}
+
+/// A queue item as the reference server makes it (SPEC 15.2): a receiver copy from the peer user, or the sender copy
+/// of a message the client's user sent from another device.
+fn sends_message(w: &mut CaseWorld, a: &Args) {
+    let now = w.driver.now_ms();
+    let own = a.s(1) == "the client's own message";
+    let version = version(a, 3);
+    let chat = peer_chat();
+    let (from, to, author, acknowledgment) = if own {
+        (identity(CLIENT_EID, "other-device"), PEER_USER, "sender", 4)
+    } else {
+        (identity(PEER_USER, "phone"), CLIENT_EID, "receiver", 1)
+    };
+    let message = ChatMessage {
+        message_id: format!("{chat}/{version}"),
+        message_id_local: format!("peer-{version}"),
+        version,
+        chat_id: chat,
+        from,
+        to: vec![Identity {
+            eid: to.into(),
+            connection_resource_id: String::new(),
+        }],
+        author: author.into(),
+        acknowledgment,
+        acknowledgment_timestamp: now,
+        created_at: now,
+        server_received_at: now,
+        payload: Some(chat_message::Payload::Text(a.s(2).to_string())),
+        ..ChatMessage::default()
+    };
+    let h = harness(w);
+    for _ in 0..times(a, 4) {
+        let result = h.send(&Payload::ChatMessage(message.clone()));
+        check(h, result);
+    }
+}
+
+/// An acknowledgment update item: the peer user acknowledged the client's message (the client is its sender).
+fn sends_update(w: &mut CaseWorld, a: &Args) {
+    let now = w.driver.now_ms();
+    let status = if a.s(1) == "read" { 3 } else { 2 };
+    let version = version(a, 2);
+    let chat = peer_chat();
+    let update = AcknowledgmentResponse {
+        from: identity(PEER_USER, "phone"),
+        to: identity(CLIENT_EID, CLIENT_DEVICE),
+        message_id: format!("{chat}/{version}"),
+        status,
+        timestamp: now,
+        chat_id: chat,
+        version,
+    };
+    let h = harness(w);
+    for _ in 0..times(a, 3) {
+        let result = h.send(&Payload::AcknowledgmentResponse(update.clone()));
+        check(h, result);
+    }
+}
+
+/// The events of one kind about one version that the client reports within the target's quiet window.
+fn reported(w: &mut CaseWorld, kind: &str, version: i64) -> Vec<Value> {
+    let quiet = w.driver.info().quiet.max(Duration::from_millis(500));
+    let h = harness(w);
+    // Whatever the client reports until it has been quiet for a while.
+    let mut events = Vec::new();
+    loop {
+        let result = h.events(quiet);
+        let batch = check(h, result);
+        if batch.is_empty() {
+            break;
+        }
+        events.extend(batch);
+    }
+    let (matching, others): (Vec<Value>, Vec<Value>) = events
+        .into_iter()
+        .partition(|e| e["event"] == kind && e["version"] == version);
+    for event in others {
+        h.keep(event);
+    }
+    matching
+}
+
+/// SPEC QUE-7: a message replayed is handed to the application once.
+fn reports_message_once(w: &mut CaseWorld, a: &Args) {
+    let version = version(a, 1);
+    let events = reported(w, "message", version);
+    if events.len() != 1 {
+        fail(
+            format!("one `message` event for version {version}"),
+            format!("{events:?}"),
+        );
+    }
+}
+
+/// SPEC QUE-7: an update replayed is applied once.
+fn reports_update_once(w: &mut CaseWorld, a: &Args) {
+    let status = if a.s(1) == "read" { 3 } else { 2 };
+    let version = version(a, 2);
+    let events: Vec<Value> = reported(w, "acknowledged", version)
+        .into_iter()
+        .filter(|e| e["status"] == status)
+        .collect();
+    if events.len() != 1 {
+        fail(
+            format!("one `acknowledged` event with status {status} for version {version}"),
+            format!("{events:?}"),
+        );
+    }
+}
+
+/// SPEC CLI-3 (QUE-4): the item is confirmed with the status QUE-4 names for it.
+fn receives_confirmation(w: &mut CaseWorld, a: &Args) {
+    let (status, version) = (a.n(1), version(a, 2));
+    let message_id = format!("{}/{version}", peer_chat());
+    let h = harness(w);
+    let within = h.timeout();
+    let result = h.seen_stanza(
+        within,
+        |p| matches!(p, Payload::AcknowledgmentRequest(r) if r.message_id == message_id),
+    );
+    match check(h, result) {
+        Some(Payload::AcknowledgmentRequest(ack)) if i64::from(ack.status) == status => {}
+        Some(other) => fail(
+            format!("an AcknowledgmentRequest with status {status} for {message_id}"),
+            format!("{other:?}"),
+        ),
+        None => fail(
+            format!("an AcknowledgmentRequest with status {status} for {message_id} within {within:?}"),
+            "none",
+        ),
+    }
+}
+
+/// How the peer ends the session, as a server would (SPEC §5, §6): an ErrorMessage saying why, then the close
+/// (4409, 4401; on TCP the connection just closes), or a connection that is simply lost.
+fn peer_ends(w: &mut CaseWorld, a: &Args) {
+    let now = w.driver.now_ms();
+    let h = harness(w);
+    let (code, kind, close) = match a.s(1) {
+        "replaces the session" => (409, "session_replaced", 4409),
+        "refuses the token" => (401, "token_expired", 4401),
+        _ => {
+            let result = h.drop_connection();
+            return check(h, result);
+        }
+    };
+    let error = ErrorMessage {
+        code,
+        message: kind.into(),
+        route: String::new(),
+        details: "sent by the conformance suite's scripted peer".into(),
+        ref_id: String::new(),
+        timestamp: now,
+    };
+    let result = h.send(&Payload::ErrorMessage(error));
+    check(h, result);
+    let result = h.close(close);
+    check(h, result);
+}
+
+/// SPEC CLI-6: the wait before an attempt is within the bounds, measured from the step (right after the end).
+fn connects_again(w: &mut CaseWorld, a: &Args) {
+    let (least, most) = (a.n(1), a.n(2));
+    let within = Duration::from_millis(u64::try_from(most).unwrap_or(0)) + w.driver.info().timeout;
+    let h = harness(w);
+    let result = h.reaccept(within);
+    match check(h, result) {
+        Some(took) if (least..=most).contains(&i64::try_from(took.as_millis()).unwrap_or(i64::MAX)) => {}
+        Some(took) => fail(
+            format!("the client to connect again after {least} to {most} ms"),
+            format!("after {} ms", took.as_millis()),
+        ),
+        None => fail(
+            format!("the client to connect again within {within:?}"),
+            "no connection",
+        ),
+    }
+}
+
+/// SPEC CLI-4, CLI-5: no attempt of the client's own.
+fn stays_away(w: &mut CaseWorld, a: &Args) {
+    let within = Duration::from_millis(u64::try_from(a.n(1)).unwrap_or(0));
+    let h = harness(w);
+    let result = h.reaccept(within);
+    if let Some(took) = check(h, result) {
+        fail(
+            format!("no new connection from the client within {within:?}"),
+            format!("one after {} ms", took.as_millis()),
+        );
+    }
+}
+
+/// SPEC CLI-1, CLI-2: the request without its VersionUpdate comes again in the new session, with the same
+/// `message_id_local` and content.
+fn receives_same_request(w: &mut CaseWorld, a: &Args) {
+    let h = harness(w);
+    let Some(local) = h.last_request() else {
+        fail("a TextPayloadRequest the peer received before", "none");
+    };
+    let text = a.s(1).to_string();
+    let within = h.timeout();
+    let result = h.seen_stanza(within, |p| matches!(p, Payload::TextPayloadRequest(_)));
+    match check(h, result) {
+        Some(Payload::TextPayloadRequest(again)) if again.message_id_local == local && again.content == text => {}
+        Some(other) => fail(
+            format!("the TextPayloadRequest {local:?} with the text {text:?} again"),
+            format!("{other:?}"),
+        ),
+        None => fail(
+            format!("the TextPayloadRequest {local:?} again within {within:?}"),
+            "none",
+        ),
     }
 }

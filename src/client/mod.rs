@@ -8,7 +8,9 @@
 //! talks to it through channels. Every timestamp the client writes comes
 //! from [`ClientOptions::clock`]; nothing here is random.
 
+mod inbox;
 mod io;
+mod reconnect;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -37,6 +39,9 @@ use crate::net::{Clock, SUBPROTOCOL, SystemClock, ws_config};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{Authenticate, ErrorMessage, Logout, PingPong};
 use io::{Command, Settings};
+
+pub use inbox::{Inbox, Received};
+pub use reconnect::{Backoff, Ended, FIRST_WAIT, LONGEST_WAIT, Next};
 
 /// Where the client puts the token of a WebSocket upgrade (SPEC §3.2). On
 /// native TCP the token always travels in the Authenticate stanza, except
