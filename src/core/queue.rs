@@ -7,8 +7,10 @@
 //! produced after a buffered write until that sync succeeded (QUE-2).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use litemap::LiteMap;
+use smallvec::SmallVec;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,8 +32,9 @@ use crate::proto::message_scheme::Payload;
 pub struct QueueItem {
     /// The device that must not receive it (the sending or acking device).
     pub exclude_device: Option<String>,
-    /// The message it is about and which kind of item it is; `None` for a stanza that is neither.
-    about: Option<(String, ItemKind)>,
+    /// The message it is about and which kind of item it is; `None` for a stanza that is neither. Shared, not
+    /// copied, by every session that records the item as delivered.
+    about: Option<(Arc<str>, ItemKind)>,
     encoded: Bytes,
 }
 
@@ -62,7 +65,7 @@ impl QueueItem {
 
     /// The message the item is about (a copy's or an update's `message_id`).
     pub fn message_id(&self) -> Option<&str> {
-        self.about.as_ref().map(|(id, _)| id.as_str())
+        self.about.as_ref().map(|(id, _)| &**id)
     }
 
     /// The stanza's envelope encoding, as appended (QUE-12); an AcknowledgmentResponse's `to` is filled per
@@ -72,10 +75,10 @@ impl QueueItem {
     }
 }
 
-fn about(stanza: &Payload) -> Option<(String, ItemKind)> {
+fn about(stanza: &Payload) -> Option<(Arc<str>, ItemKind)> {
     match stanza {
-        Payload::ChatMessage(m) => Some((m.message_id.clone(), ItemKind::Copy)),
-        Payload::AcknowledgmentResponse(r) => Some((r.message_id.clone(), ItemKind::Update(r.status))),
+        Payload::ChatMessage(m) => Some((m.message_id.as_str().into(), ItemKind::Copy)),
+        Payload::AcknowledgmentResponse(r) => Some((r.message_id.as_str().into(), ItemKind::Update(r.status))),
         _ => None,
     }
 }
@@ -474,8 +477,10 @@ pub(super) struct Confirm {
 /// What one session was sent from its user's queue (SPEC 17.2's `s`).
 #[derive(Debug, Default)]
 pub(super) struct Delivered {
-    /// (message_id, kind) -> increment, for items sent in this session.
-    pub items: BTreeMap<(String, ItemKind), u64>,
+    /// message_id -> (kind, increment) of each item about it sent in this session: a message has a copy and a few
+    /// updates, and the id is the queue item's own (shared, not copied), so an acknowledgment finds its items by
+    /// the id it carries without building a key.
+    pub items: BTreeMap<Arc<str>, SmallVec<[(ItemKind, u64); 2]>>,
     /// The highest increment sent in this session.
     pub last: u64,
 }
@@ -487,11 +492,16 @@ impl Engine {
         if item.exclude_device.as_deref() == Some(&*me.device) {
             return;
         }
-        let Some(key) = item.about.clone() else { return };
-        let kind = key.1;
+        let Some((message_id, kind)) = item.about.clone() else {
+            return;
+        };
         self.with_session(conn, |s| {
             let delivered = s.delivered.get_or_insert_with(Box::default);
-            delivered.items.insert(key, increment);
+            let items = delivered.items.entry(message_id).or_default();
+            match items.iter_mut().find(|(k, _)| *k == kind) {
+                Some(known) => known.1 = increment,
+                None => items.push((kind, increment)),
+            }
             delivered.last = delivered.last.max(increment);
         });
         match kind {
@@ -589,16 +599,13 @@ impl Engine {
         let (status, receiver_side) = (*status, *receiver_side);
         let Some(me) = self.identity(conn).cloned() else { return };
         let confirmed = self.with_session(conn, |s| {
-            // Keys sort by message id first and `Copy` is the least kind, so
-            // this message's items are one contiguous range (a scan of every
-            // item sent in the session cost a fifth of the server's CPU).
             s.delivered
                 .as_ref()?
                 .items
-                .range((message_id.to_string(), ItemKind::Copy)..)
-                .take_while(|((m, _), _)| m == message_id)
-                .filter(|(_, i)| **i <= *upto)
-                .filter(|((_, kind), _)| match kind {
+                .get(message_id.as_str())?
+                .iter()
+                .filter(|(_, i)| *i <= *upto)
+                .filter(|(kind, _)| match kind {
                     ItemKind::Copy => (receiver_side && status >= 2) || (!receiver_side && status == 4),
                     // A receiver device acknowledges what its user did, which may be what a sibling's update it never
                     // received says too: only a sender device's echo proves an update arrived (QUE-4).
