@@ -127,6 +127,8 @@ pub struct Engine {
     unsynced: bool,
     /// The outputs held for the pipelined sync that is out (`Output::Sync`), if one is.
     syncing: Option<VecDeque<Output>>,
+    /// The adapter's group-commit window is closed: no new sync starts ([`Engine::pause_syncs`]).
+    syncs_paused: bool,
     pub(super) stats: Stats,
     next_id: u64,
     /// Which shard this engine is; one of one unless partitioned.
@@ -154,6 +156,7 @@ impl Engine {
             held: VecDeque::new(),
             unsynced: false,
             syncing: None,
+            syncs_paused: false,
             stats: Stats::default(),
             next_id: 0,
             shard: ShardId::default(),
@@ -380,6 +383,9 @@ impl Engine {
             self.out.append(&mut self.held);
             return;
         }
+        if self.syncs_paused {
+            return;
+        }
         match self.chat_store.begin_sync() {
             Ok(None) => {
                 self.unsynced = false;
@@ -393,6 +399,14 @@ impl Engine {
             // The next poll tries again.
             Err(_) => self.stats.sync_failures += 1,
         }
+    }
+
+    /// Opens or closes an adapter's group-commit window: while paused, the engine starts no new sync (what is
+    /// written waits, held), though a sync that finishes still releases what it covered. An adapter that hands
+    /// fsyncs to a thread pauses between a sync's start and the earliest start of the next, so that everything
+    /// written until then shares that next fsync, and releases the pause when it wants the sync to start.
+    pub fn pause_syncs(&mut self, paused: bool) {
+        self.syncs_paused = paused;
     }
 
     /// When a token with this exp stops being good (AUTH-6, AUTH-13): its exp plus the verifier's leeway. A session

@@ -13,7 +13,8 @@
 //! (`Output::Sync`) to the shard's fsync thread instead of waiting for it. The shard goes on handling stanzas
 //! meanwhile; their outputs that need durability wait in the engine, and when the fsync has run the thread
 //! wakes [`Hub::run_syncs`], which runs the shard again: what the sync covered leaves, and the writes made
-//! meanwhile share the next fsync. So no runtime worker ever waits for the disk (a server on one core runs one
+//! meanwhile share the next fsync, which starts when the group-commit window after the last start ends (the engine
+//! is paused until then, [`Engine::pause_syncs`], so the fsync covers everything written before it). So no runtime worker ever waits for the disk (a server on one core runs one
 //! worker), and shards sync independently of each other. The task that finds the shard free feeds it every
 //! input waiting in the inbox; a task that finds it busy leaves its input in the inbox for the holder, which
 //! looks at the inbox again before it lets go and once more after. A full inbox makes senders wait for the
@@ -156,6 +157,8 @@ struct Core {
     mail: Vec<(usize, Mail)>,
     /// The fsync the engine handed out in this batch (at most one is out at a time).
     syncs: Vec<SyncJob>,
+    /// The group-commit window: no sync starts before this (`ServerOptions::sync_gap` after the last start).
+    next_sync_at: Option<std::time::Instant>,
 }
 
 /// One shard: its engine and what waits for it.
@@ -168,7 +171,8 @@ struct Shard {
     snapshot: Mutex<Snapshot>,
     /// The shard's fsync thread, started with the first job ([`Hub::run_syncs`]).
     syncer: Mutex<Option<std::sync::mpsc::Sender<SyncJob>>>,
-    /// Told by the fsync thread when a job has run: the engine may release what waited for it.
+    /// Told by the fsync thread when a job has run (the engine may release what waited for it) and when the
+    /// group-commit window after its start ends (the engine may start the next).
     synced: Arc<Notify>,
 }
 
@@ -221,6 +225,7 @@ impl Hub {
                     armed: None,
                     mail: Vec::new(),
                     syncs: Vec::new(),
+                    next_sync_at: None,
                 }),
                 inbox: Mutex::new(VecDeque::new()),
                 timer_wake: Notify::new(),
@@ -530,7 +535,12 @@ impl Hub {
                 break f(&mut core, now);
             }
         };
+        let window_closed = core.next_sync_at.is_some_and(|at| std::time::Instant::now() < at);
+        core.engine.pause_syncs(window_closed);
         core.route_outputs(now);
+        if !core.syncs.is_empty() {
+            core.next_sync_at = Some(std::time::Instant::now() + self.sync_gap);
+        }
         // Into the other shards' inboxes before this shard lets go: mail between two shards keeps its order.
         let mut mailed = BTreeSet::new();
         for (to, mail) in core.mail.drain(..) {
@@ -571,15 +581,17 @@ impl Hub {
         let spawned = std::thread::Builder::new()
             .name(format!("bimip-fsync-{shard}"))
             .spawn(move || {
-                let mut last = std::time::Instant::now();
                 for job in rx {
-                    // A group-commit window (`ServerOptions::sync_gap`): writes made meanwhile share the next fsync.
-                    if let Some(wait) = (last + gap).checked_duration_since(std::time::Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    last = std::time::Instant::now();
+                    let started = std::time::Instant::now();
                     job.run();
                     synced.notify_one();
+                    // The group-commit window (`ServerOptions::sync_gap`): the shard starts no sync before it
+                    // ends, so that what it writes meanwhile shares the next fsync; then it is run again, to
+                    // start that sync even if no stanza comes.
+                    if let Some(wait) = (started + gap).checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                        synced.notify_one();
+                    }
                 }
             });
         match spawned {
