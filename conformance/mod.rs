@@ -16,7 +16,8 @@
 //! - [`spec`]: the requirement index, the embedded features, coverage.
 //! - [`runner`], [`report`]: running, verdicts, terminal tree, JUnit, JSON.
 //! - [`html`]: the self-contained HTML report.
-//! - [`selfcheck`]: the built-in server faults the suite must catch.
+//! - [`selfcheck`]: the built-in server faults the suite must catch; [`fault_proxy`]: the same faults applied
+//!   by a proxy between the suite and any target.
 //!
 //! [`Driver`]: driver::Driver
 
@@ -24,6 +25,7 @@ pub mod adapter;
 pub mod builtin;
 pub mod client_mode;
 pub mod driver;
+pub mod fault_proxy;
 pub mod html;
 pub mod lifecycle;
 pub mod network;

@@ -19,6 +19,7 @@ use bimip::conformance::adapter::Adapter;
 use bimip::conformance::builtin::BuiltIn;
 use bimip::conformance::client_mode::ClientModeFactory;
 use bimip::conformance::driver::{Credentials, TargetInfo, TransportKind};
+use bimip::conformance::fault_proxy::FaultProxy;
 use bimip::conformance::lifecycle::ShellHooks;
 use bimip::conformance::network::{Control, NetworkFactory, NetworkTarget};
 use bimip::conformance::report::Report;
@@ -178,9 +179,10 @@ struct Args {
     /// No colours in the terminal report.
     #[arg(long, global = true)]
     no_color: bool,
-    /// TEST ONLY: the built-in server breaks this rule on purpose, to check
-    /// that the suite catches it (names in src/faults.rs). Repeatable.
-    #[arg(long, value_name = "NAME", hide = true)]
+    /// Check the suite, not the server: break this rule on purpose and expect the run to fail (names in
+    /// src/faults.rs). The built-in server breaks it itself; in front of a --target (ws:// or tcp://) a fault proxy
+    /// breaks it on the wire (conformance/fault_proxy.rs). A run that passes is a hole in the suite. Repeatable.
+    #[arg(long, value_name = "NAME")]
     fault: Vec<bimip::faults::Fault>,
     /// TEST ONLY: the built-in server uses this behaviour SPEC allows but it
     /// does not choose (names in src/variants.rs); the suite must pass it. Repeatable.
@@ -333,8 +335,8 @@ fn run(args: Args) -> Result<bool> {
         built_in = Some(server);
         target
     } else {
-        if !args.fault.is_empty() || !args.variant.is_empty() {
-            bail!("--fault and --variant apply to the built-in server only (no --target)");
+        if !args.variant.is_empty() {
+            bail!("--variant applies to the built-in server only (no --target)");
         }
         let mut ws = None;
         let mut tcp = None;
@@ -382,7 +384,31 @@ fn run(args: Args) -> Result<bool> {
                 format!(" with the test-only faults {}", names.join(", "))
             }
         ),
-        None => args.target.join(", "),
+        None if args.fault.is_empty() => args.target.join(", "),
+        None => {
+            let names: Vec<&str> = args.fault.iter().map(|f| f.name()).collect();
+            format!(
+                "{} behind a fault proxy with {}",
+                args.target.join(", "),
+                names.join(", ")
+            )
+        }
+    };
+    // In front of an external target, faults are applied on the wire; the proxy runs until the run ends.
+    let mut proxied = None;
+    let target = if built_in.is_none() && !args.fault.is_empty() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the fault proxy's runtime")?;
+        let faults = bimip::faults::Faults::of(args.fault.iter().copied());
+        let proxy = FaultProxy::start(runtime.handle(), &target, &faults)?;
+        let target = proxy.in_front_of(&target);
+        proxied = Some((proxy, runtime));
+        target
+    } else {
+        target
     };
     let factory = NetworkFactory::new(target).context("starting the network driver")?;
     if let Err(problem) = factory.preflight() {
@@ -395,6 +421,7 @@ fn run(args: Args) -> Result<bool> {
     };
     let report = runner::run(&options, Arc::new(factory), "network")?;
     drop(built_in);
+    drop(proxied);
     publish(&args, &report)
 }
 
