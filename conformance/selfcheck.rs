@@ -42,6 +42,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::StaleLastSeen | Fault::StalePresence => &["awareness.feature"],
         Fault::RevokeResponseLast => &["token.feature"],
         Fault::ReplacedCloseLate => &["session.feature"],
+        Fault::DropWhenBehind => &["transport.feature"],
     }
 }
 

@@ -64,6 +64,9 @@ struct State {
     cut_at: Option<u64>,
     /// The most bytes one write of the client passes on.
     split: Option<usize>,
+    /// The client stopped reading: the tap reads nothing from the network, so the socket's buffers fill up and
+    /// the server's writes back up (TRN-19).
+    stalled: bool,
 }
 
 /// Shared between the driver (reads the log, injects) and the [`Tap`].
@@ -123,6 +126,17 @@ impl TapHandle {
     /// From now on, each of the client's writes reaches the network `bytes` at a time (at least 1).
     pub fn split_writes(&self, bytes: usize) {
         self.with(|s| s.split = Some(bytes.max(1)));
+    }
+
+    /// The client stops reading (`true`) or reads again (`false`): while stopped, nothing is read from the
+    /// network, so the receive buffer fills, the peer's window closes and the server's writes wait.
+    pub fn stall(&self, stalled: bool) {
+        self.with(|s| {
+            s.stalled = stalled;
+            if !stalled && let Some(waker) = s.reader.take() {
+                waker.wake();
+            }
+        });
     }
 
     /// Wraps `stream`; the tap parses by `framing`.
@@ -300,6 +314,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<S> {
         if this.handle.with(|s| s.cut_at.is_some()) {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
         }
+        let stalled = this.handle.with(|s| {
+            if s.stalled {
+                s.reader = Some(cx.waker().clone());
+            }
+            s.stalled
+        });
+        if stalled {
+            return Poll::Pending;
+        }
         // An injected frame goes out when the connection is next polled.
         if let Poll::Ready(Ok(())) = this.poll_inject(cx) {
             let _ = Pin::new(&mut this.inner).poll_flush(cx);
@@ -350,6 +373,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stalled_tap_reads_nothing_until_it_reads_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let handle = TapHandle::default();
+        let mut tap = handle.wrap(near, Framing::Tcp);
+        handle.stall(true);
+        far.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
+        let mut buf = [0u8; 5];
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), tap.read(&mut buf)).await;
+        assert!(early.is_err(), "a stalled tap read {early:?}");
+        handle.stall(false);
+        tap.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [0, 0, 0, 1, 7]);
+    }
 
     fn state(framing: Framing) -> State {
         State {

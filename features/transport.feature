@@ -73,6 +73,15 @@ Feature: Transports (SPEC section 2)
     Then alice's phone receives error 400 missing_payload for route "6"
     And alice's phone stays connected
 
+  @TRN-19 @QUE-3 @QUE-7 @must
+  Scenario: A device that stops reading gets every message in order, with no gap
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
+    And bob's phone stops reading
+    When alice's phone sends 15 texts of 16000 bytes to bob as "stall-1" to "stall-15"
+    And bob's phone reads again
+    Then bob's phone gets "stall-1" to "stall-15" from alice in order and without a gap, reconnecting if it is closed
+
   @TRN-3 @TRN-9 @must
   Scenario: Stanzas that reach the server one byte at a time are read whole
     Given alice is connected as "phone"

@@ -90,6 +90,9 @@ pub enum Fault {
     RevokeResponseLast,
     /// A replaced session's 409 and close leave [`HELD_MS`] late, after the new session's first stanza (SES-1).
     ReplacedCloseLate,
+    /// A connection sent more than [`BEHIND_LIMIT`] chat copies within [`BEHIND_MS`] loses the later ones and
+    /// gets the ones after: a server whose small outbound buffer overflowed and went on (TRN-19).
+    DropWhenBehind,
 }
 
 /// How late the late faults' leaks come: after every step's quiet window,
@@ -97,7 +100,7 @@ pub enum Fault {
 pub const LATE_MS: Millis = 600;
 
 impl Fault {
-    pub const ALL: [Fault; 24] = [
+    pub const ALL: [Fault; 25] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::ReorderChatTcp,
@@ -122,6 +125,7 @@ impl Fault {
         Fault::StalePresence,
         Fault::RevokeResponseLast,
         Fault::ReplacedCloseLate,
+        Fault::DropWhenBehind,
     ];
 
     /// The name on command lines: kebab-case.
@@ -151,6 +155,7 @@ impl Fault {
             Fault::StalePresence => "stale-presence",
             Fault::RevokeResponseLast => "revoke-response-last",
             Fault::ReplacedCloseLate => "replaced-close-late",
+            Fault::DropWhenBehind => "drop-when-behind",
         }
     }
 }
@@ -226,6 +231,10 @@ impl Faults {
     }
 }
 
+/// DropWhenBehind: the chat copies a connection may be sent within [`BEHIND_MS`] before the next are dropped.
+pub const BEHIND_LIMIT: usize = 8;
+pub const BEHIND_MS: Millis = 200;
+
 /// How long the order faults hold a stanza at most, ms.
 const HELD_MS: Millis = 50;
 
@@ -268,6 +277,8 @@ pub struct FaultLayer {
     unanswered_pings: BTreeMap<ConnId, u32>,
     /// PackVersionUpdate: a VersionUpdate waiting for the next stanza to share its frame.
     held_version: BTreeMap<ConnId, Bytes>,
+    /// DropWhenBehind: when each connection was sent its latest chat copies.
+    chat_sent: BTreeMap<ConnId, std::collections::VecDeque<Millis>>,
     /// LateEcho, LatePresenceLeak: leaks due at a time, in the order made.
     late: Vec<(Millis, ConnId, Bytes)>,
     /// RevokeResponseLast: the response held until a session it ended is
@@ -532,6 +543,16 @@ impl Edge for FaultLayer {
             _ => {}
         }
         let mut rewritten = false;
+        if self.has(Fault::DropWhenBehind) && matches!(payload, Payload::ChatMessage(_)) {
+            let sent = self.chat_sent.entry(conn).or_default();
+            while sent.front().is_some_and(|at| at + BEHIND_MS <= now) {
+                sent.pop_front();
+            }
+            if sent.len() >= BEHIND_LIMIT {
+                return;
+            }
+            sent.push_back(now);
+        }
         match &mut payload {
             Payload::VersionUpdate(_) if self.has(Fault::SkipVersionUpdate) => return,
             Payload::PingpongMessage(pong) if self.has(Fault::NeverPong) && pong.r#type == RESPONSE => return,
@@ -681,6 +702,7 @@ impl Edge for FaultLayer {
         self.unanswered_pings.remove(&conn);
         self.held_version.remove(&conn);
         self.replaying.remove(&conn);
+        self.chat_sent.remove(&conn);
     }
 }
 

@@ -487,7 +487,7 @@ fn fault_proxy_self_check(only: &[Fault], verbose: bool) -> Result<String, Strin
 const ORDER_ACROSS_CONNECTIONS: [Fault; 2] = [Fault::ReplacedCloseLate, Fault::RevokeResponseLast];
 
 /// Fault runs through the proxy at the same time.
-const PROXY_FAULTS_AT_ONCE: usize = 4;
+const PROXY_FAULTS_AT_ONCE: usize = 6;
 
 /// The cases of `fault`'s areas against the server behind a proxy with `fault`: at least one must fail.
 fn caught_behind_proxy(

@@ -729,6 +729,9 @@ fn each_built_in_server_fault_is_found_within_100_seeds() {
         // The simulation's clients answer every ping they get, and no checker can tell at which tick the server
         // stopped hearing pongs through a partition; the conformance suite catches this one (pingpong.feature).
         Fault::EarlyPingTimeout => None,
+        // The simulated clients read all the time and rarely get 8 chat copies within 200 ms; the conformance
+        // suite's stalled reader catches it (transport.feature, TRN-19).
+        Fault::DropWhenBehind => None,
     };
     let mut found = Vec::new();
     let searched: Vec<Fault> = Fault::ALL.into_iter().filter(|f| expected(*f).is_some()).collect();

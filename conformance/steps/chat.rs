@@ -1,9 +1,10 @@
 //! Chat, acknowledgments and the offline queue (SPEC §15-17).
 
 use super::envelope::next_stanza;
-use super::transport::const_format;
+use super::transport::{const_format, open_session};
 use super::{Args, CONN, StepDef};
 use crate::client::Event;
+use crate::conformance::driver::ConnectSpec;
 use crate::conformance::world::{CaseWorld, describe_event, fail, skip};
 use crate::proto::message_scheme::Payload;
 use crate::proto::{AcknowledgmentRequest, ChatMessage, Identity, TextPayloadRequest, VersionUpdate, chat_message};
@@ -59,6 +60,20 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: const_format(&[CONN, r" fills (\w+)'s queue"]),
             run: fills_queue,
+        },
+        StepDef {
+            pattern: const_format(&[
+                CONN,
+                r#" sends (\d+) texts of (\d+) bytes to (\w+) as "([\w-]+)-1" to "[\w-]+-\d+""#,
+            ]),
+            run: sends_many,
+        },
+        StepDef {
+            pattern: const_format(&[
+                CONN,
+                r#" gets "([\w-]+)-1" to "[\w-]+-(\d+)" from (\w+) in order and without a gap, reconnecting if it is closed"#,
+            ]),
+            run: gets_without_gap,
         },
     ]
 }
@@ -407,5 +422,93 @@ fn fills_queue(w: &mut CaseWorld, a: &Args) {
             timeout,
             |p| matches!(p, Payload::VersionUpdate(v) if v.message_id_local == local),
         );
+    }
+}
+
+/// Texts `{prefix}-1` to `{prefix}-{n}` sent back to back, then their VersionUpdates awaited in order.
+fn sends_many(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let (count, bytes, prefix) = (a.n(3), usize::try_from(a.n(4)).unwrap_or(1), a.s(6).to_string());
+    let to = w.eid(a.s(5));
+    let locals: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i}")).collect();
+    for local in &locals {
+        let request = TextPayloadRequest {
+            to: vec![Identity {
+                eid: to.clone(),
+                connection_resource_id: String::new(),
+            }],
+            content: "x".repeat(bytes),
+            message_id_local: local.clone(),
+            created_at: w.now_ms(),
+            ..TextPayloadRequest::default()
+        };
+        w.send(&key, Payload::TextPayloadRequest(request));
+    }
+    for local in &locals {
+        let timeout = w.timeout();
+        w.expect(
+            &key,
+            format!("a VersionUpdate for {local:?}"),
+            timeout,
+            |p| matches!(p, Payload::VersionUpdate(v) if v.message_id_local == *local),
+        );
+    }
+}
+
+/// TRN-19: each of `{prefix}-1` to `{prefix}-{n}` reaches the device, and on one connection they come in order
+/// with no gap: each session starts at or before the first one not yet seen (a replay may repeat some, QUE-7)
+/// and goes on one by one. A closed connection is opened again (the server may close a peer that stopped reading).
+fn gets_without_gap(w: &mut CaseWorld, a: &Args) {
+    const MOST_RECONNECTS: u32 = 3;
+    let (user, device, written) = (a.s(1).to_string(), a.s(2).to_string(), a.conn(1, 2));
+    let (prefix, count, from) = (a.s(3).to_string(), a.n(4), w.eid(a.s(5)));
+    let mut seen = std::collections::BTreeSet::new();
+    // The last one this connection got.
+    let mut last: Option<i64> = None;
+    let mut reconnects = 0;
+    let first_unseen =
+        |seen: &std::collections::BTreeSet<i64>| (1..=count).find(|i| !seen.contains(i)).unwrap_or(count + 1);
+    while first_unseen(&seen) <= count {
+        let key = w.resolve(&written);
+        let timeout = w.timeout();
+        let wanted = first_unseen(&seen);
+        match w.next_event(&key, timeout) {
+            Some(Event::Stanza(Payload::ChatMessage(m))) if m.from.as_ref().is_some_and(|f| f.eid == from) => {
+                let Some(i) = m
+                    .message_id_local
+                    .strip_prefix(&format!("{prefix}-"))
+                    .and_then(|n| n.parse::<i64>().ok())
+                else {
+                    continue;
+                };
+                match last {
+                    Some(before) if i != before + 1 => fail(
+                        format!("{prefix}-{} after {prefix}-{before} on one connection", before + 1),
+                        format!("{prefix}-{i}"),
+                    ),
+                    None if i > wanted => fail(
+                        format!("{prefix}-{wanted} (or one seen before) first on this connection"),
+                        format!("{prefix}-{i}"),
+                    ),
+                    _ => {}
+                }
+                last = Some(i);
+                seen.insert(i);
+            }
+            Some(Event::Closed { .. }) => {
+                reconnects += 1;
+                if reconnects > MOST_RECONNECTS {
+                    fail(
+                        format!("{prefix}-{wanted} within {MOST_RECONNECTS} reconnections"),
+                        "the connection closed each time",
+                    );
+                }
+                let spec = ConnectSpec::new(&w.eid(&user), &device, w.transport);
+                open_session(w, &user, &device, spec);
+                last = None;
+            }
+            Some(_) => {}
+            None => fail(format!("{prefix}-{wanted}"), format!("nothing more within {timeout:?}")),
+        }
     }
 }

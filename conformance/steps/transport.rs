@@ -49,6 +49,10 @@ pub fn steps() -> Vec<StepDef> {
             run: split_writes,
         },
         StepDef {
+            pattern: const_format(&[CONN, r" (stops reading|reads again)"]),
+            run: stalls,
+        },
+        StepDef {
             pattern: RESTARTS,
             run: |w, _| restart(w, Restart::Graceful),
         },
@@ -179,6 +183,21 @@ fn split_writes(w: &mut CaseWorld, a: &Args) {
     };
     w.settle();
     tap.split_writes(1);
+}
+
+/// A network fault under the client (`tap.rs`): the client stops reading, so its socket's buffers fill and the
+/// server's writes back up (TRN-19); or it reads again.
+fn stalls(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let Some(tap) = w.driver.tap(&key) else {
+        fail(format!("a connection {key}"), "none")
+    };
+    let stop = a.s(3) == "stops reading";
+    if stop {
+        // What the case waited for before is read first.
+        w.settle();
+    }
+    tap.stall(stop);
 }
 
 /// Whatever the case sent before is answered first; then the server goes down and comes back.
