@@ -14,7 +14,6 @@ use super::network::{Control, NetworkTarget};
 use crate::core::Config;
 use crate::core::auth::Algorithm;
 use crate::faults::Faults;
-use crate::net::Clock as _;
 use crate::server::{JwtSettings, Running, Settings, StartError, TlsSettings};
 use crate::variants::{Variant, Variants};
 
@@ -134,13 +133,13 @@ impl BuiltIn {
     pub fn start_with(faults: Faults, variants: Variants, tls: bool) -> Result<BuiltIn, BuiltInError> {
         let mut limits = Self::limits();
         limits.revoke_notice |= variants.has(Variant::RevokeNotice);
-        let data_dir = std::env::temp_dir().join(format!(
-            "bimip-conform-server-{}-{}",
-            std::process::id(),
-            crate::net::SystemClock.now_ms()
-        ));
         let io = |what: String| move |source| BuiltInError::Io { what, source };
-        std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        // A directory of its own even for servers started in the same millisecond (the proxy check starts several).
+        let data_dir = tempfile::Builder::new()
+            .prefix("bimip-conform-server-")
+            .tempdir()
+            .map_err(io("creating a data directory".into()))?
+            .keep();
         let key = data_dir.join("rs256.pem");
         std::fs::write(&key, RS256_KEY).map_err(io(format!("writing {}", key.display())))?;
         let tls = if tls {

@@ -43,6 +43,7 @@ pub fn areas(fault: Fault) -> &'static [&'static str] {
         Fault::RevokeResponseLast => &["token.feature"],
         Fault::ReplacedCloseLate => &["session.feature"],
         Fault::DropWhenBehind => &["transport.feature"],
+        Fault::OnlyLatestPing => &["pingpong.feature"],
     }
 }
 

@@ -16,6 +16,7 @@
 //! then records nothing and says so ([`TapLog::plaintext`]); its writes
 //! are split all the same.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -67,6 +68,10 @@ struct State {
     /// The client stopped reading: the tap reads nothing from the network, so the socket's buffers fill up and
     /// the server's writes back up (TRN-19).
     stalled: bool,
+    /// How late the client's writes reach the network (a slow link).
+    delay: Option<std::time::Duration>,
+    /// Writes waiting for their time, in order: when each may go, and its bytes.
+    delayed: std::collections::VecDeque<(tokio::time::Instant, Vec<u8>)>,
 }
 
 /// Shared between the driver (reads the log, injects) and the [`Tap`].
@@ -139,6 +144,12 @@ impl TapHandle {
         });
     }
 
+    /// From now on, each of the client's writes reaches the network `delay` after the client made it (a slow
+    /// link, in order); the client's writes themselves return at once.
+    pub fn delay_writes(&self, delay: std::time::Duration) {
+        self.with(|s| s.delay = Some(delay));
+    }
+
     /// Wraps `stream`; the tap parses by `framing`.
     pub fn wrap<S>(&self, stream: S, framing: Framing) -> Tap<S> {
         self.with(|s| {
@@ -149,6 +160,7 @@ impl TapHandle {
         Tap {
             inner: stream,
             handle: self.clone(),
+            sleep: None,
         }
     }
 }
@@ -282,10 +294,45 @@ impl State {
 pub struct Tap<S> {
     inner: S,
     handle: TapHandle,
+    /// Wakes the connection when the next delayed write is due.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: AsyncWrite + Unpin> Tap<S> {
     /// Writes queued injected bytes first; Ready once none are left.
+    /// Writes the delayed writes that are due; arms the timer for the next. Ready once none is due.
+    fn poll_delayed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let next = self.handle.with(|s| s.delayed.front().map(|(at, _)| *at));
+            let Some(at) = next else { return Poll::Ready(Ok(())) };
+            if at > tokio::time::Instant::now() {
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                sleep.as_mut().reset(at);
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let bytes = self
+                .handle
+                .with(|s| s.delayed.front().map(|(_, b)| b.clone()))
+                .unwrap_or_default();
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.handle.with(|s| {
+                    if let Some((_, front)) = s.delayed.front_mut() {
+                        front.drain(..n.min(front.len()));
+                        if front.is_empty() {
+                            s.delayed.pop_front();
+                        }
+                    }
+                }),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     fn poll_inject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let pending = self.handle.with(|s| s.inject.clone());
@@ -323,6 +370,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<S> {
         if stalled {
             return Poll::Pending;
         }
+        // Delayed writes go out when due: the read side is always polled, so its waker carries them.
+        if let Poll::Ready(Err(e)) = this.poll_delayed(cx) {
+            return Poll::Ready(Err(e));
+        }
         // An injected frame goes out when the connection is next polled.
         if let Poll::Ready(Ok(())) = this.poll_inject(cx) {
             let _ = Pin::new(&mut this.inner).poll_flush(cx);
@@ -354,6 +405,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
         }
         let split = this.handle.with(|s| s.split);
         let buf = split.map_or(buf, |n| &buf[..buf.len().min(n)]);
+        if let Some(delay) = this.handle.with(|s| s.delay) {
+            let at = tokio::time::Instant::now() + delay;
+            this.handle.with(|s| s.delayed.push_back((at, buf.to_vec())));
+            return match this.poll_delayed(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Ready(Ok(buf.len())),
+            };
+        }
         match this.poll_inject(cx) {
             Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write(cx, buf),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -362,7 +421,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        // Delayed bytes are on the slow link, not in the client: a flush does not wait for them.
+        if let Poll::Ready(Err(e)) = this.poll_delayed(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -373,6 +437,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_writes_reach_the_network_late_and_in_order() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let handle = TapHandle::default();
+        let mut tap = handle.wrap(near, Framing::Tcp);
+        handle.delay_writes(std::time::Duration::from_millis(300));
+        let start = tokio::time::Instant::now();
+        tap.write_all(b"ab").await.unwrap();
+        tap.write_all(b"cd").await.unwrap();
+        // The write side alone does not wait; a reader polls the tap, as a client's connection task does.
+        let reader = tokio::spawn(async move {
+            let mut sink = [0u8; 1];
+            let _ = tap.read(&mut sink).await;
+        });
+        let mut got = [0u8; 4];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abcd");
+        assert!(
+            start.elapsed() >= std::time::Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
+        reader.abort();
+    }
 
     #[tokio::test]
     async fn a_stalled_tap_reads_nothing_until_it_reads_again() {

@@ -71,6 +71,14 @@ Feature: PingPong (SPEC section 7)
     Then alice's phone is still connected
     And alice's phone receives no ErrorMessage
 
+  @PING-4 @PING-5 @must
+  Scenario: A link slower than the ping interval keeps its session while every pong comes back
+    Given alice is connected as "phone"
+    And alice's phone's writes reach the server 1.5 ping intervals late
+    When 6 ping intervals pass
+    Then alice's phone is still connected
+    And alice's phone receives no ErrorMessage
+
   @PING-6 @ENV-9 @must
   Scenario Outline: A PingPong with a bad type, status or id is refused
     Given alice is connected as "phone"

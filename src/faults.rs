@@ -93,6 +93,9 @@ pub enum Fault {
     /// A connection sent more than [`BEHIND_LIMIT`] chat copies within [`BEHIND_MS`] loses the later ones and
     /// gets the ones after: a server whose small outbound buffer overflowed and went on (TRN-19).
     DropWhenBehind,
+    /// A pong counts only if it answers the latest ping sent: one for an earlier ping, late on a slow link, is
+    /// ignored, so the session ends though every ping was answered (PING-4).
+    OnlyLatestPing,
 }
 
 /// How late the late faults' leaks come: after every step's quiet window,
@@ -100,7 +103,7 @@ pub enum Fault {
 pub const LATE_MS: Millis = 600;
 
 impl Fault {
-    pub const ALL: [Fault; 25] = [
+    pub const ALL: [Fault; 26] = [
         Fault::SkipVersionUpdate,
         Fault::ReorderChat,
         Fault::ReorderChatTcp,
@@ -126,6 +129,7 @@ impl Fault {
         Fault::RevokeResponseLast,
         Fault::ReplacedCloseLate,
         Fault::DropWhenBehind,
+        Fault::OnlyLatestPing,
     ];
 
     /// The name on command lines: kebab-case.
@@ -156,6 +160,7 @@ impl Fault {
             Fault::RevokeResponseLast => "revoke-response-last",
             Fault::ReplacedCloseLate => "replaced-close-late",
             Fault::DropWhenBehind => "drop-when-behind",
+            Fault::OnlyLatestPing => "only-latest-ping",
         }
     }
 }
@@ -279,6 +284,8 @@ pub struct FaultLayer {
     held_version: BTreeMap<ConnId, Bytes>,
     /// DropWhenBehind: when each connection was sent its latest chat copies.
     chat_sent: BTreeMap<ConnId, std::collections::VecDeque<Millis>>,
+    /// OnlyLatestPing: the id of the latest ping sent to each connection.
+    latest_ping: BTreeMap<ConnId, String>,
     /// LateEcho, LatePresenceLeak: leaks due at a time, in the order made.
     late: Vec<(Millis, ConnId, Bytes)>,
     /// RevokeResponseLast: the response held until a session it ended is
@@ -396,6 +403,9 @@ impl Edge for FaultLayer {
         if let Payload::PingpongMessage(pong) = &payload
             && pong.r#type == RESPONSE
         {
+            if self.has(Fault::OnlyLatestPing) && self.latest_ping.get(&conn).is_some_and(|id| *id != pong.id) {
+                return None;
+            }
             self.unanswered_pings.remove(&conn);
         }
         let me = self.sessions.get(&conn).cloned();
@@ -543,6 +553,12 @@ impl Edge for FaultLayer {
             _ => {}
         }
         let mut rewritten = false;
+        if let Payload::PingpongMessage(ping) = &payload
+            && ping.r#type == REQUEST
+            && self.has(Fault::OnlyLatestPing)
+        {
+            self.latest_ping.insert(conn, ping.id.clone());
+        }
         if self.has(Fault::DropWhenBehind) && matches!(payload, Payload::ChatMessage(_)) {
             let sent = self.chat_sent.entry(conn).or_default();
             while sent.front().is_some_and(|at| at + BEHIND_MS <= now) {
@@ -703,6 +719,7 @@ impl Edge for FaultLayer {
         self.held_version.remove(&conn);
         self.replaying.remove(&conn);
         self.chat_sent.remove(&conn);
+        self.latest_ping.remove(&conn);
     }
 }
 

@@ -53,6 +53,10 @@ pub fn steps() -> Vec<StepDef> {
             run: stalls,
         },
         StepDef {
+            pattern: const_format(&[CONN, r"'s writes reach the server ", DURATION, " late"]),
+            run: delays_writes,
+        },
+        StepDef {
             pattern: RESTARTS,
             run: |w, _| restart(w, Restart::Graceful),
         },
@@ -198,6 +202,18 @@ fn stalls(w: &mut CaseWorld, a: &Args) {
         w.settle();
     }
     tap.stall(stop);
+}
+
+/// A network fault under the client (`tap.rs`): a slow link, each later write of the connection reaching the
+/// server that much later, in order.
+fn delays_writes(w: &mut CaseWorld, a: &Args) {
+    let key = w.resolve(&a.conn(1, 2));
+    let delay = duration(w, a.s(3), a.s(4));
+    let Some(tap) = w.driver.tap(&key) else {
+        fail(format!("a connection {key}"), "none")
+    };
+    w.settle();
+    tap.delay_writes(delay);
 }
 
 /// Whatever the case sent before is answered first; then the server goes down and comes back.
