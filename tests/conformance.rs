@@ -794,7 +794,29 @@ fn cli_reports() -> Result<String, String> {
                 });
             }
         });
+        // A plain HTTP server: every request gets 200 and a page.
+        let http = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        http.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let http_port = http.local_addr().map_err(|e| e.to_string())?.port();
+        runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(http) else {
+                return;
+            };
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let page = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+                    let _ = stream.write_all(page.as_bytes()).await;
+                });
+            }
+        });
         let targets = [
+            (
+                format!("ws://127.0.0.1:{http_port}/"),
+                "not as a BIMIP WebSocket server",
+            ),
             (format!("tcp://127.0.0.1:{closed_port}"), "nothing listens there"),
             (format!("tcp://127.0.0.1:{silent_port}"), "did not complete"),
             (format!("ws://127.0.0.1:{echo_port}/ws"), "an echo server"),
@@ -829,7 +851,7 @@ fn cli_reports() -> Result<String, String> {
         drop(runtime);
         Ok(format!(
             "{cases} cases in the HTML, JUnit and JSON reports, {progress} plain progress lines; exit 0, and \
-             non-zero when nothing ran; an absent, a silent and an echoing target each get one line"
+             non-zero when nothing ran; a plain HTTP, an absent, a silent and an echoing target each get one line"
         ))
     })();
     let _ = std::fs::remove_dir_all(&dir);

@@ -208,6 +208,9 @@ fn stalls(w: &mut CaseWorld, a: &Args) {
 /// server that much later, in order.
 fn delays_writes(w: &mut CaseWorld, a: &Args) {
     let key = w.resolve(&a.conn(1, 2));
+    // A delay in ping intervals needs the interval the server announced (a WebSocket session may not have its
+    // Authenticate RESPONSE yet).
+    w.await_first_stanza(&key);
     let delay = duration(w, a.s(3), a.s(4));
     let Some(tap) = w.driver.tap(&key) else {
         fail(format!("a connection {key}"), "none")
