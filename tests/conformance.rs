@@ -813,10 +813,7 @@ fn cli_reports() -> Result<String, String> {
             }
         });
         let targets = [
-            (
-                format!("ws://127.0.0.1:{http_port}/"),
-                "not as a BIMIP WebSocket server",
-            ),
+            (format!("ws://127.0.0.1:{http_port}/"), "HTTP 200"),
             (format!("tcp://127.0.0.1:{closed_port}"), "nothing listens there"),
             (format!("tcp://127.0.0.1:{silent_port}"), "did not complete"),
             (format!("ws://127.0.0.1:{echo_port}/ws"), "an echo server"),
