@@ -664,3 +664,103 @@ fn close(reason: CloseReason) -> Bytes {
     let _ = Frame::from_payload(header, Bytes::copy_from_slice(&reason.ws_close_code().to_be_bytes())).format(&mut out);
     Bytes::from(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framer(bytes: &[u8], ws: bool) -> Framer<&'static [u8]> {
+        Framer {
+            from: &[],
+            buf: BytesMut::from(bytes),
+            ws,
+            partial: None,
+        }
+    }
+
+    fn ws_frame(opcode: OpCode, is_final: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let header = FrameHeader {
+            is_final,
+            opcode,
+            mask,
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        Frame::from_payload(header, Bytes::copy_from_slice(payload))
+            .format(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_fragmented_masked_message_is_one_stanza_with_its_frames_kept() {
+        let mask = Some([1, 2, 3, 4]);
+        let mut bytes = ws_frame(OpCode::Data(Data::Binary), false, b"ab", mask);
+        bytes.extend(ws_frame(OpCode::Control(Control::Ping), true, b"p", mask));
+        bytes.extend(ws_frame(OpCode::Data(Data::Continue), true, b"cd", mask));
+        let mut f = framer(&bytes, true);
+        // The ping between the fragments passes on first, as it came.
+        let Read::Other { raw, close: false } = f.next().await else {
+            panic!("the ping")
+        };
+        assert_eq!(raw[0], 0x89);
+        let Read::Stanza(stanza, frames) = f.next().await else {
+            panic!("the stanza")
+        };
+        assert_eq!(&stanza[..], b"abcd");
+        assert_eq!(frames.len(), bytes.len() - raw.len());
+        assert!(matches!(f.next().await, Read::End));
+    }
+
+    #[tokio::test]
+    async fn frames_past_the_limit_and_unparsable_ones_go_raw_from_their_first_byte() {
+        let mut tcp = (u32::try_from(LONGEST_FRAME).unwrap() + 1).to_be_bytes().to_vec();
+        tcp.extend_from_slice(b"xyz");
+        let Read::Raw(raw) = framer(&tcp, false).next().await else {
+            panic!("raw")
+        };
+        assert_eq!(&raw[..], &tcp[..]);
+        // A reserved opcode does not parse: raw, nothing lost.
+        let odd = [0x83, 0x00, 0x82, 0x00];
+        let Read::Raw(raw) = framer(&odd, true).next().await else {
+            panic!("raw")
+        };
+        assert_eq!(&raw[..], &odd[..]);
+        // A stream that ends inside a frame hands on what it had.
+        let cut = [0, 0, 0, 9, 1, 2];
+        let Read::Raw(raw) = framer(&cut, false).next().await else {
+            panic!("raw")
+        };
+        assert_eq!(&raw[..], &cut[..]);
+    }
+
+    #[test]
+    fn frame_writes_what_the_framer_reads() {
+        let stanza = Bytes::from_static(b"\x08\x06");
+        for (ws, mask) in [(true, Some([9, 8, 7, 6])), (true, None), (false, None)] {
+            let written = frame(stanza.clone(), ws, mask);
+            let mut f = framer(&written, ws);
+            let Some(Read::Stanza(read, raw)) = f.parse() else {
+                panic!("a stanza")
+            };
+            assert_eq!(read, stanza);
+            assert_eq!(raw, written);
+        }
+    }
+
+    #[test]
+    fn targets_are_plaintext_and_keep_their_path() {
+        let ws = Upstream::parse("ws://127.0.0.1:4000/socket?x=1", Transport::WebSocket).unwrap();
+        assert_eq!(ws.address, "127.0.0.1:4000");
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(ws.proxied(local), "ws://127.0.0.1:5000/socket?x=1");
+        assert!(matches!(
+            Upstream::parse("wss://example.com/", Transport::WebSocket),
+            Err(ProxyError::Encrypted(_))
+        ));
+        assert!(matches!(
+            Upstream::parse("tls://example.com:1", Transport::Tcp),
+            Err(ProxyError::Encrypted(_))
+        ));
+    }
+}
