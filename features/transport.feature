@@ -82,6 +82,15 @@ Feature: Transports (SPEC section 2)
     And bob's phone reads again
     Then bob's phone gets "stall-1" to "stall-15" from alice in order and without a gap, reconnecting if it is closed
 
+  @TRN-20 @should
+  Scenario: A device that stops reading for 15 messages keeps its connection
+    Given alice is connected as "phone"
+    And bob is connected as "phone"
+    And bob's phone stops reading
+    When alice's phone sends 15 texts of 16000 bytes to bob as "pause-1" to "pause-15"
+    And bob's phone reads again
+    Then bob's phone gets "pause-1" to "pause-15" from alice in order and without a gap, on one connection
+
   @TRN-3 @TRN-9 @must
   Scenario: Stanzas that reach the server one byte at a time are read whole
     Given alice is connected as "phone"

@@ -71,7 +71,7 @@ pub fn steps() -> Vec<StepDef> {
         StepDef {
             pattern: const_format(&[
                 CONN,
-                r#" gets "([\w-]+)-1" to "[\w-]+-(\d+)" from (\w+) in order and without a gap, reconnecting if it is closed"#,
+                r#" gets "([\w-]+)-1" to "[\w-]+-(\d+)" from (\w+) in order and without a gap, (reconnecting if it is closed|on one connection)"#,
             ]),
             run: gets_without_gap,
         },
@@ -457,11 +457,13 @@ fn sends_many(w: &mut CaseWorld, a: &Args) {
 
 /// TRN-19: each of `{prefix}-1` to `{prefix}-{n}` reaches the device, and on one connection they come in order
 /// with no gap: each session starts at or before the first one not yet seen (a replay may repeat some, QUE-7)
-/// and goes on one by one. A closed connection is opened again (the server may close a peer that stopped reading).
+/// and goes on one by one. A closed connection is opened again (the server may close a peer that stopped reading),
+/// unless the step wants them all on one connection (TRN-20: a server keeps at least 256 stanzas for such a peer).
 fn gets_without_gap(w: &mut CaseWorld, a: &Args) {
     const MOST_RECONNECTS: u32 = 3;
     let (user, device, written) = (a.s(1).to_string(), a.s(2).to_string(), a.conn(1, 2));
     let (prefix, count, from) = (a.s(3).to_string(), a.n(4), w.eid(a.s(5)));
+    let one_connection = a.s(6) == "on one connection";
     let mut seen = std::collections::BTreeSet::new();
     // The last one this connection got.
     let mut last: Option<i64> = None;
@@ -495,6 +497,10 @@ fn gets_without_gap(w: &mut CaseWorld, a: &Args) {
                 last = Some(i);
                 seen.insert(i);
             }
+            Some(Event::Closed { .. }) if one_connection => fail(
+                format!("{prefix}-{wanted} on the same connection (at least 256 stanzas kept for it, TRN-20)"),
+                "the connection closed",
+            ),
             Some(Event::Closed { .. }) => {
                 reconnects += 1;
                 if reconnects > MOST_RECONNECTS {
