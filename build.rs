@@ -1,6 +1,8 @@
 //! Compiles `proto/bimip.proto` with protox (pure Rust, no system protoc) and
 //! prost-build, and keeps the file descriptor set for prost-reflect, which maps
 //! stanzas to and from protobuf's canonical JSON (used by `vectors/` and the CLI).
+//! `proto/bimip_admin.proto`, the backend gRPC API, goes through tonic's
+//! generator from the same compiler.
 
 use std::path::PathBuf;
 
@@ -13,5 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Sorted maps: canonical bytes (SPEC ENV-*) need map entries in key order.
         .btree_map(["."])
         .compile_fds(fds)?;
+    let admin = protox::compile(["bimip_admin.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(admin)?;
     Ok(())
 }

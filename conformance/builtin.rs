@@ -161,6 +161,7 @@ impl BuiltIn {
             ws: Some(([127, 0, 0, 1], 0).into()),
             tcp: Some(([127, 0, 0, 1], 0).into()),
             admin: None,
+            grpc: None,
             data_dir: data_dir.clone(),
             jwt: Some(JwtSettings {
                 alg: "RS256".into(),
@@ -180,6 +181,7 @@ impl BuiltIn {
             shards: None,
             faults,
             variants,
+            ..Settings::default()
         };
         let mut settings = settings;
         let instance = Server::start(&settings)?;

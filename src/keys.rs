@@ -19,6 +19,8 @@ use crate::core::auth::{Algorithm, Claims, Signer, Verifier};
 pub const DEV_PRIVATE_KEY: &str = "dev-ed25519.pem";
 /// Public key file of the development key pair.
 pub const DEV_PUBLIC_KEY: &str = "dev-ed25519.pub.pem";
+/// The backend API's bearer secret, created in the data directory on first start when the settings name none.
+pub const ADMIN_SECRET: &str = "admin-secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -107,6 +109,31 @@ pub fn ensure_dev_keys(dir: &Path) -> Result<(Verifier, Signer), KeyError> {
         .verify_ignoring_time(&token)
         .map_err(|_| KeyError::Mismatch { private, public })?;
     Ok((verifier, signer))
+}
+
+/// The backend API's bearer secret in `path` (its first line), created as 32 random bytes in hex (mode 0600) when
+/// `create` is set and the file does not exist.
+pub fn admin_secret(path: &Path, create: bool) -> Result<String, KeyError> {
+    if create && !exists(path)? {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|error| KeyError::Io {
+                action: "creating",
+                path: dir.to_owned(),
+                error,
+            })?;
+        }
+        let secret: [u8; 32] = rand::random();
+        write_new(path, &format!("{}\n", hex::encode(secret)), 0o600)?;
+    }
+    let text = String::from_utf8(read(path)?).map_err(|_| invalid(path, "not UTF-8"))?;
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.len() < 16 {
+        return Err(invalid(
+            path,
+            "an admin secret needs at least 16 characters on its first line",
+        ));
+    }
+    Ok(secret.to_string())
 }
 
 /// Self-signed TLS certificate + key for `names` (e.g. ["localhost", "127.0.0.1"]) as PEM strings, for development

@@ -27,8 +27,15 @@ pub struct Settings {
     pub ws: Option<SocketAddr>,
     /// Native TCP listener (`tcp://ADDR`); none = off.
     pub tcp: Option<SocketAddr>,
-    /// Admin HTTP listener: GET /healthz and GET /metrics; none = off.
+    /// Admin HTTP listener: GET /healthz, GET /metrics and POST /push; none = off.
     pub admin: Option<SocketAddr>,
+    /// Backend gRPC API listener (`proto/bimip_admin.proto`); none = off. Plaintext only on loopback.
+    pub grpc: Option<SocketAddr>,
+    /// The backend API's bearer secret (first line of the file); absent = `data_dir/admin-secret`, created on
+    /// first start.
+    pub grpc_secret_file: Option<PathBuf>,
+    /// This server's name in session lists and stats.
+    pub node: String,
     /// Development key, revocation list, social graph and the offline queue (`queue/`) live here.
     pub data_dir: PathBuf,
     /// Token keys; absent = the development key in `data_dir`.
@@ -97,6 +104,9 @@ impl Default for Settings {
             ws: Some(SocketAddr::from(([127, 0, 0, 1], 7420))),
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 7422))),
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 7423))),
+            grpc_secret_file: None,
+            node: "local".to_string(),
             data_dir: PathBuf::from("bimip-data"),
             jwt: None,
             tls: None,
@@ -145,6 +155,8 @@ pub enum StartError {
     },
     #[error("{path}: {why}")]
     ShardFile { path: PathBuf, why: String },
+    #[error(transparent)]
+    Grpc(#[from] crate::admin::grpc::ListenError),
 }
 
 impl Settings {
@@ -321,17 +333,19 @@ impl Settings {
     }
 }
 
-/// A running reference server: its listeners and its admin endpoint.
+/// A running reference server: its listeners, its admin endpoint and its backend API.
 pub struct Running {
     pub net: crate::net::ServerHandle,
     pub admin: Option<SocketAddr>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
+    pub grpc: Option<SocketAddr>,
+    grpc_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, closes every connection, waits for the tasks.
     pub async fn shutdown(self) {
-        if let Some(task) = self.admin_task {
+        for task in [self.admin_task, self.grpc_task].into_iter().flatten() {
             task.abort();
         }
         self.net.shutdown().await;
@@ -341,6 +355,9 @@ impl Running {
 impl Settings {
     /// Starts the server these settings describe, on the current tokio runtime.
     pub async fn start(&self) -> Result<Running, StartError> {
+        if let Some(addr) = self.grpc {
+            crate::admin::grpc::check_listen(addr, self.tls.is_some())?;
+        }
         let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
         let engines = self.engines(clock.now_ms())?;
         let mut options = crate::net::ServerOptions {
@@ -384,14 +401,75 @@ impl Settings {
                     source,
                 })?;
                 let source = net.snapshot_source();
-                let pusher = Some(net.pusher());
+                let operator = Some(net.operator());
                 (
                     Some(bound),
-                    Some(tokio::spawn(crate::admin::serve(listener, source, pusher))),
+                    Some(tokio::spawn(crate::admin::http::serve(listener, source, operator))),
                 )
             }
         };
-        Ok(Running { net, admin, admin_task })
+        let (grpc, grpc_task) = match self.grpc {
+            None => (None, None),
+            Some(addr) => {
+                let (bound, task) = self.start_grpc(addr, net.operator()).await?;
+                (Some(bound), Some(task))
+            }
+        };
+        Ok(Running {
+            net,
+            admin,
+            admin_task,
+            grpc,
+            grpc_task,
+        })
+    }
+
+    /// Where the backend API's secret lives, and whether the server creates it.
+    pub fn grpc_secret_path(&self) -> (PathBuf, bool) {
+        match &self.grpc_secret_file {
+            Some(path) => (path.clone(), false),
+            None => (self.data_dir.join(keys::ADMIN_SECRET), true),
+        }
+    }
+
+    async fn start_grpc(
+        &self,
+        addr: SocketAddr,
+        operator: crate::net::Operator,
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+        let (path, create) = self.grpc_secret_path();
+        let secret = keys::admin_secret(&path, create)?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|source| StartError::ReadConfig {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            };
+            let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Net {
+                what: "binding the gRPC listener",
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Net {
+            what: "gRPC address",
+            source,
+        })?;
+        let service = crate::admin::grpc::AdminService::new(operator, self.node.clone()).into_server(&secret);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            if let Err(e) = builder.add_service(service).serve_with_incoming(incoming).await {
+                tracing::error!("the backend API stopped: {e}");
+            }
+        });
+        Ok((bound, task))
     }
 }
 

@@ -888,7 +888,7 @@ fn against_bimip_serve() -> Result<String, String> {
     let (ws_port, tcp_port) = (free_port()?, free_port()?);
     let pid = dir.join("server.pid");
     let start = format!(
-        "{bimip} serve --ws 127.0.0.1:{ws_port} --tcp 127.0.0.1:{tcp_port} --no-admin --jwt-alg RS256 \
+        "{bimip} serve --ws 127.0.0.1:{ws_port} --tcp 127.0.0.1:{tcp_port} --no-admin --no-grpc --jwt-alg RS256 \
          --config {config} --data-dir {data} --jwt-key {keys}/rs256-test.pub.pem \
          --jwt-signing-key {keys}/rs256-test.pem >> {log} 2>&1 & echo $! > {pid}",
         bimip = env!("CARGO_BIN_EXE_bimip"),

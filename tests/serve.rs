@@ -40,6 +40,7 @@ async fn start_mint_connect_ping_logout() {
         ws: loopback,
         tcp: loopback,
         admin: loopback,
+        grpc: None,
         data_dir: dir.path().to_path_buf(),
         ..Settings::default()
     };

@@ -36,8 +36,8 @@ enum Command {
     Encode(EncodeArgs),
     /// Mint a JWT for a user's device (development: signed with the data dir's key).
     Token(TokenArgs),
-    /// Run the reference server (WebSocket, native TCP, admin endpoint).
-    Serve(ServeArgs),
+    /// Run the reference server (WebSocket, native TCP, admin endpoint, backend gRPC API).
+    Serve(Box<ServeArgs>),
     /// Connect to a BIMIP server as a client: ping it, then log out (or stay).
     Connect(ConnectArgs),
     /// Look into an offline queue directory (the server's DATA_DIR/queue).
@@ -98,6 +98,15 @@ struct ServeArgs {
     /// Admin listener: GET /healthz, GET /metrics (default 127.0.0.1:7422).
     #[arg(long, value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
+    /// Backend gRPC API listener (default 127.0.0.1:7423; plaintext only on loopback).
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<std::net::SocketAddr>,
+    /// The backend API's bearer secret, first line of FILE (default DATA_DIR/admin-secret, made on first start).
+    #[arg(long, value_name = "FILE")]
+    grpc_secret_file: Option<PathBuf>,
+    /// This server's name in the backend API's session lists and stats (default "local").
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// Turn a listener off.
     #[arg(long)]
     no_ws: bool,
@@ -105,6 +114,8 @@ struct ServeArgs {
     no_tcp: bool,
     #[arg(long)]
     no_admin: bool,
+    #[arg(long)]
+    no_grpc: bool,
     /// Keys, revocations, the social graph and the offline queue live here (default ./bimip-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -214,7 +225,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => decode(args),
         Command::Encode(args) => encode(args),
         Command::Token(args) => token(args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Connect(args) => connect(args),
         Command::Queue(command) => queue(command),
         Command::Sim(args) => sim::run(args),
@@ -411,6 +422,17 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     } else {
         args.admin.or(settings.admin)
     };
+    settings.grpc = if args.no_grpc {
+        None
+    } else {
+        args.grpc.or(settings.grpc)
+    };
+    if let Some(file) = args.grpc_secret_file {
+        settings.grpc_secret_file = Some(file);
+    }
+    if let Some(node) = args.node {
+        settings.node = node;
+    }
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
     }
@@ -462,6 +484,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         if let Some(addr) = running.admin {
             println!("  admin      http://{addr}/healthz  http://{addr}/metrics");
+        }
+        if let Some(addr) = running.grpc {
+            let scheme = if settings.tls.is_some() { "https" } else { "http" };
+            println!(
+                "  gRPC       {scheme}://{addr}  (bimip.admin.v1.Admin; secret in {})",
+                settings.grpc_secret_path().0.display()
+            );
         }
         println!("  data       {}", settings.data_dir.display());
         println!("  shards     {}", settings.shard_count()?);

@@ -33,7 +33,7 @@ impl Engine {
 
     /// OUT-4: tells a session that another device revoked it, before the
     /// 401 `token_revoked` that ends it (sent only with `Config::revoke_notice`).
-    pub(super) fn send_revoke_notice(&mut self, victim: ConnId, now: Millis) {
+    pub(super) fn send_disconnect_notice(&mut self, victim: ConnId, now: Millis) {
         let Some(identity) = self.with_session(victim, |s| s.identity.clone()) else {
             return;
         };

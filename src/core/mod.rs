@@ -19,6 +19,7 @@ mod engine;
 mod limits;
 mod location;
 mod logout;
+pub mod operator;
 mod pingpong;
 mod push;
 pub mod queue;
@@ -34,7 +35,7 @@ mod visibility;
 
 pub use engine::{Engine, Stats};
 pub use registry::Registry;
-pub use revocation::{MemoryRevocations, Revocations, StoreError};
+pub use revocation::{IssuedUntil, MemoryRevocations, Revocations, StoreError};
 pub use shard::{Mail, ShardId};
 
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! The revoked-token list (SPEC TOK, AUTH): jtis that no connection may use
-//! again, kept until their token would have expired anyway. The core sees only
-//! this trait; the durable file store lives in `crate::store`.
+//! again, kept until their token would have expired anyway; and, for the
+//! backend API's device and user revocations, the time until which every token
+//! of a device or of a user counts as revoked. The core sees only this trait;
+//! the durable file store lives in `crate::store`.
 
 use std::collections::BTreeMap;
 
@@ -13,17 +15,60 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-/// Revoked jtis. `revoke` returns only once the entry is durable.
+/// Revoked jtis, and revoked issue times. Updates return only once the entry is durable.
 pub trait Revocations: Send {
     fn is_revoked(&self, jti: &str) -> bool;
     /// Records that `jti` (a token valid until `exp`) is revoked.
     fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError>;
+    /// Records that every token of `eid` issued at or before `until` is revoked: of one `device`, or of all.
+    fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError>;
+    /// The latest such time that covers `device` of `eid` (its own, or its user's), if any; with no device, the
+    /// latest of the user's and of all its devices'.
+    fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis>;
+}
+
+/// Who a revocation by issue time covers: one device of a user, or all of them (`None`).
+pub type IssuedKey = (String, Option<String>);
+
+/// The issue-time revocations of one list: the latest time per user or device.
+#[derive(Debug, Default, Clone)]
+pub struct IssuedUntil(BTreeMap<IssuedKey, Millis>);
+
+impl IssuedUntil {
+    /// Records `until` for the key; an earlier time never replaces a later one. Whether it changed anything.
+    pub fn insert(&mut self, eid: &str, device: Option<&str>, until: Millis) -> bool {
+        let slot = self
+            .0
+            .entry((eid.to_string(), device.map(str::to_string)))
+            .or_insert(Millis::MIN);
+        let changed = until > *slot;
+        *slot = (*slot).max(until);
+        changed
+    }
+
+    pub fn get(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
+        let user = self.0.get(&(eid.to_string(), None)).copied();
+        match device {
+            Some(device) => user.max(self.0.get(&(eid.to_string(), Some(device.to_string()))).copied()),
+            None => self
+                .0
+                .range((eid.to_string(), None)..)
+                .take_while(|((e, _), _)| e == eid)
+                .map(|(_, until)| *until)
+                .max(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&IssuedKey, &Millis)> {
+        self.0.iter()
+    }
 }
 
 /// Revocations in memory only: for tests and simulations without restarts.
 #[derive(Debug, Default)]
 pub struct MemoryRevocations {
     revoked: BTreeMap<String, Millis>,
+    issued: IssuedUntil,
 }
 
 impl Revocations for MemoryRevocations {
@@ -34,5 +79,14 @@ impl Revocations for MemoryRevocations {
     fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError> {
         self.revoked.insert(jti.to_string(), exp);
         Ok(())
+    }
+
+    fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
+        self.issued.insert(eid, device, until);
+        Ok(())
+    }
+
+    fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
+        self.issued.get(eid, device)
     }
 }

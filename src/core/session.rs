@@ -56,6 +56,8 @@ pub(super) struct Session {
     pub consecutive_errors: u32,
     /// Queue items sent in this session (SPEC 17.2's `s`), from the first one on: an idle session holds none.
     pub delivered: Option<Box<super::queue::Delivered>>,
+    /// When the session started (for the backend API's session list).
+    pub since: Millis,
 }
 
 impl Engine {
@@ -64,7 +66,8 @@ impl Engine {
     /// session of the same device, then sends Authenticate RESPONSE.
     pub(super) fn start_session(&mut self, conn: ConnId, token: &str, now: Millis) -> Result<(), ErrorKind> {
         let verified = self.verifier.verify(token, now)?;
-        if self.revocations.is_revoked(&verified.jti) {
+        let issued_until = self.revocations.issued_until(&verified.eid, Some(&verified.device_id));
+        if self.revocations.is_revoked(&verified.jti) || issued_until.is_some_and(|until| verified.iat_ms <= until) {
             return Err(ErrorKind::TokenRevoked);
         }
         let identity = SessionIdentity::new(&verified.eid, &verified.device_id);
@@ -96,6 +99,7 @@ impl Engine {
             awareness_bucket: TokenBucket::new(AWARENESS_RATE, now),
             consecutive_errors: 0,
             delivered: Default::default(),
+            since: now,
         };
         entry.state = ConnState::Live(Box::new(session));
         // Register first: the replaced session then ends as a non-current one (SES-2).

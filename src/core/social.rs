@@ -179,6 +179,15 @@ impl Social {
         self.blocks.contains(&(blocker.to_string(), blocked.to_string()))
     }
 
+    /// The users `blocker` blocks, in order.
+    pub fn blocked_by<'a>(&'a self, blocker: &'a str) -> impl Iterator<Item = &'a str> {
+        let from = (blocker.to_string(), String::new());
+        self.blocks
+            .range(from..)
+            .take_while(move |(b, _)| b == blocker)
+            .map(|(_, blocked)| blocked.as_str())
+    }
+
     /// Either user of the pair blocks the other.
     pub fn blocked_pair(&self, a: &str, b: &str) -> bool {
         self.blocks(a, b) || self.blocks(b, a)

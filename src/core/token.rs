@@ -85,7 +85,7 @@ impl Engine {
         self.send(conn, Payload::TokenRevokeResponse(answer));
         for victim in ended {
             if self.config.revoke_notice && victim != conn {
-                self.send_revoke_notice(victim, now);
+                self.send_disconnect_notice(victim, now);
             }
             self.reject(
                 victim,
@@ -136,17 +136,7 @@ impl Engine {
             .revoke(&old_jti, self.token_end(old_exp))
             .map_err(|e| Rejection::new(ErrorKind::Unavailable, format!("could not record the revocation: {e}")))?;
         let exp_ms = claims.exp * 1000;
-        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
-            self.timers.cancel(due, Timer::Session(conn));
-        }
-        self.with_session(conn, |s| {
-            s.token.jti = jti.into();
-            s.token.iat_ms = claims.iat * 1000;
-            s.token.exp_ms = exp_ms;
-        });
-        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
-            self.timers.set(due, Timer::Session(conn));
-        }
+        self.rebind_token(conn, jti, claims.iat * 1000, exp_ms);
         let answer = TokenRefreshResponse {
             to: Some(me.to_proto()),
             status: SUCCESS,
@@ -156,6 +146,21 @@ impl Engine {
         };
         self.send(conn, Payload::TokenRefreshResponse(answer));
         Ok(())
+    }
+
+    /// Binds the session on `conn` to a refreshed token (TOK-9): it now ends at the new token's expiry.
+    pub(super) fn rebind_token(&mut self, conn: ConnId, jti: String, iat_ms: Millis, exp_ms: Millis) {
+        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
+            self.timers.cancel(due, Timer::Session(conn));
+        }
+        self.with_session(conn, |s| {
+            s.token.jti = jti.into();
+            s.token.iat_ms = iat_ms;
+            s.token.exp_ms = exp_ms;
+        });
+        if let Some(due) = self.session(conn).map(|s| self.session_due(s)) {
+            self.timers.set(due, Timer::Session(conn));
+        }
     }
 
     fn session_jti(&self, conn: ConnId) -> Option<String> {

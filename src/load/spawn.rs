@@ -97,6 +97,7 @@ impl SpawnedServer {
             "--tcp",
             "127.0.0.1:0",
             "--no-admin",
+            "--no-grpc",
             "--jwt-alg",
             "HS256",
             "--jwt-key",

@@ -389,15 +389,13 @@ impl Hub {
         self.with_engine(conn.shard(), |engine, now| engine.framing_error(conn.id, error, now));
     }
 
-    /// An operator push (SPEC PUSH-2): the devices it reached.
-    pub fn push(
-        &self,
-        eid: &str,
-        kind: &str,
-        data: std::collections::BTreeMap<String, String>,
-    ) -> Result<usize, ErrorKind> {
-        let shard = home(eid, self.shards.len());
-        self.with_engine(shard, |engine, now| engine.push(eid, kind, data, now))
+    /// An operator call, on the shard that owns `eid`.
+    pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
+        self.with_engine(home(eid, self.shards.len()), f)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// The connection is gone (or its task ends): forget its link, tell the

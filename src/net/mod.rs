@@ -58,18 +58,26 @@ pub use clock::{Clock, ManualClock, SimClock, SystemClock};
 pub use edge::Edge;
 pub use hub::{MailSteps, Snapshot};
 
-/// Sends operator PushNotifications into a running server (see [`ServerHandle::pusher`]).
+/// Runs operator calls (the backend API, `POST /push`) in a running server, each on the shard that owns the
+/// user it concerns (see [`ServerHandle::operator`]).
 #[derive(Clone)]
-pub struct Pusher(Arc<Hub>);
+pub struct Operator(Arc<Hub>);
 
-impl Pusher {
-    pub fn push(
-        &self,
-        eid: &str,
-        kind: &str,
-        data: std::collections::BTreeMap<String, String>,
-    ) -> Result<usize, crate::codec::ErrorKind> {
-        self.0.push(eid, kind, data)
+impl Operator {
+    /// Runs `f` on the engine that owns `eid` (its home shard) with the server's time; what it outputs goes out
+    /// as any other call's.
+    pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, crate::core::Millis) -> R) -> R {
+        self.0.on_home(eid, f)
+    }
+
+    /// The server's counters, summed over its shards.
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.snapshot()
+    }
+
+    /// How many shards the engine runs on.
+    pub fn shards(&self) -> usize {
+        self.0.shard_count()
     }
 }
 pub use ws::{SUBPROTOCOL, subprotocols as ws_subprotocols, ws_config};
@@ -262,12 +270,12 @@ impl ServerHandle {
         kind: &str,
         data: std::collections::BTreeMap<String, String>,
     ) -> Result<usize, crate::codec::ErrorKind> {
-        self.hub.push(eid, kind, data)
+        self.hub.on_home(eid, |engine, now| engine.push(eid, kind, data, now))
     }
 
     /// A handle for pushing from other tasks (the admin endpoint).
-    pub fn pusher(&self) -> Pusher {
-        Pusher(self.hub.clone())
+    pub fn operator(&self) -> Operator {
+        Operator(self.hub.clone())
     }
 
     /// The latest snapshot of the engine's counters.

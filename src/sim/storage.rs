@@ -96,6 +96,12 @@ impl Revocations for SharedRevocations {
     fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError> {
         lock(&self.0).revoke(jti, exp)
     }
+    fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
+        lock(&self.0).revoke_issued_until(eid, device, until)
+    }
+    fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
+        lock(&self.0).issued_until(eid, device)
+    }
 }
 
 impl Journals {

@@ -1,42 +1,83 @@
 //! The revocation list (SPEC AUTH-14, SES-8) as a [`Journal`] of revoked jtis
-//! and their tokens' expiry. Entries whose token has expired are dropped on
-//! open (an expired token is refused anyway, AUTH-8), keeping the file small.
+//! and their tokens' expiry, and of the backend API's revocations by issue
+//! time (a device's or a user's tokens issued until then). Token entries whose
+//! token has expired are dropped on open (an expired token is refused anyway,
+//! AUTH-8), keeping the file small; of the issue-time entries only the latest
+//! per device or user is kept, for good (the server cannot know how long an
+//! external issuer's tokens live).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, OpenError};
-use crate::core::{Millis, Revocations, StoreError};
+use crate::core::{IssuedUntil, Millis, Revocations, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Revoked {
-    jti: String,
-    exp: Millis,
+#[serde(untagged)]
+enum Revoked {
+    Token {
+        jti: String,
+        exp: Millis,
+    },
+    Issued {
+        eid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        until: Millis,
+    },
 }
 
 /// The durable revocation list.
 #[derive(Debug)]
 pub struct FileRevocations {
     journal: Journal<Revoked>,
-    revoked: BTreeMap<String, Millis>,
+    revoked: std::collections::BTreeMap<String, Millis>,
+    issued: IssuedUntil,
 }
 
 impl FileRevocations {
-    /// Opens (or creates) the list at `path`, dropping entries expired at `now`.
+    /// Opens (or creates) the list at `path`, dropping token entries expired at `now`.
     pub fn open(path: &Path, now: Millis) -> Result<Self, OpenError> {
         let (mut journal, records) = Journal::<Revoked>::open(path)?;
         let total = records.len();
-        let live: Vec<Revoked> = records.into_iter().filter(|r| r.exp > now).collect();
-        if live.len() < total {
+        let mut revoked = std::collections::BTreeMap::new();
+        let mut issued = IssuedUntil::default();
+        for record in records {
+            match record {
+                Revoked::Token { jti, exp } if exp > now => {
+                    revoked.insert(jti, exp);
+                }
+                Revoked::Token { .. } => {}
+                Revoked::Issued { eid, device, until } => {
+                    issued.insert(&eid, device.as_deref(), until);
+                }
+            }
+        }
+        let kept = revoked.len() + issued.iter().count();
+        if kept < total {
+            let live: Vec<Revoked> = revoked
+                .iter()
+                .map(|(jti, exp)| Revoked::Token {
+                    jti: jti.clone(),
+                    exp: *exp,
+                })
+                .chain(issued.iter().map(|((eid, device), until)| Revoked::Issued {
+                    eid: eid.clone(),
+                    device: device.clone(),
+                    until: *until,
+                }))
+                .collect();
             journal.compact(&live).map_err(|source| OpenError::Io {
                 path: path.to_path_buf(),
                 source,
             })?;
         }
-        let revoked = live.into_iter().map(|r| (r.jti, r.exp)).collect();
-        Ok(FileRevocations { journal, revoked })
+        Ok(FileRevocations {
+            journal,
+            revoked,
+            issued,
+        })
     }
 
     /// Number of revoked, unexpired tokens.
@@ -58,12 +99,30 @@ impl Revocations for FileRevocations {
         if self.revoked.contains_key(jti) {
             return Ok(());
         }
-        self.journal.append(&Revoked {
+        self.journal.append(&Revoked::Token {
             jti: jti.to_string(),
             exp,
         })?;
         self.revoked.insert(jti.to_string(), exp);
         Ok(())
+    }
+
+    fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
+        let mut probe = self.issued.clone();
+        if !probe.insert(eid, device, until) {
+            return Ok(());
+        }
+        self.journal.append(&Revoked::Issued {
+            eid: eid.to_string(),
+            device: device.map(str::to_string),
+            until,
+        })?;
+        self.issued = probe;
+        Ok(())
+    }
+
+    fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
+        self.issued.get(eid, device)
     }
 }
 
@@ -91,5 +150,33 @@ mod tests {
             1,
             "and compacted away"
         );
+    }
+
+    #[test]
+    fn issue_time_revocations_survive_reopen_and_keep_only_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revoked");
+        let mut list = FileRevocations::open(&path, NOW).unwrap();
+        list.revoke_issued_until("a@x.io", Some("phone"), NOW).unwrap();
+        list.revoke_issued_until("a@x.io", Some("phone"), NOW + 7).unwrap();
+        list.revoke_issued_until("a@x.io", Some("phone"), NOW + 3).unwrap();
+        list.revoke_issued_until("b@x.io", None, NOW + 1).unwrap();
+        drop(list);
+        // Long after any token would have expired: still there.
+        let list = FileRevocations::open(&path, NOW * 1000).unwrap();
+        assert_eq!(list.issued_until("a@x.io", Some("phone")), Some(NOW + 7));
+        assert_eq!(list.issued_until("a@x.io", Some("tablet")), None);
+        assert_eq!(
+            list.issued_until("a@x.io", None),
+            Some(NOW + 7),
+            "the latest of any device"
+        );
+        assert_eq!(
+            list.issued_until("b@x.io", Some("any")),
+            Some(NOW + 1),
+            "a user's covers every device"
+        );
+        drop(list);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }
 }

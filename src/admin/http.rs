@@ -1,6 +1,7 @@
-//! The admin endpoint of `bimip serve`: `GET /healthz` and `GET /metrics`
-//! (Prometheus text format). It reads a snapshot of the engine's counters at
-//! scrape time; the protocol core never waits on it.
+//! The HTTP admin endpoint of `bimip serve`: `GET /healthz`, `GET /metrics`
+//! (Prometheus text format) and `POST /push`, a thin alias of the gRPC API's
+//! Push kept for shell scripts (`curl`). Metrics read a snapshot of the
+//! engine's counters at scrape time; the protocol core never waits on them.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -99,8 +100,8 @@ struct PushRequest {
     data: std::collections::BTreeMap<String, String>,
 }
 
-fn push(body: &[u8], pusher: Option<&crate::net::Pusher>) -> (StatusCode, String) {
-    let Some(pusher) = pusher else {
+fn push(body: &[u8], operator: Option<&crate::net::Operator>) -> (StatusCode, String) {
+    let Some(operator) = operator else {
         return (StatusCode::NOT_FOUND, "push is not enabled\n".into());
     };
     let request: PushRequest = match serde_json::from_slice(body) {
@@ -112,7 +113,8 @@ fn push(body: &[u8], pusher: Option<&crate::net::Pusher>) -> (StatusCode, String
             );
         }
     };
-    match pusher.push(&request.eid, &request.kind, request.data) {
+    let (eid, kind, data) = (request.eid, request.kind, request.data);
+    match operator.on_home(&eid, |engine, now| engine.push(&eid, &kind, data, now)) {
         Ok(devices) => (StatusCode::OK, format!("{{\"devices\":{devices}}}\n")),
         Err(kind) => (
             StatusCode::BAD_REQUEST,
@@ -126,7 +128,7 @@ fn respond(
     path: &str,
     body: &[u8],
     source: &SnapshotSource,
-    pusher: Option<&crate::net::Pusher>,
+    operator: Option<&crate::net::Operator>,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (method, path) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
@@ -136,7 +138,7 @@ fn respond(
             render_metrics(source.clone()),
         ),
         (&Method::POST, "/push") => {
-            let (status, text) = push(body, pusher);
+            let (status, text) = push(body, operator);
             (status, "text/plain", text)
         }
         _ => (
@@ -154,24 +156,24 @@ fn respond(
 }
 
 /// Serves the admin endpoint on `listener` until the task is dropped;
-/// `POST /push` (JSON `{"eid", "type", "data"}`) works when a `pusher` is given.
-pub async fn serve(listener: tokio::net::TcpListener, source: SnapshotSource, pusher: Option<crate::net::Pusher>) {
+/// `POST /push` (JSON `{"eid", "type", "data"}`) works when an `operator` is given.
+pub async fn serve(listener: tokio::net::TcpListener, source: SnapshotSource, operator: Option<crate::net::Operator>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let source = source.clone();
-        let pusher = pusher.clone();
+        let operator = operator.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                 let source = source.clone();
-                let pusher = pusher.clone();
+                let operator = operator.clone();
                 async move {
                     use http_body_util::BodyExt;
                     let (parts, incoming) = request.into_parts();
                     // Admin bodies are small; one that cannot be read is empty.
                     let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let response = respond(&parts.method, parts.uri.path(), &body, &source, pusher.as_ref());
+                    let response = respond(&parts.method, parts.uri.path(), &body, &source, operator.as_ref());
                     Ok::<_, Infallible>(response)
                 }
             });
