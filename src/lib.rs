@@ -13,6 +13,7 @@ pub mod client;
 pub mod codec;
 #[path = "../conformance/mod.rs"]
 pub mod conformance;
+pub mod console;
 pub mod core;
 pub mod faults;
 pub mod fuzz;

@@ -43,7 +43,7 @@ impl tonic::service::Interceptor for BearerCheck {
         } else {
             tracing::warn!(target: "bimip::audit", outcome = "unauthenticated", "admin call without the admin secret");
             Err(Status::unauthenticated(
-                "this call needs `authorization: Bearer <admin secret>` (grpc.secret_file)",
+                "this call needs `authorization: Bearer <admin secret>` (the server's grpc_secret_file)",
             ))
         }
     }

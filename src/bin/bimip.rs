@@ -13,6 +13,8 @@ use tokio_util::codec::Decoder;
 
 use bimip::codec::{self, DEFAULT_MAX_STANZA_BYTES, TcpFrameCodec, json};
 
+#[path = "bimip/console.rs"]
+mod console;
 #[path = "bimip/sim.rs"]
 mod sim;
 
@@ -45,6 +47,8 @@ enum Command {
     Queue(QueueCommand),
     /// Sweep seeds of the deterministic simulation (workload, faults, invariant checks).
     Sim(sim::SimArgs),
+    /// An interactive console: connect as users, send stanzas, see what arrives, call the backend API.
+    Console(Box<console::ConsoleArgs>),
     /// Load a BIMIP server (the reference server by default): chat pairs, or idle connections (--idle N).
     Bench(Box<bimip::load::BenchArgs>),
 }
@@ -229,6 +233,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect(args),
         Command::Queue(command) => queue(command),
         Command::Sim(args) => sim::run(args),
+        Command::Console(args) => console::run(*args),
         Command::Bench(args) => bench(&args),
     };
     match outcome {
