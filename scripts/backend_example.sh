@@ -21,3 +21,13 @@ if [ -z "$address" ]; then
     exit 1
 fi
 "$python" "$(dirname "$0")/../examples/backend/admin_client.py" "$address" "$dir/data/admin-secret"
+# Every call is audited in the server's log, refusals included.
+for line in 'call="MintToken" eid="alice@example.com" outcome="ok"' 'outcome="unauthenticated"' \
+    'call="MintToken" eid="not an eid" outcome="refused"'; do
+    if ! grep -qF "$line" "$dir/serve.log"; then
+        cat "$dir/serve.log"
+        echo "no audit line with: $line" >&2
+        exit 1
+    fi
+done
+echo "audit lines: $(grep -c 'bimip::audit' "$dir/serve.log")"

@@ -415,3 +415,53 @@ async fn revocations_end_sessions_and_refuse_the_tokens_until_new_ones_are_minte
     );
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn off_loopback_the_api_needs_tls_and_it_serves_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let plaintext = Settings {
+        ws: None,
+        tcp: None,
+        admin: None,
+        grpc: Some("0.0.0.0:0".parse().unwrap()),
+        data_dir: dir.path().to_path_buf(),
+        ..Settings::default()
+    };
+    let refused = plaintext.start().await.err().expect("refused at start");
+    assert!(refused.to_string().contains("plaintext"), "{refused}");
+
+    let (cert, key) = bimip::keys::self_signed_tls(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    // Served with TLS (on loopback here: tests listen nowhere else).
+    let tls = Settings {
+        grpc: Some("127.0.0.1:0".parse().unwrap()),
+        tls: Some(bimip::server::TlsSettings {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        }),
+        ..plaintext
+    };
+    let running = tls.start().await.unwrap();
+    let port = running.grpc.unwrap().port();
+    let secret = std::fs::read_to_string(dir.path().join(bimip::keys::ADMIN_SECRET)).unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut admin = connect(&url, secret.trim(), Some(cert.as_bytes())).await.unwrap();
+    let stats = admin.get_stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.node, "local");
+    // The same server without TLS on the client's side: no answer.
+    let plain = format!("http://127.0.0.1:{port}");
+    let answer = match connect(&plain, secret.trim(), None).await {
+        Ok(mut client) => client
+            .get_stats(pb::StatsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code()),
+        Err(_) => Err(Code::Unavailable),
+    };
+    assert!(
+        answer.is_err(),
+        "a plaintext client got an answer from the TLS listener"
+    );
+    running.shutdown().await;
+}

@@ -415,7 +415,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour on a terminal only: a log file gets plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     let mut settings = match &args.config {
         Some(path) => Settings::from_toml_file(path)?,
         None => Settings::default(),
