@@ -98,6 +98,19 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
+impl TlsSettings {
+    /// The certificate chain's and the key's PEM bytes.
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), StartError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| StartError::ReadConfig {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        Ok((read(&self.cert)?, read(&self.key)?))
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -366,14 +379,9 @@ impl Settings {
             ..crate::net::ServerOptions::default()
         };
         if let Some(tls) = &self.tls {
-            let read = |path: &Path| {
-                std::fs::read(path).map_err(|source| StartError::ReadConfig {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            };
-            let acceptor = crate::net::tls::acceptor_from_pem(&read(&tls.cert)?, &read(&tls.key)?)
-                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let (cert, key) = tls.read()?;
+            let acceptor =
+                crate::net::tls::acceptor_from_pem(&cert, &key).map_err(|e| StartError::Tls(e.to_string()))?;
             options.tls = Some(acceptor);
         }
         let config = crate::net::NetConfig {
@@ -441,13 +449,8 @@ impl Settings {
         let secret = keys::admin_secret(&path, create)?;
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
-            let read = |path: &Path| {
-                std::fs::read(path).map_err(|source| StartError::ReadConfig {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            };
-            let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            let (cert, key) = tls.read()?;
+            let identity = tonic::transport::Identity::from_pem(cert, key);
             builder = builder
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .map_err(|e| StartError::Tls(e.to_string()))?;

@@ -102,6 +102,12 @@ async fn connect_as(url: &str, token: &str) -> Client {
     Client::connect(url, token, ClientOptions::default()).await.unwrap()
 }
 
+/// The kind of the server's refusal of a connection with `token` (None when it is accepted).
+async fn refusal(url: &str, token: &str) -> Option<String> {
+    let refused = Client::connect(url, token, ClientOptions::default()).await.err()?;
+    refused.refused_kind().map(str::to_string)
+}
+
 /// Whether the connection ends within a short while, and how.
 async fn closed(client: &mut Client) -> (Option<u16>, String) {
     client.expect_closed(WAIT).await.unwrap()
@@ -343,12 +349,8 @@ async fn revocations_end_sessions_and_refuse_the_tokens_until_new_ones_are_minte
         .into_inner();
     assert_ne!(fresh.jti, phone.jti);
     assert!(session.ping("still-here").await.is_ok());
-    let refused = Client::connect(&server.ws(), &phone.token, ClientOptions::default()).await;
     assert_eq!(
-        refused
-            .err()
-            .and_then(|e| e.refused_kind().map(str::to_string))
-            .as_deref(),
+        refusal(&server.ws(), &phone.token).await.as_deref(),
         Some("token_revoked")
     );
     let again = admin
@@ -374,12 +376,8 @@ async fn revocations_end_sessions_and_refuse_the_tokens_until_new_ones_are_minte
     let ended = admin.revoke_device(device(eid, "phone")).await.unwrap().into_inner();
     assert_eq!(ended.sessions_ended, 1);
     session.expect_error("token_revoked", WAIT).await.unwrap();
-    let refused = Client::connect(&server.ws(), &spare.token, ClientOptions::default()).await;
     assert_eq!(
-        refused
-            .err()
-            .and_then(|e| e.refused_kind().map(str::to_string))
-            .as_deref(),
+        refusal(&server.ws(), &spare.token).await.as_deref(),
         Some("token_revoked")
     );
     assert!(other.ping("laptop").await.is_ok(), "another device is not covered");
@@ -394,9 +392,7 @@ async fn revocations_end_sessions_and_refuse_the_tokens_until_new_ones_are_minte
         client.expect_error("token_revoked", WAIT).await.unwrap();
     }
     for (url, token) in [(server.ws(), &renewed.token), (server.tcp(), &laptop.token)] {
-        let refused = Client::connect(&url, token, ClientOptions::default()).await;
-        let kind = refused.err().and_then(|e| e.refused_kind().map(str::to_string));
-        assert_eq!(kind.as_deref(), Some("token_revoked"), "{url}");
+        assert_eq!(refusal(&url, token).await.as_deref(), Some("token_revoked"), "{url}");
     }
     let sessions = admin.list_sessions(user(eid)).await.unwrap().into_inner();
     assert!(sessions.sessions.is_empty());
@@ -405,14 +401,7 @@ async fn revocations_end_sessions_and_refuse_the_tokens_until_new_ones_are_minte
     // Revocations by issue time survive a restart (AUTH-14).
     let running = server.settings.start().await.unwrap();
     let url = format!("ws://{}/ws", running.net.ws_addr().unwrap());
-    let refused = Client::connect(&url, &laptop.token, ClientOptions::default()).await;
-    assert_eq!(
-        refused
-            .err()
-            .and_then(|e| e.refused_kind().map(str::to_string))
-            .as_deref(),
-        Some("token_revoked")
-    );
+    assert_eq!(refusal(&url, &laptop.token).await.as_deref(), Some("token_revoked"));
     running.shutdown().await;
 }
 

@@ -96,6 +96,17 @@ fn two_users_chat_ack_and_one_is_revoked() {
         ),
     );
 
+    // Any stanza as YAML in the proto3 JSON mapping.
+    console
+        .send_line("send {route: 6, pingpongMessage: {type: 1, status: 1, id: yaml-ping}}")
+        .unwrap();
+    expect(
+        &mut console,
+        r#"\[bob@example\.com/phone\][^\n]*?<-[^\n]*?PingPong[^\n]*?"id":"yaml-ping""#,
+    );
+    console.send_line("send {route: 6, pingpongMessage: [").unwrap();
+    expect(&mut console, &regex_escape("send takes YAML"));
+
     console.send_line("sessions bob@example.com").unwrap();
     expect(&mut console, r"bob@example\.com: 1 session\(s\)");
     console.send_line("revoke device bob@example.com phone").unwrap();

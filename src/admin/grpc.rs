@@ -97,6 +97,14 @@ fn status(error: OperatorError) -> Status {
     }
 }
 
+fn token_reply(minted: crate::core::operator::Minted) -> pb::TokenReply {
+    pb::TokenReply {
+        token: minted.token,
+        jti: minted.jti,
+        expires_at: minted.expires_at,
+    }
+}
+
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -116,11 +124,7 @@ impl Admin for AdminService {
         let minted = self.call("MintToken", &r.eid, |engine, now| {
             engine.mint_token(&r.eid, &r.device_id, r.lifetime_s, now)
         })?;
-        Ok(Response::new(pb::TokenReply {
-            token: minted.token,
-            jti: minted.jti,
-            expires_at: minted.expires_at,
-        }))
+        Ok(Response::new(token_reply(minted)))
     }
 
     async fn refresh_token(
@@ -130,11 +134,7 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let eid = token_home(&r.token)?;
         let minted = self.call("RefreshToken", &eid, |engine, now| engine.refresh_token(&r.token, now))?;
-        Ok(Response::new(pb::TokenReply {
-            token: minted.token,
-            jti: minted.jti,
-            expires_at: minted.expires_at,
-        }))
+        Ok(Response::new(token_reply(minted)))
     }
 
     async fn revoke_token(

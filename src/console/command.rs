@@ -50,7 +50,7 @@ stanzas (from the current connection)
   block EID / unblock EID
   ping [ID]                            a client ping
   send YAML                            any MessageScheme in the proto3 JSON mapping, e.g.
-                                       send {route: 6, pingpongMessage: {type: 1, id: p1}}
+                                       send {route: 6, pingpongMessage: {type: 1, status: 1, id: p1}}
   logout
 backend API (gRPC)
   sessions EID                         a user's live sessions
@@ -357,6 +357,7 @@ impl Command {
             Command::Ping { id } => Payload::PingpongMessage(PingPong {
                 id: id.clone().unwrap_or_else(|| format!("console-{now}")),
                 r#type: 1,
+                status: 1,
                 request_time: now,
                 ..PingPong::default()
             }),
@@ -468,6 +469,13 @@ mod tests {
         assert_eq!(
             (text.content.as_str(), text.text_size_count.as_str(), text.to.len()),
             ("hé llo", "6", 1)
+        );
+        let Some(Payload::PingpongMessage(ping)) = parse("ping p7").payload(9) else {
+            panic!("a PingPong")
+        };
+        assert_eq!(
+            (ping.id.as_str(), ping.r#type, ping.status, ping.request_time),
+            ("p7", 1, 1, 9)
         );
         assert_eq!(parse("stats").payload(1), None);
     }

@@ -1,0 +1,17 @@
+export { connect, BimipClient } from "./client.js";
+export type {
+  ChatMessage,
+  Receipt,
+  SendResult,
+  SessionInfo,
+  Identity,
+  ConnectOptions,
+  ReconnectOptions,
+  TokenSource,
+} from "./client.js";
+export { BimipError, ERROR_KINDS, fromErrorMessage, fromHttpRefusal, fromClose, kindOfCloseCode } from "./errors.js";
+export type { ErrorKind, ErrorSource } from "./errors.js";
+export { ROUTE_OF, CASE_OF_ROUTE, envelope, encodeStanza, decodeStanza } from "./envelope.js";
+export type { Payload, PayloadCase, PayloadInit, Decoded } from "./envelope.js";
+export { SUBPROTOCOL } from "./transport.js";
+export * as pb from "./gen/bimip_pb.js";
