@@ -146,11 +146,21 @@ interface PendingAck {
   reject(e: BimipError): void;
 }
 
+/** Payloads of the client's events (CustomEvent.detail). */
+export interface BimipEventMap {
+  message: ChatMessage;
+  receipt: Receipt;
+  error: BimipError;
+  close: { code: number; reason: string; reconnecting: boolean; error: BimipError };
+  reconnect: SessionInfo;
+}
+
 /** Events: "message" (CustomEvent<ChatMessage>), "receipt" (CustomEvent<Receipt>),
  * "error" (CustomEvent<BimipError>), "close" (CustomEvent<{code, reason, reconnecting}>),
  * "reconnect" (CustomEvent<SessionInfo>). */
 export class BimipClient extends EventTarget {
-  session!: SessionInfo;
+  /** From the Authenticate RESPONSE; defaults (SPEC §19) when a WebSocket server sent none (TRN-17). */
+  session: SessionInfo = { identity: { eid: "", device: "" }, pingIntervalMs: 30_000, maxStanzaBytes: 65_536, expiresAt: 0 };
   private transport: Transport | null = null;
   private readonly pendingSends = new Map<string, PendingSend>();
   private readonly pendingAcks = new Map<string, PendingAck[]>();
@@ -168,6 +178,8 @@ export class BimipClient extends EventTarget {
   /** Stanzas that came right behind the Authenticate RESPONSE, held for one macrotask so that the
    * caller of connect() can add its listeners before the queue replay is dispatched. */
   private held: Array<Uint8Array | string> | null = null;
+  /** The last ErrorMessage of this connection (TCP: it decides what the close means). */
+  private lastError: BimipError | null = null;
 
   /** @internal use connect() */
   constructor(
@@ -229,12 +241,13 @@ export class BimipClient extends EventTarget {
           open: () => {
             opened = true;
             // TRN-17: a WebSocket server may send no Authenticate RESPONSE; the upgrade is enough.
-            openTimer = setTimeout(() => established(null), 2_000);
+            // On TCP the RESPONSE is mandatory (TRN-15): wait for it.
+            if (!this.isTcp) openTimer = setTimeout(() => established(null), 2_000);
           },
           refused: (e) => fail(e),
           message: (data) => {
             if (!settled && opened && typeof data !== "string") {
-              const d = decodeStanza(data, this.session?.maxStanzaBytes ?? 65536);
+              const d = decodeStanza(data, this.session.maxStanzaBytes);
               if (d.ok && d.payload.case === "authenticate" && d.payload.value.type === 2) {
                 const a = d.payload.value;
                 established({
@@ -245,7 +258,7 @@ export class BimipClient extends EventTarget {
                 });
                 return;
               }
-              if (d.ok && d.payload.case === "errorMessage") {
+              if (d.ok && d.payload.case === "errorMessage" && (this.isTcp || d.payload.value.code === 401)) {
                 // A fatal error before the session: report it as the failure of connect().
                 fail(fromErrorMessage(d.payload.value));
                 return;
@@ -271,8 +284,23 @@ export class BimipClient extends EventTarget {
     });
   }
 
+  private get isTcp(): boolean {
+    return this.url.startsWith("tcp://");
+  }
+
   private onClose(code: number, reason: string): void {
+    // What came before the close is handed over first (and confirmed while the transport is up).
+    if (this.held) {
+      const held = this.held;
+      this.held = null;
+      for (const d of held) this.onData(d);
+    }
     this.transport = null;
+    // Native TCP has no close codes: the fatal ErrorMessage before the end says why (SPEC §5.1).
+    if (code === 0 && this.lastError && [401, 408, 409, 413, 429].includes(this.lastError.code)) {
+      code = 4000 + this.lastError.code;
+    } else if (code === 0) code = 1006;
+    this.lastError = null;
     const lasted = Date.now() - this.sessionStart;
     const error = fromClose(code, reason);
     const ro = this.opts.reconnect;
@@ -288,7 +316,7 @@ export class BimipClient extends EventTarget {
     const cfg = typeof ro === "object" ? ro : {};
     const first = Math.max(1000, cfg.firstWaitMs ?? 1000);
     const max = cfg.maxWaitMs ?? 60_000;
-    if (lasted >= (this.session?.pingIntervalMs || 30_000)) this.backoffMs = 0;
+    if (lasted >= (this.session.pingIntervalMs || 30_000)) this.backoffMs = 0;
     this.scheduleReconnect(first, max, code === 4401);
   }
 
@@ -342,7 +370,7 @@ export class BimipClient extends EventTarget {
       this.emitError(new BimipError({ code: 400, kind: "text_frame", source: "protocol", details: "text message from the server" }));
       return;
     }
-    const d = decodeStanza(data, this.session?.maxStanzaBytes ?? 65536);
+    const d = decodeStanza(data, this.session.maxStanzaBytes);
     if (!d.ok) {
       this.emitError(d.error); // CLI-7: reported, the session goes on
       return;
@@ -411,6 +439,7 @@ export class BimipClient extends EventTarget {
       }
       case "errorMessage": {
         const err = fromErrorMessage(p.value);
+        this.lastError = err;
         if (err.route === "14" && this.pendingSends.has(err.refId)) {
           const pending = this.pendingSends.get(err.refId)!;
           // 5xx (queue_full, internal, ...) may be retried by the application; the request is dropped here.
@@ -467,6 +496,13 @@ export class BimipClient extends EventTarget {
   }
 
   // ---- public API ---------------------------------------------------------------------
+
+  /** Typed listener for an event's detail; returns a function that removes it. */
+  on<K extends keyof BimipEventMap>(type: K, listener: (detail: BimipEventMap[K]) => void): () => void {
+    const wrapped = (e: Event) => listener((e as CustomEvent<BimipEventMap[K]>).detail);
+    this.addEventListener(type, wrapped);
+    return () => this.removeEventListener(type, wrapped);
+  }
 
   /** True while a connection is up. */
   get connected(): boolean {

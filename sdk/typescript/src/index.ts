@@ -8,6 +8,7 @@ export type {
   ConnectOptions,
   ReconnectOptions,
   TokenSource,
+  BimipEventMap,
 } from "./client.js";
 export { BimipError, ERROR_KINDS, fromErrorMessage, fromHttpRefusal, fromClose, kindOfCloseCode } from "./errors.js";
 export type { ErrorKind, ErrorSource } from "./errors.js";

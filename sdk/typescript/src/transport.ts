@@ -63,6 +63,7 @@ export async function openTransport(
   h: TransportHandlers,
   opts: TransportOptions = {},
 ): Promise<Transport> {
+  if (url.startsWith("tcp://")) return tcpTransport(url, token, h);
   const Global = (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
   const Ctor = opts.WebSocket ?? Global;
   if (Ctor) return browserTransport(Ctor, withToken(url, token), h);
@@ -113,6 +114,75 @@ export async function openTransport(
       } catch {
         ws.terminate();
       }
+    },
+  };
+}
+
+/** The largest TCP frame accepted before the session says otherwise (TRN-1). */
+const TCP_MAX_FRAME = 65536;
+
+/**
+ * Native TCP (SPEC §2.3, Node only): each stanza is a 4-byte big-endian length and the bytes; the
+ * first frame is `Authenticate{type: 1, token}`. There are no close codes: `close` gets code 0.
+ */
+async function tcpTransport(url: string, token: string, h: TransportHandlers): Promise<Transport> {
+  const netName = "node:net";
+  const net = (await import(netName)) as typeof import("node:net");
+  const { encodeStanza } = await import("./envelope.js");
+  const u = new URL(url);
+  const frame = (bytes: Uint8Array): Uint8Array => {
+    const out = new Uint8Array(4 + bytes.byteLength);
+    new DataView(out.buffer).setUint32(0, bytes.byteLength);
+    out.set(bytes, 4);
+    return out;
+  };
+  const socket = net.connect({ host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port) });
+  socket.setNoDelay(true);
+  let connected = false;
+  let ended = false;
+  let buffer = new Uint8Array(0);
+  socket.on("connect", () => {
+    connected = true;
+    socket.write(frame(encodeStanza({ case: "authenticate", value: { type: 1, token, timestamp: BigInt(Date.now()) } })));
+    h.open();
+  });
+  socket.on("data", (chunk: Uint8Array) => {
+    const joined = new Uint8Array(buffer.byteLength + chunk.byteLength);
+    joined.set(buffer);
+    joined.set(chunk, buffer.byteLength);
+    buffer = joined;
+    while (buffer.byteLength >= 4 && !ended) {
+      const n = new DataView(buffer.buffer, buffer.byteOffset, 4).getUint32(0);
+      if (n > TCP_MAX_FRAME) {
+        // The framing can no longer be trusted (TRN-10): report it as an oversized stanza, then end.
+        h.message(new Uint8Array(n > 16 * TCP_MAX_FRAME ? TCP_MAX_FRAME + 1 : n));
+        socket.destroy();
+        return;
+      }
+      if (buffer.byteLength < 4 + n) break;
+      const stanza = buffer.slice(4, 4 + n);
+      buffer = buffer.slice(4 + n);
+      h.message(stanza);
+    }
+  });
+  socket.on("error", (err) => {
+    if (!connected && !ended) {
+      ended = true;
+      h.refused(new BimipError({ code: 0, kind: "connect_failed", source: "handshake", details: String(err?.message ?? err) }));
+    }
+  });
+  socket.on("close", () => {
+    if (ended) return;
+    ended = true;
+    h.close(0, "");
+  });
+  return {
+    send: (bytes) => {
+      socket.write(frame(bytes));
+    },
+    close: () => {
+      socket.end();
+      setTimeout(() => socket.destroy(), 1000).unref?.();
     },
   };
 }

@@ -184,3 +184,63 @@ test("duplicate ChatMessages are handed over once but confirmed every time (QUE-
     await s.close();
   }
 });
+
+test("reconnect: a text without VersionUpdate is resent with the same message_id_local; replays are dropped", async () => {
+  const requests = [];
+  let connections = 0;
+  const copy = encodeStanza({ case: "chatMessage", value: { messageId: "m1", version: 1n, chatId: "c", author: "receiver", payload: { case: "text", value: "x" } } });
+  const s = await fake((ws) => {
+    const n = ++connections;
+    ws.send(AUTH_OK);
+    ws.send(copy); // replayed in both sessions
+    ws.on("message", (d) => {
+      const st = decodeStanza(new Uint8Array(d));
+      if (!st.ok || st.payload.case !== "textPayloadRequest") return;
+      const r = st.payload.value;
+      requests.push({ n, local: r.messageIdLocal, content: r.content });
+      if (n === 1) ws.terminate(); // lost before the VersionUpdate
+      else ws.send(encodeStanza({ case: "versionUpdate", value: { type: 1, status: 1, messageId: "m9", messageIdLocal: r.messageIdLocal, chatId: "c", version: 9n } }));
+    });
+  });
+  try {
+    const c = await connect(s.url, { token: "t", reconnect: { firstWaitMs: 1000 } });
+    const messages = [];
+    c.addEventListener("message", (e) => messages.push(e.detail.messageId));
+    const reconnected = new Promise((r) => c.addEventListener("reconnect", r));
+    const t0 = Date.now();
+    const result = await c.sendText("b@x", "keep me");
+    await reconnected;
+    assert.ok(Date.now() - t0 >= 1000, "waited at least 1 s before reconnecting (CLI-6)");
+    assert.equal(result.version, 9);
+    assert.equal(requests.length, 2);
+    assert.equal(requests[0].local, requests[1].local);
+    assert.equal(requests[1].content, "keep me");
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(messages, ["m1"]);
+    c.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test("no reconnect after 4401 with a fixed token (CLI-5)", async () => {
+  let connections = 0;
+  const s = await fake((ws) => {
+    connections++;
+    ws.send(AUTH_OK);
+    setTimeout(() => {
+      ws.send(encodeStanza({ case: "errorMessage", value: { code: 401, message: "token_revoked", route: "" } }));
+      ws.close(4401);
+    }, 20);
+  });
+  try {
+    const c = await connect(s.url, { token: "t", reconnect: true });
+    const detail = await new Promise((r) => c.addEventListener("close", (e) => r(e.detail)));
+    assert.equal(detail.code, 4401);
+    assert.equal(detail.reconnecting, false);
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.equal(connections, 1);
+  } finally {
+    await s.close();
+  }
+});

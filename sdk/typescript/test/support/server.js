@@ -1,18 +1,29 @@
-// Test helper: starts the reference server (/tmp/sdk-dev/bimip, or $BIMIP_BIN) on loopback
+// Test helper: starts the reference server ($BIMIP_BIN, else the repository's cargo build:
+// $CARGO_TARGET_DIR/debug/bimip or target/debug/bimip; run `cargo build --bins` first) on loopback
 // with free ports and an in-memory store, and mints tokens with its development key.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 
-export const BIMIP_BIN = process.env.BIMIP_BIN ?? "/tmp/sdk-dev/bimip";
+const REPO = fileURLToPath(new URL("../../../../", import.meta.url));
+/** Where cargo put the repository's binaries (debug build). */
+export const CARGO_BIN_DIR = join(process.env.CARGO_TARGET_DIR ?? join(REPO, "target"), "debug");
+export const BIMIP_BIN = process.env.BIMIP_BIN ?? join(CARGO_BIN_DIR, "bimip");
 
-export async function startServer() {
+/** `config`: optional TOML settings (same keys as the flags, e.g. "[limits]\nping_interval_ms = 300"). */
+export async function startServer({ config } = {}) {
   if (!existsSync(BIMIP_BIN)) throw new Error(`reference server binary not found at ${BIMIP_BIN} (set BIMIP_BIN)`);
   const dir = mkdtempSync(join(tmpdir(), "bimip-sdk-test-"));
+  const extra = [];
+  if (config) {
+    writeFileSync(join(dir, "test-config.toml"), config);
+    extra.push("--config", join(dir, "test-config.toml"));
+  }
   const child = spawn(
     BIMIP_BIN,
-    ["serve", "--data-dir", dir, "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--no-admin", "--grpc", "127.0.0.1:0", "--store", "memory"],
+    ["serve", "--data-dir", dir, "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--no-admin", "--grpc", "127.0.0.1:0", "--store", "memory", ...extra],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let out = "";
@@ -32,8 +43,10 @@ export async function startServer() {
   });
   // wait until the development key exists
   for (let i = 0; i < 100 && !existsSync(join(dir, "dev-ed25519.pem")); i++) await new Promise((r) => setTimeout(r, 50));
+  const tcpUrl = /TCP\s+(tcp:\/\/\S+)/.exec(out)?.[1];
   return {
     url,
+    tcpUrl,
     dir,
     token(eid, device, extra = []) {
       return execFileSync(BIMIP_BIN, ["token", "--eid", eid, "--device", device, "--data-dir", dir, ...extra], { encoding: "utf8" }).trim();
