@@ -305,7 +305,7 @@ async fn sessions_push_awareness_and_graph_on_a_users_behalf() {
     let bobs = admin.get_awareness(user("bob@example.com")).await.unwrap().into_inner();
     assert!(bobs.subscribers.is_empty() && bobs.blocked.is_empty(), "{bobs:?}");
 
-    // Ending the tablet's session: a DISCONNECT notice, a normal close; the token still opens a new session.
+    // TOK-12: ending the tablet's session: a DISCONNECT notice, a normal close; the token still opens a new session.
     admin.end_session(device("alice@example.com", "tablet")).await.unwrap();
     let notice = tablet.expect(|p| matches!(p, Payload::Logout(_)), WAIT).await.unwrap();
     let Payload::Logout(notice) = notice else {
@@ -325,6 +325,9 @@ async fn sessions_push_awareness_and_graph_on_a_users_behalf() {
     let stats = admin.get_stats(pb::StatsRequest {}).await.unwrap().into_inner();
     assert_eq!((stats.connections, stats.users_online), (3, 2));
     assert!(stats.sessions_started >= 4 && stats.stanzas_out > 0, "{stats:?}");
+    // Over WebSocket the close is a normal one (TOK-12).
+    admin.end_session(device("alice@example.com", "phone")).await.unwrap();
+    assert_eq!(closed(&mut phone).await.0, Some(1000));
     drop(bob);
     server.running.shutdown().await;
 }
@@ -370,7 +373,7 @@ async fn revocations_end_sessions_and_refuse_the_tokens_until_new_ones_are_minte
     session.expect_error("token_revoked", WAIT).await.unwrap();
     assert_eq!(closed(&mut session).await.0, Some(4401));
 
-    // RevokeDevice: every token of the device issued so far, live or not, the other device untouched.
+    // TOK-11, RevokeDevice: every token of the device issued so far, live or not, the other device untouched.
     let mut session = connect_as(&server.ws(), &spare.token).await;
     let mut other = connect_as(&server.tcp(), &laptop.token).await;
     let ended = admin.revoke_device(device(eid, "phone")).await.unwrap().into_inner();
