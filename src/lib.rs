@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 #[path = "../conformance/mod.rs"]
 pub mod conformance;

@@ -50,6 +50,8 @@ pub struct Settings {
     /// Shards of the engine (src/core/README.md): each owns the users and chats that hash to it. None: the count
     /// the data directory was created with, or one for a new one. A data directory keeps its count.
     pub shards: Option<usize>,
+    /// One node of a cluster (src/cluster): its NATS and its peers; absent = a lone server.
+    pub cluster: Option<ClusterSettings>,
     /// Deliberate faults (`crate::faults`), for the test-only `bimip serve --fault`; never read from a file.
     #[serde(skip)]
     pub faults: crate::faults::Faults,
@@ -98,6 +100,16 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
+/// A node of a cluster: every node is given the same `nodes`, and names itself by `Settings::node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS server URLs, comma-separated (`nats://127.0.0.1:4222,...`).
+    pub nats: String,
+    /// Every node's name, in the same order on every node.
+    pub nodes: Vec<String>,
+}
+
 impl TlsSettings {
     /// The certificate chain's and the key's PEM bytes.
     fn read(&self) -> Result<(Vec<u8>, Vec<u8>), StartError> {
@@ -126,6 +138,7 @@ impl Default for Settings {
             limits: EngineConfig::default(),
             chat_store: ChatStorage::default(),
             shards: None,
+            cluster: None,
             faults: crate::faults::Faults::none(),
             variants: crate::variants::Variants::default(),
         }
@@ -170,6 +183,8 @@ pub enum StartError {
     ShardFile { path: PathBuf, why: String },
     #[error(transparent)]
     Grpc(#[from] crate::admin::grpc::ListenError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl Settings {
@@ -275,11 +290,31 @@ impl Settings {
     /// event log (`queue/`, recovered after a crash). Every shard replays every shard's social changes: the
     /// graph is read everywhere (src/core/README.md).
     pub fn engines(&self, now_ms: i64) -> Result<Vec<Engine>, StartError> {
+        let layout = self.layout()?;
+        self.engines_of(&layout, now_ms)
+    }
+
+    /// Where this server's shards sit: all of them here, or this node's share of a cluster's (`nodes × shards`).
+    pub fn layout(&self) -> Result<crate::cluster::Layout, StartError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::DataDir {
             path: self.data_dir.clone(),
             source,
         })?;
         let count = self.shard_count()?;
+        Ok(match &self.cluster {
+            None => crate::cluster::Layout::single(count),
+            Some(cluster) => crate::cluster::Layout::of(&self.node, &cluster.nodes, count)?,
+        })
+    }
+
+    /// This node's shards of `layout`, as [`Settings::engines`] says; the data directory holds them by their
+    /// place on this node.
+    fn engines_of(&self, layout: &crate::cluster::Layout, now_ms: i64) -> Result<Vec<Engine>, StartError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::DataDir {
+            path: self.data_dir.clone(),
+            source,
+        })?;
+        let count = layout.shards_per_node;
         let (verifier, signer) = self.keys()?;
         let mut opened = Vec::new();
         let mut social_events = Vec::new();
@@ -297,15 +332,15 @@ impl Settings {
         }
         let mut engines: Vec<Engine> = opened
             .into_iter()
-            .enumerate()
-            .map(|(shard, (revocations, social_log, chat_store, chat_events))| {
+            .zip(layout.local_shards())
+            .map(|((revocations, social_log, chat_store, chat_events), shard)| {
                 Engine::new(
                     self.limits.clone(),
                     verifier.clone(),
                     signer.clone(),
                     Box::new(revocations),
                 )
-                .with_shard(ShardId::new(shard, count))
+                .with_shard(ShardId::new(shard, layout.shard_count()))
                 .with_social(Box::new(social_log), &social_events)
                 .with_chat(chat_store, &chat_events)
             })
@@ -372,7 +407,12 @@ impl Settings {
             crate::admin::grpc::check_listen(addr, self.tls.is_some())?;
         }
         let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
-        let engines = self.engines(clock.now_ms())?;
+        let layout = self.layout()?;
+        let engines = self.engines_of(&layout, clock.now_ms())?;
+        let node = match &self.cluster {
+            None => None,
+            Some(cluster) => Some(crate::cluster::Node::connect(&cluster.nats, layout).await?),
+        };
         let mut options = crate::net::ServerOptions {
             faults: self.faults.clone(),
             variants: self.variants.clone(),
@@ -389,7 +429,7 @@ impl Settings {
             ws: self.ws,
             options,
         };
-        let net = crate::net::serve(config, engines, clock)
+        let net = crate::net::serve_node(config, engines, clock, node)
             .await
             .map_err(|source| StartError::Net {
                 what: "binding the listeners",

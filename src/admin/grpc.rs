@@ -78,7 +78,11 @@ impl AdminService {
         eid: &str,
         f: impl FnOnce(&mut Engine, Millis) -> Result<T, OperatorError>,
     ) -> Result<T, Status> {
-        let result = self.operator.on_home(eid, f);
+        let result = self.operator.on_home(eid, f).unwrap_or_else(|| {
+            Err(OperatorError::Unavailable(
+                "the user's home is on another node of the cluster; call that node".into(),
+            ))
+        });
         match &result {
             Ok(_) => tracing::info!(target: "bimip::audit", call, eid, outcome = "ok"),
             Err(e) => tracing::info!(target: "bimip::audit", call, eid, outcome = "refused", reason = %e),

@@ -115,8 +115,12 @@ fn push(body: &[u8], operator: Option<&crate::net::Operator>) -> (StatusCode, St
     };
     let (eid, kind, data) = (request.eid, request.kind, request.data);
     match operator.on_home(&eid, |engine, now| engine.push(&eid, &kind, data, now)) {
-        Ok(devices) => (StatusCode::OK, format!("{{\"devices\":{devices}}}\n")),
-        Err(kind) => (
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the user's home is on another node of the cluster\n".into(),
+        ),
+        Some(Ok(devices)) => (StatusCode::OK, format!("{{\"devices\":{devices}}}\n")),
+        Some(Err(kind)) => (
             StatusCode::BAD_REQUEST,
             format!("{kind}: eid, type of 1 to 64 bytes, non-empty data\n"),
         ),

@@ -108,9 +108,17 @@ struct ServeArgs {
     /// The backend API's bearer secret, first line of FILE (default DATA_DIR/admin-secret, made on first start).
     #[arg(long, value_name = "FILE")]
     grpc_secret_file: Option<PathBuf>,
-    /// This server's name in the backend API's session lists and stats (default "local").
+    /// This server's name in the backend API's session lists and stats, and its name in --cluster-nodes
+    /// (default "local").
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
+    /// Run as one node of a cluster whose nodes reach each other through this NATS (URLs, comma-separated).
+    #[arg(long, value_name = "URLS", requires_all = ["node", "cluster_nodes"])]
+    cluster: Option<String>,
+    /// Every node of the cluster, in the same order on every node (comma-separated names); each node runs
+    /// --shards shards, the same number on all.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', requires = "cluster")]
+    cluster_nodes: Vec<String>,
     /// Turn a listener off.
     #[arg(long)]
     no_ws: bool,
@@ -406,8 +414,12 @@ fn token(args: TokenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bimip serve`'s exit code when the cluster's NATS cannot be reached at start (other errors exit 2).
+const EXIT_NATS_UNREACHABLE: u8 = 3;
+
 fn serve(args: ServeArgs) -> Result<ExitCode> {
-    use bimip::server::{JwtSettings, Settings, TlsSettings};
+    use bimip::cluster::ClusterError;
+    use bimip::server::{JwtSettings, Settings, StartError, TlsSettings};
     // No transparent huge pages: a server of many small, mostly idle connections pays for a 2 MiB page per heap
     // region whatever it uses (about 200 B per connection at 10,000), and gained no measurable CPU from them
     // (BENCHMARKS.md, reference server part 8). Best effort: a kernel without the option keeps its default.
@@ -439,6 +451,12 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     if let Some(node) = args.node {
         settings.node = node;
+    }
+    if let Some(nats) = args.cluster {
+        settings.cluster = Some(bimip::server::ClusterSettings {
+            nats,
+            nodes: args.cluster_nodes,
+        });
     }
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;
@@ -476,7 +494,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let running = settings.start().await?;
+        let running = match settings.start().await {
+            Ok(running) => running,
+            Err(e @ StartError::Cluster(ClusterError::Unreachable { .. })) => {
+                // Its own exit code: a supervisor retries a node whose NATS is not up yet, not a bad setting.
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_NATS_UNREACHABLE));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (ws, tcp) = if settings.tls.is_some() {
             ("wss", "tls")
         } else {
@@ -501,6 +527,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         println!("  data       {}", settings.data_dir.display());
         println!("  shards     {}", settings.shard_count()?);
+        if let Some(cluster) = &settings.cluster {
+            println!(
+                "  cluster    node {} of {} (NATS {})",
+                settings.node,
+                cluster.nodes.join(","),
+                cluster.nats
+            );
+        }
         if settings.jwt.is_none() {
             println!();
             println!(
@@ -522,9 +556,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         tracing::info!("shutting down");
         running.shutdown().await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Prints the figures (text, or JSON with `--json -`) and writes `--json FILE`.

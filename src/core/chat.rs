@@ -191,6 +191,24 @@ pub(super) struct Request {
     body: Body,
 }
 
+impl Request {
+    /// Its recipients, resend key, creation time and content, for the wire (src/core/wire.rs).
+    pub(super) fn parts(&self) -> (&[Identity], &str, Millis, &Body) {
+        (&self.to, &self.message_id_local, self.created_at, &self.body)
+    }
+
+    /// A request from the parts [`Request::parts`] gave, as it crossed the wire: its fields passed the rules on
+    /// the sender's shard already.
+    pub(super) fn from_parts(to: Vec<Identity>, message_id_local: String, created_at: Millis, body: Body) -> Request {
+        Request {
+            to,
+            message_id_local,
+            created_at,
+            body,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Body {
     Text(String),

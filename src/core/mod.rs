@@ -32,6 +32,8 @@ mod subscriber;
 mod timers;
 mod token;
 mod visibility;
+mod wire;
+pub use wire::WireError;
 
 pub use engine::{Engine, Stats};
 pub use registry::Registry;

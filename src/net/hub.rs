@@ -44,10 +44,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::{self, PushError};
 use super::{Clock, Edge};
+use crate::cluster::{Frame, Layout};
 use crate::codec::{ErrorKind, FrameError};
 use crate::core::queue::SyncJob;
 use crate::core::shard::home;
 use crate::core::{CloseReason, ConnId, Engine, Mail, Millis, Output, Stats, Transport};
+
+mod relay;
+pub(crate) use relay::Outward;
 
 /// What the engine asks one connection's writer to do.
 #[derive(Debug)]
@@ -147,6 +151,8 @@ enum Input {
 
 struct Core {
     engine: Engine,
+    /// The way to the other nodes of a cluster, for outputs to connections whose socket is on another node.
+    remote: Option<Remote>,
     /// A layer that alters traffic at the edge (tests only; `edge.rs`).
     edge: Option<Box<dyn Edge>>,
     max_stanza_bytes: usize,
@@ -181,7 +187,13 @@ struct Shard {
 const INBOX_LIMIT: usize = 1024;
 
 pub(crate) struct Hub {
-    shards: Vec<Shard>,
+    /// Every shard of the service by its index; `None` for a shard on another node of a cluster.
+    shards: Vec<Option<Shard>>,
+    /// This node's shards, in order.
+    local: Vec<usize>,
+    layout: Layout,
+    /// The other nodes of a cluster (`relay.rs`).
+    relay: Option<relay::Relay>,
     clock: Arc<dyn Clock>,
     next_conn: AtomicU64,
     queue_capacity: usize,
@@ -202,9 +214,13 @@ fn unpoison<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A hub for `engines`, shard `i` of `engines.len()` each; `edge` makes each shard's edge layer.
+    /// A hub for `engines`, this node's shards in `layout` (every shard of a lone server), in order; `edge` makes
+    /// each shard's edge layer; `relay` carries frames to the other nodes of a cluster.
+    #[allow(clippy::too_many_arguments)] // one place builds it: ServerHandle::start_node
     pub fn new(
         engines: Vec<Engine>,
+        layout: Layout,
+        relay: Option<relay::Outward>,
         mut edge: impl FnMut() -> Option<Box<dyn Edge>>,
         clock: Arc<dyn Clock>,
         queue_capacity: usize,
@@ -213,12 +229,18 @@ impl Hub {
         sync_gap: Duration,
     ) -> Self {
         let max_stanza_bytes = engines.first().map_or(0, |e| e.config().max_stanza_bytes);
-        let shards: Vec<Shard> = engines
-            .into_iter()
-            .map(|engine| Shard {
+        let local: Vec<usize> = layout.local_shards().collect();
+        let remote = relay.as_ref().map(|outward| Remote {
+            outward: outward.clone(),
+            layout: layout.clone(),
+        });
+        let mut shards: Vec<Option<Shard>> = (0..layout.shard_count()).map(|_| None).collect();
+        for (index, engine) in local.iter().copied().zip(engines) {
+            shards[index] = Some(Shard {
                 snapshot: Mutex::new(snapshot_of(&engine)),
                 core: Mutex::new(Core {
                     engine,
+                    remote: remote.clone(),
                     edge: edge(),
                     max_stanza_bytes,
                     links: BTreeMap::new(),
@@ -231,12 +253,15 @@ impl Hub {
                 timer_wake: Notify::new(),
                 syncer: Mutex::new(None),
                 synced: Arc::new(Notify::new()),
-            })
-            .collect();
+            });
+        }
         Hub {
             shards,
+            local,
+            next_conn: AtomicU64::new(layout.first_conn_id()),
+            layout,
+            relay: relay.map(relay::Relay::new),
             clock,
-            next_conn: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
             max_stanza_bytes,
             shutdown,
@@ -264,7 +289,7 @@ impl Hub {
     /// The engine's counters now: the sum of every shard's, as its last batch left them.
     pub fn snapshot(&self) -> Snapshot {
         let mut total = Snapshot::default();
-        for shard in &self.shards {
+        for shard in self.shards.iter().flatten() {
             total.add(&unpoison(&shard.snapshot));
         }
         total
@@ -275,7 +300,7 @@ impl Hub {
     /// (the Authenticate RESPONSE sent from inside `open`) is lost.
     pub fn register(&self) -> Endpoint {
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let shard = usize::try_from(id.0 % self.shards.len() as u64).unwrap_or(0);
+        let shard = self.local[usize::try_from(id.0 % self.local.len() as u64).unwrap_or(0)];
         let (tx, rx) = outbox::outbox(self.queue_capacity);
         {
             // `stop` cancels, then kills every link under its shard's lock: a link made meanwhile is killed
@@ -298,10 +323,13 @@ impl Hub {
     /// closes it, WebSocket with 1001).
     pub fn stop(&self) {
         self.shutdown.cancel();
-        for shard in 0..self.shards.len() {
+        for &shard in &self.local {
             for link in self.lock(shard).links.values() {
                 link.tx.kill();
             }
+        }
+        if let Some(relay) = &self.relay {
+            relay.kill_links();
         }
     }
 
@@ -310,6 +338,11 @@ impl Hub {
             // The engine has not heard of the connection yet: only its link moves.
             if let Some(eid) = token.and_then(crate::core::auth::unverified_eid) {
                 let to = home(&eid, self.shards.len());
+                if !self.layout.is_local(to) {
+                    // The caller asks the home's node first (`open_remote`); reaching here means it did not.
+                    self.lock(conn.shard()).links.remove(&conn.id);
+                    return Err(ErrorKind::Unavailable);
+                }
                 let from = conn.shard();
                 // One shard's lock at a time: two connections moving in opposite directions must not deadlock.
                 let link = (to != from).then(|| self.lock(from).links.remove(&conn.id)).flatten();
@@ -334,6 +367,10 @@ impl Hub {
             self.route_first(conn, stanza);
         }
         let shard = conn.shard();
+        if let Some(relay) = self.remote_relay(shard) {
+            let frame = Frame::stanza(conn.id, shard, Bytes::copy_from_slice(stanza));
+            return relay.send(self.layout.node_of_shard(shard), &frame);
+        }
         let waiting = {
             let mut inbox = self.inbox(shard);
             inbox.push_back(Input::Stanza(conn.id, Bytes::copy_from_slice(stanza)));
@@ -361,6 +398,9 @@ impl Hub {
         if from == to {
             return;
         }
+        if !self.layout.is_local(to) {
+            return self.hand_off_remote(conn, to);
+        }
         let link = self.with_core(from, |core, _| {
             if !core.engine.hand_off(conn.id) {
                 return None;
@@ -382,16 +422,29 @@ impl Hub {
     }
 
     pub fn text_frame(&self, conn: &ConnRef) {
-        self.with_engine(conn.shard(), |engine, now| engine.text_frame(conn.id, now));
+        let shard = conn.shard();
+        if let Some(relay) = self.remote_relay(shard) {
+            return relay.send(self.layout.node_of_shard(shard), &Frame::text_frame(conn.id, shard));
+        }
+        self.with_engine(shard, |engine, now| engine.text_frame(conn.id, now));
     }
 
     pub fn framing_error(&self, conn: &ConnRef, error: &FrameError) {
-        self.with_engine(conn.shard(), |engine, now| engine.framing_error(conn.id, error, now));
+        let shard = conn.shard();
+        if let Some(relay) = self.remote_relay(shard) {
+            match Frame::framing_error(conn.id, shard, error) {
+                Some(frame) => relay.send(self.layout.node_of_shard(shard), &frame),
+                None => self.closed(conn),
+            }
+            return;
+        }
+        self.with_engine(shard, |engine, now| engine.framing_error(conn.id, error, now));
     }
 
-    /// An operator call, on the shard that owns `eid`.
-    pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, Millis) -> R) -> R {
-        self.with_engine(home(eid, self.shards.len()), f)
+    /// An operator call, on the shard that owns `eid`; `None` when that shard is on another node.
+    pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, Millis) -> R) -> Option<R> {
+        let shard = home(eid, self.shards.len());
+        self.layout.is_local(shard).then(|| self.with_engine(shard, f))
     }
 
     pub fn shard_count(&self) -> usize {
@@ -402,18 +455,38 @@ impl Hub {
     /// engine. Safe to call more than once.
     pub fn closed(&self, conn: &ConnRef) {
         let shard = conn.shard();
+        if let Some(relay) = self.remote_relay(shard) {
+            if relay.forget(conn.id) {
+                relay.send(self.layout.node_of_shard(shard), &Frame::closed(conn.id, shard));
+            }
+            return;
+        }
         let known = self.lock(shard).links.remove(&conn.id).is_some();
         if known {
             self.with_core(shard, |core, now| core.closed(conn.id, now));
         }
     }
 
+    /// A shard of this node. Shards of other nodes are never reached here: inputs for them go out as frames
+    /// (`remote_relay`), and frames from other nodes name a shard of this one or are dropped (`relay.rs`).
+    fn shard(&self, shard: usize) -> &Shard {
+        match &self.shards[shard] {
+            Some(local) => local,
+            None => unreachable!("shard {shard} is on another node"),
+        }
+    }
+
+    /// The relay, when `shard` is on another node.
+    fn remote_relay(&self, shard: usize) -> Option<&relay::Relay> {
+        self.relay.as_ref().filter(|_| !self.layout.is_local(shard))
+    }
+
     fn lock(&self, shard: usize) -> MutexGuard<'_, Core> {
-        unpoison(&self.shards[shard].core)
+        unpoison(&self.shard(shard).core)
     }
 
     fn inbox(&self, shard: usize) -> MutexGuard<'_, VecDeque<Input>> {
-        unpoison(&self.shards[shard].inbox)
+        unpoison(&self.shard(shard).inbox)
     }
 
     /// Feeds each shard in `work` its inbox unless another task holds it (that task then does it: it looks at the
@@ -421,7 +494,7 @@ impl Hub {
     fn pump(&self, mut work: Vec<usize>) {
         while let Some(shard) = work.pop() {
             while !self.inbox(shard).is_empty() {
-                let core = match self.shards[shard].core.try_lock() {
+                let core = match self.shard(shard).core.try_lock() {
                     Ok(core) => core,
                     Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                     Err(TryLockError::WouldBlock) => break,
@@ -542,14 +615,19 @@ impl Hub {
         // Into the other shards' inboxes before this shard lets go: mail between two shards keeps its order.
         let mut mailed = BTreeSet::new();
         for (to, mail) in core.mail.drain(..) {
-            self.inbox(to).push_back(Input::Mail(mail));
-            mailed.insert(to);
+            match self.remote_relay(to) {
+                Some(relay) => relay.send(self.layout.node_of_shard(to), &Frame::mail(to, mail.encode())),
+                None => {
+                    self.inbox(to).push_back(Input::Mail(mail));
+                    mailed.insert(to);
+                }
+            }
         }
         if let Some(deadline) = core.next_deadline()
             && core.armed.is_none_or(|armed| deadline < armed)
         {
             core.armed = Some(deadline);
-            self.shards[shard].timer_wake.notify_one();
+            self.shard(shard).timer_wake.notify_one();
         }
         let snapshot = snapshot_of(&core.engine);
         let syncs = std::mem::take(&mut core.syncs);
@@ -564,7 +642,7 @@ impl Hub {
     /// Hands a pipelined fsync to the shard's fsync thread: the engine's thread never waits for the disk, and
     /// stanzas handled meanwhile have their outputs held for the next sync (group commit, QUE-2).
     fn start_sync(&self, shard: usize, job: SyncJob) {
-        let mut syncer = unpoison(&self.shards[shard].syncer);
+        let mut syncer = unpoison(&self.shard(shard).syncer);
         let job = match syncer.as_ref() {
             Some(tx) => match tx.send(job) {
                 Ok(()) => return,
@@ -573,7 +651,7 @@ impl Hub {
             None => job,
         };
         let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
-        let synced = Arc::clone(&self.shards[shard].synced);
+        let synced = Arc::clone(&self.shard(shard).synced);
         let gap = self.sync_gap;
         // The thread ends when the hub (and with it the sender) is gone.
         let spawned = std::thread::Builder::new()
@@ -601,17 +679,17 @@ impl Hub {
                 // No thread: the fsync runs here, late but never skipped.
                 tracing::warn!(%error, "cannot start the fsync thread; syncing on the engine's thread");
                 job.run();
-                self.shards[shard].synced.notify_one();
+                self.shard(shard).synced.notify_one();
             }
         }
     }
 
     /// Runs each shard's engine after each of its fsyncs, until shutdown: what waited for the sync leaves then.
     pub async fn run_syncs(self: Arc<Self>) {
-        let loops = (0..self.shards.len()).map(|shard| {
+        let loops = self.local.clone().into_iter().map(|shard| {
             let hub = Arc::clone(&self);
             async move {
-                let synced = Arc::clone(&hub.shards[shard].synced);
+                let synced = Arc::clone(&hub.shard(shard).synced);
                 loop {
                     tokio::select! {
                         biased;
@@ -625,12 +703,16 @@ impl Hub {
     }
 
     fn publish(&self, shard: usize, snapshot: Snapshot) {
-        *unpoison(&self.shards[shard].snapshot) = snapshot;
+        *unpoison(&self.shard(shard).snapshot) = snapshot;
     }
 
     /// Runs every shard's timers until shutdown.
     pub async fn run_timers(self: Arc<Self>) {
-        let loops = (0..self.shards.len()).map(|shard| Arc::clone(&self).shard_timers(shard));
+        let loops = self
+            .local
+            .clone()
+            .into_iter()
+            .map(|shard| Arc::clone(&self).shard_timers(shard));
         futures::future::join_all(loops).await;
     }
 
@@ -640,7 +722,7 @@ impl Hub {
         loop {
             // Created before reading the deadline: `notify_one` stores a permit,
             // so a deadline set in between still wakes this loop.
-            let woken = self.shards[shard].timer_wake.notified();
+            let woken = self.shard(shard).timer_wake.notified();
             let wait = {
                 let mut core = self.lock(shard);
                 let deadline = core.next_deadline();
@@ -767,7 +849,11 @@ impl Core {
             Output::Sync(job) => return self.syncs.push(job),
         };
         let Some(link) = self.links.get(&conn) else {
-            // Already given up on (and the engine told); nothing to deliver.
+            // A connection whose socket is on another node; or one already given up on (and the engine told),
+            // with nothing to deliver.
+            if let Some(remote) = &self.remote {
+                remote.to_conn(conn, out);
+            }
             return;
         };
         match link.tx.try_send(out) {
@@ -795,6 +881,27 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+/// What a shard needs to reach connections on other nodes.
+#[derive(Clone)]
+struct Remote {
+    outward: relay::Outward,
+    layout: Layout,
+}
+
+impl Remote {
+    fn to_conn(&self, conn: ConnId, out: Out) {
+        let node = self.layout.node_of_conn(conn);
+        if node == self.layout.node || node >= self.layout.nodes.len() {
+            return;
+        }
+        let frame = match out {
+            Out::Send(stanza) => Frame::send(conn, stanza),
+            Out::Close(reason) => Frame::close(conn, reason),
+        };
+        self.outward.send(node, &frame);
     }
 }
 

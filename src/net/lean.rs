@@ -169,6 +169,25 @@ impl<S: AsyncRead + Unpin> Gate<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.io
     }
+
+    /// Reads until the HTTP request head is in (its `\r\n\r\n`) and returns it, keeping it for the next reader;
+    /// `None` if the stream ends first or the head would pass `limit` bytes.
+    pub async fn read_head(&mut self, limit: usize) -> io::Result<Option<&[u8]>> {
+        let end = loop {
+            if let Some(pending) = &self.pending {
+                if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                if pending.len() >= limit {
+                    return Ok(None);
+                }
+            }
+            if std::future::poll_fn(|cx| self.poll_wait(cx)).await? == 0 {
+                return Ok(None);
+            }
+        };
+        Ok(self.pending.as_deref().map(|pending| &pending[..end]))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {

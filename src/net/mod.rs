@@ -66,7 +66,8 @@ pub struct Operator(Arc<Hub>);
 impl Operator {
     /// Runs `f` on the engine that owns `eid` (its home shard) with the server's time; what it outputs goes out
     /// as any other call's.
-    pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, crate::core::Millis) -> R) -> R {
+    /// `None` when that shard is on another node of a cluster (operator calls are served by the user's home node).
+    pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, crate::core::Millis) -> R) -> Option<R> {
         self.0.on_home(eid, f)
     }
 
@@ -155,6 +156,16 @@ pub struct NetConfig {
 /// with `engines`, the shards of one engine ([`ServerHandle::start_shards`]). The returned handle names the
 /// bound addresses.
 pub async fn serve(config: NetConfig, engines: Vec<Engine>, clock: Arc<dyn Clock>) -> io::Result<ServerHandle> {
+    serve_node(config, engines, clock, None).await
+}
+
+/// As [`serve`], for one node of a cluster when `node` is given: `engines` are this node's shards of its layout.
+pub async fn serve_node(
+    config: NetConfig,
+    engines: Vec<Engine>,
+    clock: Arc<dyn Clock>,
+    node: Option<crate::cluster::Node>,
+) -> io::Result<ServerHandle> {
     let tcp = match config.tcp {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
@@ -163,7 +174,10 @@ pub async fn serve(config: NetConfig, engines: Vec<Engine>, clock: Arc<dyn Clock
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
     };
-    let mut server = ServerHandle::start_shards(engines, clock, config.options);
+    let mut server = match node {
+        None => ServerHandle::start_shards(engines, clock, config.options),
+        Some(node) => ServerHandle::start_node(engines, clock, config.options, node).await?,
+    };
     if let Some(listener) = tcp {
         server.listen_tcp(listener)?;
     }
@@ -200,11 +214,42 @@ impl ServerHandle {
     /// As [`ServerHandle::start`], for a partitioned engine: `engines[i]` is shard `i` of `engines.len()`
     /// ([`Engine::with_shard`]).
     pub fn start_shards(engines: Vec<Engine>, clock: Arc<dyn Clock>, options: ServerOptions) -> ServerHandle {
+        let layout = crate::cluster::Layout::single(engines.len());
+        Self::start_with(engines, layout, None, clock, options)
+    }
+
+    /// As [`ServerHandle::start_shards`], for one node of a cluster: `engines` are the node's shards of its
+    /// layout, in order; frames to and from the other nodes go through its NATS connection.
+    pub async fn start_node(
+        engines: Vec<Engine>,
+        clock: Arc<dyn Clock>,
+        options: ServerOptions,
+        node: crate::cluster::Node,
+    ) -> io::Result<ServerHandle> {
+        let (outward, outgoing) = hub::Outward::new();
+        let layout = node.layout.clone();
+        let server = Self::start_with(engines, layout, Some(outward), clock, options);
+        let sink: Arc<dyn crate::cluster::FrameSink> = server.hub.clone();
+        crate::cluster::spawn(node, outgoing, sink, server.hub.shutdown_token().clone())
+            .await
+            .map_err(io::Error::other)?;
+        Ok(server)
+    }
+
+    fn start_with(
+        engines: Vec<Engine>,
+        layout: crate::cluster::Layout,
+        outward: Option<hub::Outward>,
+        clock: Arc<dyn Clock>,
+        options: ServerOptions,
+    ) -> ServerHandle {
         let shutdown = CancellationToken::new();
         let faults = options.faults.clone();
         let variants = options.variants.clone();
         let hub = Arc::new(Hub::new(
             engines,
+            layout,
+            outward,
             // One layer at a time: the self-checks apply a fault or a variant, never both.
             || faults.layer().or_else(|| variants.layer()),
             clock,
@@ -270,7 +315,9 @@ impl ServerHandle {
         kind: &str,
         data: std::collections::BTreeMap<String, String>,
     ) -> Result<usize, crate::codec::ErrorKind> {
-        self.hub.on_home(eid, |engine, now| engine.push(eid, kind, data, now))
+        self.hub
+            .on_home(eid, |engine, now| engine.push(eid, kind, data, now))
+            .unwrap_or(Err(crate::codec::ErrorKind::Unavailable))
     }
 
     /// A handle for pushing from other tasks (the admin endpoint).

@@ -157,9 +157,23 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (conn, rx) = (&endpoint.conn, &endpoint.rx);
+    let decided = if hub.is_clustered() {
+        tokio::time::timeout(
+            options.handshake_timeout,
+            ask_home(gate, hub, conn, options.handshake_timeout),
+        )
+        .await
+        .ok()
+        .flatten()
+    } else {
+        None
+    };
     let callback = {
         let select = !options.variants.has(crate::variants::Variant::NoSubprotocol);
-        move |request: &Request, response: Response| decide(hub, conn, request, response, select)
+        move |request: &Request, response: Response| match decided {
+            None => decide(hub, conn, request, response, select),
+            Some(result) => answer(result, request, response, select),
+        }
     };
     // Boxed: it borrows the stream, so that a request that is no WebSocket upgrade can still be answered on it.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -380,7 +394,7 @@ fn decide(
     hub: &Hub,
     conn: &ConnRef,
     request: &Request,
-    mut response: Response,
+    response: Response,
     select_subprotocol: bool,
 ) -> Result<Response, ErrorResponse> {
     let headers = request
@@ -388,7 +402,23 @@ fn decide(
         .iter()
         .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
     let token = token_from_request(headers, request.uri().query());
-    match hub.open(conn, Transport::WebSocket, token.as_deref()) {
+    answer(
+        hub.open(conn, Transport::WebSocket, token.as_deref()),
+        request,
+        response,
+        select_subprotocol,
+    )
+}
+
+/// The upgrade's answer once the token's home has decided.
+#[allow(clippy::result_large_err)] // the signature tungstenite's Callback imposes
+fn answer(
+    opened: Result<(), ErrorKind>,
+    request: &Request,
+    mut response: Response,
+    select_subprotocol: bool,
+) -> Result<Response, ErrorResponse> {
+    match opened {
         Ok(()) => {
             if select_subprotocol && offers_subprotocol(request) {
                 response
@@ -399,6 +429,42 @@ fn decide(
         }
         Err(kind) => Err(refusal(kind)),
     }
+}
+
+/// Longest upgrade request head read ahead of the handshake in a cluster; a longer one is left to the handshake,
+/// which refuses it as it would anyway.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// In a cluster, the token may name a user homed on another node, and that node decides the upgrade: the request's
+/// head is read ahead (and kept for the handshake, which reads it again) to ask it before answering. `None`: the
+/// home is on this node (or the head is not a request), and the handshake decides here as on a lone server.
+async fn ask_home<S>(
+    gate: &mut Gate<S>,
+    hub: &Hub,
+    conn: &ConnRef,
+    wait: std::time::Duration,
+) -> Option<Result<(), ErrorKind>>
+where
+    S: AsyncRead + Unpin,
+{
+    let token = {
+        let head = gate.read_head(MAX_HEAD).await.ok()??;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        if !request.parse(head).ok()?.is_complete() {
+            return None;
+        }
+        let query = request
+            .path
+            .and_then(|path| path.split_once('?'))
+            .map(|(_, query)| query);
+        let headers = request
+            .headers
+            .iter()
+            .filter_map(|h| Some((h.name, std::str::from_utf8(h.value).ok()?)));
+        token_from_request(headers, query)
+    };
+    hub.open_remote(conn, token.as_deref(), wait).await
 }
 
 fn offers_subprotocol(request: &Request) -> bool {

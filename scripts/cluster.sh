@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# A BIMIP cluster on loopback: a 3-node NATS cluster with JetStream and 3 `bimip serve` nodes linked through it.
+#
+#   scripts/cluster.sh up      start it (prints the nodes' URLs and how to mint a token)
+#   scripts/cluster.sh down    stop what `up` started, by PID
+#   scripts/cluster.sh status  which of its processes run
+#
+# Settings (environment): BIMIP_CLUSTER_DIR (default ./bimip-cluster: logs, data, PIDs), BIMIP_BIN (default: a
+# release build, made if missing), NODES (default 3), BASE_PORT (default 7420: node i serves WebSocket on
+# BASE_PORT+10i, TCP +1, admin +2, gRPC +3), NATS_PORT (default 4222: NATS node i takes client port NATS_PORT+i,
+# route port NATS_PORT+2000+i). NATS is Debian's `nats-server` (apt-get install nats-server).
+set -euo pipefail
+
+dir="${BIMIP_CLUSTER_DIR:-./bimip-cluster}"
+nodes="${NODES:-3}"
+base="${BASE_PORT:-7420}"
+nats_port="${NATS_PORT:-4222}"
+
+names() { for i in $(seq 0 $((nodes - 1))); do printf 'n%s\n' "$i"; done; }
+
+# Waits until something listens on 127.0.0.1:$1 (at most 10 s).
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1 after 10 s; see $dir/*.log" >&2
+    return 1
+}
+
+bimip_bin() {
+    if [ -n "${BIMIP_BIN:-}" ]; then
+        echo "$BIMIP_BIN"
+        return
+    fi
+    local target="${CARGO_TARGET_DIR:-$(dirname "$0")/../target}"
+    if [ ! -x "$target/release/bimip" ]; then
+        echo "building bimip (release)..." >&2
+        cargo build --release --quiet --bin bimip >&2
+    fi
+    echo "$target/release/bimip"
+}
+
+up() {
+    command -v nats-server >/dev/null || {
+        echo "nats-server is not installed (Debian: apt-get install nats-server)" >&2
+        exit 1
+    }
+    if [ -s "$dir/pids" ]; then
+        echo "$dir/pids exists: a cluster may be running; run '$0 down' first" >&2
+        exit 1
+    fi
+    local bimip
+    bimip="$(bimip_bin)"
+    mkdir -p "$dir"
+    : > "$dir/pids"
+    local routes="" i
+    for i in $(seq 0 $((nodes - 1))); do
+        routes="${routes:+$routes,}nats://127.0.0.1:$((nats_port + 2000 + i))"
+    done
+    for i in $(seq 0 $((nodes - 1))); do
+        nats-server -a 127.0.0.1 -p $((nats_port + i)) -n "nats-$i" -js -sd "$dir/nats-$i" \
+            --cluster_name bimip --cluster "nats://127.0.0.1:$((nats_port + 2000 + i))" --routes "$routes" \
+            > "$dir/nats-$i.log" 2>&1 &
+        echo "$!" >> "$dir/pids"
+    done
+    local urls=""
+    for i in $(seq 0 $((nodes - 1))); do
+        wait_port $((nats_port + i))
+        urls="${urls:+$urls,}nats://127.0.0.1:$((nats_port + i))"
+    done
+    # One key for the whole service: every node verifies every token.
+    "$bimip" token --eid setup@example.com --device setup --data-dir "$dir/keys" > /dev/null
+    local list
+    list="$(names | paste -sd, -)"
+    i=0
+    for name in $(names); do
+        local port=$((base + 10 * i))
+        "$bimip" serve --node "$name" --cluster "$urls" --cluster-nodes "$list" \
+            --ws "127.0.0.1:$port" --tcp "127.0.0.1:$((port + 1))" --admin "127.0.0.1:$((port + 2))" \
+            --grpc "127.0.0.1:$((port + 3))" --data-dir "$dir/$name" \
+            --jwt-alg EdDSA --jwt-key "$dir/keys/dev-ed25519.pub.pem" --jwt-signing-key "$dir/keys/dev-ed25519.pem" \
+            > "$dir/$name.log" 2>&1 &
+        echo "$!" >> "$dir/pids"
+        i=$((i + 1))
+    done
+    i=0
+    echo "BIMIP cluster of $nodes nodes (NATS $urls):"
+    for name in $(names); do
+        local port=$((base + 10 * i))
+        wait_port "$port"
+        wait_port $((port + 1))
+        echo "  $name  ws://127.0.0.1:$port/ws  tcp://127.0.0.1:$((port + 1))  admin http://127.0.0.1:$((port + 2))"
+        i=$((i + 1))
+    done
+    echo "Mint a token (any node accepts it):"
+    echo "  $bimip token --eid alice@example.com --device phone --data-dir $dir/keys"
+    echo "Stop: $0 down"
+}
+
+down() {
+    [ -s "$dir/pids" ] || {
+        echo "nothing to stop ($dir/pids is missing or empty)"
+        return 0
+    }
+    # bimip nodes first (listed last), then NATS.
+    local pid
+    for pid in $(tac "$dir/pids"); do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $(tac "$dir/pids"); do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -f "$dir/pids"
+    echo "stopped"
+}
+
+status() {
+    [ -s "$dir/pids" ] || {
+        echo "not running"
+        return 0
+    }
+    local pid
+    for pid in $(cat "$dir/pids"); do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "$pid running: $(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-80)"
+        else
+            echo "$pid gone"
+        fi
+    done
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *)
+        echo "usage: $0 up|down|status" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,62 @@
+//! A node's NATS connection at work: one task publishes the frames the hub hands it, in order, each to its node's
+//! subject; another reads this node's subject and hands each frame to the hub.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Node, subject};
+
+/// Where frames from other nodes go in (the hub).
+pub trait FrameSink: Send + Sync {
+    fn take_frame(&self, frame: &[u8]);
+}
+
+/// Starts the two tasks; they end at `shutdown`. Fails when this node cannot subscribe to its subject.
+pub(crate) async fn spawn(
+    node: Node,
+    mut outgoing: mpsc::UnboundedReceiver<(usize, Bytes)>,
+    sink: Arc<dyn FrameSink>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let Node { layout, client } = node;
+    let mut incoming = client.subscribe(subject(layout.name())).await?;
+    // The subscription is in place at the server before any node is told this one is up.
+    let _ = client.flush().await;
+    let subjects: Vec<String> = layout.nodes.iter().map(|n| subject(n)).collect();
+    let publisher = client.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = outgoing.recv() => next,
+                () = stop.cancelled() => None,
+            };
+            let Some((node, frame)) = next else { break };
+            let Some(subject) = subjects.get(node) else { continue };
+            if let Err(error) = publisher.publish(subject.clone(), frame).await {
+                tracing::warn!(%error, subject, "frame not published");
+            }
+        }
+        let _ = publisher.flush().await;
+    });
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                message = incoming.next() => message,
+            };
+            let Some(message) = message else {
+                tracing::warn!("this node's NATS subscription ended");
+                break;
+            };
+            sink.take_frame(&message.payload);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Several `bimip serve` nodes as one BIMIP service (issue 17), linked by NATS.
+//!
+//! The engine is already partitioned into shards that own disjoint users and chats and reach each other only by
+//! mail (src/core/README.md); a cluster spreads those shards over nodes. Every node knows the same list of nodes
+//! and runs the same number of shards, so shard `s` of the `nodes × shards` lives on node `s % nodes` and every
+//! node computes a user's home alike. What crosses a shard boundary on one node crosses a node boundary here, as
+//! [`frame::Frame`]s on the receiving node's NATS subject: the inputs of a connection whose socket is on one node
+//! and whose home shard is on another, the outputs going back to it, and mail between shards.
+//!
+//! What is not here yet (issue 17): durable state in JetStream (each node keeps its shards' state in its own data
+//! directory), a shard moving to another node when its node dies, operator calls for users homed on another node.
+
+pub mod frame;
+mod link;
+
+pub use frame::Frame;
+pub use link::FrameSink;
+pub(crate) use link::spawn;
+
+use crate::core::ConnId;
+
+/// Where shards and connections live in a cluster; the default is one node that holds every shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// This node's index in `nodes`.
+    pub node: usize,
+    /// Every node's name, in the order every node is given them.
+    pub nodes: Vec<String>,
+    /// Shards per node (the same on every node).
+    pub shards_per_node: usize,
+}
+
+/// The bits of a connection id above which its node's index sits: ids stay unique across the cluster, and a
+/// home shard knows where to send a connection's outputs from its id alone.
+const NODE_SHIFT: u32 = 48;
+
+impl Layout {
+    /// A lone server with `shards` shards.
+    pub fn single(shards: usize) -> Layout {
+        Layout {
+            node: 0,
+            nodes: vec!["local".into()],
+            shards_per_node: shards.max(1),
+        }
+    }
+
+    /// Node `name` of `nodes`, each with `shards_per_node` shards.
+    pub fn of(name: &str, nodes: &[String], shards_per_node: usize) -> Result<Layout, ClusterError> {
+        if nodes.is_empty() {
+            return Err(ClusterError::NoNodes);
+        }
+        if nodes.len() > 1 << 15 {
+            return Err(ClusterError::TooManyNodes(nodes.len()));
+        }
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != nodes.len() {
+            return Err(ClusterError::DuplicateNode);
+        }
+        if let Some(bad) = nodes.iter().find(|n| !valid_node_name(n)) {
+            return Err(ClusterError::BadNodeName(bad.clone()));
+        }
+        let node = nodes
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| ClusterError::NotListed(name.to_string()))?;
+        Ok(Layout {
+            node,
+            nodes: nodes.to_vec(),
+            shards_per_node: shards_per_node.max(1),
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Shards in the whole service.
+    pub fn shard_count(&self) -> usize {
+        self.nodes.len() * self.shards_per_node
+    }
+
+    pub fn node_of_shard(&self, shard: usize) -> usize {
+        shard % self.nodes.len()
+    }
+
+    pub fn is_local(&self, shard: usize) -> bool {
+        self.node_of_shard(shard) == self.node
+    }
+
+    /// This node's shards, in order.
+    pub fn local_shards(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.node..self.shard_count()).step_by(self.nodes.len())
+    }
+
+    /// The node whose socket a connection is.
+    pub fn node_of_conn(&self, conn: ConnId) -> usize {
+        usize::try_from(conn.0 >> NODE_SHIFT).unwrap_or(usize::MAX)
+    }
+
+    /// The first connection id this node hands out.
+    pub fn first_conn_id(&self) -> u64 {
+        (u64::try_from(self.node).unwrap_or(0) << NODE_SHIFT) + 1
+    }
+
+    pub fn name(&self) -> &str {
+        &self.nodes[self.node]
+    }
+}
+
+/// Node names go into NATS subjects: letters, digits, `-` and `_` only.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The NATS subject a node reads its frames from.
+pub fn subject(node: &str) -> String {
+    format!("bimip.node.{node}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("a cluster needs the list of its nodes (--cluster-nodes)")]
+    NoNodes,
+    #[error("{0} nodes: at most 32768")]
+    TooManyNodes(usize),
+    #[error("a node is listed twice in --cluster-nodes")]
+    DuplicateNode,
+    #[error("{0:?} is not a node name (1 to 64 letters, digits, '-' or '_')")]
+    BadNodeName(String),
+    #[error("this node ({0:?}) is not in --cluster-nodes")]
+    NotListed(String),
+    #[error("not a NATS URL list: {0}")]
+    BadUrl(String),
+    #[error("cannot reach NATS at {urls}: {why}")]
+    Unreachable { urls: String, why: String },
+}
+
+/// A node's link to the others: its place in the layout and its NATS connection.
+pub struct Node {
+    pub layout: Layout,
+    pub(crate) client: async_nats::Client,
+}
+
+impl Node {
+    /// Connects to NATS (`urls`, comma-separated); fails at once, with the reason, when none answers.
+    pub async fn connect(urls: &str, layout: Layout) -> Result<Node, ClusterError> {
+        let unreachable = |why: String| ClusterError::Unreachable {
+            urls: urls.to_string(),
+            why,
+        };
+        let servers = urls
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClusterError::BadUrl(format!("{urls}: {e}")))?;
+        if servers.is_empty() {
+            return Err(ClusterError::BadUrl(urls.to_string()));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("bimip-{}", layout.name()))
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .connect(servers)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        // A round trip to the server: the connection is up, not only queued.
+        client.flush().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(Node { layout, client })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn shards_spread_over_nodes_and_connections_name_their_node() {
+        let nodes = names(&["a", "b", "c"]);
+        let b = Layout::of("b", &nodes, 2).unwrap();
+        assert_eq!(b.shard_count(), 6);
+        assert_eq!(b.local_shards().collect::<Vec<_>>(), vec![1, 4]);
+        assert!(b.is_local(4) && !b.is_local(5));
+        let first = ConnId(b.first_conn_id());
+        assert_eq!(b.node_of_conn(first), 1);
+        assert_eq!(
+            Layout::single(3).first_conn_id(),
+            1,
+            "a lone server numbers connections from 1 as before"
+        );
+        assert_eq!(Layout::single(3).local_shards().count(), 3);
+    }
+
+    #[test]
+    fn bad_layouts_are_refused() {
+        assert!(matches!(Layout::of("a", &[], 1), Err(ClusterError::NoNodes)));
+        assert!(matches!(
+            Layout::of("d", &names(&["a", "b"]), 1),
+            Err(ClusterError::NotListed(_))
+        ));
+        assert!(matches!(
+            Layout::of("a", &names(&["a", "a"]), 1),
+            Err(ClusterError::DuplicateNode)
+        ));
+        assert!(matches!(
+            Layout::of("a.b", &names(&["a.b"]), 1),
+            Err(ClusterError::BadNodeName(_))
+        ));
+    }
+}

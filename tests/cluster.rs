@@ -1,0 +1,326 @@
+//! Two reference-server nodes as one service (src/cluster), linked through a real NATS: Debian's `nats-server`,
+//! started here on loopback and stopped by PID (`apt-get install nats-server`; `.ci/run` installs it). Users
+//! homed on either node reach each other from either node, over WebSocket and native TCP; a device has one
+//! session in the whole cluster; a node that cannot reach NATS at start says so and exits 3.
+//!
+//! The conformance suite against a 3-node cluster runs in `.ci/run` (`scripts/cluster.sh`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bimip::client::{Client, ClientOptions};
+use bimip::core::auth::Claims;
+use bimip::core::shard::home;
+use bimip::proto::message_scheme::Payload;
+use bimip::proto::{Identity, TextPayloadRequest};
+use bimip::server::{ClusterSettings, JwtSettings, Running, Settings};
+
+const WAIT: Duration = Duration::from_secs(5);
+const NODES: [&str; 2] = ["a", "b"];
+
+/// A NATS server on a free loopback port, killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is needed for the cluster tests (Debian: apt-get install nats-server)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Nats {
+                    child,
+                    url: format!("nats://127.0.0.1:{port}"),
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nats-server did not listen on {port} within 5 s");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One key for the whole service: every node verifies every token.
+struct Keys {
+    dir: tempfile::TempDir,
+    signer: bimip::core::auth::Signer,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, signer) = bimip::keys::ensure_dev_keys(dir.path()).unwrap();
+        Keys { dir, signer }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn token(&self, eid: &str, device: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let iat = i64::try_from(now).unwrap();
+        let claims = Claims {
+            eid: eid.into(),
+            device_id: device.into(),
+            jti: format!("{eid}-{device}-{iat}"),
+            iat,
+            exp: iat + 600,
+            ..Claims::default()
+        };
+        self.signer.mint(&claims).unwrap()
+    }
+}
+
+struct Node {
+    running: Running,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(name: &str, nats: &Nats, keys: &Keys) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let loopback = Some("127.0.0.1:0".parse().unwrap());
+        let settings = Settings {
+            ws: loopback,
+            tcp: loopback,
+            admin: None,
+            grpc: None,
+            node: name.into(),
+            data_dir: dir.path().to_path_buf(),
+            jwt: Some(JwtSettings {
+                alg: "EdDSA".into(),
+                key: keys.path(bimip::keys::DEV_PUBLIC_KEY),
+                signing_key: Some(keys.path(bimip::keys::DEV_PRIVATE_KEY)),
+                issuer: None,
+                audience: None,
+                leeway_s: 0,
+            }),
+            cluster: Some(ClusterSettings {
+                nats: nats.url.clone(),
+                nodes: NODES.iter().map(|n| n.to_string()).collect(),
+            }),
+            ..Settings::default()
+        };
+        let running = tokio::time::timeout(Duration::from_secs(10), settings.start())
+            .await
+            .unwrap()
+            .unwrap();
+        Node { running, _dir: dir }
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://{}/ws", self.running.net.ws_addr().unwrap())
+    }
+
+    fn tcp(&self) -> String {
+        format!("tcp://{}", self.running.net.tcp_addr().unwrap())
+    }
+}
+
+/// An EID whose home shard is on node `node` (one shard per node: shard i is node i's).
+fn homed_on(node: usize, name: &str) -> String {
+    (0..)
+        .map(|i| format!("{name}{i}@example.com"))
+        .find(|eid| home(eid, NODES.len()) == node)
+        .unwrap()
+}
+
+async fn cluster() -> (Nats, Keys, Vec<Node>) {
+    let nats = Nats::start();
+    let keys = Keys::new();
+    let mut nodes = Vec::new();
+    for name in NODES {
+        nodes.push(Node::start(name, &nats, &keys).await);
+    }
+    (nats, keys, nodes)
+}
+
+async fn connect(url: &str, token: &str) -> Client {
+    Client::connect(url, token, ClientOptions::default()).await.unwrap()
+}
+
+fn text(to: &str, local: &str) -> Payload {
+    Payload::TextPayloadRequest(TextPayloadRequest {
+        to: vec![Identity {
+            eid: to.into(),
+            connection_resource_id: String::new(),
+        }],
+        content: format!("text {local}"),
+        message_id_local: local.into(),
+        ..Default::default()
+    })
+}
+
+/// Alice sends Bob a text and both of them see it through: Alice's VersionUpdate, Bob's ChatMessage.
+async fn chat_once(alice: &mut Client, bob: &mut Client, bob_eid: &str, local: &str) -> (String, i64) {
+    alice.send(text(bob_eid, local)).await.unwrap();
+    let update = alice
+        .expect(
+            |p| matches!(p, Payload::VersionUpdate(v) if v.message_id_local == local),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let Payload::VersionUpdate(update) = update else {
+        unreachable!()
+    };
+    let message = bob
+        .expect(
+            |p| matches!(p, Payload::ChatMessage(m) if m.message_id == update.message_id),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let Payload::ChatMessage(message) = message else {
+        unreachable!()
+    };
+    assert_eq!(message.version, update.version);
+    (update.message_id, update.version)
+}
+
+#[tokio::test]
+async fn users_homed_on_either_node_chat_from_either_node() {
+    let (_nats, keys, nodes) = cluster().await;
+    let alice = homed_on(0, "alice");
+    let bob = homed_on(1, "bob");
+    // Each connects to the node that is *not* its home: every stanza and answer crosses NATS. Alice over
+    // WebSocket (the upgrade is decided by her home), Bob over TCP (his Authenticate moves him there).
+    let mut alice_phone = connect(&nodes[1].ws(), &keys.token(&alice, "phone")).await;
+    let mut bob_phone = connect(&nodes[0].tcp(), &keys.token(&bob, "phone")).await;
+    assert!(alice_phone.session().is_some() && bob_phone.session().is_some());
+    // And each has a second device on its home node.
+    let mut bob_laptop = connect(&nodes[1].ws(), &keys.token(&bob, "laptop")).await;
+
+    let mut versions = Vec::new();
+    for n in 0..5 {
+        let (id, version) = chat_once(&mut alice_phone, &mut bob_phone, &bob, &format!("a{n}")).await;
+        bob_laptop
+            .expect(|p| matches!(p, Payload::ChatMessage(m) if m.message_id == id), WAIT)
+            .await
+            .unwrap();
+        versions.push(version);
+        let (_, version) = chat_once(&mut bob_phone, &mut alice_phone, &alice, &format!("b{n}")).await;
+        versions.push(version);
+    }
+    // One chat: its versions grow by one, whichever node each message came through (CHAT-16).
+    let first = versions[0];
+    assert_eq!(versions, (first..first + 10).collect::<Vec<_>>());
+
+    // A ping is answered by the connection's home, across NATS.
+    let pong = alice_phone.ping("p1").await.unwrap();
+    assert_eq!(pong.id, "p1");
+}
+
+#[tokio::test]
+async fn a_device_has_one_session_in_the_whole_cluster() {
+    let (_nats, keys, nodes) = cluster().await;
+    let carol = homed_on(1, "carol");
+    let mut first = connect(&nodes[0].ws(), &keys.token(&carol, "phone")).await;
+    // The same device on the other node replaces the first session (SES-2): both are the home's.
+    let mut second = connect(&nodes[1].ws(), &keys.token(&carol, "phone")).await;
+    let (code, _) = first.expect_closed(WAIT).await.unwrap();
+    assert_eq!(code, Some(4409));
+    assert!(second.ping("still-here").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refused_by_any_node() {
+    let (_nats, keys, nodes) = cluster().await;
+    let dave = homed_on(1, "dave");
+    let other = Keys::new();
+    // Signed by a key the service does not know: node a asks dave's home (node b), which refuses with 401.
+    let refused = Client::connect(&nodes[0].ws(), &other.token(&dave, "phone"), ClientOptions::default())
+        .await
+        .expect_err("a token of an unknown key is refused");
+    assert_eq!(refused.refused_kind(), Some("token_signature"));
+    // And a good one still opens a session there.
+    connect(&nodes[0].ws(), &keys.token(&dave, "phone")).await;
+}
+
+fn bimip() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_bimip"))
+}
+
+#[test]
+fn a_node_without_nats_says_so_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = free_port();
+    let output = Command::new(bimip())
+        .args([
+            "serve",
+            "--ws",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--no-grpc",
+        ])
+        .args(["--node", "a", "--cluster-nodes", "a,b"])
+        .args(["--cluster", &format!("nats://127.0.0.1:{closed}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+}
+
+#[test]
+fn a_node_missing_from_the_list_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(bimip())
+        .args([
+            "serve",
+            "--ws",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--no-grpc",
+        ])
+        .args([
+            "--node",
+            "c",
+            "--cluster-nodes",
+            "a,b",
+            "--cluster",
+            "nats://127.0.0.1:4222",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not in --cluster-nodes"), "{stderr}");
+}
