@@ -100,6 +100,17 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
+/// One shard's durable state as opened at start.
+struct OpenedShard {
+    /// Its index in the service.
+    shard: usize,
+    revocations: FileRevocations,
+    social_log: Journal<SocialEvent>,
+    social: Vec<SocialEvent>,
+    chat_store: Box<dyn ChatStore>,
+    chat_events: Vec<ChatEvent>,
+}
+
 /// A node of a cluster: every node is given the same `nodes`, and names itself by `Settings::node`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -310,39 +321,67 @@ impl Settings {
     /// This node's shards of `layout`, as [`Settings::engines`] says; the data directory holds them by their
     /// place on this node.
     fn engines_of(&self, layout: &crate::cluster::Layout, now_ms: i64) -> Result<Vec<Engine>, StartError> {
+        let opened = self.open_shards(layout, now_ms)?;
+        self.build_engines(layout, opened, None)
+    }
+
+    /// This node's shards' durable state, opened from the data directory (each by its place on this node).
+    fn open_shards(&self, layout: &crate::cluster::Layout, now_ms: i64) -> Result<Vec<OpenedShard>, StartError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|source| StartError::DataDir {
             path: self.data_dir.clone(),
             source,
         })?;
-        let count = layout.shards_per_node;
-        let (verifier, signer) = self.keys()?;
         let mut opened = Vec::new();
-        let mut social_events = Vec::new();
-        for shard in 0..count {
-            let dir = self.shard_dir(shard);
+        for (place, shard) in layout.local_shards().enumerate() {
+            let dir = self.shard_dir(place);
             std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
                 path: dir.clone(),
                 source,
             })?;
             let revocations = FileRevocations::open(&dir.join("revoked-tokens"), now_ms)?;
-            let (social_log, events) = Journal::<SocialEvent>::open(&dir.join("social"))?;
-            social_events.extend(events);
+            let (social_log, social) = Journal::<SocialEvent>::open(&dir.join("social"))?;
             let (chat_store, chat_events) = self.chat_store(&dir)?;
-            opened.push((revocations, social_log, chat_store, chat_events));
+            opened.push(OpenedShard {
+                shard,
+                revocations,
+                social_log,
+                social,
+                chat_store,
+                chat_events,
+            });
         }
+        Ok(opened)
+    }
+
+    /// The engines of `opened`; with `graph` (a cluster), the social graph is the whole service's and each shard's
+    /// new social events also go to the cluster's stream.
+    fn build_engines(
+        &self,
+        layout: &crate::cluster::Layout,
+        opened: Vec<OpenedShard>,
+        graph: Option<&crate::cluster::graph::Graph>,
+    ) -> Result<Vec<Engine>, StartError> {
+        let (verifier, signer) = self.keys()?;
+        let social_events: Vec<SocialEvent> = match graph {
+            Some(graph) => graph.events.clone(),
+            None => opened.iter().flat_map(|o| o.social.iter().cloned()).collect(),
+        };
         let mut engines: Vec<Engine> = opened
             .into_iter()
-            .zip(layout.local_shards())
-            .map(|((revocations, social_log, chat_store, chat_events), shard)| {
+            .map(|o| {
+                let log: Box<dyn crate::core::social::EventLog> = match graph {
+                    Some(graph) => Box::new(graph.log(o.shard, Box::new(o.social_log))),
+                    None => Box::new(o.social_log),
+                };
                 Engine::new(
                     self.limits.clone(),
                     verifier.clone(),
                     signer.clone(),
-                    Box::new(revocations),
+                    Box::new(o.revocations),
                 )
-                .with_shard(ShardId::new(shard, layout.shard_count()))
-                .with_social(Box::new(social_log), &social_events)
-                .with_chat(chat_store, &chat_events)
+                .with_shard(ShardId::new(o.shard, layout.shard_count()))
+                .with_social(log, &social_events)
+                .with_chat(o.chat_store, &o.chat_events)
             })
             .collect();
         let recovered = crate::core::shard::recover(&mut engines);
@@ -408,10 +447,16 @@ impl Settings {
         }
         let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
         let layout = self.layout()?;
-        let engines = self.engines_of(&layout, clock.now_ms())?;
-        let node = match &self.cluster {
-            None => None,
-            Some(cluster) => Some(crate::cluster::Node::connect(&cluster.nats, layout).await?),
+        let opened = self.open_shards(&layout, clock.now_ms())?;
+        let (engines, node) = match &self.cluster {
+            None => (self.build_engines(&layout, opened, None)?, None),
+            Some(cluster) => {
+                // Subscribed before the graph is read: what other nodes say meanwhile waits for the engines.
+                let node = crate::cluster::Node::connect(&cluster.nats, layout.clone()).await?;
+                let local = opened.iter().map(|o| (o.shard, o.social.clone())).collect();
+                let graph = crate::cluster::graph::sync(node.client(), &layout, local).await?;
+                (self.build_engines(&layout, opened, Some(&graph))?, Some(node))
+            }
         };
         let mut options = crate::net::ServerOptions {
             faults: self.faults.clone(),

@@ -14,7 +14,7 @@ use bimip::client::{Client, ClientOptions};
 use bimip::core::auth::Claims;
 use bimip::core::shard::home;
 use bimip::proto::message_scheme::Payload;
-use bimip::proto::{Identity, TextPayloadRequest};
+use bimip::proto::{BlockSubscriber, Identity, TextPayloadRequest};
 use bimip::server::{ClusterSettings, JwtSettings, Running, Settings};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -102,12 +102,22 @@ impl Keys {
 
 struct Node {
     running: Running,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
     async fn start(name: &str, nats: &Nats, keys: &Keys) -> Node {
-        let dir = tempfile::tempdir().unwrap();
+        Node::start_in(name, nats, keys, tempfile::tempdir().unwrap()).await
+    }
+
+    /// Stops the node and starts it again on its data directory.
+    async fn restart(self, name: &str, nats: &Nats, keys: &Keys) -> Node {
+        let Node { running, dir } = self;
+        running.shutdown().await;
+        Node::start_in(name, nats, keys, dir).await
+    }
+
+    async fn start_in(name: &str, nats: &Nats, keys: &Keys, dir: tempfile::TempDir) -> Node {
         let loopback = Some("127.0.0.1:0".parse().unwrap());
         let settings = Settings {
             ws: loopback,
@@ -134,7 +144,7 @@ impl Node {
             .await
             .unwrap()
             .unwrap();
-        Node { running, _dir: dir }
+        Node { running, dir }
     }
 
     fn ws(&self) -> String {
@@ -323,4 +333,43 @@ fn a_node_missing_from_the_list_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("not in --cluster-nodes"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_graph_of_every_node_survives_a_restart_of_all() {
+    let (nats, keys, nodes) = cluster().await;
+    let alice = homed_on(0, "alice");
+    let bob = homed_on(1, "bob");
+    let mut bob_phone = connect(&nodes[1].ws(), &keys.token(&bob, "phone")).await;
+    bob_phone
+        .send(Payload::BlockSubscriber(BlockSubscriber {
+            subscriber: Some(Identity {
+                eid: alice.clone(),
+                connection_resource_id: String::new(),
+            }),
+            r#type: 1,
+            action: 1,
+            timestamp: 1,
+            ..BlockSubscriber::default()
+        }))
+        .await
+        .unwrap();
+    bob_phone
+        .expect(|p| matches!(p, Payload::BlockSubscriber(b) if b.status == 1), WAIT)
+        .await
+        .unwrap();
+    drop(bob_phone);
+    // Both nodes go down and come back: node a has none of bob's journal, only what the cluster's stream kept.
+    let mut restarted = Vec::new();
+    for (node, name) in nodes.into_iter().zip(NODES) {
+        restarted.push(node.restart(name, &nats, &keys).await);
+    }
+    let _bob_phone = connect(&restarted[1].ws(), &keys.token(&bob, "phone")).await;
+    // Whichever node is the chat's home, it knows the block: alice's text is refused (BLK, 403 blocked).
+    for (n, node) in restarted.iter().enumerate() {
+        let mut alice_phone = connect(&node.ws(), &keys.token(&alice, &format!("phone{n}"))).await;
+        alice_phone.send(text(&bob, &format!("after{n}"))).await.unwrap();
+        let refused = alice_phone.expect_error("blocked", WAIT).await;
+        assert!(refused.is_ok(), "through node {n}: {refused:?}");
+    }
 }

@@ -15,17 +15,18 @@ pub trait FrameSink: Send + Sync {
     fn take_frame(&self, frame: &[u8]);
 }
 
-/// Starts the two tasks; they end at `shutdown`. Fails when this node cannot subscribe to its subject.
-pub(crate) async fn spawn(
+/// Starts the two tasks; they end at `shutdown`.
+pub(crate) fn spawn(
     node: Node,
     mut outgoing: mpsc::UnboundedReceiver<(usize, Bytes)>,
     sink: Arc<dyn FrameSink>,
     shutdown: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
-    let Node { layout, client } = node;
-    let mut incoming = client.subscribe(subject(layout.name())).await?;
-    // The subscription is in place at the server before any node is told this one is up.
-    let _ = client.flush().await;
+) {
+    let Node {
+        layout,
+        client,
+        mut incoming,
+    } = node;
     let subjects: Vec<String> = layout.nodes.iter().map(|n| subject(n)).collect();
     let publisher = client.clone();
     let stop = shutdown.clone();
@@ -58,5 +59,4 @@ pub(crate) async fn spawn(
             sink.take_frame(&message.payload);
         }
     });
-    Ok(())
 }

@@ -11,6 +11,7 @@
 //! directory), a shard moving to another node when its node dies, operator calls for users homed on another node.
 
 pub mod frame;
+pub mod graph;
 mod link;
 
 pub use frame::Frame;
@@ -137,6 +138,8 @@ pub enum ClusterError {
     NotListed(String),
     #[error("not a NATS URL list: {0}")]
     BadUrl(String),
+    #[error("JetStream: {0}")]
+    JetStream(String),
     #[error("cannot reach NATS at {urls}: {why}")]
     Unreachable { urls: String, why: String },
 }
@@ -145,6 +148,8 @@ pub enum ClusterError {
 pub struct Node {
     pub layout: Layout,
     pub(crate) client: async_nats::Client,
+    /// This node's subject, subscribed from the start: frames that come before the hub is up wait here.
+    pub(crate) incoming: async_nats::Subscriber,
 }
 
 impl Node {
@@ -168,9 +173,21 @@ impl Node {
             .connect(servers)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        // A round trip to the server: the connection is up, not only queued.
+        let incoming = client
+            .subscribe(subject(layout.name()))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        // A round trip to the server: the connection and the subscription are up, not only queued.
         client.flush().await.map_err(|e| unreachable(e.to_string()))?;
-        Ok(Node { layout, client })
+        Ok(Node {
+            layout,
+            client,
+            incoming,
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 }
 

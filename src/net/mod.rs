@@ -230,9 +230,7 @@ impl ServerHandle {
         let layout = node.layout.clone();
         let server = Self::start_with(engines, layout, Some(outward), clock, options);
         let sink: Arc<dyn crate::cluster::FrameSink> = server.hub.clone();
-        crate::cluster::spawn(node, outgoing, sink, server.hub.shutdown_token().clone())
-            .await
-            .map_err(io::Error::other)?;
+        crate::cluster::spawn(node, outgoing, sink, server.hub.shutdown_token().clone());
         Ok(server)
     }
 

@@ -1,0 +1,212 @@
+//! The social graph across nodes: every shard reads the whole graph (src/core/README.md), but each node keeps only
+//! its own shards' social journals. A JetStream stream, `BIMIP_SOCIAL` (subject `bimip.social.<shard>`, replicated
+//! over the NATS cluster), holds every shard's events in order, so a node that starts reads the graph of the
+//! whole service there; while it runs, changes reach it as `Social` mail like any shard's.
+//!
+//! Each node's own journal stays the truth for its shards (the engine appends there and waits for its fsync); the
+//! stream follows it: at start a node publishes what the stream lacks of its shards' journals, then each new event
+//! as it is recorded ([`MirroredLog`]), in order, retrying until NATS has stored it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{ClusterError, Layout};
+use crate::core::StoreError;
+use crate::core::social::{EventLog, SocialEvent};
+
+const STREAM: &str = "BIMIP_SOCIAL";
+
+fn subject(shard: usize) -> String {
+    format!("bimip.social.{shard}")
+}
+
+/// A shard's social journal that also hands each event to the mirror task.
+pub struct MirroredLog {
+    local: Box<dyn EventLog>,
+    shard: usize,
+    /// The index the next event will have in the shard's journal.
+    next: u64,
+    mirror: mpsc::UnboundedSender<Entry>,
+}
+
+struct Entry {
+    shard: usize,
+    index: u64,
+    event: SocialEvent,
+}
+
+impl EventLog for MirroredLog {
+    fn append(&mut self, event: &SocialEvent) -> Result<(), StoreError> {
+        self.local.append(event)?;
+        let entry = Entry {
+            shard: self.shard,
+            index: self.next,
+            event: event.clone(),
+        };
+        self.next += 1;
+        // Gone only at shutdown; a node that starts again publishes what the stream lacks.
+        let _ = self.mirror.send(entry);
+        Ok(())
+    }
+}
+
+/// The graph of the whole service at a node's start, and the way to keep the stream following this node's journals.
+pub struct Graph {
+    /// Every shard's events: this node's from its journals, the others' from the stream.
+    pub events: Vec<SocialEvent>,
+    mirror: mpsc::UnboundedSender<Entry>,
+    /// Events in each local shard's journal, by shard.
+    counts: std::collections::BTreeMap<usize, u64>,
+}
+
+impl Graph {
+    /// Wraps `shard`'s journal so that its new events reach the stream.
+    pub fn log(&self, shard: usize, local: Box<dyn EventLog>) -> MirroredLog {
+        MirroredLog {
+            local,
+            shard,
+            next: self.counts.get(&shard).copied().unwrap_or(0),
+            mirror: self.mirror.clone(),
+        }
+    }
+}
+
+/// Reads the graph of the whole service and brings the stream up to date with this node's journals (`local`: each
+/// local shard with its journal's events); then starts the task that publishes later events.
+pub async fn sync(
+    client: &async_nats::Client,
+    layout: &Layout,
+    local: Vec<(usize, Vec<SocialEvent>)>,
+) -> Result<Graph, ClusterError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| ClusterError::JetStream(format!("{what}: {e}"));
+    let js = jetstream::new(client.clone());
+    let stream = social_stream(&js).await?;
+    let mut by_shard: std::collections::BTreeMap<usize, Vec<SocialEvent>> = std::collections::BTreeMap::new();
+    let last = stream.cached_info().state.last_sequence;
+    if last > 0 {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: "bimip.social.>".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("reading the social stream", &e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed("reading the social stream", &e))?;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .map_err(|_| ClusterError::JetStream("the social stream stopped answering".into()))?
+                .ok_or_else(|| ClusterError::JetStream("the social stream ended early".into()))?
+                .map_err(|e| failed("reading the social stream", &e))?;
+            let shard = message
+                .subject
+                .strip_prefix("bimip.social.")
+                .and_then(|s| s.parse::<usize>().ok());
+            let info = message.info().map_err(|e| failed("a social message", &e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            match (shard, serde_json::from_slice::<SocialEvent>(&message.payload)) {
+                (Some(shard), Ok(event)) => by_shard.entry(shard).or_default().push(event),
+                (_, Err(e)) => tracing::warn!(%e, sequence, "undecodable social event in the stream skipped"),
+                (None, _) => tracing::warn!(subject = %message.subject, "social event on an unknown subject skipped"),
+            }
+            if pending == 0 || sequence >= last {
+                break;
+            }
+        }
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut events = Vec::new();
+    for (shard, journal) in local {
+        let stored = by_shard.remove(&shard).unwrap_or_default();
+        if stored.len() > journal.len() {
+            tracing::warn!(
+                shard,
+                stored = stored.len(),
+                journal = journal.len(),
+                "the social stream holds more of this shard's events than its journal: was the data directory replaced?"
+            );
+        }
+        for (index, event) in journal.iter().enumerate().skip(stored.len()) {
+            let _ = tx.send(Entry {
+                shard,
+                index: index as u64,
+                event: event.clone(),
+            });
+        }
+        counts.insert(shard, journal.len() as u64);
+        events.extend(journal);
+    }
+    for (shard, stored) in by_shard {
+        if layout.is_local(shard) || shard >= layout.shard_count() {
+            continue;
+        }
+        events.extend(stored);
+    }
+    tokio::spawn(mirror(js, rx));
+    Ok(Graph {
+        events,
+        mirror: tx,
+        counts,
+    })
+}
+
+/// The stream, made on first use: replicated on 3 NATS nodes, or on the one there is.
+async fn social_stream(js: &jetstream::Context) -> Result<stream::Stream, ClusterError> {
+    let config = |replicas: usize| stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["bimip.social.>".into()],
+        num_replicas: replicas,
+        // A journal's events are never removed: the graph is their sum.
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    match js.get_or_create_stream(config(3)).await {
+        Ok(stream) => Ok(stream),
+        Err(first) => {
+            // A lone NATS server (development, tests) cannot keep 3 replicas.
+            tracing::debug!(%first, "social stream with 3 replicas refused; trying 1");
+            js.get_or_create_stream(config(1))
+                .await
+                .map_err(|e| ClusterError::JetStream(format!("the social stream: {first}; with one replica: {e}")))
+        }
+    }
+}
+
+/// Publishes each entry in order, each once NATS has stored the one before; retries while NATS is away.
+async fn mirror(js: jetstream::Context, mut rx: mpsc::UnboundedReceiver<Entry>) {
+    while let Some(entry) = rx.recv().await {
+        let payload = bytes::Bytes::from(serde_json::to_vec(&entry.event).unwrap_or_default());
+        let mut headers = async_nats::HeaderMap::new();
+        // The same event published twice (a retry, a restart) is stored once.
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("social-{}-{}", entry.shard, entry.index).as_str(),
+        );
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let stored = match js
+                .publish_with_headers(subject(entry.shard), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, shard = entry.shard, "social event not stored in JetStream yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
