@@ -3,114 +3,36 @@
 // Chromium is required: CHROMIUM_PATH, or /usr/bin/chromium (Debian: apt-get install -y chromium).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { createRequire } from "node:module";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
-import { dirname, extname, join, normalize, resolve } from "node:path";
-import { tmpdir } from "node:os";
-import { fileURLToPath } from "node:url";
-import puppeteer from "puppeteer-core";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { startServer } from "../support/server.js";
+import { OUT, launchBrowser, serveStatic, stepper, watchErrors } from "./harness.js";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(HERE, "../..");
-const DIST = join(ROOT, "dist");
-const OUT = join(ROOT, "test-output");
-// resolves .../@bufbuild/protobuf/dist/cjs/index.js; the package root is three levels up
-const PROTOBUF = resolve(dirname(createRequire(import.meta.url).resolve("@bufbuild/protobuf")), "../..");
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const N = 50;
-const T0 = Date.now();
-/** Progress on stderr, so that a hang shows where it happened. */
-const step = (what) => process.stderr.write(`[browser-test +${Date.now() - T0} ms] ${what}\n`);
+const step = stepper("browser-test");
 
-const PAGE = `<!doctype html>
-<html><head><meta charset="utf-8"><title>bimip browser test</title>
-<script type="importmap">${JSON.stringify({
-  imports: {
-    "@bufbuild/protobuf": "/pb/dist/esm/index.js",
-    "@bufbuild/protobuf/codegenv2": "/pb/dist/esm/codegenv2/index.js",
-    "@bufbuild/protobuf/wire": "/pb/dist/esm/wire/index.js",
-    "@bufbuild/protobuf/reflect": "/pb/dist/esm/reflect/index.js",
-  },
-})}</script>
-<style>body{font:14px sans-serif;margin:12px} li.in{color:#064} li.out{color:#036}</style>
-</head><body><h3 id="who">bimip</h3><ul id="log"></ul>
-<script type="module">
-  import * as bimip from "/sdk/index.js";
-  window.bimip = bimip;
-  window.sdkReady = true;
-</script></body></html>`;
-
-const TYPES = { ".js": "text/javascript", ".map": "application/json", ".html": "text/html" };
-
-function serveStatic() {
-  const http = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
-    let file = null;
-    if (path === "/favicon.ico") {
-      res.writeHead(204);
-      res.end();
-      return;
-    }
-    if (path === "/" || path === "/index.html") {
-      res.writeHead(200, { "content-type": "text/html" });
-      res.end(PAGE);
-      return;
-    }
-    if (path.startsWith("/sdk/")) file = join(DIST, normalize(path.slice(5)));
-    else if (path.startsWith("/pb/")) file = join(PROTOBUF, normalize(path.slice(4)));
-    if (!file || !(file.startsWith(DIST) || file.startsWith(PROTOBUF)) || !existsSync(file) || !statSync(file).isFile()) {
-      res.writeHead(404);
-      res.end();
-      return;
-    }
-    res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream" });
-    res.end(readFileSync(file));
-  });
-  return new Promise((r) => http.listen(0, "127.0.0.1", () => r(http)));
-}
-
-let server, http, browser, profile;
+let server, http, chromium, browser;
 
 before(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`Chromium not found at ${CHROMIUM}: install it (apt-get install -y chromium) or set CHROMIUM_PATH`);
-  }
-  if (!existsSync(join(DIST, "index.js"))) throw new Error("dist/index.js missing: run `npm run build` first");
+  step("launching Chromium");
+  chromium = await launchBrowser();
+  browser = chromium.browser;
+  step("Chromium up");
   server = await startServer();
   http = await serveStatic();
-  profile = mkdtempSync(join(tmpdir(), "bimip-chromium-"));
-  step("launching Chromium");
-  browser = await puppeteer.launch({
-    protocolTimeout: 30_000,
-    executablePath: CHROMIUM,
-    headless: true,
-    userDataDir: profile,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      // two pages are live at once: keep the one in the background running and paintable
-      "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
-    ],
-  });
-  step("Chromium up");
 });
 
 after(async () => {
-  await browser?.close();
+  await chromium?.close();
   http?.close();
   await server?.stop();
-  if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
 async function openUser(eid, device) {
   step(`${eid}: new page`);
   const page = await browser.newPage();
   page.setDefaultTimeout(15_000);
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") errors.push(`${m.text()} ${m.location()?.url ?? ""}`); });
+  const errors = watchErrors(page);
   await page.goto(`http://127.0.0.1:${http.address().port}/`);
   step(`${eid}: page loaded`);
   await page.waitForFunction("window.sdkReady === true", { timeout: 10_000 });
@@ -169,7 +91,7 @@ test("two browser pages chat 50 messages each way through the SDK", { timeout: 6
   assert.deepEqual(versions, Array.from({ length: 2 * N }, (_, i) => i + 1), "one chat, versions 1..20");
 
   step("all sent");
-  const waitFor = (page, expr) => page.waitForFunction(expr, { timeout: 15_000 });
+  const waitFor = (page, expr) => page.waitForFunction(expr, { timeout: 15_000, polling: 50 }); // rAF may stall in a background tab
   await waitFor(alice.page, `window.got.length >= ${N}`);
   await waitFor(bob.page, `window.got.length >= ${N}`);
   const aliceGot = await alice.page.evaluate(() => window.got);
