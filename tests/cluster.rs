@@ -23,28 +23,47 @@ const NODES: [&str; 2] = ["a", "b"];
 /// A NATS server on a free loopback port, killed when dropped.
 struct Nats {
     child: Child,
+    port: u16,
     url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nats {
     fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let child = Nats::spawn(port, dir.path());
+        Nats {
+            child,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    /// Kills it (its JetStream store stays) and starts it again on the same port after `pause`.
+    fn restart_after(&mut self, pause: Duration) {
+        self.kill();
+        std::thread::sleep(pause);
+        self.child = Nats::spawn(self.port, self.dir.path());
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
         let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server is needed for the cluster tests (Debian: apt-get install nats-server)");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nats {
-                    child,
-                    url: format!("nats://127.0.0.1:{port}"),
-                    _dir: dir,
-                };
+                return child;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -56,8 +75,7 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -372,4 +390,48 @@ async fn the_graph_of_every_node_survives_a_restart_of_all() {
         let refused = alice_phone.expect_error("blocked", WAIT).await;
         assert!(refused.is_ok(), "through node {n}: {refused:?}");
     }
+}
+
+/// Whether a connection is refused with 503 `unavailable` (`None`: it opens).
+async fn refused_kind(url: &str, token: &str) -> Option<String> {
+    let refused = Client::connect(url, token, ClientOptions::default()).await.err()?;
+    refused.refused_kind().map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
+    let (mut nats, keys, nodes) = cluster().await;
+    let here = homed_on(0, "erin");
+    let away = homed_on(1, "frank");
+    let mut local = connect(&nodes[0].ws(), &keys.token(&here, "phone")).await;
+    let mut remote = connect(&nodes[0].ws(), &keys.token(&away, "phone")).await;
+
+    nats.kill();
+    // The session homed on the unreachable node ends as at a shutdown (1001), so its client goes elsewhere.
+    let (code, _) = remote.expect_closed(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(code, Some(1001));
+    // The session homed here goes on; new sessions are refused with 503 until NATS is back.
+    assert!(local.ping("still").await.is_ok());
+    assert_eq!(
+        refused_kind(&nodes[0].ws(), &keys.token(&here, "laptop"))
+            .await
+            .as_deref(),
+        Some("unavailable")
+    );
+
+    nats.restart_after(Duration::from_millis(100));
+    // The client reconnects by itself (backoff up to a few seconds): then sessions open again, anywhere.
+    let mut back = None;
+    for _ in 0..100 {
+        match Client::connect(&nodes[0].ws(), &keys.token(&away, "phone"), ClientOptions::default()).await {
+            Ok(client) => {
+                back = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let mut away_phone = back.expect("a session again within 20 s of NATS coming back");
+    let mut here_phone = connect(&nodes[1].ws(), &keys.token(&here, "tablet")).await;
+    chat_once(&mut away_phone, &mut here_phone, &here, "after-the-cut").await;
 }

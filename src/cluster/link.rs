@@ -13,6 +13,8 @@ use super::{Node, subject};
 /// Where frames from other nodes go in (the hub).
 pub trait FrameSink: Send + Sync {
     fn take_frame(&self, frame: &[u8]);
+    /// The NATS connection was lost (`false`) or is back (`true`).
+    fn link_state(&self, up: bool);
 }
 
 /// Starts the two tasks; they end at `shutdown`.
@@ -26,6 +28,7 @@ pub(crate) fn spawn(
         layout,
         client,
         mut incoming,
+        mut up,
     } = node;
     let subjects: Vec<String> = layout.nodes.iter().map(|n| subject(n)).collect();
     let publisher = client.clone();
@@ -44,6 +47,23 @@ pub(crate) fn spawn(
             }
         }
         let _ = publisher.flush().await;
+    });
+    let watcher = Arc::clone(&sink);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                changed = up.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let now = *up.borrow_and_update();
+                    watcher.link_state(now);
+                }
+            }
+        }
     });
     tokio::spawn(async move {
         loop {

@@ -150,6 +150,8 @@ pub struct Node {
     pub(crate) client: async_nats::Client,
     /// This node's subject, subscribed from the start: frames that come before the hub is up wait here.
     pub(crate) incoming: async_nats::Subscriber,
+    /// Whether the NATS connection is up now (the client reconnects by itself when it is lost).
+    pub(crate) up: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Node {
@@ -167,8 +169,25 @@ impl Node {
         if servers.is_empty() {
             return Err(ClusterError::BadUrl(urls.to_string()));
         }
+        let (up_tx, up) = tokio::sync::watch::channel(true);
         let client = async_nats::ConnectOptions::new()
             .name(format!("bimip-{}", layout.name()))
+            .event_callback(move |event| {
+                let up_tx = up_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("NATS connection back");
+                            up_tx.send_replace(true);
+                        }
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            tracing::warn!("NATS connection lost");
+                            up_tx.send_replace(false);
+                        }
+                        _ => {}
+                    }
+                }
+            })
             .connection_timeout(std::time::Duration::from_secs(5))
             .connect(servers)
             .await
@@ -183,6 +202,7 @@ impl Node {
             layout,
             client,
             incoming,
+            up,
         })
     }
 

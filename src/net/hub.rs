@@ -334,6 +334,10 @@ impl Hub {
     }
 
     pub fn open(&self, conn: &ConnRef, transport: Transport, token: Option<&str>) -> Result<(), ErrorKind> {
+        if self.relay.as_ref().is_some_and(relay::Relay::is_cut) {
+            self.lock(conn.shard()).links.remove(&conn.id);
+            return Err(ErrorKind::Unavailable);
+        }
         if transport == Transport::WebSocket && !conn.routed.swap(true, Ordering::Relaxed) {
             // The engine has not heard of the connection yet: only its link moves.
             if let Some(eid) = token.and_then(crate::core::auth::unverified_eid) {

@@ -32,6 +32,9 @@ struct State {
     receiver_gone: bool,
     /// The hub gave up on the connection: the writer stops without draining the queue.
     killed: bool,
+    /// ... because this node can no longer serve it (a node of a cluster cut off from the others): the adapter
+    /// closes it as at a shutdown (WebSocket 1001), so that the client reconnects.
+    away: bool,
 }
 
 impl State {
@@ -105,6 +108,14 @@ impl Sender {
     pub fn kill(&self) {
         self.0.change(|state| state.killed = true);
     }
+
+    /// Kills the connection as going away (`State::away`).
+    pub fn go_away(&self) {
+        self.0.change(|state| {
+            state.killed = true;
+            state.away = true;
+        });
+    }
 }
 
 impl Drop for Sender {
@@ -135,6 +146,11 @@ impl Receiver {
             Poll::Pending
         })
         .await
+    }
+
+    /// Whether the hub killed the connection as going away ([`Sender::go_away`]).
+    pub fn going_away(&self) -> bool {
+        self.0.lock().away
     }
 
     /// The next stanza if one is queued (and the connection is not killed).

@@ -108,7 +108,7 @@ where
         };
         hub.closed(&endpoint.conn);
         // The close is boxed too: its timers would otherwise be part of the task's size while it is idle.
-        Box::pin(close(io, end, &hub, &options)).await;
+        Box::pin(close(io, end, endpoint.rx.going_away(), &hub, &options)).await;
     }
 }
 
@@ -181,7 +181,7 @@ fn take_frames(hub: &Hub, conn: &ConnRef, state: &mut Partial, read: Read, readi
 }
 
 /// After the loop: what closing the stream needs, by how the connection ended.
-async fn close<S>(mut io: S, end: End, hub: &Hub, options: &ServerOptions)
+async fn close<S>(mut io: S, end: End, away: bool, hub: &Hub, options: &ServerOptions)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -195,7 +195,7 @@ where
                 linger(&mut io, options.close_linger).await;
             }
         }
-        End::Killed if hub.shutdown_token().is_cancelled() => {
+        End::Killed if hub.shutdown_token().is_cancelled() || away => {
             let _ = tokio::time::timeout(options.close_linger, io.shutdown()).await;
         }
         End::Killed | End::Peer => {}

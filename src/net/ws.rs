@@ -144,7 +144,7 @@ where
         };
         hub.closed(&endpoint.conn);
         let ws = Box::pin(open(&mut gate, &hub)).await;
-        Box::pin(close(ws, end, &hub, &options)).await;
+        Box::pin(close(ws, end, endpoint.rx.going_away(), &hub, &options)).await;
     }
 }
 
@@ -240,7 +240,7 @@ where
             Step::Rest => return true,
             Step::End(end) => {
                 link.hub.closed(link.conn);
-                Box::pin(close(ws, end, link.hub, options)).await;
+                Box::pin(close(ws, end, link.rx.going_away(), link.hub, options)).await;
                 return false;
             }
         }
@@ -337,7 +337,7 @@ fn received(link: &mut Link<'_>, message: Option<Result<Message, WsError>>) -> S
 }
 
 /// After the loop: the close handshake the way the connection ended needs.
-async fn close<S>(mut ws: WebSocketStream<S>, end: End, hub: &Hub, options: &ServerOptions)
+async fn close<S>(mut ws: WebSocketStream<S>, end: End, away: bool, hub: &Hub, options: &ServerOptions)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -362,10 +362,14 @@ where
             // tungstenite queued the Close reply; flushing sends it.
             let _ = tokio::time::timeout(options.close_linger, ws.flush()).await;
         }
-        End::Killed if hub.shutdown_token().is_cancelled() => {
+        End::Killed if hub.shutdown_token().is_cancelled() || away => {
             let frame = CloseFrame {
                 code: CloseCode::Away,
-                reason: "server shutting down".into(),
+                reason: if away {
+                    "node cut off from its cluster".into()
+                } else {
+                    "server shutting down".into()
+                },
             };
             let _ = tokio::time::timeout(options.close_linger, ws.close(Some(frame))).await;
         }

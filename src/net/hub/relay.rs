@@ -46,6 +46,9 @@ struct Away {
 
 pub(crate) struct Relay {
     outward: Outward,
+    /// The NATS connection is lost: no new session opens on this node, since its home or the shards it would
+    /// reach may be out of reach (SPEC 6.6).
+    cut: std::sync::atomic::AtomicBool,
     away: Mutex<BTreeMap<ConnId, Away>>,
     /// WebSocket upgrades waiting for their home's answer.
     opens: Mutex<BTreeMap<ConnId, oneshot::Sender<Result<(), ErrorKind>>>>,
@@ -55,6 +58,7 @@ impl Relay {
     pub fn new(outward: Outward) -> Relay {
         Relay {
             outward,
+            cut: std::sync::atomic::AtomicBool::new(false),
             away: Mutex::new(BTreeMap::new()),
             opens: Mutex::new(BTreeMap::new()),
         }
@@ -71,6 +75,10 @@ impl Relay {
     /// Forgets a connection; whether it was known.
     pub fn forget(&self, conn: ConnId) -> bool {
         unpoison(&self.away).remove(&conn).is_some()
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn kill_links(&self) {
@@ -96,6 +104,9 @@ impl Hub {
         wait: Duration,
     ) -> Option<Result<(), ErrorKind>> {
         let relay = self.relay.as_ref()?;
+        if relay.is_cut() {
+            return Some(Err(ErrorKind::Unavailable));
+        }
         let eid = token.and_then(crate::core::auth::unverified_eid)?;
         let to = home(&eid, self.shards.len());
         if self.layout.is_local(to) {
@@ -221,6 +232,24 @@ impl Hub {
 }
 
 impl FrameSink for Hub {
+    /// Lost: every connection of this node whose home is on another node ends as at a shutdown (WebSocket 1001),
+    /// so its client reconnects, to this node once NATS is back or to another; new connections are refused with
+    /// 503 `unavailable` until then. Sessions homed here go on.
+    fn link_state(&self, up: bool) {
+        let Some(relay) = &self.relay else { return };
+        relay.cut.store(!up, std::sync::atomic::Ordering::Relaxed);
+        if !up {
+            let gone = std::mem::take(&mut *unpoison(&relay.away));
+            for away in gone.values() {
+                away.link.tx.go_away();
+            }
+            // Their homes hear of it when NATS is back (Closed frames wait in the client's buffer).
+            for (conn, away) in gone {
+                relay.send(self.layout.node_of_shard(away.home), &Frame::closed(conn, away.home));
+            }
+        }
+    }
+
     fn take_frame(&self, bytes: &[u8]) {
         let kind = match Frame::decode_kind(bytes) {
             Ok(kind) => kind,
