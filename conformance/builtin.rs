@@ -223,6 +223,8 @@ impl BuiltIn {
         Ok(NetworkTarget {
             ws: Some(format!("{ws_scheme}://{ws}/ws")),
             tcp: Some(format!("{tcp_scheme}://{tcp}")),
+            more_ws: Vec::new(),
+            more_tcp: Vec::new(),
             credentials: Credentials::Key(Arc::new(signer)),
             info: TargetInfo {
                 ping_interval: ms(self.limits.ping_interval_ms),

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_util::sync::CancellationToken;
 
+use super::driver::TransportKind;
 use super::network::NetworkTarget;
 use crate::core::{CloseReason, ConnId, Millis, Output, Transport};
 use crate::faults::{Fault, Faults};
@@ -61,8 +62,10 @@ pub enum ProxyError {
 
 /// A running proxy: its listeners stop when it is dropped.
 pub struct FaultProxy {
-    ws: Option<String>,
-    tcp: Option<String>,
+    /// The proxied URL of each WebSocket node of the target, node 0 first.
+    ws: Vec<String>,
+    /// The proxied URL of each TCP node of the target, node 0 first.
+    tcp: Vec<String>,
     stop: CancellationToken,
 }
 
@@ -74,7 +77,8 @@ impl Drop for FaultProxy {
 
 impl FaultProxy {
     /// Starts the proxy on `runtime` in front of `target`'s WebSocket and TCP addresses, applying `faults` (none:
-    /// a proxy that changes nothing, which every case must pass through).
+    /// a proxy that changes nothing, which every case must pass through). In front of a cluster it listens once per
+    /// node, all through one fault layer.
     pub fn start(
         runtime: &tokio::runtime::Handle,
         target: &NetworkTarget,
@@ -94,8 +98,7 @@ impl FaultProxy {
         });
         let stop = CancellationToken::new();
         let _guard = runtime.enter();
-        let listen = |url: &Option<String>, transport: Transport| -> Result<Option<String>, ProxyError> {
-            let Some(url) = url else { return Ok(None) };
+        let listen = |url: &str, transport: Transport| -> Result<String, ProxyError> {
             let upstream = Upstream::parse(url, transport)?;
             let std_listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(ProxyError::Listen)?;
             std_listener.set_nonblocking(true).map_err(ProxyError::Listen)?;
@@ -103,10 +106,18 @@ impl FaultProxy {
             let listener = TcpListener::from_std(std_listener).map_err(ProxyError::Listen)?;
             let proxied = upstream.proxied(local);
             runtime.spawn(accept(listener, upstream, Arc::clone(&shared), stop.clone()));
-            Ok(Some(proxied))
+            Ok(proxied)
         };
-        let ws = listen(&target.ws, Transport::WebSocket)?;
-        let tcp = listen(&target.tcp, Transport::Tcp)?;
+        let ws = target
+            .nodes(TransportKind::Ws)
+            .into_iter()
+            .map(|url| listen(url, Transport::WebSocket))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tcp = target
+            .nodes(TransportKind::Tcp)
+            .into_iter()
+            .map(|url| listen(url, Transport::Tcp))
+            .collect::<Result<Vec<_>, _>>()?;
         runtime.spawn(ticks(Arc::clone(&shared), stop.clone()));
         Ok(FaultProxy { ws, tcp, stop })
     }
@@ -114,8 +125,10 @@ impl FaultProxy {
     /// `target` reached through the proxy.
     pub fn in_front_of(&self, target: &NetworkTarget) -> NetworkTarget {
         NetworkTarget {
-            ws: self.ws.clone(),
-            tcp: self.tcp.clone(),
+            ws: self.ws.first().cloned(),
+            tcp: self.tcp.first().cloned(),
+            more_ws: self.ws.iter().skip(1).cloned().collect(),
+            more_tcp: self.tcp.iter().skip(1).cloned().collect(),
             ..target.clone()
         }
     }

@@ -21,18 +21,93 @@ use crate::proto::PingPong;
 use crate::proto::message_scheme::Payload;
 
 /// Where and how the suite reaches a server.
+///
+/// A cluster (several nodes serving as one) is given as several URLs of a transport: `ws` (or `tcp`) is node 0,
+/// `more_ws` (`more_tcp`) nodes 1, 2, ... Each case spreads its devices over the nodes ([`Placement`]).
 #[derive(Clone, Debug)]
 pub struct NetworkTarget {
-    /// `ws://host:port/path` or `wss://...`.
+    /// `ws://host:port/path` or `wss://...`: node 0.
     pub ws: Option<String>,
-    /// `tcp://host:port` or `tls://host:port`.
+    /// `tcp://host:port` or `tls://host:port`: node 0.
     pub tcp: Option<String>,
+    /// The other WebSocket nodes of a cluster (nodes 1, 2, ...); empty for a single server, and unused without `ws`.
+    pub more_ws: Vec<String>,
+    /// The other TCP nodes of a cluster (nodes 1, 2, ...); empty for a single server, and unused without `tcp`.
+    pub more_tcp: Vec<String>,
     pub credentials: Credentials,
     pub info: TargetInfo,
     /// Accept any TLS certificate.
     pub insecure: bool,
     /// How the target is restarted, for the cases that need it (`lifecycle.rs`); `None`: those are skipped.
     pub control: Option<Control>,
+}
+
+impl NetworkTarget {
+    /// The URLs of `transport`'s nodes, node 0 first; none when the target does not offer it.
+    pub fn nodes(&self, transport: TransportKind) -> Vec<&str> {
+        let (first, more) = match transport {
+            TransportKind::Ws => (&self.ws, &self.more_ws),
+            TransportKind::Tcp => (&self.tcp, &self.more_tcp),
+        };
+        match first {
+            Some(first) => std::iter::once(first.as_str())
+                .chain(more.iter().map(String::as_str))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every URL of the target, WebSocket nodes first.
+    pub fn urls(&self) -> Vec<&str> {
+        let mut all = self.nodes(TransportKind::Ws);
+        all.extend(self.nodes(TransportKind::Tcp));
+        all
+    }
+
+    /// Whether some transport has more than one node.
+    pub fn is_cluster(&self) -> bool {
+        TransportKind::ALL.iter().any(|t| self.nodes(*t).len() > 1)
+    }
+}
+
+/// Which node of a cluster each connection of one case goes to (issue 17): deterministic, round robin.
+///
+/// The k-th distinct (EID, device) the case connects (from 0, whatever the transport) goes to node `k mod n`, `n`
+/// being the number of nodes of the connection's transport; each later connection of the same (EID, device) goes
+/// to the node after its previous one, so a device that comes back (a replaced session, a resumption, a token
+/// presented again) does so on another node. Raw HTTP requests rotate on their own: the i-th of a case goes to
+/// node `i mod n`. With one node everything goes to node 0, as before clusters.
+///
+/// No scenario keeps a reconnection on the node it left: every one that connects a device again (SES-1's
+/// replacement and its order, CHAT-14's resend, QUE-3/QUE-6's redelivery, TRN-19's reconnection, TOK and AUTH
+/// tokens presented again, the restarts) means something a cluster owes its clients on any node.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// Per (EID, device): its rank among the case's devices, and how many connections it opened so far.
+    devices: BTreeMap<(String, String), (usize, usize)>,
+    /// Raw HTTP requests sent so far.
+    requests: usize,
+}
+
+impl Placement {
+    /// The node (of `nodes`, at least 1) of the next connection of `eid`'s `device`.
+    pub fn connection(&mut self, eid: &str, device: &str, nodes: usize) -> usize {
+        let rank = self.devices.len();
+        let (rank, opened) = self
+            .devices
+            .entry((eid.to_string(), device.to_string()))
+            .or_insert((rank, 0));
+        let node = (*rank + *opened) % nodes.max(1);
+        *opened += 1;
+        node
+    }
+
+    /// The node (of `nodes`, at least 1) of the next raw HTTP request.
+    pub fn request(&mut self, nodes: usize) -> usize {
+        let node = self.requests % nodes.max(1);
+        self.requests += 1;
+        node
+    }
 }
 
 /// A target's [`ServerControl`], shared by every case's driver.
@@ -73,24 +148,33 @@ impl NetworkFactory {
     /// Before any case: one session with a valid token over each transport the target offers. A target that
     /// cannot be reached, speaks something else, or never answers gets one line that says which and why, instead
     /// of the same failure in every case.
+    ///
+    /// A cluster's every node is asked, one after the other.
     pub fn preflight(&self) -> Result<(), String> {
-        let mut driver = self.make(0)?;
-        let offered = [
-            (TransportKind::Ws, &self.target.ws),
-            (TransportKind::Tcp, &self.target.tcp),
-        ];
-        for (transport, url) in offered {
-            let Some(url) = url else { continue };
+        let mut driver = self.driver();
+        let offered: Vec<(TransportKind, usize, String)> = TransportKind::ALL
+            .iter()
+            .flat_map(|t| {
+                let nodes = self.target.nodes(*t).into_iter().enumerate();
+                nodes.map(|(node, url)| (*t, node, url.to_string()))
+            })
+            .collect();
+        for (transport, node, url) in &offered {
+            let url = url.as_str();
             let eid = format!("preflight{}@example.com", self.eid_suffix(0));
-            let name = format!("preflight/{transport}");
-            let mut spec = ConnectSpec::new(&eid, "preflight", transport);
+            // One name per node: a cluster's nodes are asked in turn, each connection closed before the next.
+            let name = match node {
+                0 => format!("preflight/{transport}"),
+                _ => format!("preflight/{transport}#{node}"),
+            };
+            let mut spec = ConnectSpec::new(&eid, "preflight", *transport);
             // Pings surface unanswered: an echo of the preflight's ping must not be answered (and echoed again).
             spec.auto_pong = false;
             spec.surface_pings = true;
-            let outcome = driver.connect(&name, &spec);
+            let outcome = driver.open(&name, &spec, url.to_string(), None);
             match outcome {
                 Ok(ConnectOutcome::Session(_)) => {
-                    let answered = answers_a_ping(driver.as_mut(), &name, self.target.info.timeout);
+                    let answered = answers_a_ping(&mut driver, &name, self.target.info.timeout);
                     driver.close(&name);
                     answered.map_err(|why| format!("{url}: {why}"))?;
                 }
@@ -101,6 +185,17 @@ impl NetworkFactory {
             }
         }
         Ok(())
+    }
+
+    fn driver(&self) -> NetworkDriver {
+        NetworkDriver {
+            runtime: Arc::clone(&self.runtime),
+            target: Arc::clone(&self.target),
+            conns: BTreeMap::new(),
+            transcript: Transcript::default(),
+            start: Instant::now(),
+            placement: Placement::default(),
+        }
     }
 }
 
@@ -154,13 +249,7 @@ fn diagnose(error: &str, factory: &NetworkFactory) -> String {
 
 impl DriverFactory for NetworkFactory {
     fn make(&self, _case: u64) -> Result<Box<dyn Driver>, String> {
-        Ok(Box::new(NetworkDriver {
-            runtime: Arc::clone(&self.runtime),
-            target: Arc::clone(&self.target),
-            conns: BTreeMap::new(),
-            transcript: Transcript::default(),
-            start: Instant::now(),
-        }))
+        Ok(Box::new(self.driver()))
     }
 
     fn eid_suffix(&self, case: u64) -> String {
@@ -179,6 +268,8 @@ pub struct NetworkDriver {
     conns: BTreeMap<String, ConnHandle>,
     transcript: Transcript,
     start: Instant,
+    /// Which node of a cluster each of the case's connections goes to.
+    placement: Placement,
 }
 
 /// host and port of a ws://, wss://, tcp:// or tls:// URL.
@@ -233,69 +324,15 @@ impl NetworkDriver {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => conn.ended = true,
         }
     }
-}
 
-impl Driver for NetworkDriver {
-    fn kind(&self) -> &'static str {
-        "network"
-    }
-
-    fn info(&self) -> &TargetInfo {
-        &self.target.info
-    }
-
-    fn configure(&mut self, tweak: ServerTweak) -> Result<(), Skip> {
-        match tweak {
-            ServerTweak::Rs256 if self.target.credentials.algorithm() == Some(Algorithm::Rs256) => Ok(()),
-            ServerTweak::Rs256 => Err(Skip(
-                "needs a target that verifies RS256 tokens and --jwt-key with its RSA key (--jwt-alg RS256)".into(),
-            )),
-            ServerTweak::NoSigningKey => Err(Skip(
-                "needs a server without a token signing key; run it in simulation".into(),
-            )),
-        }
-    }
-
-    fn token(&mut self, eid: &str, device: &str, kind: &TokenKind) -> Result<String, Skip> {
-        self.target.credentials.token(eid, device, kind, self.now_ms())
-    }
-
-    fn http(&mut self, request: &[u8]) -> Result<HttpAnswer, DriverError> {
-        let url = self
-            .target
-            .ws
-            .clone()
-            .ok_or_else(|| Skip("no websocket target was given".into()))?;
-        if !url.starts_with("ws://") {
-            return Err(Skip("raw HTTP requests go to a ws:// target only".into()).into());
-        }
-        let (host, port) = host_port(&url).map_err(DriverError::Other)?;
-        let path = url["ws://".len()..]
-            .find('/')
-            .map_or("/", |at| &url["ws://".len() + at..]);
-        let request = String::from_utf8_lossy(request).replace("$path", path).into_bytes();
-        let request = &request[..];
-        let timeout = self.target.info.timeout;
-        let at = self.elapsed_ms();
-        self.transcript
-            .note(at, "http", format!("sending {} bytes of HTTP to {url}", request.len()));
-        let answer = self.runtime.block_on(async {
-            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
-                .await
-                .map_err(|_| "dialing timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            http_exchange(stream, request, timeout).await.map_err(|e| e.to_string())
-        });
-        let at = self.elapsed_ms();
-        self.transcript.http_answered(at, answer)
-    }
-
-    fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {
-        let url = match spec.transport {
-            TransportKind::Ws => self.target.ws.clone(),
-            TransportKind::Tcp => self.target.tcp.clone(),
-        }
-        .ok_or_else(|| Skip(format!("no {} target was given", spec.transport)))?;
+    /// Opens connection `name` to `url` (node `node` of a cluster, for the transcript).
+    fn open(
+        &mut self,
+        name: &str,
+        spec: &ConnectSpec,
+        url: String,
+        node: Option<usize>,
+    ) -> Result<ConnectOutcome, DriverError> {
         let token = self.token(&spec.eid, &spec.device, &spec.token)?;
         let (host, port) = host_port(&url).map_err(DriverError::Other)?;
         let (mut handle, commands, reports) = ConnHandle::new();
@@ -312,7 +349,8 @@ impl Driver for NetworkDriver {
             at,
             name,
             format!(
-                "connecting to {url} as {}/{} with {}",
+                "connecting to {url}{} as {}/{} with {}",
+                node.map(|n| format!(" (node {n})")).unwrap_or_default(),
                 spec.eid,
                 spec.device,
                 spec.token.describe()
@@ -357,6 +395,74 @@ impl Driver for NetworkDriver {
         handle.drain(name, &mut self.transcript);
         self.conns.insert(name.to_string(), handle);
         Ok(outcome)
+    }
+}
+
+impl Driver for NetworkDriver {
+    fn kind(&self) -> &'static str {
+        "network"
+    }
+
+    fn info(&self) -> &TargetInfo {
+        &self.target.info
+    }
+
+    fn configure(&mut self, tweak: ServerTweak) -> Result<(), Skip> {
+        match tweak {
+            ServerTweak::Rs256 if self.target.credentials.algorithm() == Some(Algorithm::Rs256) => Ok(()),
+            ServerTweak::Rs256 => Err(Skip(
+                "needs a target that verifies RS256 tokens and --jwt-key with its RSA key (--jwt-alg RS256)".into(),
+            )),
+            ServerTweak::NoSigningKey => Err(Skip(
+                "needs a server without a token signing key; run it in simulation".into(),
+            )),
+        }
+    }
+
+    fn token(&mut self, eid: &str, device: &str, kind: &TokenKind) -> Result<String, Skip> {
+        self.target.credentials.token(eid, device, kind, self.now_ms())
+    }
+
+    fn http(&mut self, request: &[u8]) -> Result<HttpAnswer, DriverError> {
+        // A cluster's nodes answer in turn ([`Placement::request`]): every node must refuse a bad upgrade.
+        let nodes = self.target.nodes(TransportKind::Ws);
+        if nodes.is_empty() {
+            return Err(Skip("no websocket target was given".into()).into());
+        }
+        let url = nodes[self.placement.request(nodes.len())].to_string();
+        if !url.starts_with("ws://") {
+            return Err(Skip("raw HTTP requests go to a ws:// target only".into()).into());
+        }
+        let (host, port) = host_port(&url).map_err(DriverError::Other)?;
+        let path = url["ws://".len()..]
+            .find('/')
+            .map_or("/", |at| &url["ws://".len() + at..]);
+        let request = String::from_utf8_lossy(request).replace("$path", path).into_bytes();
+        let request = &request[..];
+        let timeout = self.target.info.timeout;
+        let at = self.elapsed_ms();
+        self.transcript
+            .note(at, "http", format!("sending {} bytes of HTTP to {url}", request.len()));
+        let answer = self.runtime.block_on(async {
+            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| "dialing timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            http_exchange(stream, request, timeout).await.map_err(|e| e.to_string())
+        });
+        let at = self.elapsed_ms();
+        self.transcript.http_answered(at, answer)
+    }
+
+    fn connect(&mut self, name: &str, spec: &ConnectSpec) -> Result<ConnectOutcome, DriverError> {
+        let nodes = self.target.nodes(spec.transport);
+        if nodes.is_empty() {
+            return Err(Skip(format!("no {} target was given", spec.transport)).into());
+        }
+        let node = self.placement.connection(&spec.eid, &spec.device, nodes.len());
+        let url = nodes[node].to_string();
+        let node = (nodes.len() > 1).then_some(node);
+        self.open(name, spec, url, node)
     }
 
     fn command(&mut self, name: &str, command: Command) -> Result<(), DriverError> {
@@ -448,8 +554,8 @@ impl Driver for NetworkDriver {
                 }
             }
         }
-        let urls = [&self.target.ws, &self.target.tcp];
-        for url in urls.into_iter().flatten() {
+        // The hooks restart the whole target: every node of a cluster must accept connections again.
+        for url in self.target.urls() {
             let (host, port) = host_port(url).map_err(DriverError::Other)?;
             accepting_again(&host, port).map_err(|why| DriverError::Other(format!("{url}: {why}")))?;
         }

@@ -181,6 +181,8 @@ pub fn verdict(case: &CaseResult, strict: bool, expected: &[String]) -> Verdict 
 pub struct Report {
     pub driver: String,
     pub target: String,
+    /// Every URL checked ([`super::runner::RunOptions::targets`]): one per node of a cluster.
+    pub targets: Vec<String>,
     pub strict: bool,
     pub duration_ms: u64,
     pub cases: Vec<CaseResult>,
@@ -343,6 +345,7 @@ impl Report {
                 cases.iter().filter(|c| failing(c)).count(),
                 cases.iter().filter(|c| c.verdict == Verdict::Skipped).count()
             );
+            out.push_str(&self.junit_properties());
             for case in cases {
                 let _ = write!(
                     out,
@@ -384,6 +387,17 @@ impl Report {
             out.push_str("  </testsuite>\n");
         }
         out.push_str("</testsuites>\n");
+        out
+    }
+
+    /// A testsuite's `<properties>`: what was checked, and each URL (one per node of a cluster).
+    fn junit_properties(&self) -> String {
+        let mut out = String::from("    <properties>\n");
+        let _ = writeln!(out, "      <property name=\"target\" value=\"{}\"/>", xml(&self.target));
+        for url in &self.targets {
+            let _ = writeln!(out, "      <property name=\"url\" value=\"{}\"/>", xml(url));
+        }
+        out.push_str("    </properties>\n");
         out
     }
 

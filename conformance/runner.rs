@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Described in the report ("ws://..., tcp://...").
     pub target: String,
+    /// Every URL checked, WebSocket nodes first, each transport's node 0 first (a cluster has several of a
+    /// transport); listed in the JSON and JUnit reports. Empty: none given (simulation, client mode).
+    pub targets: Vec<String>,
     /// Threads running cases side by side (network only: each case has its
     /// own users, so cases do not disturb each other). 0 or 1: one.
     pub jobs: usize,
@@ -662,6 +665,7 @@ pub fn run(options: &RunOptions, factory: SharedFactory, kind: &str) -> Result<R
     Ok(Report {
         driver: kind.to_string(),
         target: options.target.clone(),
+        targets: options.targets.clone(),
         strict: options.strict,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         cases,

@@ -184,8 +184,8 @@ fn an_unknown_route_answer_marks_a_case_unimplemented() {
 #[test]
 fn the_requirement_index_matches_appendix_d() {
     let reqs = spec::requirements(spec::SPEC);
-    assert_eq!(reqs.len(), 175);
-    assert_eq!(reqs.iter().filter(|r| r.level == Level::Must).count(), 168);
+    assert_eq!(reqs.len(), 177);
+    assert_eq!(reqs.iter().filter(|r| r.level == Level::Must).count(), 170);
     assert_eq!(reqs.iter().filter(|r| r.level == Level::Should).count(), 6);
     let cases = spec::cases().expect("the features parse");
     let (missing, stale) = spec::coverage_gaps(spec::SPEC, &cases, spec::UNCOVERED);
@@ -242,6 +242,7 @@ fn html_report() -> super::report::Report {
     super::report::Report {
         driver: "simulation".into(),
         target: "a test target".into(),
+        targets: vec!["ws://127.0.0.1:1/ws".into(), "ws://127.0.0.1:2/ws".into()],
         strict: false,
         duration_ms: 1234,
         cases: vec![failed_case, passed, skipped],
@@ -575,6 +576,7 @@ fn baseline_entries_name_a_case_and_the_failure_they_expect() {
     let report = super::report::Report {
         driver: "simulation".into(),
         target: "t".into(),
+        targets: Vec::new(),
         strict: false,
         duration_ms: 1,
         cases: vec![passed],
@@ -667,4 +669,72 @@ fn client_cases_run_in_client_mode_only() {
         });
         assert_eq!(file == spec::CLIENT_FEATURE, client_step, "{file}: {}", scenario.name);
     });
+}
+
+/// Issue 17: a case spreads its devices over a cluster's nodes, round robin: the k-th distinct (EID, device) goes to
+/// node k mod n, each reconnection of a device to the node after its previous one; raw HTTP requests take the
+/// nodes in turn, apart from the devices. One node: everything on node 0.
+#[test]
+fn placement_spreads_devices_and_moves_reconnections() {
+    use super::network::Placement;
+    let mut three = Placement::default();
+    assert_eq!(three.connection("alice", "phone", 3), 0);
+    assert_eq!(three.connection("bob", "phone", 3), 1);
+    assert_eq!(three.connection("alice", "laptop", 3), 2);
+    assert_eq!(three.connection("carol", "phone", 3), 0, "the 4th device wraps around");
+    // Alice's phone comes back: the node after its first, then the one after that.
+    assert_eq!(three.connection("alice", "phone", 3), 1);
+    assert_eq!(three.connection("alice", "phone", 3), 2);
+    assert_eq!(three.connection("alice", "phone", 3), 0);
+    // The same device name of another user is another device; a reconnection takes no rank from new devices.
+    assert_eq!(three.connection("dave", "laptop", 3), 1);
+    assert_eq!(three.connection("bob", "phone", 3), 2);
+    // HTTP requests rotate on their own and leave the devices' ranks alone.
+    assert_eq!(three.request(3), 0);
+    assert_eq!(three.request(3), 1);
+    assert_eq!(three.connection("erin", "phone", 3), 2);
+    // Two nodes: alternation, and a device's second connection lands on the other node.
+    let mut two = Placement::default();
+    assert_eq!(two.connection("alice", "phone", 2), 0);
+    assert_eq!(two.connection("bob", "phone", 2), 1);
+    assert_eq!(two.connection("alice", "phone", 2), 1);
+    assert_eq!(two.connection("bob", "phone", 2), 0);
+    // One node (a single server): node 0 always, as before clusters.
+    let mut one = Placement::default();
+    for device in ["phone", "laptop", "phone", "tablet"] {
+        assert_eq!(one.connection("alice", device, 1), 0);
+        assert_eq!(one.request(1), 0);
+    }
+    // The same case placed again places the same way.
+    let mut again = Placement::default();
+    let first: Vec<usize> = ["a", "b", "a", "c", "b"]
+        .iter()
+        .map(|u| again.connection(u, "d", 2))
+        .collect();
+    let mut replay = Placement::default();
+    let second: Vec<usize> = ["a", "b", "a", "c", "b"]
+        .iter()
+        .map(|u| replay.connection(u, "d", 2))
+        .collect();
+    assert_eq!(first, second);
+    assert_eq!(first, vec![0, 1, 1, 0, 0]);
+}
+
+/// Issue 17: the JSON and JUnit reports name every URL checked (a cluster's every node).
+#[test]
+fn reports_name_every_target() {
+    let report = html_report();
+    let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON");
+    assert_eq!(
+        json["targets"],
+        serde_json::json!(["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"])
+    );
+    let junit = report.junit();
+    for url in ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"] {
+        assert!(
+            junit.contains(&format!("<property name=\"url\" value=\"{url}\"/>")),
+            "{junit}"
+        );
+    }
+    assert!(junit.contains("<property name=\"target\" value=\"a test target\"/>"));
 }

@@ -22,13 +22,14 @@ nats_port="${NATS_PORT:-4222}"
 
 names() { for i in $(seq 0 $((nodes - 1))); do printf 'n%s\n' "$i"; done; }
 
-# Waits until something listens on 127.0.0.1:$1 (at most 10 s).
+# Waits until something listens on 127.0.0.1:$1 (at most 30 s: a new NATS cluster elects its JetStream leader
+# before the bimip nodes can start).
 wait_port() {
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 300); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
-    echo "nothing listens on 127.0.0.1:$1 after 10 s; see $dir/*.log" >&2
+    echo "nothing listens on 127.0.0.1:$1 after 30 s; see $dir/*.log" >&2
     return 1
 }
 
@@ -61,8 +62,11 @@ up() {
         routes="${routes:+$routes,}nats://127.0.0.1:$((nats_port + 2000 + i))"
     done
     for i in $(seq 0 $((nodes - 1))); do
-        nats-server -a 127.0.0.1 -p $((nats_port + i)) -n "nats-$i" -js -sd "$dir/nats-$i" \
-            --cluster_name bimip --cluster "nats://127.0.0.1:$((nats_port + 2000 + i))" --routes "$routes" \
+        local clustering=()
+        # One NATS node is no cluster: JetStream would wait for peers that never come.
+        [ "$nodes" = 1 ] || clustering=(--cluster_name bimip --cluster "nats://127.0.0.1:$((nats_port + 2000 + i))"
+            --routes "$routes")
+        nats-server -a 127.0.0.1 -p $((nats_port + i)) -n "nats-$i" -js -sd "$dir/nats-$i" "${clustering[@]}" \
             > "$dir/nats-$i.log" 2>&1 &
         echo "$!" >> "$dir/nats.pids"
     done

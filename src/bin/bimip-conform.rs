@@ -28,12 +28,25 @@ use bimip::core::auth::Algorithm;
 
 const AFTER_HELP: &str = "\
 Targets:
-  Give --target once per transport: at most one ws:// or wss:// URL (any path,
-  e.g. ws://127.0.0.1:7420/ws) and at most one tcp:// or tls:// URL. Cases on a
-  transport without a target are skipped. A case about no particular transport
-  (most of them) runs once per transport given, its name ending in [websocket] or
-  [tcp]. With no --target at all, the built-in reference server is started on
-  loopback and checked over both.
+  Give --target once per transport: a ws:// or wss:// URL (any path, e.g.
+  ws://127.0.0.1:7420/ws) and a tcp:// or tls:// URL. Cases on a transport
+  without a target are skipped. A case about no particular transport (most of
+  them) runs once per transport given, its name ending in [websocket] or [tcp].
+  With no --target at all, the built-in reference server is started on loopback
+  and checked over both.
+
+Clusters:
+  Several --target URLs of one transport are the nodes of one cluster, node 0
+  first (--target ws://127.0.0.1:7420/ws --target ws://127.0.0.1:7430/ws). Each
+  case spreads its devices over the nodes, round robin and the same every run:
+  the k-th distinct (user, device) a case connects goes to node k mod n, and a
+  device that connects again goes to the node after its previous one (a
+  replaced session, a resumption, a token presented again: on another node).
+  Raw HTTP requests (the upgrade refusal cases) take the WebSocket nodes in
+  turn (a case's first goes to node 0). Every node must pass the preflight.
+  --restart-cmd, --kill-cmd and --start-cmd act on the whole cluster; the
+  suite then waits for every node to accept connections again.
+  The reports name every URL.
 
 Credentials (for an external target; one of):
   --jwt-key FILE --jwt-alg ALG   the suite mints every token itself (RS256: a
@@ -73,21 +86,24 @@ Examples:
   bimip-conform --target ws://chat.example.com/bimip --target tcp://chat.example.com:7421 \\
                 --jwt-key issuer.pem --jwt-alg RS256 --junit report.xml
   bimip-conform --target ws://127.0.0.1:7420/ws --token-cmd 'bimip token {eid} {device}' --req AUTH-9
+  bimip-conform --target ws://10.0.0.1:7420/ws --target ws://10.0.0.2:7420/ws \\
+                --target tcp://10.0.0.1:7421 --target tcp://10.0.0.2:7421 \\
+                --jwt-key issuer.pem --jwt-alg RS256
 ";
 
 /// Checks a BIMIP server against SPEC.md.
 #[derive(Debug, Parser)]
 #[command(name = "bimip-conform", version, after_help = AFTER_HELP)]
 struct Args {
-    /// A server URL: ws://, wss://, tcp:// or tls://; once per transport.
+    /// A server URL: ws://, wss://, tcp:// or tls://; once per transport, or once per node of a cluster.
     #[arg(long, value_name = "URL")]
     target: Vec<String>,
     /// Accept any TLS certificate (self-signed development servers).
     #[arg(long)]
     insecure: bool,
     /// A shell command that restarts the target gracefully and returns (e.g. `systemctl restart my-server`):
-    /// with it the restart cases run (SES-8, AUTH-14, CHAT-15). The suite then waits for the target to accept
-    /// connections again.
+    /// with it the restart cases run (SES-8, AUTH-14, CHAT-15). The suite then waits for the target (every node of
+    /// a cluster) to accept connections again.
     #[arg(long, value_name = "CMD", requires = "target")]
     restart_cmd: Option<String>,
     /// A shell command that kills the target without warning (e.g. `kill -9 $(cat server.pid)`); with
@@ -253,6 +269,7 @@ fn run(args: Args) -> Result<bool> {
         },
         progress: !args.list,
         target: String::new(),
+        targets: Vec::new(),
         jobs: args.jobs,
         transports: transports_of(&args.target),
         deadline: Some(Duration::from_secs_f64(args.deadline)),
@@ -338,17 +355,19 @@ fn run(args: Args) -> Result<bool> {
         if !args.variant.is_empty() {
             bail!("--variant applies to the built-in server only (no --target)");
         }
-        let mut ws = None;
-        let mut tcp = None;
+        // Several URLs of a transport are the nodes of one cluster, in the order given (node 0 first).
+        let mut ws: Vec<String> = Vec::new();
+        let mut tcp: Vec<String> = Vec::new();
         for url in &args.target {
-            let slot = match url.split("://").next() {
+            let nodes = match url.split("://").next() {
                 Some("ws" | "wss") => &mut ws,
                 Some("tcp" | "tls") => &mut tcp,
                 _ => bail!("{url}: a target is ws://, wss://, tcp:// or tls://"),
             };
-            if slot.replace(url.clone()).is_some() {
-                bail!("{url}: give at most one WebSocket and one TCP target");
+            if nodes.contains(url) {
+                bail!("{url}: given twice (each --target of a transport is another node of the cluster)");
             }
+            nodes.push(url.clone());
         }
         let hooks = ShellHooks {
             restart: args.restart_cmd.clone(),
@@ -364,8 +383,10 @@ fn run(args: Args) -> Result<bool> {
             _ => bail!("an external target needs --jwt-key FILE --jwt-alg ALG or --token-cmd CMD"),
         };
         NetworkTarget {
-            ws,
-            tcp,
+            ws: ws.first().cloned(),
+            tcp: tcp.first().cloned(),
+            more_ws: ws.iter().skip(1).cloned().collect(),
+            more_tcp: tcp.iter().skip(1).cloned().collect(),
             credentials,
             info,
             insecure: args.insecure,
@@ -384,16 +405,18 @@ fn run(args: Args) -> Result<bool> {
                 format!(" with the test-only faults {}", names.join(", "))
             }
         ),
-        None if args.fault.is_empty() => args.target.join(", "),
+        None if args.fault.is_empty() => external(&target, &args.target),
         None => {
             let names: Vec<&str> = args.fault.iter().map(|f| f.name()).collect();
             format!(
                 "{} behind a fault proxy with {}",
-                args.target.join(", "),
+                external(&target, &args.target),
                 names.join(", ")
             )
         }
     };
+    // The URLs checked, for the JSON and JUnit reports: the target's own (not the fault proxy's).
+    let urls: Vec<String> = target.urls().into_iter().map(str::to_string).collect();
     // In front of an external target, faults are applied on the wire; the proxy runs until the run ends.
     let mut proxied = None;
     let target = if built_in.is_none() && !args.fault.is_empty() {
@@ -417,12 +440,30 @@ fn run(args: Args) -> Result<bool> {
     eprintln!("bimip-conform: checking {description}");
     let options = RunOptions {
         target: description,
+        targets: urls,
         ..options
     };
     let report = runner::run(&options, Arc::new(factory), "network")?;
     drop(built_in);
     drop(proxied);
     publish(&args, &report)
+}
+
+/// An external target in words: its URLs as given, and for a cluster each transport's nodes in order.
+fn external(target: &NetworkTarget, given: &[String]) -> String {
+    if !target.is_cluster() {
+        return given.join(", ");
+    }
+    let mut parts = Vec::new();
+    for transport in TransportKind::ALL {
+        let nodes = target.nodes(transport);
+        if nodes.is_empty() {
+            continue;
+        }
+        let listed: Vec<String> = nodes.iter().enumerate().map(|(i, url)| format!("{i}: {url}")).collect();
+        parts.push(format!("{} {transport} nodes ({})", nodes.len(), listed.join(", ")));
+    }
+    format!("a cluster of {}", parts.join(" and "))
 }
 
 /// Prints the report and writes the files asked for; whether the run passed.

@@ -83,7 +83,8 @@ pub async fn sync(
 ) -> Result<Graph, ClusterError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| ClusterError::JetStream(format!("{what}: {e}"));
     let js = jetstream::new(client.clone());
-    let stream = social_stream(&js).await?;
+    let clustered = client.server_info().cluster.is_some();
+    let stream = social_stream(&js, clustered).await?;
     let mut by_shard: std::collections::BTreeMap<usize, Vec<SocialEvent>> = std::collections::BTreeMap::new();
     let last = stream.cached_info().state.last_sequence;
     if last > 0 {
@@ -157,8 +158,8 @@ pub async fn sync(
     })
 }
 
-/// The stream, made on first use: replicated on 3 NATS nodes, or on the one there is.
-async fn social_stream(js: &jetstream::Context) -> Result<stream::Stream, ClusterError> {
+/// The stream, made on first use: replicated on 3 NATS nodes of a NATS cluster, or on the one there is.
+async fn social_stream(js: &jetstream::Context, clustered: bool) -> Result<stream::Stream, ClusterError> {
     let config = |replicas: usize| stream::Config {
         name: STREAM.into(),
         subjects: vec!["bimip.social.>".into()],
@@ -168,15 +169,20 @@ async fn social_stream(js: &jetstream::Context) -> Result<stream::Stream, Cluste
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    match js.get_or_create_stream(config(3)).await {
-        Ok(stream) => Ok(stream),
-        Err(first) => {
-            // A lone NATS server (development, tests) cannot keep 3 replicas.
-            tracing::debug!(%first, "social stream with 3 replicas refused; trying 1");
-            js.get_or_create_stream(config(1))
-                .await
-                .map_err(|e| ClusterError::JetStream(format!("the social stream: {first}; with one replica: {e}")))
+    // Three replicas on a NATS cluster; a lone NATS server (development, tests) keeps one.
+    let replicas = if clustered { 3 } else { 1 };
+    // A NATS cluster that has just started elects its JetStream leader first, and answers nothing until then.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match js.get_or_create_stream(config(replicas)).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => format!("the social stream ({replicas} replicas): {e}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClusterError::JetStream(error));
         }
+        tracing::info!(%error, "JetStream not ready; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

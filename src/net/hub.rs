@@ -357,6 +357,10 @@ impl Hub {
             }
         }
         let shard = conn.shard();
+        if !self.layout.is_local(shard) {
+            // Routed to another node already (its answer did not come in time): this node cannot open it.
+            return Err(ErrorKind::Unavailable);
+        }
         let opened = self.with_core(shard, |core, now| core.open(conn.id, transport, token, now));
         if opened.is_err() {
             self.lock(shard).links.remove(&conn.id);

@@ -158,13 +158,7 @@ where
 {
     let (conn, rx) = (&endpoint.conn, &endpoint.rx);
     let decided = if hub.is_clustered() {
-        tokio::time::timeout(
-            options.handshake_timeout,
-            ask_home(gate, hub, conn, options.handshake_timeout),
-        )
-        .await
-        .ok()
-        .flatten()
+        ask_home(gate, hub, conn, options.handshake_timeout).await
     } else {
         None
     };
@@ -452,7 +446,12 @@ where
     S: AsyncRead + Unpin,
 {
     let token = {
-        let head = gate.read_head(MAX_HEAD).await.ok()??;
+        // Only the read is bounded here: the home's answer has its own wait, and cutting it short would leave
+        // the connection routed to a home that never answered.
+        let head = tokio::time::timeout(wait, gate.read_head(MAX_HEAD))
+            .await
+            .ok()?
+            .ok()??;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         if !request.parse(head).ok()?.is_complete() {
