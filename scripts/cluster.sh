@@ -76,6 +76,7 @@ up() {
     start_nodes
     local bimip
     bimip="$(bimip_bin)"
+    echo "Backend API: any node's gRPC address, with the secret in $dir/admin-secret"
     echo "Mint a token (any node accepts it):"
     if [ -z "${JWT_KEY:-}" ]; then
         echo "  $bimip token --eid alice@example.com --device phone --data-dir $dir/keys"
@@ -110,12 +111,16 @@ start_nodes() {
     fi
     local config=()
     [ -z "${BIMIP_CONFIG:-}" ] || config=(--config "$BIMIP_CONFIG")
+    # One admin secret for the whole service: a node forwards a backend call to the user's home node with it.
+    if [ ! -s "$dir/admin-secret" ]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$dir/admin-secret" && echo >> "$dir/admin-secret")
+    fi
     : > "$dir/nodes.pids"
     for name in $(names); do
         local port=$((base + 10 * i))
         "$bimip" serve "${config[@]}" --node "$name" --cluster "$urls" --cluster-nodes "$list" \
             --ws "127.0.0.1:$port" --tcp "127.0.0.1:$((port + 1))" --admin "127.0.0.1:$((port + 2))" \
-            --grpc "127.0.0.1:$((port + 3))" --data-dir "$dir/$name" "${keys[@]}" \
+            --grpc "127.0.0.1:$((port + 3))" --grpc-secret-file "$dir/admin-secret" --data-dir "$dir/$name" "${keys[@]}" \
             >> "$dir/$name.log" 2>&1 &
         echo "$!" >> "$dir/nodes.pids"
         i=$((i + 1))

@@ -550,7 +550,10 @@ impl Settings {
             what: "gRPC address",
             source,
         })?;
-        let service = crate::admin::grpc::AdminService::new(operator, self.node.clone()).into_server(&secret);
+        let admin = crate::admin::grpc::AdminService::new(operator, self.node.clone(), &secret);
+        // In a cluster, calls about users homed here may come from the other nodes too.
+        let _forwarded = admin.clone().serve_forwarded();
+        let service = admin.into_server();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(async move {
             if let Err(e) = builder.add_service(service).serve_with_incoming(incoming).await {

@@ -93,6 +93,7 @@ impl Keys {
     fn new() -> Keys {
         let dir = tempfile::tempdir().unwrap();
         let (_, signer) = bimip::keys::ensure_dev_keys(dir.path()).unwrap();
+        std::fs::write(dir.path().join("admin-secret"), format!("{ADMIN_SECRET}\n")).unwrap();
         Keys { dir, signer }
     }
 
@@ -123,6 +124,9 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
+/// The admin secret every node of the test cluster shares (forwarded backend calls carry it).
+const ADMIN_SECRET: &str = "a-shared-admin-secret-for-the-test-cluster";
+
 impl Node {
     async fn start(name: &str, nats: &Nats, keys: &Keys) -> Node {
         Node::start_in(name, nats, keys, tempfile::tempdir().unwrap()).await
@@ -141,7 +145,8 @@ impl Node {
             ws: loopback,
             tcp: loopback,
             admin: None,
-            grpc: None,
+            grpc: loopback,
+            grpc_secret_file: Some(keys.path("admin-secret")),
             node: name.into(),
             data_dir: dir.path().to_path_buf(),
             jwt: Some(JwtSettings {
@@ -298,10 +303,9 @@ fn bimip() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_bimip"))
 }
 
-#[test]
-fn a_node_without_nats_says_so_and_exits_3() {
+/// `bimip serve` as a cluster node with `cluster` arguments, run to its exit: (exit code, standard error).
+fn serve_node(cluster: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let closed = free_port();
     let output = Command::new(bimip())
         .args([
             "serve",
@@ -312,44 +316,36 @@ fn a_node_without_nats_says_so_and_exits_3() {
             "--no-admin",
             "--no-grpc",
         ])
-        .args(["--node", "a", "--cluster-nodes", "a,b"])
-        .args(["--cluster", &format!("nats://127.0.0.1:{closed}")])
+        .args(cluster)
         .arg("--data-dir")
         .arg(dir.path())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_node_without_nats_says_so_and_exits_3() {
+    let nats = format!("nats://127.0.0.1:{}", free_port());
+    let (code, stderr) = serve_node(&["--node", "a", "--cluster-nodes", "a,b", "--cluster", &nats]);
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("cannot reach NATS"), "{stderr}");
 }
 
 #[test]
 fn a_node_missing_from_the_list_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(bimip())
-        .args([
-            "serve",
-            "--ws",
-            "127.0.0.1:0",
-            "--tcp",
-            "127.0.0.1:0",
-            "--no-admin",
-            "--no-grpc",
-        ])
-        .args([
-            "--node",
-            "c",
-            "--cluster-nodes",
-            "a,b",
-            "--cluster",
-            "nats://127.0.0.1:4222",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = serve_node(&[
+        "--node",
+        "c",
+        "--cluster-nodes",
+        "a,b",
+        "--cluster",
+        "nats://127.0.0.1:4222",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("not in --cluster-nodes"), "{stderr}");
 }
 
@@ -434,4 +430,60 @@ async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
     let mut away_phone = back.expect("a session again within 20 s of NATS coming back");
     let mut here_phone = connect(&nodes[1].ws(), &keys.token(&here, "tablet")).await;
     chat_once(&mut away_phone, &mut here_phone, &here, "after-the-cut").await;
+}
+
+#[tokio::test]
+async fn a_backend_call_on_any_node_reaches_the_users_home() {
+    use bimip::admin::proto as pb;
+    let (_nats, keys, nodes) = cluster().await;
+    let gina = homed_on(1, "gina");
+    let mut phone = connect(&nodes[0].ws(), &keys.token(&gina, "phone")).await;
+    // Node a is not gina's home: it forwards each call to node b, which runs it as its own.
+    let url = format!("http://{}", nodes[0].running.grpc.unwrap());
+    let mut admin = bimip::admin::grpc::connect(&url, ADMIN_SECRET, None).await.unwrap();
+    let sessions = admin
+        .list_sessions(pb::User { eid: gina.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sessions.sessions.len(), 1, "{sessions:?}");
+    let pushed = admin
+        .push(pb::PushRequest {
+            eid: gina.clone(),
+            r#type: "system".into(),
+            data: [("k".to_string(), "v".to_string())].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pushed.devices, 1);
+    phone
+        .expect(|p| matches!(p, Payload::PushNotification(_)), WAIT)
+        .await
+        .unwrap();
+    // A revocation made through node a ends gina's session, wherever its socket is.
+    let revoked = admin
+        .revoke_user(pb::User { eid: gina.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.sessions_ended, 1);
+    let (code, _) = phone.expect_closed(WAIT).await.unwrap();
+    assert_eq!(code, Some(4401));
+    // Bad input is answered by the home as it would be there.
+    let bad = admin
+        .end_session(pb::Device {
+            eid: gina.clone(),
+            device_id: "no-such-device".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound, "{bad:?}");
+    // A node with another secret cannot have calls run for it.
+    let wrong = bimip::admin::grpc::connect(&url, "not-the-secret-at-all", None)
+        .await
+        .unwrap();
+    let mut wrong = wrong;
+    let refused = wrong.list_sessions(pb::User { eid: gina }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }

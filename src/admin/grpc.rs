@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use prost::Message;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
@@ -50,25 +51,29 @@ impl tonic::service::Interceptor for BearerCheck {
 }
 
 /// The service: reaches the engine through an [`Operator`].
+#[derive(Clone)]
 pub struct AdminService {
     operator: Operator,
     node: String,
+    /// The admin secret: forwarded calls carry it to the user's home node, which checks it.
+    secret: std::sync::Arc<str>,
 }
 
 impl AdminService {
-    pub fn new(operator: Operator, node: impl Into<String>) -> Self {
+    pub fn new(operator: Operator, node: impl Into<String>, secret: &str) -> Self {
         AdminService {
             operator,
             node: node.into(),
+            secret: secret.into(),
         }
     }
 
     /// The tonic service with the credential check in front.
     pub fn into_server(
         self,
-        secret: &str,
     ) -> tonic::service::interceptor::InterceptedService<AdminServer<AdminService>, BearerCheck> {
-        AdminServer::with_interceptor(self, BearerCheck::new(secret))
+        let check = BearerCheck::new(&self.secret);
+        AdminServer::with_interceptor(self, check)
     }
 
     /// Runs `f` on `eid`'s home shard and writes the audit line.
@@ -121,10 +126,141 @@ fn token_home(token: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::invalid_argument("not a token of this server (token_malformed)"))
 }
 
+/// A call forwarded over NATS to the node that is its user's home (a cluster, src/cluster): the node that took it
+/// sends the request as it came, with the admin secret it was made with; the home checks the secret, runs it as its
+/// own call (audit line included) and sends back the reply or the status.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Forwarded {
+    #[prost(string, tag = "1")]
+    secret: String,
+    #[prost(string, tag = "2")]
+    method: String,
+    #[prost(bytes = "vec", tag = "3")]
+    body: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ForwardedReply {
+    /// A gRPC status code; 0: `body` is the reply.
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(bytes = "vec", tag = "3")]
+    body: Vec<u8>,
+}
+
+impl AdminService {
+    /// Runs `method` on `node`, the home of the user it concerns, and returns its answer as if made here.
+    async fn forward<Req: prost::Message, Rep: prost::Message + Default>(
+        &self,
+        node: usize,
+        method: &'static str,
+        request: &Req,
+    ) -> Result<Response<Rep>, Status> {
+        let forwarded = Forwarded {
+            secret: self.secret.to_string(),
+            method: method.into(),
+            body: request.encode_to_vec(),
+        };
+        let answer = self
+            .operator
+            .request(node, forwarded.encode_to_vec().into())
+            .await
+            .map_err(|e| Status::unavailable(format!("the user's home node: {e}")))?;
+        let reply = ForwardedReply::decode(answer)
+            .map_err(|e| Status::internal(format!("an undecodable answer from the user's home node: {e}")))?;
+        if reply.code != 0 {
+            return Err(Status::new(tonic::Code::from_i32(reply.code), reply.message));
+        }
+        Rep::decode(reply.body.as_slice())
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("an undecodable reply from the user's home node: {e}")))
+    }
+
+    /// Runs a call another node forwarded (`Forwarded`), after checking the secret it came with.
+    async fn dispatch(&self, forwarded: &[u8]) -> ForwardedReply {
+        let answer = match Forwarded::decode(forwarded) {
+            Err(e) => Err(Status::invalid_argument(format!("undecodable forwarded call: {e}"))),
+            Ok(call) if !bool::from(call.secret.as_bytes().ct_eq(self.secret.as_bytes())) => {
+                tracing::warn!(target: "bimip::audit", call = %call.method, outcome = "unauthenticated", "forwarded admin call with a wrong secret");
+                Err(Status::unauthenticated("the nodes of a cluster share one admin secret"))
+            }
+            Ok(call) => self.run(&call.method, &call.body).await,
+        };
+        match answer {
+            Ok(body) => ForwardedReply {
+                code: 0,
+                message: String::new(),
+                body,
+            },
+            Err(status) => ForwardedReply {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                body: Vec::new(),
+            },
+        }
+    }
+
+    async fn run(&self, method: &str, body: &[u8]) -> Result<Vec<u8>, Status> {
+        macro_rules! calls {
+            ($($name:literal => $call:ident),* $(,)?) => {
+                match method {
+                    $($name => {
+                        let request = prost::Message::decode(body)
+                            .map_err(|e| Status::invalid_argument(format!("undecodable {}: {e}", $name)))?;
+                        Ok(self.$call(Request::new(request)).await?.into_inner().encode_to_vec())
+                    })*
+                    other => Err(Status::unimplemented(format!("no call {other}"))),
+                }
+            };
+        }
+        calls!(
+            "MintToken" => mint_token,
+            "RefreshToken" => refresh_token,
+            "RevokeToken" => revoke_token,
+            "RevokeDevice" => revoke_device,
+            "RevokeUser" => revoke_user,
+            "ListSessions" => list_sessions,
+            "EndSession" => end_session,
+            "Push" => push,
+            "GetAwareness" => get_awareness,
+            "AddSubscriber" => add_subscriber,
+            "RemoveSubscriber" => remove_subscriber,
+            "Block" => block,
+            "Unblock" => unblock,
+        )
+    }
+
+    /// Serves the calls other nodes of a cluster forward to this one, until the connection ends.
+    pub fn serve_forwarded(self) -> Option<tokio::task::JoinHandle<()>> {
+        let (client, node) = self.operator.nats()?;
+        Some(tokio::spawn(async move {
+            let mut calls = match client.subscribe(crate::net::admin_subject(&node)).await {
+                Ok(calls) => calls,
+                Err(e) => {
+                    tracing::error!("cannot serve forwarded admin calls: {e}");
+                    return;
+                }
+            };
+            while let Some(call) = futures::StreamExt::next(&mut calls).await {
+                let Some(reply_to) = call.reply else { continue };
+                let answer = self.dispatch(&call.payload).await;
+                if let Err(e) = client.publish(reply_to, answer.encode_to_vec().into()).await {
+                    tracing::warn!("a forwarded admin call's answer was not sent: {e}");
+                }
+            }
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn mint_token(&self, request: Request<pb::MintTokenRequest>) -> Result<Response<pb::TokenReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "MintToken", &r).await;
+        }
         let minted = self.call("MintToken", &r.eid, |engine, now| {
             engine.mint_token(&r.eid, &r.device_id, r.lifetime_s, now)
         })?;
@@ -137,6 +273,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::TokenReply>, Status> {
         let r = request.into_inner();
         let eid = token_home(&r.token)?;
+        if let Some(node) = self.operator.remote_home(&eid) {
+            return self.forward(node, "RefreshToken", &r).await;
+        }
         let minted = self.call("RefreshToken", &eid, |engine, now| engine.refresh_token(&r.token, now))?;
         Ok(Response::new(token_reply(minted)))
     }
@@ -147,6 +286,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RevokeReply>, Status> {
         let r = request.into_inner();
         let eid = token_home(&r.token)?;
+        if let Some(node) = self.operator.remote_home(&eid) {
+            return self.forward(node, "RevokeToken", &r).await;
+        }
         let ended = self.call("RevokeToken", &eid, |engine, now| {
             engine.revoke(RevokeScope::Token(&r.token), now)
         })?;
@@ -157,6 +299,9 @@ impl Admin for AdminService {
 
     async fn revoke_device(&self, request: Request<pb::Device>) -> Result<Response<pb::RevokeReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "RevokeDevice", &r).await;
+        }
         let scope = RevokeScope::Device {
             eid: &r.eid,
             device: &r.device_id,
@@ -169,6 +314,9 @@ impl Admin for AdminService {
 
     async fn revoke_user(&self, request: Request<pb::User>) -> Result<Response<pb::RevokeReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "RevokeUser", &r).await;
+        }
         let ended = self.call("RevokeUser", &r.eid, |engine, now| {
             engine.revoke(RevokeScope::User { eid: &r.eid }, now)
         })?;
@@ -179,6 +327,9 @@ impl Admin for AdminService {
 
     async fn list_sessions(&self, request: Request<pb::User>) -> Result<Response<pb::SessionList>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "ListSessions", &r).await;
+        }
         let sessions = self.call("ListSessions", &r.eid, |engine, _| engine.sessions_of(&r.eid))?;
         let sessions = sessions
             .into_iter()
@@ -199,6 +350,9 @@ impl Admin for AdminService {
 
     async fn end_session(&self, request: Request<pb::Device>) -> Result<Response<pb::EndSessionReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "EndSession", &r).await;
+        }
         self.call("EndSession", &r.eid, |engine, now| {
             engine.end_session(&r.eid, &r.device_id, now)
         })?;
@@ -207,6 +361,9 @@ impl Admin for AdminService {
 
     async fn push(&self, request: Request<pb::PushRequest>) -> Result<Response<pb::PushReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "Push", &r).await;
+        }
         let data = r.data.into_iter().collect();
         let devices = self.call("Push", &r.eid, |engine, now| {
             engine.push(&r.eid, &r.r#type, data, now).map_err(|_| {
@@ -223,6 +380,9 @@ impl Admin for AdminService {
 
     async fn get_awareness(&self, request: Request<pb::User>) -> Result<Response<pb::AwarenessReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.eid) {
+            return self.forward(node, "GetAwareness", &r).await;
+        }
         let a = self.call("GetAwareness", &r.eid, |engine, _| engine.awareness_of(&r.eid))?;
         Ok(Response::new(pb::AwarenessReply {
             status: a.status,
@@ -238,6 +398,9 @@ impl Admin for AdminService {
 
     async fn add_subscriber(&self, request: Request<pb::Relation>) -> Result<Response<pb::RelationReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.owner) {
+            return self.forward(node, "AddSubscriber", &r).await;
+        }
         let changed = self.call("AddSubscriber", &r.owner, |engine, now| {
             engine.set_subscriber(&r.owner, &r.other, Some((&r.nickname, &r.group)), now)
         })?;
@@ -246,6 +409,9 @@ impl Admin for AdminService {
 
     async fn remove_subscriber(&self, request: Request<pb::Relation>) -> Result<Response<pb::RelationReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.owner) {
+            return self.forward(node, "RemoveSubscriber", &r).await;
+        }
         let changed = self.call("RemoveSubscriber", &r.owner, |engine, now| {
             engine.set_subscriber(&r.owner, &r.other, None, now)
         })?;
@@ -254,6 +420,9 @@ impl Admin for AdminService {
 
     async fn block(&self, request: Request<pb::Relation>) -> Result<Response<pb::RelationReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.owner) {
+            return self.forward(node, "Block", &r).await;
+        }
         let changed = self.call("Block", &r.owner, |engine, now| {
             engine.set_block(&r.owner, &r.other, true, now)
         })?;
@@ -262,6 +431,9 @@ impl Admin for AdminService {
 
     async fn unblock(&self, request: Request<pb::Relation>) -> Result<Response<pb::RelationReply>, Status> {
         let r = request.into_inner();
+        if let Some(node) = self.operator.remote_home(&r.owner) {
+            return self.forward(node, "Unblock", &r).await;
+        }
         let changed = self.call("Unblock", &r.owner, |engine, now| {
             engine.set_block(&r.owner, &r.other, false, now)
         })?;

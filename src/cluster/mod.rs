@@ -7,8 +7,10 @@
 //! [`frame::Frame`]s on the receiving node's NATS subject: the inputs of a connection whose socket is on one node
 //! and whose home shard is on another, the outputs going back to it, and mail between shards.
 //!
-//! What is not here yet (issue 17): durable state in JetStream (each node keeps its shards' state in its own data
-//! directory), a shard moving to another node when its node dies, operator calls for users homed on another node.
+//! The social graph is also kept in JetStream for every node to read at start (`graph`); backend API calls are
+//! forwarded to the user's home node (`crate::admin::grpc`). What is not here yet (issue 17): chats, queues and
+//! offsets in JetStream (each node keeps its shards' in its own data directory), a shard moving to another node
+//! when its node dies.
 
 pub mod frame;
 pub mod graph;

@@ -409,16 +409,7 @@ impl Hub {
         if !self.layout.is_local(to) {
             return self.hand_off_remote(conn, to);
         }
-        let link = self.with_core(from, |core, _| {
-            if !core.engine.hand_off(conn.id) {
-                return None;
-            }
-            if let Some(edge) = &mut core.edge {
-                edge.closed(conn.id);
-            }
-            core.links.remove(&conn.id)
-        });
-        let Some(link) = link else {
+        let Some(link) = self.let_go(conn, from) else {
             return;
         };
         self.lock(to).links.insert(conn.id, link);
@@ -427,6 +418,20 @@ impl Hub {
         if opened.is_err() {
             self.lock(to).links.remove(&conn.id);
         }
+    }
+
+    /// Shard `from` lets go of a connection that has not authenticated yet, and hands back its link; `None` if
+    /// the engine there no longer holds it that way.
+    fn let_go(&self, conn: &ConnRef, from: usize) -> Option<Link> {
+        self.with_core(from, |core, _| {
+            if !core.engine.hand_off(conn.id) {
+                return None;
+            }
+            if let Some(edge) = &mut core.edge {
+                edge.closed(conn.id);
+            }
+            core.links.remove(&conn.id)
+        })
     }
 
     pub fn text_frame(&self, conn: &ConnRef) {

@@ -61,24 +61,66 @@ pub use hub::{MailSteps, Snapshot};
 /// Runs operator calls (the backend API, `POST /push`) in a running server, each on the shard that owns the
 /// user it concerns (see [`ServerHandle::operator`]).
 #[derive(Clone)]
-pub struct Operator(Arc<Hub>);
+pub struct Operator {
+    hub: Arc<Hub>,
+    /// A cluster's NATS: calls about users homed on another node go there.
+    cluster: Option<Arc<ClusterLink>>,
+}
+
+/// What an operator needs of a cluster: its NATS connection and where users live.
+struct ClusterLink {
+    client: async_nats::Client,
+    layout: crate::cluster::Layout,
+}
+
+/// The subject on which a node serves the backend API's calls forwarded by other nodes.
+pub fn admin_subject(node: &str) -> String {
+    format!("bimip.admin.{node}")
+}
 
 impl Operator {
     /// Runs `f` on the engine that owns `eid` (its home shard) with the server's time; what it outputs goes out
     /// as any other call's.
     /// `None` when that shard is on another node of a cluster (operator calls are served by the user's home node).
     pub fn on_home<R>(&self, eid: &str, f: impl FnOnce(&mut Engine, crate::core::Millis) -> R) -> Option<R> {
-        self.0.on_home(eid, f)
+        self.hub.on_home(eid, f)
+    }
+
+    /// The node of a cluster that is `eid`'s home, when that is another node.
+    pub fn remote_home(&self, eid: &str) -> Option<usize> {
+        let cluster = self.cluster.as_ref()?;
+        let node = cluster
+            .layout
+            .node_of_shard(crate::core::shard::home(eid, cluster.layout.shard_count()));
+        (node != cluster.layout.node).then_some(node)
+    }
+
+    /// Sends `payload` to node `node`'s backend API over NATS and waits for its answer (at most 5 s).
+    pub async fn request(&self, node: usize, payload: bytes::Bytes) -> Result<bytes::Bytes, String> {
+        let cluster = self.cluster.as_ref().ok_or("not a cluster")?;
+        let name = cluster.layout.nodes.get(node).ok_or("no such node")?;
+        let asked = cluster.client.request(admin_subject(name), payload);
+        match tokio::time::timeout(Duration::from_secs(5), asked).await {
+            Ok(Ok(message)) => Ok(message.payload),
+            Ok(Err(e)) => Err(format!("node {name}: {e}")),
+            Err(_) => Err(format!("node {name} did not answer within 5 s")),
+        }
+    }
+
+    /// This node's NATS connection and its name, in a cluster.
+    pub fn nats(&self) -> Option<(async_nats::Client, String)> {
+        let cluster = self.cluster.as_ref()?;
+        Some((cluster.client.clone(), cluster.layout.name().to_string()))
     }
 
     /// The server's counters, summed over its shards.
     pub fn snapshot(&self) -> Snapshot {
-        self.0.snapshot()
+        self.hub.snapshot()
     }
 
     /// How many shards the engine runs on.
     pub fn shards(&self) -> usize {
-        self.0.shard_count()
+        self.hub.shard_count()
     }
 }
 pub use ws::{SUBPROTOCOL, subprotocols as ws_subprotocols, ws_config};
@@ -192,6 +234,7 @@ pub async fn serve_node(
 /// [`ServerHandle::shutdown`] to stop it.
 pub struct ServerHandle {
     hub: Arc<Hub>,
+    cluster: Option<Arc<ClusterLink>>,
     options: Arc<ServerOptions>,
     /// Every task holds a clone; the receiver sees `None` once all are gone.
     tasks: mpsc::Sender<()>,
@@ -228,7 +271,11 @@ impl ServerHandle {
     ) -> io::Result<ServerHandle> {
         let (outward, outgoing) = hub::Outward::new();
         let layout = node.layout.clone();
-        let server = Self::start_with(engines, layout, Some(outward), clock, options);
+        let mut server = Self::start_with(engines, layout.clone(), Some(outward), clock, options);
+        server.cluster = Some(Arc::new(ClusterLink {
+            client: node.client().clone(),
+            layout,
+        }));
         let sink: Arc<dyn crate::cluster::FrameSink> = server.hub.clone();
         crate::cluster::spawn(node, outgoing, sink, server.hub.shutdown_token().clone());
         Ok(server)
@@ -271,6 +318,7 @@ impl ServerHandle {
         });
         ServerHandle {
             hub,
+            cluster: None,
             options: Arc::new(options),
             tasks,
             tasks_done,
@@ -320,7 +368,10 @@ impl ServerHandle {
 
     /// A handle for pushing from other tasks (the admin endpoint).
     pub fn operator(&self) -> Operator {
-        Operator(self.hub.clone())
+        Operator {
+            hub: self.hub.clone(),
+            cluster: self.cluster.clone(),
+        }
     }
 
     /// The latest snapshot of the engine's counters.

@@ -142,17 +142,9 @@ impl Hub {
     /// it, and its home opens it.
     pub(super) fn hand_off_remote(&self, conn: &super::ConnRef, to: usize) {
         let Some(relay) = &self.relay else { return };
-        let from = conn.shard();
-        let link = self.with_core(from, |core, _| {
-            if !core.engine.hand_off(conn.id) {
-                return None;
-            }
-            if let Some(edge) = &mut core.edge {
-                edge.closed(conn.id);
-            }
-            core.links.remove(&conn.id)
-        });
-        let Some(link) = link else { return };
+        let Some(link) = self.let_go(conn, conn.shard()) else {
+            return;
+        };
         relay.adopt(conn.id, link, to);
         conn.shard.store(to, std::sync::atomic::Ordering::Relaxed);
         relay.send(
