@@ -41,7 +41,7 @@ bimip_bin() {
     local target="${CARGO_TARGET_DIR:-$(dirname "$0")/../target}"
     if [ ! -x "$target/release/bimip" ]; then
         echo "building bimip (release)..." >&2
-        cargo build --release --quiet --bin bimip >&2
+        (cd "$(dirname "$0")/.." && cargo build --release --quiet --bin bimip) >&2
     fi
     echo "$target/release/bimip"
 }
@@ -115,6 +115,15 @@ start_nodes() {
     if [ ! -s "$dir/admin-secret" ]; then
         (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$dir/admin-secret" && echo >> "$dir/admin-secret")
     fi
+    if [ -s "$dir/nodes.pids" ]; then
+        local pid
+        for pid in $(cat "$dir/nodes.pids"); do
+            if ours "$pid"; then
+                echo "bimip nodes of $dir are running (PID $pid); '$0 kill' or '$0 down' first" >&2
+                exit 1
+            fi
+        done
+    fi
     : > "$dir/nodes.pids"
     for name in $(names); do
         local port=$((base + 10 * i))
@@ -136,20 +145,26 @@ start_nodes() {
     done
 }
 
+# Whether PID $1 is alive and one of ours (nats-server or bimip): a PID file that outlived its processes must not
+# make us signal whatever took the number since.
+ours() {
+    [ -d "/proc/$1" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ] &&
+        tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -qE '(^|/)(nats-server|bimip) '
+}
+
 # Stops the processes listed in $1 with signal $2, waiting for each to be gone (kill -9 after 5 s).
 stop_pids() {
     [ -s "$1" ] || return 0
     local pid
     for pid in $(cat "$1"); do
-        kill "-$2" "$pid" 2>/dev/null || true
+        if ours "$pid"; then kill "-$2" "$pid" 2>/dev/null || true; fi
     done
     for pid in $(cat "$1"); do
         for _ in $(seq 1 50); do
-            # Gone, or a zombie of a shell that started it.
-            [ -d "/proc/$pid" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] || break
+            ours "$pid" || break
             sleep 0.1
         done
-        kill -9 "$pid" 2>/dev/null || true
+        if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
     done
     rm -f "$1"
 }

@@ -314,7 +314,7 @@ impl Settings {
         let count = self.shard_count()?;
         Ok(match &self.cluster {
             None => crate::cluster::Layout::single(count),
-            Some(cluster) => crate::cluster::Layout::of(&self.node, &cluster.nodes, count)?,
+            Some(cluster) => crate::cluster::Layout::of(&self.node, &cluster.nodes, count)?.with_epoch(rand::random()),
         })
     }
 

@@ -55,11 +55,8 @@ pub(crate) fn spawn(
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                changed = up.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let now = *up.borrow_and_update();
+                changed = up.recv() => {
+                    let Some(now) = changed else { break };
                     watcher.link_state(now);
                 }
             }
@@ -76,7 +73,11 @@ pub(crate) fn spawn(
                 tracing::warn!("this node's NATS subscription ended");
                 break;
             };
-            sink.take_frame(&message.payload);
+            // A frame is another process's bytes: a bug its content reaches must not stop this node's reading.
+            let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.take_frame(&message.payload)));
+            if taken.is_err() {
+                tracing::error!(subject = %message.subject, "a frame from another node made this node panic; dropped");
+            }
         }
     });
 }

@@ -31,11 +31,14 @@ pub struct Layout {
     pub nodes: Vec<String>,
     /// Shards per node (the same on every node).
     pub shards_per_node: usize,
+    /// This start of the node ([`Layout::first_conn_id`]); 0 for a lone server.
+    pub epoch: u16,
 }
 
 /// The bits of a connection id above which its node's index sits: ids stay unique across the cluster, and a
 /// home shard knows where to send a connection's outputs from its id alone.
 const NODE_SHIFT: u32 = 48;
+const EPOCH_SHIFT: u32 = 32;
 
 impl Layout {
     /// A lone server with `shards` shards.
@@ -44,6 +47,7 @@ impl Layout {
             node: 0,
             nodes: vec!["local".into()],
             shards_per_node: shards.max(1),
+            epoch: 0,
         }
     }
 
@@ -72,6 +76,7 @@ impl Layout {
             node,
             nodes: nodes.to_vec(),
             shards_per_node: shards_per_node.max(1),
+            epoch: 0,
         })
     }
 
@@ -102,9 +107,17 @@ impl Layout {
         usize::try_from(conn.0 >> NODE_SHIFT).unwrap_or(usize::MAX)
     }
 
-    /// The first connection id this node hands out.
+    /// The first connection id this node hands out: its node's index above [`NODE_SHIFT`], and in a cluster this
+    /// start's epoch in the 16 bits below, so that a node started again does not reuse the ids of connections its
+    /// peers may still hold sessions for (their Closed frames may have been lost with the process).
     pub fn first_conn_id(&self) -> u64 {
-        (u64::try_from(self.node).unwrap_or(0) << NODE_SHIFT) + 1
+        (u64::try_from(self.node).unwrap_or(0) << NODE_SHIFT) + (u64::from(self.epoch) << EPOCH_SHIFT) + 1
+    }
+
+    /// This layout for one start of the node, numbered `epoch` (random, from the caller).
+    pub fn with_epoch(mut self, epoch: u16) -> Layout {
+        self.epoch = epoch;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -119,6 +132,17 @@ fn valid_node_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `urls` with any `user:password@` taken out: for messages and logs.
+fn without_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}://{}", &url[..scheme], &url[at + 1..]),
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The NATS subject a node reads its frames from.
@@ -152,26 +176,28 @@ pub struct Node {
     pub(crate) client: async_nats::Client,
     /// This node's subject, subscribed from the start: frames that come before the hub is up wait here.
     pub(crate) incoming: async_nats::Subscriber,
-    /// Whether the NATS connection is up now (the client reconnects by itself when it is lost).
-    pub(crate) up: tokio::sync::watch::Receiver<bool>,
+    /// Every change of the NATS connection, in order (the client reconnects by itself when it is lost): a loss
+    /// and its return both arrive, however close together, since frames sent meanwhile are lost either way.
+    pub(crate) up: tokio::sync::mpsc::UnboundedReceiver<bool>,
 }
 
 impl Node {
     /// Connects to NATS (`urls`, comma-separated); fails at once, with the reason, when none answers.
     pub async fn connect(urls: &str, layout: Layout) -> Result<Node, ClusterError> {
+        let shown = without_credentials(urls);
         let unreachable = |why: String| ClusterError::Unreachable {
-            urls: urls.to_string(),
+            urls: shown.clone(),
             why,
         };
         let servers = urls
             .split(',')
             .map(|url| url.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClusterError::BadUrl(format!("{urls}: {e}")))?;
+            .map_err(|e| ClusterError::BadUrl(format!("{shown}: {e}")))?;
         if servers.is_empty() {
-            return Err(ClusterError::BadUrl(urls.to_string()));
+            return Err(ClusterError::BadUrl(shown));
         }
-        let (up_tx, up) = tokio::sync::watch::channel(true);
+        let (up_tx, up) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name(format!("bimip-{}", layout.name()))
             .event_callback(move |event| {
@@ -179,12 +205,12 @@ impl Node {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            tracing::info!("NATS connection back");
-                            up_tx.send_replace(true);
+                            tracing::info!("NATS connection up");
+                            let _ = up_tx.send(true);
                         }
                         async_nats::Event::Disconnected | async_nats::Event::Closed => {
                             tracing::warn!("NATS connection lost");
-                            up_tx.send_replace(false);
+                            let _ = up_tx.send(false);
                         }
                         _ => {}
                     }
@@ -236,6 +262,17 @@ mod tests {
             "a lone server numbers connections from 1 as before"
         );
         assert_eq!(Layout::single(3).local_shards().count(), 3);
+        let again = b.clone().with_epoch(7);
+        assert_ne!(again.first_conn_id(), b.first_conn_id());
+        assert_eq!(again.node_of_conn(ConnId(again.first_conn_id())), 1);
+    }
+
+    #[test]
+    fn credentials_stay_out_of_messages() {
+        assert_eq!(
+            without_credentials("nats://u:secret@10.0.0.1:4222,nats://10.0.0.2:4222"),
+            "nats://10.0.0.1:4222,nats://10.0.0.2:4222"
+        );
     }
 
     #[test]

@@ -628,6 +628,12 @@ impl Hub {
         // Into the other shards' inboxes before this shard lets go: mail between two shards keeps its order.
         let mut mailed = BTreeSet::new();
         for (to, mail) in core.mail.drain(..) {
+            if to >= self.shards.len() {
+                // Only mail decoded from another node can name such a shard (a node started with another
+                // --shards or --cluster-nodes): an answer to a connection that cannot exist here.
+                tracing::warn!(shard = to, "mail for a shard the service does not have dropped");
+                continue;
+            }
             match self.remote_relay(to) {
                 Some(relay) => relay.send(self.layout.node_of_shard(to), &Frame::mail(to, mail.encode())),
                 None => {

@@ -452,7 +452,7 @@ where
             .await
             .ok()?
             .ok()??;
-        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut headers = [httparse::EMPTY_HEADER; 124];
         let mut request = httparse::Request::new(&mut headers);
         if !request.parse(head).ok()?.is_complete() {
             return None;

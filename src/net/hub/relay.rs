@@ -142,6 +142,13 @@ impl Hub {
     /// it, and its home opens it.
     pub(super) fn hand_off_remote(&self, conn: &super::ConnRef, to: usize) {
         let Some(relay) = &self.relay else { return };
+        if relay.is_cut() {
+            // Its home is out of reach: it ends as a connection of a node cut off does (SES-10).
+            if let Some(link) = self.let_go(conn, conn.shard()) {
+                link.tx.go_away();
+            }
+            return;
+        }
         let Some(link) = self.let_go(conn, conn.shard()) else {
             return;
         };
