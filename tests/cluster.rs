@@ -1,7 +1,8 @@
 //! Two reference-server nodes as one service (src/cluster), linked through a real NATS: Debian's `nats-server`,
-//! started here on loopback and stopped by PID (`apt-get install nats-server`; `.ci/run` installs it). Users
-//! homed on either node reach each other from either node, over WebSocket and native TCP; a device has one
-//! session in the whole cluster; a node that cannot reach NATS at start says so and exits 3.
+//! started here on loopback and stopped by PID (`apt-get install nats-server`; `.ci/run` installs it). SPEC 6.6:
+//! SES-9, users homed on either node reach each other from either node, over WebSocket and native TCP, and a
+//! device has one session in the whole cluster; SES-10, a node cut off from NATS; and a node that cannot reach
+//! NATS at start says so and exits 3.
 //!
 //! The conformance suite against a 3-node cluster runs in `.ci/run` (`scripts/cluster.sh`).
 
@@ -394,6 +395,7 @@ async fn refused_kind(url: &str, token: &str) -> Option<String> {
     refused.refused_kind().map(str::to_string)
 }
 
+/// SES-10.
 #[tokio::test]
 async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
     let (mut nats, keys, nodes) = cluster().await;
