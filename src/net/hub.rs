@@ -216,7 +216,7 @@ fn unpoison<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Hub {
     /// A hub for `engines`, this node's shards in `layout` (every shard of a lone server), in order; `edge` makes
     /// each shard's edge layer; `relay` carries frames to the other nodes of a cluster.
-    #[allow(clippy::too_many_arguments)] // one place builds it: ServerHandle::start_node
+    #[allow(clippy::too_many_arguments)] // one place builds it: ServerHandle::start_with
     pub fn new(
         engines: Vec<Engine>,
         layout: Layout,

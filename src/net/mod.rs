@@ -218,7 +218,7 @@ pub async fn serve_node(
     };
     let mut server = match node {
         None => ServerHandle::start_shards(engines, clock, config.options),
-        Some(node) => ServerHandle::start_node(engines, clock, config.options, node).await?,
+        Some(node) => ServerHandle::start_node(engines, clock, config.options, node),
     };
     if let Some(listener) = tcp {
         server.listen_tcp(listener)?;
@@ -263,12 +263,12 @@ impl ServerHandle {
 
     /// As [`ServerHandle::start_shards`], for one node of a cluster: `engines` are the node's shards of its
     /// layout, in order; frames to and from the other nodes go through its NATS connection.
-    pub async fn start_node(
+    pub fn start_node(
         engines: Vec<Engine>,
         clock: Arc<dyn Clock>,
         options: ServerOptions,
         node: crate::cluster::Node,
-    ) -> io::Result<ServerHandle> {
+    ) -> ServerHandle {
         let (outward, outgoing) = hub::Outward::new();
         let layout = node.layout.clone();
         let mut server = Self::start_with(engines, layout.clone(), Some(outward), clock, options);
@@ -278,7 +278,7 @@ impl ServerHandle {
         }));
         let sink: Arc<dyn crate::cluster::FrameSink> = server.hub.clone();
         crate::cluster::spawn(node, outgoing, sink, server.hub.shutdown_token().clone());
-        Ok(server)
+        server
     }
 
     fn start_with(

@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer } from "./support/server.js";
-import { wait, nextEvent, collect } from "./support/util.js";
+import { wait, nextEvent, collect, until } from "./support/util.js";
 import { connect, BimipError } from "../dist/index.js";
 
 let server;
@@ -172,7 +172,8 @@ test("blocking: Bob's texts are refused with 403 blocked, intentions dropped sil
   const aMessages = collect(a, "message");
   try {
     const first = await b.sendText(A, "before the block");
-    await nextEvent(a, "message", (m) => m.messageId === first.messageId);
+    // The copy may reach Ann before the VersionUpdate reaches Bill: look in what was collected.
+    await until(() => aMessages.some((m) => m.messageId === first.messageId), "the first message");
     await a.block(B);
     await a.block(B); // blocking again gives the same answer (BLK-1)
     await assert.rejects(b.sendText(A, "are you there?"), (e) => {
@@ -193,7 +194,8 @@ test("blocking: Bob's texts are refused with 403 blocked, intentions dropped sil
 
     await a.unblock(B);
     const after = await b.sendText(A, "after the unblock");
-    const m = await nextEvent(a, "message", (x) => x.messageId === after.messageId);
+    await until(() => aMessages.some((x) => x.messageId === after.messageId), "the message after the unblock");
+    const m = aMessages.find((x) => x.messageId === after.messageId);
     assert.equal(m.text, "after the unblock");
     assert.equal(after.version, first.version + 1, "rejected requests used no version");
   } finally {
