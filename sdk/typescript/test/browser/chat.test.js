@@ -1,32 +1,17 @@
 // Real-browser test: the built ESM SDK (dist/) runs in headless Chromium, two pages as two users
 // chat 50 messages each way through the reference server. Run with `npm run test:browser`.
 // Chromium is required: CHROMIUM_PATH, or /usr/bin/chromium (Debian: apt-get install -y chromium).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { startServer } from "../support/server.js";
-import { OUT, launchBrowser, serveStatic, stepper, watchErrors } from "./harness.js";
+import { OUT, stepper, watchErrors, withBrowserAndServer } from "./harness.js";
 
 const N = 50;
 const step = stepper("browser-test");
 
-let server, http, chromium, browser;
-
-before(async () => {
-  step("launching Chromium");
-  chromium = await launchBrowser();
-  browser = chromium.browser;
-  step("Chromium up");
-  server = await startServer();
-  http = await serveStatic();
-});
-
-after(async () => {
-  await chromium?.close();
-  http?.close();
-  await server?.stop();
-});
+let server, http, browser;
+withBrowserAndServer(step, (env) => ({ server, http, browser } = env));
 
 async function openUser(eid, device) {
   step(`${eid}: new page`);

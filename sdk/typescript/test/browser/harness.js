@@ -8,7 +8,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs
 import { dirname, extname, join, normalize, resolve } from "node:path";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
+import { before, after } from "node:test";
 import puppeteer from "puppeteer-core";
+import { startServer } from "../support/server.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const ROOT = resolve(HERE, "../..");
@@ -112,4 +114,25 @@ export function watchErrors(page) {
     if (m.type() === "error") errors.push(`${m.text()} ${m.location()?.url ?? ""}`);
   });
   return errors;
+}
+
+/**
+ * Chromium, the reference server and the static page server for one test file: started before its tests, handed
+ * to `assign({ server, http, browser })`, and stopped after them.
+ */
+export function withBrowserAndServer(step, assign) {
+  let chromium, http, server;
+  before(async () => {
+    step("launching Chromium");
+    chromium = await launchBrowser();
+    step("Chromium up");
+    server = await startServer();
+    http = await serveStatic();
+    assign({ server, http, browser: chromium.browser });
+  });
+  after(async () => {
+    await chromium?.close();
+    http?.close();
+    await server?.stop();
+  });
 }

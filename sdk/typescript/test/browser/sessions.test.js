@@ -5,32 +5,17 @@
 // - a reloaded page's new session works, and a second tab of the same device replaces it:
 //   the replaced client reports 409 session_replaced and closes with 4409 (SES-1), and neither
 //   tab reconnects on its own (CLI-4).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { startServer } from "../support/server.js";
-import { OUT, launchBrowser, serveStatic, stepper, watchErrors } from "./harness.js";
+import { OUT, stepper, watchErrors, withBrowserAndServer } from "./harness.js";
 
 const step = stepper("browser-sessions");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-let server, http, chromium, browser;
-
-before(async () => {
-  step("launching Chromium");
-  chromium = await launchBrowser();
-  browser = chromium.browser;
-  step("Chromium up");
-  server = await startServer();
-  http = await serveStatic();
-});
-
-after(async () => {
-  await chromium?.close();
-  http?.close();
-  await server?.stop();
-});
+let server, http, browser;
+withBrowserAndServer(step, (env) => ({ server, http, browser } = env));
 
 /** Loads the test page into `page` and connects it as (eid, device) with a fresh token. */
 async function signIn(page, eid, device, { reconnect = false } = {}) {
