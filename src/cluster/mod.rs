@@ -15,6 +15,7 @@
 pub mod frame;
 pub mod graph;
 mod link;
+pub mod reliable;
 
 pub use frame::Frame;
 pub use link::FrameSink;

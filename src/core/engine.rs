@@ -207,6 +207,11 @@ impl Engine {
         self.conns.len()
     }
 
+    /// The connections the engine knows, in id order.
+    pub fn connection_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns.keys().copied()
+    }
+
     /// A transport accepted a connection. WebSocket passes the token from the
     /// upgrade request and learns here whether to upgrade: `Err` is the kind
     /// to answer with (HTTP 401 or 429, body = kind). Native TCP passes no
@@ -231,7 +236,7 @@ impl Engine {
                         state: ConnState::AwaitingAuth { deadline: None },
                     },
                 );
-                let started = self.start_session(conn, token, now);
+                let started = self.fenced(conn, |engine| engine.start_session(conn, token, now));
                 if started.is_err() {
                     self.conns.remove(&conn);
                 }
@@ -256,6 +261,10 @@ impl Engine {
 
     /// One stanza's bytes arrived (a WebSocket binary message or a TCP frame).
     pub fn receive(&mut self, conn: ConnId, stanza: &[u8], now: Millis) {
+        self.fenced(conn, |engine| engine.handle(conn, stanza, now));
+    }
+
+    fn handle(&mut self, conn: ConnId, stanza: &[u8], now: Millis) {
         let rate = self.stanza_rate();
         let Some(state) = self.conns.get_mut(&conn).map(|c| &mut c.state) else {
             return;
@@ -455,8 +464,15 @@ impl Engine {
         }
     }
 
-    /// An output past the connection's answer order: out now, or after the pending sync (QUE-2).
+    /// An output past the connection's answer order: behind its user's fence ([`Engine::fenced`]), or on.
     pub(super) fn emit(&mut self, output: Output) {
+        if let Some(output) = self.hold_for_user(output) {
+            self.emit_synced(output);
+        }
+    }
+
+    /// An output past every order but durability's: out now, or after the pending sync (QUE-2).
+    pub(super) fn emit_synced(&mut self, output: Output) {
         if (self.unsynced || self.syncing.is_some()) && output.waits_for_sync() {
             self.held.push_back(output);
         } else {

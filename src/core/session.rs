@@ -121,12 +121,13 @@ impl Engine {
             max_stanza_bytes: i64::try_from(self.config.max_stanza_bytes).unwrap_or(i64::MAX),
             expires_at: verified.exp_ms,
         };
-        self.send(conn, Payload::Authenticate(answer));
-        self.replay_queue(conn, now);
-        self.send_start_body(conn, now);
+        // Before the answer: the session hears nothing until every shard knows the user is online (`Engine::fenced`).
         if first_of_user {
             self.user_came_online(&identity.eid, now);
         }
+        self.send(conn, Payload::Authenticate(answer));
+        self.replay_queue(conn, now);
+        self.send_start_body(conn, now);
         Ok(())
     }
 }

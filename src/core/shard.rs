@@ -122,8 +122,13 @@ pub(super) enum Letter {
         item: Box<QueueItem>,
         ticket: Option<u64>,
     },
-    /// The append of `ticket` is durable (or failed), to the chat home that asked.
-    Appended { ticket: u64, ok: bool },
+    /// The append of `ticket` is durable (or failed) on `shard`, to the chat home that asked.
+    Appended { ticket: u64, ok: bool, shard: usize },
+    /// Follows the replicated changes a connection's stanza made (`Presence`, `Social`, `Fix`) to every other shard;
+    /// FIFO per pair, so a shard that reads it has applied them. Answered with `Passed`.
+    Fence { ticket: u64 },
+    /// The `Fence` of `ticket` was reached on `shard`, to the shard that put it up.
+    Passed { ticket: u64, shard: usize },
     /// The answer to a stanza another shard handled, to the connection's shard.
     Answer(Box<Answer>),
 }
@@ -165,7 +170,9 @@ struct Slot {
 /// An answer that waits for queue appends on other shards to be durable.
 #[derive(Debug)]
 pub(super) struct Waiting {
-    pub appends: usize,
+    /// The appends not yet reported durable: (the user's home, the user, the item), kept to be sent again if that
+    /// home's node starts again ([`Engine::peer_restarted`]).
+    pub owed: Vec<(usize, String, QueueItem)>,
     pub failed: bool,
     pub answer: Answer,
 }
@@ -183,6 +190,39 @@ pub(super) struct Crossing {
     next_ticket: u64,
     /// Users of other shards whose queues are full (QUE-10), as their homes last said.
     pub full: std::collections::BTreeSet<String>,
+    /// The connection whose stanza (or opening) is being handled, and the ticket of the fence it put up once it
+    /// made a replicated change ([`Engine::fenced`]).
+    fencing: Option<(ConnId, Option<u64>)>,
+    /// Fences out, by ticket.
+    fences: BTreeMap<u64, Fenced>,
+    /// Users whose connections' outputs wait behind fences, by EID.
+    holds: BTreeMap<String, UserHold>,
+    /// The user hold each connection with outputs in one uses (kept after the connection closes, so that its Close
+    /// stays behind its last stanzas).
+    held_for: BTreeMap<ConnId, String>,
+}
+
+/// A fence out: the user whose outputs wait for it, and the shards that have yet to pass it.
+#[derive(Debug)]
+struct Fenced {
+    eid: String,
+    remaining: std::collections::BTreeSet<usize>,
+}
+
+/// What a user's connections are sent from a fence on, in the order the engine produced it: a fence holds the
+/// outputs to *every* connection of its user, not only to the changer's, so that orderings between a user's
+/// devices hold as on one shard (SES-1: a replaced session's 409 before the new session's first stanza; TOK-7: a
+/// revocation's answer before the revoked device's 401).
+#[derive(Debug, Default)]
+struct UserHold {
+    queue: VecDeque<UserHeld>,
+    conns: std::collections::BTreeSet<ConnId>,
+}
+
+#[derive(Debug)]
+enum UserHeld {
+    Fence { ticket: u64, passed: bool },
+    Output(Output),
 }
 
 impl Engine {
@@ -198,8 +238,25 @@ impl Engine {
         });
     }
 
-    /// Sends the same mail to every other shard.
+    /// Sends the same mail to every other shard. A replicated change made for a connection's stanza holds what the
+    /// connection is sent next until every shard has applied it ([`Engine::fenced`]).
     pub(super) fn broadcast(&mut self, letter: Letter) {
+        if matches!(letter, Letter::Presence { .. } | Letter::Social(_) | Letter::Fix { .. })
+            && let Some((conn, None)) = self.crossing.fencing
+            && let Some(eid) = self.identity(conn).map(|i| i.eid.to_string())
+        {
+            let ticket = self.ticket();
+            self.crossing.fencing = Some((conn, Some(ticket)));
+            let fence = UserHeld::Fence { ticket, passed: false };
+            self.crossing
+                .holds
+                .entry(eid.clone())
+                .or_default()
+                .queue
+                .push_back(fence);
+            let remaining = std::collections::BTreeSet::new();
+            self.crossing.fences.insert(ticket, Fenced { eid, remaining });
+        }
         for to in self.shard.others().collect::<Vec<_>>() {
             self.mail(to, letter.clone());
         }
@@ -224,12 +281,171 @@ impl Engine {
             Letter::Append { eid, item, ticket } => {
                 let ok = self.enqueue(&eid, *item).is_ok();
                 if let Some(ticket) = ticket {
-                    self.mail(ticket_home(ticket), Letter::Appended { ticket, ok });
+                    let shard = self.shard.index;
+                    self.mail(ticket_home(ticket), Letter::Appended { ticket, ok, shard });
                 }
             }
-            Letter::Appended { ticket, ok } => self.appended(ticket, ok, now),
+            Letter::Appended { ticket, ok, shard } => self.appended(ticket, ok, shard, now),
+            Letter::Fence { ticket } => {
+                let shard = self.shard.index;
+                self.mail(ticket_home(ticket), Letter::Passed { ticket, shard });
+            }
+            Letter::Passed { ticket, shard } => self.passed(ticket, shard),
             Letter::Answer(answer) => self.apply_answer(*answer, now),
         }
+    }
+
+    /// Handles a stanza of `conn`, or its opening, in `f`, so that once the connection hears anything after it, every
+    /// shard has applied the replicated changes `f` made (presence, graph, location): a user told that a change is
+    /// done, or answered anything later, may count on every other user's shard seeing it (SES-9). Across nodes a
+    /// replica would otherwise lag the answer by the time the mail takes. From the first such change on, what the
+    /// user's connections are sent waits ([`UserHold`]) until every other shard has passed the `Fence` sent behind
+    /// the changes.
+    pub(super) fn fenced<T>(&mut self, conn: ConnId, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.shard.count == 1 {
+            return f(self);
+        }
+        self.crossing.fencing = Some((conn, None));
+        let result = f(self);
+        if let Some((_, Some(ticket))) = self.crossing.fencing.take() {
+            let others: Vec<usize> = self.shard.others().collect();
+            for &to in &others {
+                self.mail(to, Letter::Fence { ticket });
+            }
+            if let Some(fence) = self.crossing.fences.get_mut(&ticket) {
+                fence.remaining = others.into_iter().collect();
+            }
+        }
+        result
+    }
+
+    /// Shard `shard` passed the fence of `ticket`; the last one releases what it held.
+    fn passed(&mut self, ticket: u64, shard: usize) {
+        let Some(fence) = self.crossing.fences.get_mut(&ticket) else {
+            return;
+        };
+        fence.remaining.remove(&shard);
+        if !fence.remaining.is_empty() {
+            return;
+        }
+        let Some(Fenced { eid, .. }) = self.crossing.fences.remove(&ticket) else {
+            return;
+        };
+        let Some(hold) = self.crossing.holds.get_mut(&eid) else {
+            return;
+        };
+        for entry in &mut hold.queue {
+            if let UserHeld::Fence { ticket: t, passed } = entry
+                && *t == ticket
+            {
+                *passed = true;
+            }
+        }
+        let mut ready = Vec::new();
+        while let Some(entry) = hold.queue.pop_front() {
+            match entry {
+                UserHeld::Fence { passed: true, .. } => {}
+                UserHeld::Output(output) => ready.push(output),
+                fence @ UserHeld::Fence { passed: false, .. } => {
+                    hold.queue.push_front(fence);
+                    break;
+                }
+            }
+        }
+        if hold.queue.is_empty()
+            && let Some(hold) = self.crossing.holds.remove(&eid)
+        {
+            for conn in hold.conns {
+                self.crossing.held_for.remove(&conn);
+            }
+        }
+        for output in ready {
+            self.emit_synced(output);
+        }
+    }
+
+    /// The shards in `lost` (another node's) started again, and what they had not made durable is gone: what this
+    /// shard still waits for there is sent again (the appends an answer waits for: a copy that was durable after
+    /// all comes twice, and its device drops it by message id, QUE-7; the fences: each shard passes a fence once).
+    /// The connections still waiting for an answer another shard prepares, which may have been lost there, end
+    /// with 503 `unavailable` (their clients reconnect and send again what was not confirmed, CLI-2); what waited
+    /// behind those answers is dropped with them.
+    pub fn peer_restarted(&mut self, lost: &[usize], now: Millis) {
+        let mut again = Vec::new();
+        for (ticket, waiting) in &self.crossing.waiting {
+            for (home, eid, item) in waiting.owed.iter().filter(|(home, _, _)| lost.contains(home)) {
+                again.push((*home, eid.clone(), item.clone(), *ticket));
+            }
+        }
+        for (home, eid, item, ticket) in again {
+            let item = Box::new(item);
+            self.mail(
+                home,
+                Letter::Append {
+                    eid,
+                    item,
+                    ticket: Some(ticket),
+                },
+            );
+        }
+        let mut fences = Vec::new();
+        for (ticket, fence) in &self.crossing.fences {
+            fences.extend(
+                fence
+                    .remaining
+                    .iter()
+                    .filter(|s| lost.contains(s))
+                    .map(|s| (*s, *ticket)),
+            );
+        }
+        for (to, ticket) in fences {
+            self.mail(to, Letter::Fence { ticket });
+        }
+        let stuck: Vec<ConnId> = self
+            .crossing
+            .held
+            .iter()
+            .filter(|(_, held)| held.slots.iter().any(|slot| slot.awaiting.is_some()))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stuck {
+            self.crossing.held.remove(&conn);
+            let rejection = Rejection::new(
+                crate::codec::ErrorKind::Unavailable,
+                "a node of the service started again; reconnect and send again what was not confirmed",
+            );
+            self.reject(conn, None, rejection, now);
+            self.close(
+                conn,
+                super::CloseReason::Error(crate::codec::ErrorKind::Unavailable),
+                now,
+            );
+        }
+    }
+
+    /// Holds an output to a connection whose user waits for a fence; gives it back otherwise.
+    pub(super) fn hold_for_user(&mut self, output: Output) -> Option<Output> {
+        if self.crossing.holds.is_empty() {
+            return Some(output);
+        }
+        let conn = match &output {
+            Output::Send { conn, .. } | Output::Close { conn, .. } => *conn,
+            Output::Mail { .. } | Output::Sync(_) => return Some(output),
+        };
+        let eid = match self.crossing.held_for.get(&conn) {
+            Some(eid) => eid.clone(),
+            None => match self.identity(conn) {
+                Some(id) if self.crossing.holds.contains_key(&*id.eid) => id.eid.to_string(),
+                _ => return Some(output),
+            },
+        };
+        let Some(hold) = self.crossing.holds.get_mut(&eid) else {
+            return Some(output);
+        };
+        hold.queue.push_back(UserHeld::Output(output));
+        hold.conns.insert(conn);
+        self.crossing.held_for.insert(conn, eid);
+        None
     }
 
     /// A new ticket for appends other shards make for one answer; it names this shard, so that their
@@ -306,26 +522,36 @@ impl Engine {
         }
     }
 
-    /// Sends `answer` once the `appends` appends sent under `ticket` are durable (none: at once).
-    pub(super) fn answer_after(&mut self, ticket: u64, appends: usize, answer: Answer, now: Millis) {
-        if appends == 0 {
+    /// Sends `answer` once the appends in `owed`, sent under `ticket`, are durable (none: at once).
+    pub(super) fn answer_after(
+        &mut self,
+        ticket: u64,
+        owed: Vec<(usize, String, QueueItem)>,
+        answer: Answer,
+        now: Millis,
+    ) {
+        if owed.is_empty() {
             return self.answer(answer, now);
         }
         let waiting = Waiting {
-            appends,
+            owed,
             failed: false,
             answer,
         };
         self.crossing.waiting.insert(ticket, waiting);
     }
 
-    fn appended(&mut self, ticket: u64, ok: bool, now: Millis) {
+    /// `shard` made one of the appends of `ticket` durable (a report of one it no longer owes is a duplicate).
+    fn appended(&mut self, ticket: u64, ok: bool, shard: usize, now: Millis) {
         let Some(waiting) = self.crossing.waiting.get_mut(&ticket) else {
             return;
         };
-        waiting.appends = waiting.appends.saturating_sub(1);
+        let Some(at) = waiting.owed.iter().position(|(home, _, _)| *home == shard) else {
+            return;
+        };
+        waiting.owed.remove(at);
         waiting.failed |= !ok;
-        if waiting.appends > 0 {
+        if !waiting.owed.is_empty() {
             return;
         }
         let Some(mut waiting) = self.crossing.waiting.remove(&ticket) else {
@@ -398,6 +624,7 @@ impl Engine {
             answer.origin.seq = Some(self.await_answer(answer.origin.conn));
         }
         let ticket = (awaited > 0).then(|| self.ticket());
+        let mut owed = Vec::with_capacity(awaited);
         for (eid, item) in items {
             let home = self.shard.home_of(&eid);
             if home == here {
@@ -406,6 +633,9 @@ impl Engine {
                 }
             } else {
                 let ticket = ticket.filter(|_| home != answer.origin.shard);
+                if ticket.is_some() {
+                    owed.push((home, eid.clone(), item.clone()));
+                }
                 self.mail(
                     home,
                     Letter::Append {
@@ -417,7 +647,7 @@ impl Engine {
             }
         }
         match ticket {
-            Some(ticket) => self.answer_after(ticket, awaited, answer, now),
+            Some(ticket) => self.answer_after(ticket, owed, answer, now),
             None => self.answer(answer, now),
         }
     }

@@ -107,12 +107,26 @@ fn letter_to_pb(letter: &Letter) -> pb::Letter {
             }),
             ticket: *ticket,
         }),
-        Letter::Appended { ticket, ok } => pb::Letter::Appended(pb::Appended {
+        Letter::Appended { ticket, ok, shard } => pb::Letter::Appended(pb::Appended {
             ticket: *ticket,
             ok: *ok,
+            shard: u32::try_from(*shard).unwrap_or(u32::MAX),
         }),
         Letter::Answer(answer) => pb::Letter::Answer(answer_to_pb(answer)),
+        Letter::Fence { ticket } => pb::Letter::Fence(pb::Fence {
+            ticket: *ticket,
+            shard: 0,
+        }),
+        Letter::Passed { ticket, shard } => pb::Letter::Passed(pb::Fence {
+            ticket: *ticket,
+            shard: u32::try_from(*shard).unwrap_or(u32::MAX),
+        }),
     }
+}
+
+/// A shard's index as sent: a number no shard has (on a 16-bit platform) names none.
+fn index(shard: u32) -> usize {
+    usize::try_from(shard).unwrap_or(usize::MAX)
 }
 
 fn letter_from_pb(letter: pb::Letter) -> Result<Letter, WireError> {
@@ -162,8 +176,14 @@ fn letter_from_pb(letter: pb::Letter) -> Result<Letter, WireError> {
         pb::Letter::Appended(a) => Letter::Appended {
             ticket: a.ticket,
             ok: a.ok,
+            shard: index(a.shard),
         },
         pb::Letter::Answer(a) => Letter::Answer(Box::new(answer_from_pb(a)?)),
+        pb::Letter::Fence(f) => Letter::Fence { ticket: f.ticket },
+        pb::Letter::Passed(f) => Letter::Passed {
+            ticket: f.ticket,
+            shard: index(f.shard),
+        },
     })
 }
 
@@ -375,7 +395,7 @@ mod pb {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Mail {
-        #[prost(oneof = "Letter", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+        #[prost(oneof = "Letter", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
         pub letter: Option<Letter>,
     }
 
@@ -401,6 +421,20 @@ mod pb {
         Appended(Appended),
         #[prost(message, tag = "10")]
         Answer(Answer),
+        #[prost(message, tag = "11")]
+        Fence(Fence),
+        #[prost(message, tag = "12")]
+        Passed(Fence),
+    }
+
+    /// A `Fence` or its `Passed`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Fence {
+        #[prost(uint64, tag = "1")]
+        pub ticket: u64,
+        /// `Passed`: the shard that passed it.
+        #[prost(uint32, tag = "2")]
+        pub shard: u32,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -601,6 +635,9 @@ mod pb {
         pub ticket: u64,
         #[prost(bool, tag = "2")]
         pub ok: bool,
+        /// The shard that made the append.
+        #[prost(uint32, tag = "3")]
+        pub shard: u32,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -922,7 +959,16 @@ mod tests {
                     ticket,
                 }
             ),
-            (any::<u64>(), any::<bool>()).prop_map(|(ticket, ok)| Letter::Appended { ticket, ok }),
+            (any::<u64>(), any::<bool>(), any::<u16>()).prop_map(|(ticket, ok, shard)| Letter::Appended {
+                ticket,
+                ok,
+                shard: usize::from(shard)
+            }),
+            any::<u64>().prop_map(|ticket| Letter::Fence { ticket }),
+            (any::<u64>(), any::<u16>()).prop_map(|(ticket, shard)| Letter::Passed {
+                ticket,
+                shard: usize::from(shard)
+            }),
             (
                 origin(),
                 any::<i64>(),
@@ -976,8 +1022,8 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_refused_as_such() {
-        // Field 11, length-delimited, empty: the kind a newer node might add next.
-        assert_eq!(Mail::decode(&[0x5a, 0x00]), Err(WireError::UnknownKind(11)));
+        // Field 13, length-delimited, empty: the kind a newer node might add next.
+        assert_eq!(Mail::decode(&[0x6a, 0x00]), Err(WireError::UnknownKind(13)));
         // Field 99 as a varint.
         assert_eq!(Mail::decode(&[0x98, 0x06, 0x01]), Err(WireError::UnknownKind(99)));
         assert_eq!(Mail::decode(&[]), Err(WireError::Missing("letter")));
@@ -1133,7 +1179,16 @@ mod tests {
                     ticket: Some(9),
                 },
             ),
-            ("appended", Letter::Appended { ticket: 9, ok: true }),
+            (
+                "appended",
+                Letter::Appended {
+                    ticket: 9,
+                    ok: true,
+                    shard: 2,
+                },
+            ),
+            ("fence", Letter::Fence { ticket: 9 }),
+            ("passed", Letter::Passed { ticket: 9, shard: 2 }),
             (
                 "answer",
                 Letter::Answer(Box::new(Answer {

@@ -5,6 +5,8 @@
 //!   rate or flat out, after a warm-up; delivered msgs/s and the latency from
 //!   a send to the receiver's ChatMessage, to the sender's VersionUpdate
 //!   (accepted) and to the sender's delivered acknowledgment.
+//! - [`durability`]: chat over several nodes that must lose nothing acknowledged while the test that runs it
+//!   kills, pauses and restarts them (issue 17's fault test).
 //! - [`idle`]: N idle connections, and the server's resident memory per
 //!   connection.
 //! - [`spawn`]: the reference server as a child process (the default target),
@@ -14,6 +16,7 @@
 
 pub mod chat;
 mod cli;
+pub mod durability;
 pub mod idle;
 mod progress;
 pub mod spawn;

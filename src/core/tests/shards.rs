@@ -16,6 +16,8 @@ struct Partition {
     /// What each connection was sent, not yet read.
     outputs: BTreeMap<ConnId, Vec<Output>>,
     conns: BTreeMap<ConnId, usize>,
+    /// Every connection output was for, in the order the shards gave them out.
+    order: Vec<ConnId>,
     now: Millis,
     next: u64,
 }
@@ -53,6 +55,7 @@ impl Partition {
             mail: VecDeque::new(),
             outputs: BTreeMap::new(),
             conns: BTreeMap::new(),
+            order: Vec::new(),
             now: T0,
             next: 0,
         }
@@ -62,8 +65,26 @@ impl Partition {
         home(key, self.shards.len())
     }
 
-    /// A WebSocket session on the user's home; its Authenticate RESPONSE is consumed.
+    /// A WebSocket session on the user's home, with the mail its start sends delivered; its Authenticate RESPONSE
+    /// is consumed.
     fn ws(&mut self, eid: &str, device: &str) -> ConnId {
+        let conn = self.open_ws(eid, device);
+        // The session's presence reaches every shard before it is told it is in (the fence of `Engine::fenced`).
+        self.deliver_all();
+        // The Authenticate RESPONSE only: a replay that follows it stays for the test to read.
+        let first = self.outputs.get_mut(&conn).map(|o| o.remove(0));
+        let Some(Output::Send { stanza, .. }) = first else {
+            panic!("no Authenticate RESPONSE: {first:?}");
+        };
+        assert!(matches!(
+            codec::decode(&stanza, usize::MAX),
+            Ok(Payload::Authenticate(_))
+        ));
+        conn
+    }
+
+    /// Opens a WebSocket connection on the user's home, no mail delivered.
+    fn open_ws(&mut self, eid: &str, device: &str) -> ConnId {
         self.next += 1;
         let conn = ConnId(self.next);
         let claims = Claims {
@@ -83,15 +104,6 @@ impl Partition {
             .unwrap();
         self.conns.insert(conn, shard);
         self.collect();
-        // The Authenticate RESPONSE only: a replay that follows it stays for the test to read.
-        let first = self.outputs.get_mut(&conn).map(|o| o.remove(0));
-        let Some(Output::Send { stanza, .. }) = first else {
-            panic!("no Authenticate RESPONSE: {first:?}");
-        };
-        assert!(matches!(
-            codec::decode(&stanza, usize::MAX),
-            Ok(Payload::Authenticate(_))
-        ));
         conn
     }
 
@@ -111,6 +123,7 @@ impl Partition {
                         self.mail.push_back((to, mail));
                     }
                     Output::Send { conn, .. } | Output::Close { conn, .. } => {
+                        self.order.push(conn);
                         self.outputs.entry(conn).or_default().push(output);
                     }
                     Output::Sync(job) => job.run(),
@@ -351,6 +364,120 @@ fn graph_changes_reach_every_shard() {
         matches!(&refused[..], [Payload::ErrorMessage(e)] if e.code == 403 && e.ref_id == "m1"),
         "{refused:?}"
     );
+}
+
+/// SES-9: a replicated change is answered once every shard has applied it, so a user told that it is done can count
+/// on every other user's shard seeing it; until then the changer hears nothing more (its later answers wait too).
+#[test]
+fn a_change_is_answered_once_every_shard_applied_it() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let alices = p.ws(&alice, "phone");
+    let bobs = p.ws(&bob, "phone");
+    let add = Payload::SubscriberAddRequest(SubscriberAddRequest {
+        subscriber: user(&bob),
+        ..Default::default()
+    });
+    p.send(alices, add);
+    p.deliver_all();
+    p.take(alices);
+    p.take(bobs);
+    let ask = |n: i64| {
+        Payload::AwarenessRequest(AwarenessRequest {
+            to: user(&alice),
+            awareness_identifier: n,
+            ..Default::default()
+        })
+    };
+    // Bob is told of the change too (AWR-11); the answer to his request is what this test reads.
+    let status = |seen: &[Payload]| {
+        seen.iter()
+            .find_map(|p| match p {
+                Payload::AwarenessResponse(r) => Some(r.status),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no AwarenessResponse: {seen:?}"))
+    };
+    p.send(bobs, ask(1));
+    assert_eq!(status(&p.take(bobs)), awareness_status::ONLINE);
+
+    let private = Payload::AwarenessVisibility(AwarenessVisibility {
+        id: "v1".into(),
+        r#type: 1,
+        visibility: 3,
+        ..Default::default()
+    });
+    p.send(alices, private);
+    p.send(alices, ping("p1", T0));
+    assert!(p.take(alices).is_empty(), "answered before any shard applied it");
+    // The answer comes with the last shard's `Passed`; from then on bob's shard, asked without any more mail
+    // moving, sees the change.
+    let mut steps = 0;
+    let answered = loop {
+        assert!(!p.mail.is_empty(), "mail ran out with the answer still held");
+        p.deliver_one();
+        steps += 1;
+        let seen = p.take(alices);
+        if !seen.is_empty() {
+            break seen;
+        }
+    };
+    assert!(
+        steps >= 4,
+        "a Social and a Fence to each of two shards, then two Passed: {steps}"
+    );
+    assert!(
+        matches!(&answered[..], [Payload::AwarenessVisibility(v), Payload::PingpongMessage(_)] if v.r#type == 2),
+        "{answered:?}"
+    );
+    p.send(bobs, ask(2));
+    assert_ne!(
+        status(&p.take(bobs)),
+        awareness_status::ONLINE,
+        "bob's shard still saw alice"
+    );
+}
+
+/// SES-9 at a session's start: a user's first session is told it is in once every shard knows the user is online,
+/// so a peer asked after that sees it online (a reconnect racing its own close, LOC-4's second case); a second
+/// device of the user changes nothing elsewhere and starts at once.
+#[test]
+fn a_session_starts_once_every_shard_knows_its_user_is_online() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, _) = apart(3);
+    let phone = p.open_ws(&alice, "phone");
+    assert!(p.take(phone).is_empty(), "in before the other shards knew");
+    assert_eq!(
+        p.deliver_all(),
+        6,
+        "a Presence and a Fence to each of two shards, a Passed from each"
+    );
+    assert!(matches!(&p.take(phone)[..], [Payload::Authenticate(a)] if a.status == 1));
+    let laptop = p.open_ws(&alice, "laptop");
+    assert!(matches!(&p.take(laptop)[..], [Payload::Authenticate(a)] if a.status == 1));
+    assert!(p.mail.is_empty());
+}
+
+/// A fence holds what *every* connection of its user is sent, in the order the shard produced it, so orderings
+/// between a user's devices hold as on one shard: SES-1, a replaced session's 409 and close before the new
+/// session's first stanza, with the replaced session's start still behind its fence.
+#[test]
+fn a_fence_keeps_the_order_between_a_users_devices() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, _) = apart(3);
+    let old = p.open_ws(&alice, "phone");
+    let new = p.open_ws(&alice, "phone");
+    assert!(p.order.is_empty(), "out before the fence passed: {:?}", p.order);
+    p.deliver_all();
+    let old_seen = p.take(old);
+    assert!(
+        matches!(&old_seen[..], [Payload::Authenticate(_), Payload::ErrorMessage(e)] if e.code == 409),
+        "{old_seen:?}"
+    );
+    assert!(matches!(&p.take(new)[..], [Payload::Authenticate(_)]));
+    let last_old = p.order.iter().rposition(|c| *c == old).unwrap();
+    let first_new = p.order.iter().position(|c| *c == new).unwrap();
+    assert!(last_old < first_new, "{:?}", p.order);
 }
 
 /// QUE-10 across shards: the receiver's home tells the chat's home that the queue is full before it confirms the
