@@ -249,6 +249,42 @@ impl FrameSink for Hub {
         }
     }
 
+    /// Node `node` started again (SES-11): the sessions of this node homed there are gone with it, so their
+    /// connections end as at a shutdown (1001) and their clients reconnect; the sessions homed here whose sockets
+    /// were there are gone too; and each shard here sends again what it waits for there, ending the connections
+    /// whose answers may have been lost with it ([`crate::core::Engine::peer_restarted`]).
+    fn peer_restarted(&self, node: usize) {
+        if let Some(relay) = &self.relay {
+            let mut away = unpoison(&relay.away);
+            let homed_there: Vec<ConnId> = away
+                .iter()
+                .filter(|(_, a)| self.layout.node_of_shard(a.home) == node)
+                .map(|(conn, _)| *conn)
+                .collect();
+            for conn in homed_there {
+                if let Some(gone) = away.remove(&conn) {
+                    gone.link.tx.go_away();
+                }
+            }
+        }
+        let lost: Vec<usize> = (0..self.layout.shard_count())
+            .filter(|s| self.layout.node_of_shard(*s) == node)
+            .collect();
+        for shard in self.layout.local_shards().collect::<Vec<_>>() {
+            self.with_core(shard, |core, now| {
+                let orphans: Vec<ConnId> = core
+                    .engine
+                    .connection_ids()
+                    .filter(|conn| self.layout.node_of_conn(*conn) == node)
+                    .collect();
+                for conn in orphans {
+                    core.closed(conn, now);
+                }
+                core.engine.peer_restarted(&lost, now);
+            });
+        }
+    }
+
     fn take_frame(&self, bytes: &[u8]) {
         let kind = match Frame::decode_kind(bytes) {
             Ok(kind) => kind,
