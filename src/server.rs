@@ -382,6 +382,7 @@ impl Settings {
                 .with_shard(ShardId::new(o.shard, layout.shard_count()))
                 .with_social(log, &social_events)
                 .with_chat(o.chat_store, &o.chat_events)
+                .with_remote_shards((0..layout.shard_count()).filter(|s| !layout.is_local(*s)))
             })
             .collect();
         let recovered = crate::core::shard::recover(&mut engines);

@@ -347,6 +347,25 @@ impl Engine {
                 &meta.chat_id,
                 now,
             );
+            // SES-11: accepted before this shard last started, its copies for shards on other nodes may have died
+            // with that start, unsent: they go again, and the answer waits for them (a copy that did arrive comes
+            // twice; its device drops it, QUE-7).
+            if meta.accepted_at <= self.crossing.replayed_until && !self.crossing.remote.is_empty() {
+                let fresh = Fresh {
+                    message_id: &message_id,
+                    version: meta.version,
+                    chat: &meta.chat_id,
+                    receiver: &meta.receiver,
+                    at: meta.accepted_at,
+                };
+                let items: Vec<(String, QueueItem)> = copies(&me, &local, &fresh, &request)
+                    .into_iter()
+                    .filter(|(eid, _)| self.crossing.remote.contains(&self.shard.home_of(eid)))
+                    .collect();
+                if !items.is_empty() {
+                    return self.append_then_answer(items, answer(Ok(update)), now);
+                }
+            }
             return self.answer(answer(Ok(update)), now);
         }
         if self.social.blocked_pair(&me.eid, &receiver) {
@@ -375,48 +394,75 @@ impl Engine {
         }
         self.chat.apply(&event);
         self.mark_unsynced();
-        let copy = |author: &str, acknowledgment: i32| {
-            let mut message = ChatMessage {
-                message_id: message_id.clone(),
-                message_id_local: local.clone(),
-                version,
-                chat_id: chat.clone(),
-                from: Some(me.to_proto()),
-                to: vec![Identity {
-                    eid: receiver.clone(),
-                    connection_resource_id: String::new(),
-                }],
-                author: author.into(),
-                acknowledgment,
-                acknowledgment_timestamp: now,
-                created_at: request.created_at,
-                server_received_at: now,
-                ..ChatMessage::default()
-            };
-            match &request.body {
-                Body::Text(text) => message.payload = Some(chat_message::Payload::Text(text.clone())),
-                Body::Media {
-                    url,
-                    media_type,
-                    caption,
-                    thumbnail_url,
-                    size,
-                } => {
-                    message.payload = Some(chat_message::Payload::MediaUrl(url.clone()));
-                    message.media_type = *media_type;
-                    message.caption.clone_from(caption);
-                    message.thumbnail_url.clone_from(thumbnail_url);
-                    message.media_size_bytes = *size;
-                }
-            }
-            Payload::ChatMessage(message)
+        let fresh = Fresh {
+            message_id: &message_id,
+            version,
+            chat: &chat,
+            receiver: &receiver,
+            at: now,
         };
-        let receiver_copy = QueueItem::new(None, copy("receiver", 1));
-        let sender_copy = QueueItem::new(Some(me.device.to_string()), copy("sender", 4));
+        let items = copies(&me, &local, &fresh, &request);
         let update = version_update(&me, &message_id, &local, version, &chat, now);
-        let items = vec![(receiver, receiver_copy), (me.eid.to_string(), sender_copy)];
         self.append_then_answer(items, answer(Ok(update)), now);
     }
+}
+
+/// What the chat's home decided about an accepted message.
+struct Fresh<'a> {
+    message_id: &'a str,
+    version: i64,
+    chat: &'a str,
+    receiver: &'a str,
+    /// When it was accepted.
+    at: Millis,
+}
+
+/// A message's two copies (CHAT-9, CHAT-10): the receiver's, for every device of the receiver, and the sender's,
+/// for the sender's other devices; each with the user whose queue it goes to.
+fn copies(me: &SessionIdentity, local: &str, fresh: &Fresh<'_>, request: &Request) -> Vec<(String, QueueItem)> {
+    let copy = |author: &str, acknowledgment: i32| {
+        let mut message = ChatMessage {
+            message_id: fresh.message_id.to_string(),
+            message_id_local: local.to_string(),
+            version: fresh.version,
+            chat_id: fresh.chat.to_string(),
+            from: Some(me.to_proto()),
+            to: vec![Identity {
+                eid: fresh.receiver.to_string(),
+                connection_resource_id: String::new(),
+            }],
+            author: author.into(),
+            acknowledgment,
+            acknowledgment_timestamp: fresh.at,
+            created_at: request.created_at,
+            server_received_at: fresh.at,
+            ..ChatMessage::default()
+        };
+        match &request.body {
+            Body::Text(text) => message.payload = Some(chat_message::Payload::Text(text.clone())),
+            Body::Media {
+                url,
+                media_type,
+                caption,
+                thumbnail_url,
+                size,
+            } => {
+                message.payload = Some(chat_message::Payload::MediaUrl(url.clone()));
+                message.media_type = *media_type;
+                message.caption.clone_from(caption);
+                message.thumbnail_url.clone_from(thumbnail_url);
+                message.media_size_bytes = *size;
+            }
+        }
+        Payload::ChatMessage(message)
+    };
+    vec![
+        (fresh.receiver.to_string(), QueueItem::new(None, copy("receiver", 1))),
+        (
+            me.eid.to_string(),
+            QueueItem::new(Some(me.device.to_string()), copy("sender", 4)),
+        ),
+    ]
 }
 
 /// The VersionUpdate that confirms an accepted message to its sending device (CHAT-9).

@@ -185,8 +185,18 @@ impl Engine {
         self.chat = ChatState::default();
         for event in events {
             self.chat.apply(event);
+            if let ChatEvent::Accepted(accepted) = event {
+                self.crossing.replayed_until = self.crossing.replayed_until.max(accepted.at);
+            }
         }
         self.chat_store = store;
+        self
+    }
+
+    /// Names the shards that run on other nodes of a cluster (SES-11): what this shard sent them before it started
+    /// may have been lost with its previous start.
+    pub fn with_remote_shards(mut self, shards: impl IntoIterator<Item = usize>) -> Self {
+        self.crossing.remote = shards.into_iter().filter(|s| *s != self.shard.index).collect();
         self
     }
 

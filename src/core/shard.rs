@@ -197,6 +197,12 @@ pub(super) struct Crossing {
     fences: BTreeMap<u64, Fenced>,
     /// Users whose connections' outputs wait behind fences, by EID.
     holds: BTreeMap<String, UserHold>,
+    /// Shards on other nodes: this shard's start could not reconcile its chats with their queues ([`recover`] runs
+    /// over one node's shards), so a resend of a message accepted before it sends that message's copies there
+    /// again (SES-11).
+    pub remote: std::collections::BTreeSet<usize>,
+    /// The latest acceptance time among the messages this shard's start replayed or recovered.
+    pub replayed_until: Millis,
     /// The user hold each connection with outputs in one uses (kept after the connection closes, so that its Close
     /// stays behind its last stanzas).
     held_for: BTreeMap<ConnId, String>,
@@ -730,6 +736,9 @@ impl Engine {
                 _ => continue,
             };
             if self.chat_store.record(&event).is_ok() {
+                if let ChatEvent::Accepted(accepted) = &event {
+                    self.crossing.replayed_until = self.crossing.replayed_until.max(accepted.at);
+                }
                 self.chat.apply(&event);
                 self.mark_unsynced();
                 recovered += 1;

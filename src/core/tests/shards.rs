@@ -30,6 +30,11 @@ impl Partition {
 
     /// A partition whose shard `i` keeps its chats in `stores[i]` and starts from what it holds (a restart).
     fn with_stores(config: Config, stores: Vec<SharedChatStore>) -> Partition {
+        Partition::started(config, stores, false)
+    }
+
+    /// As [`Partition::with_stores`], each shard as if on a node of its own (a cluster, SES-11).
+    fn started(config: Config, stores: Vec<SharedChatStore>, apart: bool) -> Partition {
         let count = stores.len();
         let mut shards: Vec<Engine> = stores
             .into_iter()
@@ -46,6 +51,7 @@ impl Partition {
                 )
                 .with_shard(ShardId::new(shard, count))
                 .with_chat(Box::new(store), &events)
+                .with_remote_shards((0..count).filter(|_| apart))
             })
             .collect();
         crate::core::shard::recover(&mut shards);
@@ -566,6 +572,62 @@ fn a_lost_event_is_recovered_from_its_copies() {
         })
         .collect();
     assert_eq!(versions, vec![("m2".to_string(), 2), ("m3".to_string(), 3)]);
+}
+
+/// SES-11: a chat's home on a node of its own recorded a message and died before its copy left for the receiver's
+/// node. The sender, never confirmed, resends after the restart; the home recognises the resend (CHAT-14) and, the
+/// message being older than its start, sends the copies to other nodes again before it confirms: the receiver gets
+/// the message.
+#[test]
+fn a_resend_after_a_restart_sends_the_copies_again() {
+    let (alice, bob) = apart(3);
+    let chat_home = home(&crate::core::chat::chat_id(&alice, &bob), 3);
+    let stores: Vec<SharedChatStore> = (0..3).map(|_| SharedChatStore::default()).collect();
+    let mut p = Partition::started(Config::default(), stores.clone(), true);
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    p.deliver_all();
+    p.send(phone, text(&bob, "m2"));
+    // The proposal reaches the chat's home, which records it (durable: the harness runs each sync at once)...
+    while let Some((to, _)) = p.mail.front() {
+        let proposal = *to == chat_home;
+        p.deliver_one();
+        if proposal {
+            break;
+        }
+    }
+    // ...and dies with everything it had not yet sent.
+    p.mail.clear();
+    let confirmed = p.take(phone);
+    assert_eq!(
+        confirmed
+            .iter()
+            .filter(|s| matches!(s, Payload::VersionUpdate(_)))
+            .count(),
+        1,
+        "{confirmed:?}"
+    );
+    drop(p);
+    let mut p = Partition::started(Config::default(), stores, true);
+    let phone = p.ws(&alice, "phone");
+    p.take(phone);
+    p.send(phone, text(&bob, "m2"));
+    p.deliver_all();
+    assert!(
+        p.take(phone)
+            .iter()
+            .any(|s| matches!(s, Payload::VersionUpdate(v) if v.message_id_local == "m2" && v.version == 2))
+    );
+    let bobs = p.ws(&bob, "phone");
+    let got: Vec<String> = p
+        .take(bobs)
+        .into_iter()
+        .filter_map(|s| match s {
+            Payload::ChatMessage(m) => Some(m.message_id_local),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, ["m1", "m2"], "the receiver's copy of the confirmed m2 was lost");
 }
 
 /// QUE-4, QUE-5 across shards: an acknowledgment confirms only items sent to the device before it arrived. Here
