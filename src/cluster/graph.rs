@@ -82,7 +82,11 @@ pub async fn sync(
     local: Vec<(usize, Vec<SocialEvent>)>,
 ) -> Result<Graph, ClusterError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| ClusterError::JetStream(format!("{what}: {e}"));
-    let js = jetstream::new(client.clone());
+    let mut js = jetstream::new(client.clone());
+    // A JetStream that is electing its leaders (a NATS server just came back) answers nothing: asking again every 2 s
+    // starts a node sooner than waiting out the client's default 10 s, and a node that is not serving holds up the
+    // sessions homed on it.
+    js.set_timeout(Duration::from_secs(2));
     let clustered = client.server_info().cluster.is_some();
     let stream = social_stream(&js, clustered).await?;
     let mut by_shard: std::collections::BTreeMap<usize, Vec<SocialEvent>> = std::collections::BTreeMap::new();

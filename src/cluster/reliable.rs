@@ -7,8 +7,9 @@
 //! number per pair of nodes, and stays in the sender's resend window until the receiver acknowledges it. The
 //! receiver delivers only the next number it expects, drops a duplicate, and on a gap drops the frame and says so
 //! at once; it acknowledges what it delivered a few milliseconds later, one acknowledgment for many frames. The
-//! sender drops what is acknowledged and sends the whole window again when told of a gap, when nothing was
-//! acknowledged for [`RESEND_AFTER_MS`], and when its NATS connection is back (go-back-N, as TCP without
+//! sender drops what is acknowledged and sends the window again (a new pass, at most [`IN_FLIGHT`] frames out) when
+//! told of a gap, when nothing was acknowledged for [`RESEND_AFTER_MS`] (doubled per timeout), and when its NATS
+//! connection is back (go-back-N, as TCP without
 //! selective acknowledgments). NATS keeps a publisher's order, so a gap means a loss, never a reordering.
 //!
 //! A node started again has lost what its previous start sent and had not yet seen acknowledged (mail a shard
@@ -27,12 +28,16 @@ use prost::Message;
 
 use crate::core::Millis;
 
-/// A window with nothing acknowledged for this long is sent again.
+/// A window with nothing acknowledged for this long is sent again; each further timeout without progress doubles
+/// the wait, up to [`RESEND_AFTER_MAX_MS`], so that a node that is slow to come back (starting, paused, its NATS
+/// subscription overflowing) is not buried under copies of the same window.
 pub const RESEND_AFTER_MS: Millis = 200;
+pub const RESEND_AFTER_MAX_MS: Millis = 3_200;
 /// How long a receiver waits to acknowledge, so that one acknowledgment covers the frames of a burst.
 pub const ACK_DELAY_MS: Millis = 5;
-/// The least time between two resends of a window that a gap asked for: every frame after a gap reports it.
-const GAP_RESEND_EVERY_MS: Millis = 20;
+/// Frames a node has out to one peer, unacknowledged, before it waits for acknowledgments (flow control): what
+/// is sent beyond waits in order, and a resend sends at most this many.
+pub const IN_FLIGHT: u64 = 4_096;
 
 /// Why bytes from NATS are not a link message this node can use.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -65,12 +70,14 @@ pub struct Reliable {
 #[derive(Debug, Default)]
 struct Outgoing {
     next: u64,
-    /// Sent, not yet acknowledged, in order.
+    /// Not yet acknowledged, in order: transmitted up to `sent_upto`, waiting for room after it.
     window: VecDeque<(u64, Bytes)>,
+    /// The last number transmitted in this pass over the window (a resend starts a new pass).
+    sent_upto: u64,
     /// When the window last moved (an acknowledgment, a resend, its first frame).
     moved_at: Millis,
-    /// When a gap last made it resend.
-    gap_resent_at: Option<Millis>,
+    /// The wait for an acknowledgment before the window goes again ([`RESEND_AFTER_MS`], doubled per timeout).
+    resend_after: Millis,
 }
 
 /// Frames from one node.
@@ -89,6 +96,7 @@ impl Reliable {
         let mut to = Vec::new();
         to.resize_with(nodes, || Outgoing {
             next: 1,
+            resend_after: RESEND_AFTER_MS,
             ..Outgoing::default()
         });
         let mut from = Vec::new();
@@ -110,16 +118,32 @@ impl Reliable {
         if to == self.me {
             return;
         }
-        let (me, epoch) = (self.me, self.epoch);
         let Some(out) = self.to.get_mut(to) else { return };
         let seq = out.next;
         out.next += 1;
         if out.window.is_empty() {
             out.moved_at = now;
         }
-        let base = out.window.front().map_or(seq, |(first, _)| *first);
-        out.window.push_back((seq, frame.clone()));
-        self.output.push_back((to, data(me, epoch, seq, base, frame)));
+        out.window.push_back((seq, frame));
+        self.pump(to);
+    }
+
+    /// Transmits what the window holds after `sent_upto`, while fewer than [`IN_FLIGHT`] are out.
+    fn pump(&mut self, node: usize) {
+        let (me, epoch) = (self.me, self.epoch);
+        let out = &mut self.to[node];
+        let Some(base) = out.window.front().map(|(seq, _)| *seq) else {
+            return;
+        };
+        out.sent_upto = out.sent_upto.max(base - 1);
+        while out.sent_upto + 1 < out.next && out.sent_upto + 1 - base < IN_FLIGHT {
+            let seq = out.sent_upto + 1;
+            let Some((_, frame)) = usize::try_from(seq - base).ok().and_then(|at| out.window.get(at)) else {
+                break;
+            };
+            self.output.push_back((node, data(me, epoch, seq, base, frame.clone())));
+            out.sent_upto = seq;
+        }
     }
 
     /// Bytes from this node's subject: the frame to deliver now, if they hold the next one; acknowledgments taken.
@@ -158,13 +182,17 @@ impl Reliable {
                 while out.window.front().is_some_and(|(seq, _)| *seq <= a.upto) {
                     out.window.pop_front();
                 }
-                if out.window.len() != before {
+                let progress = out.window.len() != before;
+                if progress {
                     out.moved_at = now;
+                    out.resend_after = RESEND_AFTER_MS;
                 }
-                let recently = out.gap_resent_at.is_some_and(|at| now < at + GAP_RESEND_EVERY_MS);
-                if a.gap && !recently && self.up {
-                    self.to[from].gap_resent_at = Some(now);
+                // A gap: the pass in flight is lost from there on. Each frame after the gap reports it, so a new
+                // pass starts on progress, or once a quarter of the wait went by without any.
+                if a.gap && self.up && (progress || now >= out.moved_at + out.resend_after / 4) {
                     self.resend(from, now);
+                } else if progress {
+                    self.pump(from);
                 }
             }
         }
@@ -191,8 +219,9 @@ impl Reliable {
             return;
         }
         for node in 0..self.to.len() {
-            let out = &self.to[node];
-            if !out.window.is_empty() && now >= out.moved_at + RESEND_AFTER_MS {
+            let out = &mut self.to[node];
+            if !out.window.is_empty() && now >= out.moved_at + out.resend_after {
+                out.resend_after = (out.resend_after * 2).min(RESEND_AFTER_MAX_MS);
                 self.resend(node, now);
             }
         }
@@ -205,7 +234,7 @@ impl Reliable {
             .to
             .iter()
             .filter(|o| self.up && !o.window.is_empty())
-            .map(|o| o.moved_at + RESEND_AFTER_MS);
+            .map(|o| o.moved_at + o.resend_after);
         acks.chain(resends).min()
     }
 
@@ -247,17 +276,15 @@ impl Reliable {
         }
     }
 
+    /// A new pass over the window, from its first frame.
     fn resend(&mut self, node: usize, now: Millis) {
-        let (me, epoch) = (self.me, self.epoch);
         let out = &mut self.to[node];
         let Some(base) = out.window.front().map(|(seq, _)| *seq) else {
             return;
         };
         out.moved_at = now;
-        for (seq, frame) in &out.window {
-            self.output
-                .push_back((node, data(me, epoch, *seq, base, frame.clone())));
-        }
+        out.sent_upto = base - 1;
+        self.pump(node);
     }
 
     fn peer(&self, node: u32) -> Result<usize, LinkError> {

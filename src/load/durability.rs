@@ -59,7 +59,7 @@ pub struct DurabilityReport {
     pub version_faults: Vec<String>,
     /// Texts never accepted before the deadline (the run was too short, or the service never recovered).
     pub unaccepted: u64,
-    /// For each pair with texts never accepted: what its sender was doing last.
+    /// For each pair with texts never accepted or lost: what its sender or receiver was doing last.
     pub stalled: Vec<String>,
     /// Connections that ended and were made again, over all devices.
     pub reconnects: u64,
@@ -89,13 +89,8 @@ impl std::fmt::Display for DurabilityReport {
             self.duplicates,
             self.reconnects
         )?;
-        for line in self
-            .lost
-            .iter()
-            .chain(&self.version_faults)
-            .chain(&self.stalled)
-            .take(20)
-        {
+        let lost = self.lost.iter().take(5);
+        for line in self.stalled.iter().chain(&self.version_faults).take(20).chain(lost) {
             write!(f, "\n  {line}")?;
         }
         Ok(())
@@ -114,6 +109,8 @@ struct Tally {
     faults: Vec<String>,
     /// What the sender was doing last, for a report of a pair that did not finish.
     sender_at: String,
+    /// What the receiver was doing last, for a report of a pair that lost messages.
+    receiver_at: String,
 }
 
 /// Runs the pairs until every text is accepted and delivered, or the deadline.
@@ -190,6 +187,16 @@ pub async fn run(options: &DurabilityOptions, minter: &Minter) -> Result<Durabil
                 "pair {pair}: accepted versions go {want} -> {got} ({} accepted)",
                 versions.len()
             ));
+        }
+        let missing = tally
+            .accepted
+            .values()
+            .filter(|(id, _)| !tally.received.contains_key(id))
+            .count();
+        if missing > 0 {
+            report
+                .stalled
+                .push(format!("pair {pair}: {missing} lost; receiver {}", tally.receiver_at));
         }
         for (local, (id, version)) in &tally.accepted {
             match tally.received.get(id) {
@@ -367,6 +374,8 @@ async fn receive(
         let Some(mut client) = connect(&options, &token, index, attempt, deadline).await else {
             return;
         };
+        let url = &options.urls[(index + attempt as usize) % options.urls.len()];
+        tally.lock().await.receiver_at = format!("connected (attempt {attempt}) near {url}");
         loop {
             let event = tokio::select! {
                 event = client.next_event() => event,
@@ -390,7 +399,14 @@ async fn receive(
                         break;
                     }
                 }
-                Some(Event::Closed { .. }) | None => break,
+                Some(Event::Closed { code, reason }) => {
+                    tally.lock().await.receiver_at = format!("closed {code:?} {reason} (attempt {attempt})");
+                    break;
+                }
+                None => break,
+                Some(Event::Stanza(Payload::ErrorMessage(e))) => {
+                    tally.lock().await.receiver_at = format!("error {} {} (attempt {attempt})", e.code, e.details);
+                }
                 Some(_) => {}
             }
         }

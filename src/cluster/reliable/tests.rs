@@ -133,6 +133,8 @@ proptest! {
             net.step();
         }
         let before = net.from(1, 0).len();
+        // A restart is news only to a node that heard from the earlier start (an acknowledgment).
+        let heard = net.nodes[0].peer_epoch[1] != 0;
         net.nodes[1] = Reliable::new(1, 2, 5_000);
         net.delivered[1].clear();
         net.send(1, 0, "1>0#hello".into());
@@ -144,7 +146,7 @@ proptest! {
         let after = net.from(1, 0);
         let all = labels(0, 1, 0..cut + 50);
         // A contiguous run that ends with the last frame and starts no later than the first one not delivered before.
-        prop_assert_eq!(net.nodes[0].poll_restarted(), Some(1), "the restart went unnoticed");
+        prop_assert_eq!(net.nodes[0].poll_restarted(), heard.then_some(1), "the restart went unnoticed");
         let start = all.len() - after.len();
         prop_assert!(start <= before, "lost frames: delivered {before} before the restart, {after:?} after");
         prop_assert_eq!(&after[..], &all[start..]);
@@ -199,4 +201,46 @@ fn bad_bytes_are_refused() {
     let (_, bytes) = b.poll_output().unwrap();
     let mut c = Reliable::new(1, 2, 1_000);
     assert_eq!(c.receive(&bytes, 0), Err(LinkError::NotAPeer(1)), "a node's own frames");
+}
+
+/// Flow control: at most [`IN_FLIGHT`] frames out to a peer that does not acknowledge; its acknowledgments let the
+/// rest go, in order; a timeout sends the window again and waits twice as long for the next one.
+#[test]
+fn a_peer_that_does_not_acknowledge_gets_a_window_at_a_time() {
+    let mut a = Reliable::new(0, 2, 1_000);
+    let mut b = Reliable::new(1, 2, 1_000);
+    let total = usize::try_from(IN_FLIGHT).unwrap() + 100;
+    for i in 0..total {
+        a.send(1, Bytes::from(i.to_string()), 0);
+    }
+    let mut out = Vec::new();
+    while let Some((_, bytes)) = a.poll_output() {
+        out.push(bytes);
+    }
+    assert_eq!(out.len() as u64, IN_FLIGHT, "more out than the window");
+    let mut delivered = 0;
+    for bytes in &out[..100] {
+        delivered += usize::from(b.receive(bytes, 1).unwrap().is_some());
+    }
+    assert_eq!(delivered, 100);
+    b.tick(1 + ACK_DELAY_MS);
+    let (_, ack) = b.poll_output().unwrap();
+    a.receive(&ack, 10).unwrap();
+    let mut more = 0;
+    while a.poll_output().is_some() {
+        more += 1;
+    }
+    assert_eq!(more, 100, "the acknowledgment let the rest go");
+    assert_eq!(a.next_deadline(), Some(10 + RESEND_AFTER_MS));
+    a.tick(10 + RESEND_AFTER_MS);
+    let mut again = 0;
+    while a.poll_output().is_some() {
+        again += 1;
+    }
+    assert_eq!(again as u64, IN_FLIGHT, "the timeout's pass");
+    assert_eq!(
+        a.next_deadline(),
+        Some(10 + RESEND_AFTER_MS + 2 * RESEND_AFTER_MS),
+        "no backoff"
+    );
 }
