@@ -49,6 +49,8 @@ impl Proc {
             .unwrap();
         let child = Command::new(&self.program)
             .args(&self.args)
+            // The nodes' links report what they have not had acknowledged (kept with a failed run's logs).
+            .env("RUST_LOG", "info,bimip::cluster=debug")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -154,6 +156,8 @@ impl Schedule {
 
 struct Cluster {
     nats: Vec<Proc>,
+    /// The NATS servers' monitoring ports (connections, subscriptions, routes), for a failed run's report.
+    monitors: Vec<u16>,
     nodes: Vec<Proc>,
     ws: Vec<u16>,
     tcp: Vec<u16>,
@@ -170,6 +174,7 @@ impl Cluster {
         std::fs::write(&config, limits).unwrap();
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route_list = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
@@ -193,6 +198,8 @@ impl Cluster {
                 format!("nats://127.0.0.1:{}", routes[i]),
                 "--routes".into(),
                 route_list.clone(),
+                "-m".into(),
+                monitors[i].to_string(),
             ];
             nats.push(Proc::start(
                 "nats-server",
@@ -240,6 +247,7 @@ impl Cluster {
         }
         let cluster = Cluster {
             nats,
+            monitors,
             nodes,
             ws,
             tcp,
@@ -345,6 +353,17 @@ async fn acknowledged_messages_survive_killed_and_paused_nodes() {
             // The whole logs stay for a look (the processes are killed when `cluster` goes).
             let kept = std::env::temp_dir().join(format!("bimip-faults-{seed}"));
             let _ = std::fs::create_dir_all(&kept);
+            for (i, port) in cluster.monitors.iter().enumerate() {
+                for page in ["connz?subs=1", "routez?subs=1", "subsz?subs=1"] {
+                    let out = Command::new("curl")
+                        .args(["-s", &format!("http://127.0.0.1:{port}/{page}")])
+                        .output();
+                    if let Ok(out) = out {
+                        let name = page.split('?').next().unwrap_or(page);
+                        let _ = std::fs::write(kept.join(format!("nats-{i}-{name}.json")), out.stdout);
+                    }
+                }
+            }
             for name in ["n0", "n1", "n2", "nats-0", "nats-1", "nats-2"] {
                 let _ = std::fs::copy(
                     cluster.dir.path().join(format!("{name}.log")),

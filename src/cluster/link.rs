@@ -56,6 +56,8 @@ pub(crate) fn spawn(
     let mut links = Reliable::new(layout.node, layout.nodes.len(), epoch);
     let started = Instant::now();
     let now = move || Millis::try_from(started.elapsed().as_millis()).unwrap_or(Millis::MAX);
+    let subjects_len = layout.nodes.len();
+    let mut report_at: Millis = 0;
     tokio::spawn(async move {
         loop {
             let deadline = links
@@ -95,6 +97,16 @@ pub(crate) fn spawn(
                 () = sleep_until(deadline) => {}
             }
             links.tick(now());
+            // For a look at a link that does not drain (RUST_LOG=bimip::cluster=debug).
+            if now() >= report_at {
+                report_at = now() + 2_000;
+                for node in 0..subjects_len {
+                    let unacked = links.unacknowledged(node);
+                    if unacked > 0 {
+                        tracing::debug!(node, unacked, "frames not yet acknowledged");
+                    }
+                }
+            }
             while let Some(message) = links.poll_output() {
                 let _ = publish.send(message);
             }
