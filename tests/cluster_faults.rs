@@ -50,7 +50,7 @@ impl Proc {
         let child = Command::new(&self.program)
             .args(&self.args)
             // The nodes' links report what they have not had acknowledged (kept with a failed run's logs).
-            .env("RUST_LOG", "info,bimip::cluster=debug")
+            .env("RUST_LOG", "info,bimip::cluster=debug,bimip::net=debug")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

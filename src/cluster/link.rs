@@ -68,6 +68,7 @@ pub(crate) fn spawn(
                 () = shutdown.cancelled() => break,
                 changed = up.recv() => {
                     let Some(state) = changed else { break };
+                    tracing::info!(up = state, now = now(), "link: NATS connection changed");
                     links.link_state(state, now());
                     sink.link_state(state);
                 }
@@ -103,7 +104,8 @@ pub(crate) fn spawn(
                 for node in 0..subjects_len {
                     let unacked = links.unacknowledged(node);
                     if unacked > 0 {
-                        tracing::debug!(node, unacked, "frames not yet acknowledged");
+                        let link = links.describe(node);
+                        tracing::debug!(node, unacked, now = now(), %link, "frames not yet acknowledged");
                     }
                 }
             }

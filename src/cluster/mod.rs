@@ -213,7 +213,8 @@ impl Node {
                             tracing::warn!("NATS connection lost");
                             let _ = up_tx.send(false);
                         }
-                        _ => {}
+                        // Slow consumer (frames dropped, the link resends them), server errors, lame duck mode.
+                        other => tracing::warn!(event = %other, "NATS"),
                     }
                 }
             })

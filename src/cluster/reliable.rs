@@ -260,6 +260,30 @@ impl Reliable {
         self.to.get(node).map_or(0, |o| o.window.len())
     }
 
+    /// Where the link with `node` stands, for a log line about a link that does not drain.
+    pub fn describe(&self, node: usize) -> String {
+        let (Some(out), Some(incoming)) = (self.to.get(node), self.from.get(node)) else {
+            return String::new();
+        };
+        format!(
+            "up {} own epoch {} peer epoch {}; out: next {} window {:?}..={} sent to {} moved at {} resend after {}; \
+             in: epoch {} expected {} gap {} ack due {:?}",
+            self.up,
+            self.epoch,
+            self.peer_epoch[node],
+            out.next,
+            out.window.front().map(|(seq, _)| *seq),
+            out.next - 1,
+            out.sent_upto,
+            out.moved_at,
+            out.resend_after,
+            incoming.epoch,
+            incoming.expected,
+            incoming.gap,
+            incoming.ack_due,
+        )
+    }
+
     /// A peer that started again since this node last heard from it: what it had received and not made durable
     /// is gone, and the caller must send again what it waits for there.
     pub fn poll_restarted(&mut self) -> Option<usize> {

@@ -374,8 +374,8 @@ impl Engine {
     /// shard still waits for there is sent again (the appends an answer waits for: a copy that was durable after
     /// all comes twice, and its device drops it by message id, QUE-7; the fences: each shard passes a fence once).
     /// The connections still waiting for an answer another shard prepares, which may have been lost there, end
-    /// with 503 `unavailable` (their clients reconnect and send again what was not confirmed, CLI-2); what waited
-    /// behind those answers is dropped with them.
+    /// with 503 `unavailable` (their clients reconnect and send again what was not confirmed, CLI-2), after what
+    /// waited behind those answers.
     pub fn peer_restarted(&mut self, lost: &[usize], now: Millis) {
         let mut again = Vec::new();
         for (ticket, waiting) in &self.crossing.waiting {
@@ -415,7 +415,12 @@ impl Engine {
             .map(|(conn, _)| *conn)
             .collect();
         for conn in stuck {
-            self.crossing.held.remove(&conn);
+            // What waited behind the answers goes out now, in order: among it may be the Close of a connection
+            // that ended meanwhile (replaced, SES-1), and a Close never sent leaves its socket open and deaf.
+            let held = self.crossing.held.remove(&conn).map(|h| h.slots).unwrap_or_default();
+            for output in held.into_iter().flat_map(|slot| slot.outputs) {
+                self.emit(output);
+            }
             let rejection = Rejection::new(
                 crate::codec::ErrorKind::Unavailable,
                 "a node of the service started again; reconnect and send again what was not confirmed",
@@ -427,6 +432,43 @@ impl Engine {
                 now,
             );
         }
+    }
+
+    /// What this shard waits for from others, for a log line about work that does not finish: the fences out
+    /// (with the shards yet to pass), the users held behind them, the connections waiting for answers and the
+    /// answers waiting for appends. `None` when nothing waits.
+    pub fn crossing_report(&self) -> Option<String> {
+        let c = &self.crossing;
+        if c.fences.is_empty() && c.holds.is_empty() && c.held.is_empty() && c.waiting.is_empty() {
+            return None;
+        }
+        const SHOWN: usize = 40;
+        let fences: Vec<String> = (c.fences.iter().take(SHOWN))
+            .map(|(t, f)| format!("{t:#x}->{:?} for {}", f.remaining, f.eid))
+            .collect();
+        let holds: Vec<String> = (c.holds.iter().take(SHOWN))
+            .map(|(eid, h)| format!("{eid}: {} queued, conns {:?}", h.queue.len(), h.conns))
+            .collect();
+        let held: Vec<String> = (c.held.iter().take(SHOWN))
+            .map(|(conn, h)| {
+                let mut awaiting = h.slots.iter().filter_map(|s| s.awaiting);
+                let count = awaiting.clone().count();
+                format!("{conn}: {count} awaited from {:?}", awaiting.next())
+            })
+            .collect();
+        let waiting: Vec<String> = (c.waiting.iter().take(SHOWN))
+            .map(|(t, w)| {
+                let homes: Vec<usize> = w.owed.iter().map(|(home, _, _)| *home).collect();
+                format!("{t:#x}: owed by {homes:?}")
+            })
+            .collect();
+        Some(format!(
+            "fences {} {fences:?}; holds {} {holds:?}; held {} {held:?}; waiting {} {waiting:?}",
+            c.fences.len(),
+            c.holds.len(),
+            c.held.len(),
+            c.waiting.len()
+        ))
     }
 
     /// Holds an output to a connection whose user waits for a fence; gives it back otherwise.

@@ -216,21 +216,21 @@ pub async fn run(options: &DurabilityOptions, minter: &Minter) -> Result<Durabil
     Ok(report)
 }
 
-/// Connects device `index` on its next node: after `attempt` ends, the one after.
+/// Connects device `index` on its next node: after `attempt` ends, the one after; `attempt` becomes the attempt
+/// that connected.
 async fn connect(
     options: &DurabilityOptions,
     token: &str,
     index: usize,
-    attempt: u64,
+    attempt: &mut u64,
     deadline: Instant,
 ) -> Option<Client> {
-    let mut attempt = attempt;
     while Instant::now() < deadline {
-        let url = &options.urls[(index + attempt as usize) % options.urls.len()];
+        let url = &options.urls[(index + *attempt as usize) % options.urls.len()];
         if let Ok(client) = Client::connect(url, token, options.client.clone()).await {
             return Some(client);
         }
-        attempt += 1;
+        *attempt += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
@@ -261,7 +261,7 @@ async fn send(
     let mut pending: BTreeSet<u64> = BTreeSet::new();
     let mut attempt = 0u64;
     while Instant::now() < deadline && (next < options.messages || !pending.is_empty()) {
-        let Some(mut client) = connect(&options, &token, index, attempt, deadline).await else {
+        let Some(mut client) = connect(&options, &token, index, &mut attempt, deadline).await else {
             break;
         };
         let mark = |what: String| {
@@ -373,7 +373,7 @@ async fn receive(
 ) {
     let mut attempt = 0u64;
     while !done.is_cancelled() && Instant::now() < deadline {
-        let Some(mut client) = connect(&options, &token, index, attempt, deadline).await else {
+        let Some(mut client) = connect(&options, &token, index, &mut attempt, deadline).await else {
             return;
         };
         let url = &options.urls[(index + attempt as usize) % options.urls.len()];

@@ -165,6 +165,8 @@ struct Core {
     syncs: Vec<SyncJob>,
     /// The group-commit window: no sync starts before this (`ServerOptions::sync_gap` after the last start).
     next_sync_at: Option<std::time::Instant>,
+    /// When the next report of what the shard waits for is due (debug logs, `bimip::cluster::crossing`).
+    report_at: Millis,
 }
 
 /// One shard: its engine and what waits for it.
@@ -248,6 +250,7 @@ impl Hub {
                     mail: Vec::new(),
                     syncs: Vec::new(),
                     next_sync_at: None,
+                    report_at: 0,
                 }),
                 inbox: Mutex::new(VecDeque::new()),
                 timer_wake: Notify::new(),
@@ -362,6 +365,7 @@ impl Hub {
             return Err(ErrorKind::Unavailable);
         }
         let opened = self.with_core(shard, |core, now| core.open(conn.id, transport, token, now));
+        tracing::debug!(target: "bimip::cluster::conns", conn = %conn.id, shard, ?opened, eid = ?token.and_then(crate::core::auth::unverified_eid), "opened here");
         if opened.is_err() {
             self.lock(shard).links.remove(&conn.id);
         }
@@ -801,6 +805,13 @@ impl Core {
 
     fn tick(&mut self, now: Millis) {
         self.engine.tick(now);
+        if now >= self.report_at && tracing::enabled!(target: "bimip::cluster::crossing", tracing::Level::DEBUG) {
+            self.report_at = now + 2_000;
+            if let Some(report) = self.engine.crossing_report() {
+                let shard = self.engine.shard().index;
+                tracing::debug!(target: "bimip::cluster::crossing", shard, %report, "waiting on other shards");
+            }
+        }
         if let Some(edge) = &mut self.edge {
             let mut released = Vec::new();
             edge.tick(now, &mut released);
@@ -863,7 +874,10 @@ impl Core {
                 return;
             }
             Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
-            Output::Close { conn, reason } => (conn, Out::Close(reason), true),
+            Output::Close { conn, reason } => {
+                tracing::debug!(target: "bimip::cluster::conns", %conn, ?reason, local = self.links.contains_key(&conn), "engine closes");
+                (conn, Out::Close(reason), true)
+            }
             Output::Mail { to, mail } => return self.mail.push((to, mail)),
             Output::Sync(job) => return self.syncs.push(job),
         };

@@ -702,3 +702,48 @@ mod awareness_status {
     pub const UNAVAILABLE: i32 = 0;
     pub const ONLINE: i32 = 1;
 }
+
+/// SES-1 with SES-11: a session replaced while an answer for it is out on another node keeps its 409 and its Close
+/// behind that answer (ENV-14). When that node starts again the answer may never come: what waited goes out then,
+/// so the replaced socket is closed rather than left open and deaf, its device no longer the user's.
+#[test]
+fn a_replaced_session_waiting_on_a_restarted_node_is_still_closed() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    // The chat's home is another shard: the VersionUpdate is out there.
+    p.send(phone, text(&bob, "m1"));
+    let again = p.open_ws(&alice, "phone");
+    assert!(
+        p.outputs.get(&phone).is_none_or(Vec::is_empty),
+        "the replacement went out ahead of the answer still out"
+    );
+    let chat_home = p.home(&crate::core::chat::chat_id(&alice, &bob));
+    // That shard's node starts again: its mail is gone.
+    p.mail.clear();
+    let home = p.home(&alice);
+    p.shards[home].peer_restarted(&[chat_home], p.now);
+    p.collect();
+    let outputs = p.outputs.remove(&phone).unwrap_or_default();
+    assert!(
+        matches!(outputs.last(), Some(Output::Close { .. })),
+        "the replaced session was not closed: {outputs:?}"
+    );
+    let replaced = outputs.iter().any(|o| match o {
+        Output::Send { stanza, .. } => matches!(
+            codec::decode(stanza, usize::MAX),
+            Ok(Payload::ErrorMessage(e)) if e.message == "session_replaced"
+        ),
+        _ => false,
+    });
+    assert!(replaced, "no 409 session_replaced: {outputs:?}");
+    assert!(
+        !p.outputs
+            .get(&again)
+            .into_iter()
+            .flatten()
+            .any(|o| matches!(o, Output::Close { .. })),
+        "the new session was closed"
+    );
+    assert!(p.shards[home].crossing.held.is_empty(), "still held");
+}

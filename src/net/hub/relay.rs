@@ -135,6 +135,7 @@ impl Hub {
         if result.is_err() {
             relay.forget(conn.id);
         }
+        tracing::debug!(target: "bimip::cluster::conns", conn = %conn.id, eid, to, ?result, "opened at its home");
         Some(result)
     }
 
@@ -182,6 +183,7 @@ impl Hub {
             Transport::Tcp
         };
         let opened = self.with_core(shard, |core, now| core.open(conn, transport, token, now));
+        tracing::debug!(target: "bimip::cluster::conns", %conn, shard, ?opened, eid = ?token.and_then(crate::core::auth::unverified_eid), "opened for another node");
         let node = self.layout.node_of_conn(conn);
         if let Some(relay) = &self.relay {
             match (transport, opened) {
@@ -202,7 +204,10 @@ impl Hub {
         let Some(relay) = &self.relay else { return };
         let last = matches!(out, Out::Close(_));
         let mut away = unpoison(&relay.away);
-        let Some(entry) = away.get(&conn) else { return };
+        let Some(entry) = away.get(&conn) else {
+            tracing::debug!(target: "bimip::cluster::conns", %conn, last, "output for a connection gone from here dropped");
+            return;
+        };
         let home = entry.home;
         match entry.link.tx.try_send(out) {
             Ok(()) if last => {
@@ -239,6 +244,7 @@ impl FrameSink for Hub {
         relay.cut.store(!up, std::sync::atomic::Ordering::Relaxed);
         if !up {
             let gone = std::mem::take(&mut *unpoison(&relay.away));
+            tracing::debug!(target: "bimip::cluster::conns", conns = ?gone.keys().collect::<Vec<_>>(), "NATS lost: going away");
             for away in gone.values() {
                 away.link.tx.go_away();
             }
@@ -262,6 +268,7 @@ impl FrameSink for Hub {
                 .map(|(conn, _)| *conn)
                 .collect();
             for conn in homed_there {
+                tracing::debug!(target: "bimip::cluster::conns", %conn, node, "its home started again: going away");
                 if let Some(gone) = away.remove(&conn) {
                     gone.link.tx.go_away();
                 }
@@ -278,6 +285,7 @@ impl FrameSink for Hub {
                     .filter(|conn| self.layout.node_of_conn(*conn) == node)
                     .collect();
                 for conn in orphans {
+                    tracing::debug!(target: "bimip::cluster::conns", %conn, node, "its node started again: closed");
                     core.closed(conn, now);
                 }
                 core.engine.peer_restarted(&lost, now);
@@ -320,6 +328,7 @@ impl FrameSink for Hub {
             }
             Kind::Closed(at) => {
                 if let Some((conn, shard)) = self.checked(at.conn, at.shard) {
+                    tracing::debug!(target: "bimip::cluster::conns", %conn, shard, "closed on its node");
                     self.with_core(shard, |core, now| core.closed(conn, now));
                 }
             }
