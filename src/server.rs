@@ -383,6 +383,7 @@ impl Settings {
                 .with_social(log, &social_events)
                 .with_chat(o.chat_store, &o.chat_events)
                 .with_remote_shards((0..layout.shard_count()).filter(|s| !layout.is_local(*s)))
+                .with_start(layout.epoch)
             })
             .collect();
         let recovered = crate::core::shard::recover(&mut engines);

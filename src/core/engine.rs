@@ -200,6 +200,14 @@ impl Engine {
         self
     }
 
+    /// Numbers this start of the shard apart from its earlier ones (a cluster node's random start number): the
+    /// answers other nodes owe an earlier start (`Appended`, `Passed`) may still reach this one, and must not count
+    /// for the tickets it issues.
+    pub fn with_start(mut self, start: u16) -> Self {
+        self.crossing.next_ticket = u64::from(start) << 32;
+        self
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -187,7 +187,7 @@ pub(super) struct Crossing {
     next_seq: u64,
     /// Answers waiting for appends, by ticket.
     pub waiting: BTreeMap<u64, Waiting>,
-    next_ticket: u64,
+    pub next_ticket: u64,
     /// Users of other shards whose queues are full (QUE-10), as their homes last said.
     pub full: std::collections::BTreeSet<String>,
     /// The connection whose stanza (or opening) is being handled, and the ticket of the fence it put up once it
@@ -497,7 +497,7 @@ impl Engine {
     }
 
     /// A new ticket for appends other shards make for one answer; it names this shard, so that their
-    /// `Appended` finds its way back.
+    /// `Appended` finds its way back, and this start of it ([`Engine::with_start`]) in its top 16 bits.
     pub(super) fn ticket(&mut self) -> u64 {
         self.crossing.next_ticket += 1;
         (self.crossing.next_ticket << 16) | u64::try_from(self.shard.index).unwrap_or(0)

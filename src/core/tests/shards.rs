@@ -35,6 +35,11 @@ impl Partition {
 
     /// As [`Partition::with_stores`], each shard as if on a node of its own (a cluster, SES-11).
     fn started(config: Config, stores: Vec<SharedChatStore>, apart: bool) -> Partition {
+        Partition::started_as(config, stores, apart, 0)
+    }
+
+    /// As [`Partition::started`], every shard in its start number `start` ([`Engine::with_start`]).
+    fn started_as(config: Config, stores: Vec<SharedChatStore>, apart: bool, start: u16) -> Partition {
         let count = stores.len();
         let mut shards: Vec<Engine> = stores
             .into_iter()
@@ -52,6 +57,7 @@ impl Partition {
                 .with_shard(ShardId::new(shard, count))
                 .with_chat(Box::new(store), &events)
                 .with_remote_shards((0..count).filter(|_| apart))
+                .with_start(start)
             })
             .collect();
         crate::core::shard::recover(&mut shards);
@@ -746,4 +752,56 @@ fn a_replaced_session_waiting_on_a_restarted_node_is_still_closed() {
         "the new session was closed"
     );
     assert!(p.shards[home].crossing.held.is_empty(), "still held");
+}
+
+/// SES-11: a node started again may still get the answers other nodes owed its previous start (`Appended` in
+/// flight when it died). They name tickets of that start, and must not count for this start's: here such an
+/// answer would have confirmed a new message before the receiver's home stored its copy (QUE-2).
+#[test]
+fn an_answer_owed_to_an_earlier_start_counts_for_nothing() {
+    let (alice, bob) = apart(3);
+    let chat_home = home(&crate::core::chat::chat_id(&alice, &bob), 3);
+    let bobs_home = home(&bob, 3);
+    let stores: Vec<SharedChatStore> = (0..3).map(|_| SharedChatStore::default()).collect();
+    let mut p = Partition::started_as(Config::default(), stores.clone(), true, 1);
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    // Everything up to the receiver's home's `Appended`, which the chat's home dies before reading.
+    let stale = loop {
+        match p.mail.front() {
+            Some((to, mail)) if *to == chat_home && format!("{mail:?}").contains("Appended") => {
+                break p.mail.pop_front().unwrap().1;
+            }
+            Some(_) => p.deliver_one(),
+            None => panic!("no Appended for the chat's home"),
+        }
+    };
+    p.mail.clear();
+    p.take(phone);
+    // The chat's home starts again (a new start number) on its store.
+    let mut again = Partition::started_as(Config::default(), stores, true, 2);
+    p.shards[chat_home] = again.shards.swap_remove(chat_home);
+    // Another device of the sender's (the first waits for an answer lost with the chat's home).
+    let laptop = p.ws(&alice, "laptop");
+    p.take(laptop);
+    p.send(laptop, text(&bob, "m2"));
+    // The proposal reaches the chat's home, which asks the receiver's home to append; that append is not done yet.
+    while let Some((to, _)) = p.mail.front() {
+        let proposal = *to == chat_home;
+        p.deliver_one();
+        if proposal {
+            break;
+        }
+    }
+    p.mail.retain(|(to, _)| *to != bobs_home);
+    p.shards[chat_home].deliver(stale, p.now);
+    p.collect();
+    p.deliver_all();
+    let seen = p.take(laptop);
+    assert!(
+        !seen
+            .iter()
+            .any(|s| matches!(s, Payload::VersionUpdate(v) if v.message_id_local == "m2")),
+        "m2 confirmed on an answer owed to the previous start: {seen:?}"
+    );
 }
