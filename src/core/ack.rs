@@ -63,7 +63,7 @@ impl Engine {
         if home == self.shard.index {
             self.acknowledge(ack, now);
         } else {
-            ack.origin.seq = Some(self.await_answer(conn));
+            ack.origin.seq = Some(self.await_answer(conn, home));
             self.mail(home, Letter::Acknowledge(Box::new(ack)));
         }
         Ok(())

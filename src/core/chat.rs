@@ -311,7 +311,7 @@ impl Engine {
         if home == self.shard.index {
             self.propose(proposal, now);
         } else {
-            proposal.origin.seq = Some(self.await_answer(conn));
+            proposal.origin.seq = Some(self.await_answer(conn, home));
             self.mail(home, Letter::Propose(Box::new(proposal)));
         }
         Ok(())

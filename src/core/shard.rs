@@ -164,6 +164,8 @@ pub(super) struct Held {
 struct Slot {
     /// The answer this slot waits for; `None` once it is in (or for outputs that waited for nothing).
     awaiting: Option<u64>,
+    /// The shard that prepares the answer: if its node starts again, the answer may never come.
+    from: usize,
     outputs: Vec<Output>,
 }
 
@@ -373,7 +375,7 @@ impl Engine {
     /// The shards in `lost` (another node's) started again, and what they had not made durable is gone: what this
     /// shard still waits for there is sent again (the appends an answer waits for: a copy that was durable after
     /// all comes twice, and its device drops it by message id, QUE-7; the fences: each shard passes a fence once).
-    /// The connections still waiting for an answer another shard prepares, which may have been lost there, end
+    /// The connections still waiting for an answer a lost shard prepares, which may have been lost there, end
     /// with 503 `unavailable` (their clients reconnect and send again what was not confirmed, CLI-2), after what
     /// waited behind those answers.
     pub fn peer_restarted(&mut self, lost: &[usize], now: Millis) {
@@ -411,7 +413,7 @@ impl Engine {
             .crossing
             .held
             .iter()
-            .filter(|(_, held)| held.slots.iter().any(|slot| slot.awaiting.is_some()))
+            .filter(|(_, held)| (held.slots.iter()).any(|slot| slot.awaiting.is_some() && lost.contains(&slot.from)))
             .map(|(conn, _)| *conn)
             .collect();
         for conn in stuck {
@@ -503,12 +505,14 @@ impl Engine {
         (self.crossing.next_ticket << 16) | u64::try_from(self.shard.index).unwrap_or(0)
     }
 
-    /// Reserves the connection's next answer slot: outputs to it from now on wait behind the answer.
-    pub(super) fn await_answer(&mut self, conn: ConnId) -> u64 {
+    /// Reserves the connection's next answer slot, for the answer shard `from` prepares: outputs to it from now on
+    /// wait behind the answer.
+    pub(super) fn await_answer(&mut self, conn: ConnId, from: usize) -> u64 {
         self.crossing.next_seq += 1;
         let seq = self.crossing.next_seq;
         self.crossing.held.entry(conn).or_default().slots.push_back(Slot {
             awaiting: Some(seq),
+            from,
             outputs: Vec::new(),
         });
         seq
@@ -534,6 +538,7 @@ impl Engine {
                 Some(slot) if slot.awaiting.is_none() => slot.outputs.push(output),
                 _ => held.slots.push_back(Slot {
                     awaiting: None,
+                    from: self.shard.index,
                     outputs: vec![output],
                 }),
             },
@@ -669,7 +674,7 @@ impl Engine {
             return;
         }
         if awaited > 0 && answer.origin.shard == here && answer.origin.seq.is_none() {
-            answer.origin.seq = Some(self.await_answer(answer.origin.conn));
+            answer.origin.seq = Some(self.await_answer(answer.origin.conn, here));
         }
         let ticket = (awaited > 0).then(|| self.ticket());
         let mut owed = Vec::with_capacity(awaited);

@@ -63,7 +63,21 @@ pub struct DurabilityReport {
     pub stalled: Vec<String>,
     /// Connections that ended and were made again, over all devices.
     pub reconnects: u64,
+    /// Every device, by `index`.
+    pub devices: Vec<DeviceRecord>,
     pub seconds: f64,
+}
+
+/// One device of a run: who it is, whom it chats with, and how often its connection ended.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeviceRecord {
+    pub eid: String,
+    pub peer: String,
+    /// Its place among the devices: its first connection went to `urls[index % urls.len()]`.
+    pub index: usize,
+    pub reconnects: u64,
+    /// What it was doing last.
+    pub last: String,
 }
 
 impl DurabilityReport {
@@ -105,7 +119,8 @@ struct Tally {
     /// message_id -> version, as the receiver got them.
     received: BTreeMap<String, i64>,
     duplicates: u64,
-    reconnects: u64,
+    sender_reconnects: u64,
+    receiver_reconnects: u64,
     faults: Vec<String>,
     /// What the sender was doing last, for a report of a pair that did not finish.
     sender_at: String,
@@ -122,9 +137,11 @@ pub async fn run(options: &DurabilityOptions, minter: &Minter) -> Result<Durabil
     let deadline = started + options.deadline;
     let options = Arc::new(options.clone());
     let mut tasks = Vec::new();
+    let mut names = Vec::new();
     for pair in 0..options.pairs {
         let sender = format!("s{pair}-{}@durability.example", minter.run());
         let receiver = format!("r{pair}-{}@durability.example", minter.run());
+        names.push((sender.clone(), receiver.clone()));
         let tally = Arc::new(Mutex::new(Tally::default()));
         let tokens = (minter.token(&sender, "d1")?, minter.token(&receiver, "d1")?);
         let done = tokio_util::sync::CancellationToken::new();
@@ -175,7 +192,22 @@ pub async fn run(options: &DurabilityOptions, minter: &Minter) -> Result<Durabil
         }
         report.accepted += tally.accepted.len() as u64;
         report.duplicates += tally.duplicates;
-        report.reconnects += tally.reconnects;
+        report.reconnects += tally.sender_reconnects + tally.receiver_reconnects;
+        let (sender, receiver) = &names[pair];
+        report.devices.push(DeviceRecord {
+            eid: sender.clone(),
+            peer: receiver.clone(),
+            index: 2 * pair,
+            reconnects: tally.sender_reconnects,
+            last: tally.sender_at.clone(),
+        });
+        report.devices.push(DeviceRecord {
+            eid: receiver.clone(),
+            peer: sender.clone(),
+            index: 2 * pair + 1,
+            reconnects: tally.receiver_reconnects,
+            last: tally.receiver_at.clone(),
+        });
         report
             .version_faults
             .extend(tally.faults.iter().map(|f| format!("pair {pair}: {f}")));
@@ -356,7 +388,7 @@ async fn send(
         }
         attempt += 1;
         if next < options.messages || !pending.is_empty() {
-            tally.lock().await.reconnects += 1;
+            tally.lock().await.sender_reconnects += 1;
         }
     }
     options.messages - next + pending.len() as u64
@@ -413,6 +445,6 @@ async fn receive(
             }
         }
         attempt += 1;
-        tally.lock().await.reconnects += 1;
+        tally.lock().await.receiver_reconnects += 1;
     }
 }

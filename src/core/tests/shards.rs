@@ -805,3 +805,29 @@ fn an_answer_owed_to_an_earlier_start_counts_for_nothing() {
         "m2 confirmed on an answer owed to the previous start: {seen:?}"
     );
 }
+
+/// SES-11: only the answers a restarted node prepares may be lost with it; a session waiting for one another node
+/// prepares goes on, and gets it.
+#[test]
+fn a_session_waiting_on_a_node_that_did_not_restart_goes_on() {
+    let mut p = Partition::new(3, Config::default());
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    // The receiver's node starts again: the chat's home, which prepares the answer, did not.
+    let home = p.home(&alice);
+    let bobs_home = p.home(&bob);
+    p.shards[home].peer_restarted(&[bobs_home], p.now);
+    p.collect();
+    assert!(
+        p.outputs.get(&phone).is_none_or(Vec::is_empty),
+        "the session heard something before its answer: {:?}",
+        p.outputs.get(&phone)
+    );
+    p.deliver_all();
+    let seen = p.take(phone);
+    assert!(
+        matches!(&seen[..], [Payload::VersionUpdate(v)] if v.message_id_local == "m1"),
+        "{seen:?}"
+    );
+}
