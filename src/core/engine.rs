@@ -593,6 +593,16 @@ impl Engine {
         }
     }
 
+    /// Queues a stanza that answers nothing the client sent (the server's own ping): ENV-14 orders answers, so it
+    /// goes out ahead of answers other shards are still preparing, or a session waiting for a slow node would miss
+    /// its pings and be closed as dead; it stays behind its user's fence (SES-4, SES-9).
+    pub(super) fn send_unanswering(&mut self, conn: ConnId, payload: Payload) {
+        let route = Route::of(&payload);
+        *self.stats.stanzas_out.entry(route.number()).or_default() += 1;
+        let stanza = Bytes::from(codec::encode(&payload));
+        self.emit(Output::Send { conn, stanza });
+    }
+
     /// Queues one stanza for a connection.
     pub(super) fn send(&mut self, conn: ConnId, payload: Payload) {
         let stanza = Bytes::from(codec::encode(&payload));

@@ -89,6 +89,6 @@ impl Engine {
             id,
             ..PingPong::default()
         };
-        self.send(conn, Payload::PingpongMessage(ping));
+        self.send_unanswering(conn, Payload::PingpongMessage(ping));
     }
 }

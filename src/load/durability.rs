@@ -356,6 +356,10 @@ async fn send(
                         ));
                     }
                 }
+                // The confirmation of this device's own confirm (ACK-5) is no item: confirming it would be answered
+                // again, a loop as fast as the round trip (the stanza rate limit ended it, 429 then a close).
+                Some(Event::Stanza(Payload::AcknowledgmentResponse(r)))
+                    if r.from.as_ref().is_some_and(|from| from.eid == eid) => {}
                 Some(Event::Stanza(Payload::AcknowledgmentResponse(r))) => {
                     // The receiver's DELIVERED (ACK-4): confirmed, as a real client must for its queue to go (QUE-4).
                     let confirm = AcknowledgmentRequest {

@@ -873,7 +873,15 @@ impl Core {
                 tracing::error!(%conn, len = stanza.len(), "engine produced an oversized stanza; not sent");
                 return;
             }
-            Output::Send { conn, stanza } => (conn, Out::Send(stanza), false),
+            Output::Send { conn, stanza } => {
+                if tracing::enabled!(target: "bimip::cluster::errors", tracing::Level::DEBUG)
+                    && let Ok(crate::proto::message_scheme::Payload::ErrorMessage(e)) =
+                        crate::codec::decode(&stanza, usize::MAX)
+                {
+                    tracing::debug!(target: "bimip::cluster::errors", %conn, code = e.code, message = e.message, details = e.details, ref_id = e.ref_id, "error sent");
+                }
+                (conn, Out::Send(stanza), false)
+            }
             Output::Close { conn, reason } => {
                 tracing::debug!(target: "bimip::cluster::conns", %conn, ?reason, local = self.links.contains_key(&conn), "engine closes");
                 (conn, Out::Close(reason), true)

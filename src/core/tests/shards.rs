@@ -831,3 +831,31 @@ fn a_session_waiting_on_a_node_that_did_not_restart_goes_on() {
         "{seen:?}"
     );
 }
+
+/// ENV-14 orders answers only: the server's ping is not held behind an answer another shard is preparing, or a
+/// session waiting for a slow node would hear no ping, send no pong, and be closed as dead (PingTimeout).
+#[test]
+fn pings_go_out_while_an_answer_is_out() {
+    let config = Config::default();
+    let interval = config.ping_interval_ms;
+    let mut p = Partition::new(3, config);
+    let (alice, bob) = apart(3);
+    let phone = p.ws(&alice, "phone");
+    p.take(phone);
+    p.send(phone, text(&bob, "m1"));
+    // The chat's home does not answer (its node is paused); the phone's pings come anyway.
+    p.now += interval;
+    let home = p.home(&alice);
+    p.shards[home].tick(p.now);
+    p.collect();
+    let seen = p.take(phone);
+    assert!(
+        matches!(&seen[..], [Payload::PingpongMessage(ping)] if ping.r#type == 1),
+        "{seen:?}"
+    );
+    p.deliver_all();
+    assert!(
+        matches!(&p.take(phone)[..], [Payload::VersionUpdate(v)] if v.message_id_local == "m1"),
+        "the answer did not follow"
+    );
+}
