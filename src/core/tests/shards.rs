@@ -163,6 +163,17 @@ impl Partition {
         }
     }
 
+    /// Delivers mail in order up to and including the first letter to shard `to`.
+    fn deliver_through(&mut self, to: usize) {
+        while let Some((next, _)) = self.mail.front() {
+            let last = *next == to;
+            self.deliver_one();
+            if last {
+                break;
+            }
+        }
+    }
+
     /// The connection is gone.
     fn close(&mut self, conn: ConnId) {
         let shard = self.conns[&conn];
@@ -595,13 +606,7 @@ fn a_resend_after_a_restart_sends_the_copies_again() {
     p.deliver_all();
     p.send(phone, text(&bob, "m2"));
     // The proposal reaches the chat's home, which records it (durable: the harness runs each sync at once)...
-    while let Some((to, _)) = p.mail.front() {
-        let proposal = *to == chat_home;
-        p.deliver_one();
-        if proposal {
-            break;
-        }
-    }
+    p.deliver_through(chat_home);
     // ...and dies with everything it had not yet sent.
     p.mail.clear();
     let confirmed = p.take(phone);
@@ -786,13 +791,7 @@ fn an_answer_owed_to_an_earlier_start_counts_for_nothing() {
     p.take(laptop);
     p.send(laptop, text(&bob, "m2"));
     // The proposal reaches the chat's home, which asks the receiver's home to append; that append is not done yet.
-    while let Some((to, _)) = p.mail.front() {
-        let proposal = *to == chat_home;
-        p.deliver_one();
-        if proposal {
-            break;
-        }
-    }
+    p.deliver_through(chat_home);
     p.mail.retain(|(to, _)| *to != bobs_home);
     p.shards[chat_home].deliver(stale, p.now);
     p.collect();
