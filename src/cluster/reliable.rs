@@ -327,11 +327,7 @@ fn data(from: usize, epoch: u64, seq: u64, base: u64, frame: Bytes) -> Bytes {
         base,
         frame,
     };
-    pb::Link {
-        kind: Some(pb::Kind::Data(data)),
-    }
-    .encode_to_vec()
-    .into()
+    link(pb::Kind::Data(data))
 }
 
 fn ack(from: usize, own: u64, epoch: u64, upto: u64, gap: bool) -> Bytes {
@@ -342,11 +338,11 @@ fn ack(from: usize, own: u64, epoch: u64, upto: u64, gap: bool) -> Bytes {
         gap,
         own,
     };
-    pb::Link {
-        kind: Some(pb::Kind::Ack(ack)),
-    }
-    .encode_to_vec()
-    .into()
+    link(pb::Kind::Ack(ack))
+}
+
+fn link(kind: pb::Kind) -> Bytes {
+    pb::Link { kind: Some(kind) }.encode_to_vec().into()
 }
 
 /// The link messages: field numbers are the format, never reuse one.
