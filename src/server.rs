@@ -340,7 +340,12 @@ impl Settings {
             })?;
             let revocations = FileRevocations::open(&dir.join("revoked-tokens"), now_ms)?;
             let (social_log, social) = Journal::<SocialEvent>::open(&dir.join("social"))?;
-            let (chat_store, chat_events) = self.chat_store(&dir)?;
+            let (chat_store, chat_events) = if self.chat_in_jetstream() {
+                // Replaced by the shard's JetStream store once NATS is reached (`Settings::start`).
+                (Box::new(MemoryChatStore::default()) as Box<dyn ChatStore>, Vec::new())
+            } else {
+                self.chat_store(&dir)?
+            };
             opened.push(OpenedShard {
                 shard,
                 revocations,
@@ -391,6 +396,12 @@ impl Settings {
             tracing::info!(recovered, "chat events recovered from the queues of other shards");
         }
         Ok(engines)
+    }
+
+    /// Whether chats, queues and offsets live in the cluster's JetStream (`cluster::chat_stream`) rather than in
+    /// the data directory: a cluster node with durable storage.
+    fn chat_in_jetstream(&self) -> bool {
+        self.cluster.is_some() && matches!(self.chat_store, ChatStorage::Durable)
     }
 
     /// One shard's chat store, opened from `dir/queue` (or in memory), with the events it replays.
@@ -449,7 +460,7 @@ impl Settings {
         }
         let clock: std::sync::Arc<dyn crate::net::Clock> = std::sync::Arc::new(crate::net::SystemClock);
         let layout = self.layout()?;
-        let opened = self.open_shards(&layout, clock.now_ms())?;
+        let mut opened = self.open_shards(&layout, clock.now_ms())?;
         let (engines, node) = match &self.cluster {
             None => (self.build_engines(&layout, opened, None)?, None),
             Some(cluster) => {
@@ -457,6 +468,14 @@ impl Settings {
                 let node = crate::cluster::Node::connect(&cluster.nats, layout.clone()).await?;
                 let local = opened.iter().map(|o| (o.shard, o.social.clone())).collect();
                 let graph = crate::cluster::graph::sync(node.client(), &layout, local).await?;
+                if self.chat_in_jetstream() {
+                    for shard in &mut opened {
+                        let (store, events) =
+                            crate::cluster::chat_stream::StreamChatStore::open(node.client(), shard.shard).await?;
+                        shard.chat_store = Box::new(store);
+                        shard.chat_events = events;
+                    }
+                }
                 (self.build_engines(&layout, opened, Some(&graph))?, Some(node))
             }
         };

@@ -15,7 +15,7 @@ use bimip::client::{Client, ClientOptions};
 use bimip::core::auth::Claims;
 use bimip::core::shard::home;
 use bimip::proto::message_scheme::Payload;
-use bimip::proto::{BlockSubscriber, Identity, TextPayloadRequest};
+use bimip::proto::{AcknowledgmentRequest, BlockSubscriber, Identity, TextPayloadRequest};
 use bimip::server::{ClusterSettings, JwtSettings, Running, Settings};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -185,6 +185,23 @@ fn homed_on(node: usize, name: &str) -> String {
     (0..)
         .map(|i| format!("{name}{i}@example.com"))
         .find(|eid| home(eid, NODES.len()) == node)
+        .unwrap()
+}
+
+/// Two users homed on node `node` whose chat is homed there too (`names`, each numbered until it fits).
+fn pair_homed_on(node: usize, names: (&str, &str)) -> (String, String) {
+    let first = homed_on(node, names.0);
+    let second = partner_homed_on(node, &first, names.1);
+    (first, second)
+}
+
+/// A user homed on node `node` whose chat with `eid` is homed there too.
+fn partner_homed_on(node: usize, eid: &str, name: &str) -> String {
+    (0..)
+        .map(|i| format!("{name}{i}@example.com"))
+        .find(|other| {
+            home(other, NODES.len()) == node && home(&bimip::core::chat::chat_id(eid, other), NODES.len()) == node
+        })
         .unwrap()
 }
 
@@ -408,6 +425,38 @@ async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
     // The session homed on the unreachable node ends as at a shutdown (1001), so its client goes elsewhere.
     let (code, _) = remote.expect_closed(Duration::from_secs(10)).await.unwrap();
     assert_eq!(code, Some(1001));
+    // Chats are stored in JetStream: once node a knows NATS is gone (it
+    // closed that session), one within node a is refused, not acknowledged unstored (issue 17 part 6).
+    let grace = partner_homed_on(0, &here, "grace");
+    local.send(text(&grace, "while-away")).await.unwrap();
+    let refused = local
+        .expect(
+            |p| matches!(p, Payload::ErrorMessage(_) | Payload::VersionUpdate(_)),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Payload::ErrorMessage(e) if e.code == 503),
+        "{refused:?}"
+    );
+    // A chat homed on the node it cannot reach: refused too.
+    let ivan = (0..)
+        .map(|i| format!("ivan{i}@example.com"))
+        .find(|other| home(&bimip::core::chat::chat_id(&here, other), NODES.len()) == 1)
+        .unwrap();
+    local.send(text(&ivan, "across")).await.unwrap();
+    let across = local
+        .expect(
+            |p| matches!(p, Payload::ErrorMessage(_) | Payload::VersionUpdate(_)),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&across, Payload::ErrorMessage(e) if e.code == 503),
+        "{across:?}"
+    );
     // The session homed here goes on; new sessions are refused with 503 until NATS is back.
     assert!(local.ping("still").await.is_ok());
     assert_eq!(
@@ -488,4 +537,71 @@ async fn a_backend_call_on_any_node_reaches_the_users_home() {
     let mut wrong = wrong;
     let refused = wrong.list_sessions(pb::User { eid: gina }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
+
+/// Issue 17 part 2: chats, queues and offsets live in JetStream. A node started again on an empty data directory
+/// (its disk lost) still has them: the queued messages reach their device, the confirmed one does not come again,
+/// and the chat's versions go on without reuse.
+#[tokio::test]
+async fn a_node_on_an_empty_data_directory_serves_its_chats_from_jetstream() {
+    let (nats, keys, mut nodes) = cluster().await;
+    let (alice, bob) = pair_homed_on(0, ("alice", "bob"));
+    let mut alice_phone = connect(&nodes[0].ws(), &keys.token(&alice, "phone")).await;
+    let mut bob_phone = connect(&nodes[0].ws(), &keys.token(&bob, "phone")).await;
+    let (first, v1) = chat_once(&mut alice_phone, &mut bob_phone, &bob, "m1").await;
+    // Delivered (status 2): the phone's offset moves past it (QUE-4).
+    bob_phone
+        .send(Payload::AcknowledgmentRequest(AcknowledgmentRequest {
+            message_id: first.clone(),
+            status: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    bob_phone
+        .expect(|p| matches!(p, Payload::AcknowledgmentResponse(_)), WAIT)
+        .await
+        .unwrap();
+    bob_phone.close().await.unwrap();
+    let mut queued = Vec::new();
+    for local in ["m2", "m3"] {
+        alice_phone.send(text(&bob, local)).await.unwrap();
+        let update = alice_phone
+            .expect(
+                |p| matches!(p, Payload::VersionUpdate(v) if v.message_id_local == local),
+                WAIT,
+            )
+            .await
+            .unwrap();
+        let Payload::VersionUpdate(update) = update else {
+            unreachable!()
+        };
+        queued.push((update.message_id, update.version));
+    }
+    assert_eq!(queued.iter().map(|q| q.1).collect::<Vec<_>>(), vec![v1 + 1, v1 + 2]);
+
+    let old = nodes.remove(0);
+    old.running.shutdown().await;
+    drop(old.dir);
+    nodes.insert(
+        0,
+        Node::start_in(NODES[0], &nats, &keys, tempfile::tempdir().unwrap()).await,
+    );
+
+    let mut bob_phone = connect(&nodes[0].ws(), &keys.token(&bob, "phone")).await;
+    for (id, version) in &queued {
+        let got = bob_phone
+            .expect(|p| matches!(p, Payload::ChatMessage(_)), WAIT)
+            .await
+            .unwrap();
+        let Payload::ChatMessage(got) = got else { unreachable!() };
+        assert_eq!(
+            (&got.message_id, got.version),
+            (id, *version),
+            "replayed in order, m1 not again"
+        );
+    }
+    let mut alice_phone = connect(&nodes[1].ws(), &keys.token(&alice, "phone")).await;
+    let (_, v4) = chat_once(&mut alice_phone, &mut bob_phone, &bob, "m4").await;
+    assert_eq!(v4, v1 + 3, "versions go on from what JetStream holds");
 }

@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
+use async_nats::jetstream::{self, stream};
 use tokio::sync::mpsc;
 
 use super::{ClusterError, Layout};
@@ -81,50 +80,25 @@ pub async fn sync(
     layout: &Layout,
     local: Vec<(usize, Vec<SocialEvent>)>,
 ) -> Result<Graph, ClusterError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| ClusterError::JetStream(format!("{what}: {e}"));
-    let mut js = jetstream::new(client.clone());
-    // A JetStream that is electing its leaders (a NATS server just came back) answers nothing: asking again every 2 s
-    // starts a node sooner than waiting out the client's default 10 s, and a node that is not serving holds up the
-    // sessions homed on it.
-    js.set_timeout(Duration::from_secs(2));
-    let clustered = client.server_info().cluster.is_some();
-    let stream = social_stream(&js, clustered).await?;
+    let js = super::jetstream::context(client);
+    let stream = super::jetstream::stream(&js, social_stream(super::jetstream::replicas(client))).await?;
     let mut by_shard: std::collections::BTreeMap<usize, Vec<SocialEvent>> = std::collections::BTreeMap::new();
     let last = stream.cached_info().state.last_sequence;
-    if last > 0 {
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: "bimip.social.>".into(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed("reading the social stream", &e))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed("reading the social stream", &e))?;
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
-                .await
-                .map_err(|_| ClusterError::JetStream("the social stream stopped answering".into()))?
-                .ok_or_else(|| ClusterError::JetStream("the social stream ended early".into()))?
-                .map_err(|e| failed("reading the social stream", &e))?;
-            let shard = message
-                .subject
-                .strip_prefix("bimip.social.")
-                .and_then(|s| s.parse::<usize>().ok());
-            let info = message.info().map_err(|e| failed("a social message", &e))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            match (shard, serde_json::from_slice::<SocialEvent>(&message.payload)) {
-                (Some(shard), Ok(event)) => by_shard.entry(shard).or_default().push(event),
-                (_, Err(e)) => tracing::warn!(%e, sequence, "undecodable social event in the stream skipped"),
-                (None, _) => tracing::warn!(subject = %message.subject, "social event on an unknown subject skipped"),
+    super::jetstream::read(&stream, "bimip.social.>", last, |stored| {
+        let shard = stored
+            .subject
+            .strip_prefix("bimip.social.")
+            .and_then(|s| s.parse::<usize>().ok());
+        match (shard, serde_json::from_slice::<SocialEvent>(stored.payload)) {
+            (Some(shard), Ok(event)) => by_shard.entry(shard).or_default().push(event),
+            (_, Err(e)) => {
+                tracing::warn!(%e, sequence = stored.sequence, "undecodable social event in the stream skipped")
             }
-            if pending == 0 || sequence >= last {
-                break;
-            }
+            (None, _) => tracing::warn!(subject = stored.subject, "social event on an unknown subject skipped"),
         }
-    }
+        Ok(())
+    })
+    .await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut counts = std::collections::BTreeMap::new();
     let mut events = Vec::new();
@@ -162,9 +136,9 @@ pub async fn sync(
     })
 }
 
-/// The stream, made on first use: replicated on 3 NATS nodes of a NATS cluster, or on the one there is.
-async fn social_stream(js: &jetstream::Context, clustered: bool) -> Result<stream::Stream, ClusterError> {
-    let config = |replicas: usize| stream::Config {
+/// The stream every shard's social events go to.
+fn social_stream(replicas: usize) -> stream::Config {
+    stream::Config {
         name: STREAM.into(),
         subjects: vec!["bimip.social.>".into()],
         num_replicas: replicas,
@@ -172,21 +146,6 @@ async fn social_stream(js: &jetstream::Context, clustered: bool) -> Result<strea
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
-    };
-    // Three replicas on a NATS cluster; a lone NATS server (development, tests) keeps one.
-    let replicas = if clustered { 3 } else { 1 };
-    // A NATS cluster that has just started elects its JetStream leader first, and answers nothing until then.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let error = match js.get_or_create_stream(config(replicas)).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => format!("the social stream ({replicas} replicas): {e}"),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ClusterError::JetStream(error));
-        }
-        tracing::info!(%error, "JetStream not ready; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -12,8 +12,10 @@
 //! offsets in JetStream (each node keeps its shards' in its own data directory), a shard moving to another node
 //! when its node dies.
 
+pub mod chat_stream;
 pub mod frame;
 pub mod graph;
+pub mod jetstream;
 mod link;
 pub mod reliable;
 

@@ -49,6 +49,7 @@ impl Engine {
         let Some((chat, _)) = message_id.rsplit_once('/') else {
             return Err(not_found().with_ref(&message_id));
         };
+        self.reachable(&[chat]).map_err(|r| r.with_ref(&message_id))?;
         let home = self.shard.home_of(chat);
         let mut ack = Acknowledgment {
             origin: self.origin(conn),
@@ -106,6 +107,9 @@ impl Engine {
         });
         if self.social.blocked_pair(&meta.sender, &meta.receiver) {
             let rejection = Rejection::new(ErrorKind::Blocked, "a block stands between sender and receiver");
+            return self.answer(answer(confirm, Err(rejection)), now);
+        }
+        if let Err(rejection) = self.reachable(&[&meta.sender, &meta.receiver]) {
             return self.answer(answer(confirm, Err(rejection)), now);
         }
         let at = if timestamp > 0 { timestamp } else { now };

@@ -299,6 +299,7 @@ impl Engine {
             Body::Text(_) => Route::TextPayloadRequest,
             Body::Media { .. } => Route::MediaPayloadRequest,
         };
+        self.reachable(&[&chat, &receiver]).map_err(|r| r.with_ref(&local))?;
         let mut proposal = Proposal {
             origin: self.origin(conn),
             route: route.number(),
@@ -374,6 +375,9 @@ impl Engine {
         }
         if self.queue_full(&receiver) {
             let rejection = Rejection::new(ErrorKind::QueueFull, "the receiver's queue is full");
+            return self.answer(answer(Err(rejection)), now);
+        }
+        if let Err(rejection) = self.reachable(&[&receiver, &me.eid]) {
             return self.answer(answer(Err(rejection)), now);
         }
         let version = self.chat.latest(&chat) + 1;

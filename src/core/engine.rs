@@ -489,6 +489,25 @@ impl Engine {
         }
     }
 
+    /// An output that depends on no durable write ([`Engine::send_volatile`]), past the answer and user orders:
+    /// while a pipelined sync is out (its store may be a replicated one that waits for a quorum, or for NATS to
+    /// come back: issue 17), it goes out at once unless an output of its connection is held, so that pings and
+    /// pongs keep sessions alive and refusals reach their clients. With no sync out it is ordered as any output.
+    fn emit_volatile(&mut self, output: Output) {
+        let conn = match &output {
+            Output::Send { conn, .. } | Output::Close { conn, .. } => Some(*conn),
+            Output::Mail { .. } | Output::Sync(_) => None,
+        };
+        let behind = |held: &VecDeque<Output>| {
+            held.iter()
+                .any(|o| matches!(o, Output::Send { conn: c, .. } | Output::Close { conn: c, .. } if Some(*c) == conn))
+        };
+        match &self.syncing {
+            Some(syncing) if conn.is_some() && !behind(syncing) && !behind(&self.held) => self.out.push_back(output),
+            _ => self.emit_synced(output),
+        }
+    }
+
     /// An output past every order but durability's: out now, or after the pending sync (QUE-2).
     pub(super) fn emit_synced(&mut self, output: Output) {
         if (self.unsynced || self.syncing.is_some()) && output.waits_for_sync() {
@@ -575,7 +594,12 @@ impl Engine {
         let Rejection { kind, details, ref_id } = rejection;
         *self.stats.errors.entry(kind.code()).or_default() += 1;
         let message = kind.to_message(route, details, ref_id, now);
-        self.send(conn, Payload::ErrorMessage(message));
+        if kind == ErrorKind::Unavailable {
+            // A refused write, or a service that is away: nothing durable stands behind it.
+            self.send_volatile(conn, Payload::ErrorMessage(message));
+        } else {
+            self.send(conn, Payload::ErrorMessage(message));
+        }
         if kind.is_fatal() {
             return self.close(conn, CloseReason::Error(kind), now);
         }
@@ -600,7 +624,22 @@ impl Engine {
         let route = Route::of(&payload);
         *self.stats.stanzas_out.entry(route.number()).or_default() += 1;
         let stanza = Bytes::from(codec::encode(&payload));
-        self.emit(Output::Send { conn, stanza });
+        if let Some(output) = self.hold_for_user(Output::Send { conn, stanza }) {
+            self.emit_volatile(output);
+        }
+    }
+
+    /// Queues an answer that no durable write stands behind (a pong, a 503 that refuses a write): it keeps its
+    /// place among the connection's answers (ENV-14) but does not wait for a sync that covers only others' writes.
+    pub(super) fn send_volatile(&mut self, conn: ConnId, payload: Payload) {
+        let route = Route::of(&payload);
+        *self.stats.stanzas_out.entry(route.number()).or_default() += 1;
+        let stanza = Bytes::from(codec::encode(&payload));
+        if let Some(output) = self.hold(Output::Send { conn, stanza })
+            && let Some(output) = self.hold_for_user(output)
+        {
+            self.emit_volatile(output);
+        }
     }
 
     /// Queues one stanza for a connection.

@@ -36,7 +36,7 @@ impl Engine {
                     rtt: now.saturating_sub(ping.request_time),
                     id: ping.id,
                 };
-                self.send(conn, Payload::PingpongMessage(pong));
+                self.send_volatile(conn, Payload::PingpongMessage(pong));
                 Ok(())
             }
             RESPONSE => {

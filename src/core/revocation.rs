@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 
 use super::Millis;
 
-/// Why the revocation list could not be updated.
+/// Why a durable store (the revocation list, the chat store) could not be updated.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("revocation store i/o: {0}")]
+    #[error("store i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The store lives elsewhere (a cluster's JetStream) and cannot be reached now: nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Revoked jtis, and revoked issue times. Updates return only once the entry is durable.

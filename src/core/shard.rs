@@ -203,6 +203,8 @@ pub(super) struct Crossing {
     /// over one node's shards), so a resend of a message accepted before it sends that message's copies there
     /// again (SES-11).
     pub remote: std::collections::BTreeSet<usize>,
+    /// Shards on nodes this one cannot reach now ([`Engine::set_unreachable`]).
+    pub unreachable: std::collections::BTreeSet<usize>,
     /// The latest acceptance time among the messages this shard's start replayed or recovered.
     pub replayed_until: Millis,
     /// The user hold each connection with outputs in one uses (kept after the connection closes, so that its Close
@@ -503,6 +505,28 @@ impl Engine {
     pub(super) fn ticket(&mut self) -> u64 {
         self.crossing.next_ticket += 1;
         (self.crossing.next_ticket << 16) | u64::try_from(self.shard.index).unwrap_or(0)
+    }
+
+    /// Names the shards whose node cannot be reached now (a cluster node that lost NATS: every other node's), or
+    /// none once it can again. A chat or acknowledgment that needs one of them is refused with 503 `unavailable`
+    /// at once (issue 17 part 6) rather than left waiting, with every later answer of its connection behind it.
+    pub fn set_unreachable(&mut self, shards: impl IntoIterator<Item = usize>) {
+        self.crossing.unreachable = shards.into_iter().filter(|s| *s != self.shard.index).collect();
+    }
+
+    /// Whether the homes of `keys` (users, chats) can be reached now; 503 `unavailable` if one cannot.
+    pub(super) fn reachable(&self, keys: &[&str]) -> Result<(), Rejection> {
+        if self.crossing.unreachable.is_empty()
+            || keys
+                .iter()
+                .all(|key| !self.crossing.unreachable.contains(&self.shard.home_of(key)))
+        {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            crate::codec::ErrorKind::Unavailable,
+            "a node this change needs cannot be reached",
+        ))
     }
 
     /// Reserves the connection's next answer slot, for the answer shard `from` prepares: outputs to it from now on

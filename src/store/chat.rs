@@ -731,12 +731,14 @@ impl<F: Fs> DurableChatStore<F> {
     /// Syncs and closes the store cleanly (indexes written, nothing to scan at the next open).
     pub fn close(mut self) -> Result<(), QueueError> {
         let dir = self.queue.dir().to_path_buf();
-        self.finish_in_flight(true)
-            .map_err(|StoreError::Io(source)| QueueError::Io {
-                op: "fsync",
-                path: dir,
-                source,
-            })?;
+        self.finish_in_flight(true).map_err(|e| QueueError::Io {
+            op: "fsync",
+            path: dir,
+            source: match e {
+                StoreError::Io(source) => source,
+                StoreError::Unavailable(why) => std::io::Error::other(why),
+            },
+        })?;
         // A spare still being prepared is installed, so the close removes its file.
         self.tend_spare(true);
         self.queue.close()

@@ -585,3 +585,140 @@ fn restart_with_undelivered_messages() {
         [1, 2]
     );
 }
+
+/// A store whose syncs stay out until the test ends them, and that refuses writes while `away` (as a cluster's
+/// JetStream store does while NATS is unreachable).
+#[derive(Clone, Default)]
+struct SlowStore {
+    inner: SharedChatStore,
+    /// Whether the sync out has ended; `None` when none is out.
+    out: std::sync::Arc<std::sync::Mutex<Option<bool>>>,
+    away: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Syncs stay out (else they end at once).
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowStore {
+    fn end_sync(&self) {
+        if let Some(done) = self.out.lock().unwrap().as_mut() {
+            *done = true;
+        }
+    }
+
+    fn refuse(&self) -> Result<(), StoreError> {
+        match self.away.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Err(StoreError::Unavailable("away".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl queue::ChatStore for SlowStore {
+    fn record(&mut self, event: &queue::ChatEvent) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.record(event)
+    }
+    fn append(&mut self, eid: &str, item: queue::QueueItem) -> Result<u64, StoreError> {
+        self.refuse()?;
+        self.inner.append(eid, item)
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn begin_sync(&mut self) -> Result<Option<queue::SyncJob>, StoreError> {
+        if !self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.inner.sync().map(|()| None);
+        }
+        *self.out.lock().unwrap() = Some(false);
+        Ok(Some(queue::SyncJob::new(|| ())))
+    }
+    fn poll_sync(&mut self) -> std::task::Poll<Result<(), StoreError>> {
+        let mut out = self.out.lock().unwrap();
+        match *out {
+            Some(false) => std::task::Poll::Pending,
+            _ => {
+                *out = None;
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+    }
+    fn items_after(&self, eid: &str, after: u64) -> Vec<(u64, queue::QueueItem)> {
+        self.inner.items_after(eid, after)
+    }
+    fn oldest_retained(&self, eid: &str) -> u64 {
+        self.inner.oldest_retained(eid)
+    }
+    fn usage(&self, eid: &str) -> (usize, usize) {
+        self.inner.usage(eid)
+    }
+    fn committed(&self, eid: &str, device: &str) -> Option<u64> {
+        self.inner.committed(eid, device)
+    }
+    fn commit(&mut self, eid: &str, device: &str, offset: u64) -> Result<(), StoreError> {
+        self.refuse()?;
+        self.inner.commit(eid, device, offset)
+    }
+    fn start_device(&mut self, eid: &str, device: &str, now: Millis) -> Result<queue::DeviceStart, StoreError> {
+        self.inner.start_device(eid, device, now)
+    }
+    fn users(&self) -> Vec<String> {
+        self.inner.users()
+    }
+}
+
+/// QUE-2 with a store that is slow to sync or away (issue 17): what a sync covers waits for it, but a pong, the
+/// server's ping and a 503 refusing a write do not, unless their connection has an earlier answer waiting (ENV-14).
+#[test]
+fn pings_pongs_and_refusals_do_not_wait_for_a_sync_that_covers_others() {
+    let store = SlowStore::default();
+    let mut h = Harness::new(Config::default());
+    let engine = std::mem::replace(&mut h.engine, Harness::new(Config::default()).engine);
+    h.engine = engine.with_chat(Box::new(store.clone()), &[]);
+    let alice = h.ws(ALICE, "phone");
+    let bob = h.ws(BOB, "phone");
+    let carol = h.ws(CAROL, "phone");
+    h.drain_all();
+    store.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    h.send(alice, text(BOB, "m1", "held"));
+    assert!(
+        h.drain(alice).stanzas.is_empty(),
+        "the VersionUpdate waits for the sync"
+    );
+    assert!(chats(&h.drain(bob)).is_empty(), "so does the copy");
+    h.send(carol, ping("c1", T0));
+    assert!(
+        matches!(&h.drain(carol).stanzas[..], [Payload::PingpongMessage(p)] if p.r#type == 2),
+        "carol's pong covers nothing being synced"
+    );
+    h.send(alice, ping("a1", T0));
+    assert!(
+        h.drain(alice).stanzas.is_empty(),
+        "alice's pong stays behind her VersionUpdate (ENV-14)"
+    );
+
+    store.away.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.send(carol, text(BOB, "m2", "refused"));
+    let refused = h.drain(carol);
+    assert_eq!(refused.errors().len(), 1, "{refused:?}");
+    assert_eq!(refused.errors()[0].0, 503);
+    // The server's own ping goes out to a session whose answers all went.
+    h.advance_to(T0 + Config::default().ping_interval_ms + 1);
+    assert!(
+        h.drain(carol)
+            .stanzas
+            .iter()
+            .any(|p| matches!(p, Payload::PingpongMessage(p) if p.r#type == 1)),
+        "carol is pinged"
+    );
+
+    store.away.store(false, std::sync::atomic::Ordering::Relaxed);
+    store.end_sync();
+    let seen = h.drain(alice);
+    assert!(
+        matches!(&seen.stanzas[..], [Payload::VersionUpdate(_), Payload::PingpongMessage(p), ..] if p.r#type == 2),
+        "in order once synced: {:?}",
+        seen.stanzas
+    );
+    assert_eq!(chats(&h.drain(bob)).len(), 1);
+}

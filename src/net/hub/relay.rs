@@ -242,6 +242,15 @@ impl FrameSink for Hub {
     fn link_state(&self, up: bool) {
         let Some(relay) = &self.relay else { return };
         relay.cut.store(!up, std::sync::atomic::Ordering::Relaxed);
+        let elsewhere: Vec<usize> = match up {
+            true => Vec::new(),
+            false => (0..self.layout.shard_count())
+                .filter(|s| !self.layout.is_local(*s))
+                .collect(),
+        };
+        for shard in self.layout.local_shards().collect::<Vec<_>>() {
+            self.with_core(shard, |core, _| core.engine.set_unreachable(elsewhere.iter().copied()));
+        }
         if !up {
             let gone = std::mem::take(&mut *unpoison(&relay.away));
             tracing::debug!(target: "bimip::cluster::conns", conns = ?gone.keys().collect::<Vec<_>>(), "NATS lost: going away");

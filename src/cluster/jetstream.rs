@@ -1,0 +1,85 @@
+//! What the cluster's JetStream streams share: a context that gives up on an unanswered request soon, a stream made
+//! on first use with its replicas, and reading one subject of a stream from its start.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+
+use super::ClusterError;
+
+/// A JetStream context for `client`. A JetStream that is electing its leaders (a NATS server just came back) answers
+/// nothing: asking again every 2 s serves sooner than waiting out the client's default 10 s.
+pub fn context(client: &async_nats::Client) -> jetstream::Context {
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(2));
+    js
+}
+
+/// Three replicas on a NATS cluster; a lone NATS server (development, tests) keeps one.
+pub fn replicas(client: &async_nats::Client) -> usize {
+    if client.server_info().cluster.is_some() { 3 } else { 1 }
+}
+
+/// The stream `config` describes, made on first use. A NATS cluster that has just started elects its JetStream
+/// leader first and answers nothing until then: this asks again for up to 30 s.
+pub async fn stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, ClusterError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => format!("the stream {} ({} replicas): {e}", config.name, config.num_replicas),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClusterError::JetStream(error));
+        }
+        tracing::info!(%error, "JetStream not ready; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One message read back from a stream.
+pub struct Stored<'a> {
+    pub subject: &'a str,
+    pub sequence: u64,
+    pub payload: &'a [u8],
+}
+
+/// Hands `each` the messages of `stream` on `filter`, in order, from the first up to the one numbered `last` (the
+/// stream's sequence; 0 reads nothing).
+pub async fn read(
+    stream: &stream::Stream,
+    filter: &str,
+    last: u64,
+    mut each: impl FnMut(Stored<'_>) -> Result<(), ClusterError>,
+) -> Result<(), ClusterError> {
+    if last == 0 {
+        return Ok(());
+    }
+    let failed = |e: &dyn std::fmt::Display| ClusterError::JetStream(format!("reading {filter}: {e}"));
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| failed(&"the stream stopped answering"))?
+            .ok_or_else(|| failed(&"the stream ended early"))?
+            .map_err(|e| failed(&e))?;
+        let info = message.info().map_err(|e| failed(&e))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        each(Stored {
+            subject: &message.subject,
+            sequence,
+            payload: &message.payload,
+        })?;
+        if pending == 0 || sequence >= last {
+            return Ok(());
+        }
+    }
+}
