@@ -58,6 +58,7 @@ Feature: Location (SPEC section 14)
     And alice's phone shares her location 48.1, 11.6
     And bob's phone receives alice's location 48.1, 11.6 from her phone
     When alice's phone closes its connection
+    And bob's phone receives alice's status as offline
     And alice is connected as "phone"
     And bob's phone asks about alice
     Then bob's phone learns that alice is online

@@ -89,8 +89,18 @@ impl Drop for Proc {
     }
 }
 
+/// A port free now, below the kernel's ephemeral range (32768 and up): the processes are started seconds after the
+/// ports are chosen, and no outgoing connection made meanwhile (the NATS clients', the checks') can take one.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap();
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
 }
 
 async fn wait_port(port: u16, what: &str, logs: &Path) {
@@ -100,9 +110,17 @@ async fn wait_port(port: u16, what: &str, logs: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The logs' directory goes with the unwinding: its logs stay here.
+    let kept = std::env::temp_dir().join(format!("bimip-faults-unstarted-{port}"));
+    let _ = std::fs::create_dir_all(&kept);
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+        }
+    }
     panic!(
         "{what} did not listen on {port} within 30 s; logs in {}",
-        logs.display()
+        kept.display()
     );
 }
 

@@ -14,9 +14,11 @@
 //! of one shard is refused rather than interleaved.
 //!
 //! NATS away: a sync retries until it succeeds (its outputs stay held), and while the NATS connection is down or a
-//! sync attempt has failed, new writes are refused with [`StoreError::Unavailable`], which the engine answers 503
-//! `unavailable`. Session starts are not refused (they only record a device's last-seen time, and wait like any
-//! write); pings, pongs and refusals do not wait for a sync (`Engine::send_volatile`), so live sessions go on.
+//! sync attempt has failed, the writes that start a change (a message accepted, a state raised, an offset
+//! committed) are refused with [`StoreError::Unavailable`], which the engine answers 503 `unavailable`, and leave
+//! no trace. The writes that finish a change already recorded (a queue item of an accepted message) and session
+//! starts (a device's last-seen time) are not refused: they wait for the sync like any write. Pings, pongs and
+//! refusals do not wait for a sync (`Engine::send_volatile`), so live sessions go on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,7 +196,9 @@ impl Publisher {
             };
             match attempt {
                 Ok(ack) => {
-                    self.failing.store(false, Ordering::Relaxed);
+                    if self.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(shard = self.shard, "chat operations stored in JetStream again");
+                    }
                     return Ok(ack.sequence);
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => match self.last_stored().await {
@@ -282,9 +286,17 @@ impl StreamChatStore {
             failing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
-        let last = match publisher.last_stored().await.map_err(ClusterError::JetStream)? {
-            Some((sequence, _)) => sequence,
-            None => 0,
+        // A stream just made elects its leader before it answers: ask again for up to 30 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let last = loop {
+            match publisher.last_stored().await {
+                Ok(last) => break last.map_or(0, |(sequence, _)| sequence),
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(%error, shard, "the chat stream is not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(ClusterError::JetStream(format!("the chat stream: {error}"))),
+            }
         };
         let mut replica = Replica::default();
         let mut operations = 0usize;
@@ -365,7 +377,9 @@ impl ChatStore for StreamChatStore {
     }
 
     fn append(&mut self, eid: &str, item: QueueItem) -> Result<u64, StoreError> {
-        self.writable()?;
+        // Never refused: an item is appended for a message its chat's home has recorded already, and refusing it
+        // would leave that message without its copy, resent or not (CHAT-14 answers a resend from the record). It
+        // waits for the sync like any write.
         let op = wire::Append {
             eid: eid.to_string(),
             exclude_device: item.exclude_device.clone(),

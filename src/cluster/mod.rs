@@ -7,10 +7,10 @@
 //! [`frame::Frame`]s on the receiving node's NATS subject: the inputs of a connection whose socket is on one node
 //! and whose home shard is on another, the outputs going back to it, and mail between shards.
 //!
-//! The social graph is also kept in JetStream for every node to read at start (`graph`); backend API calls are
-//! forwarded to the user's home node (`crate::admin::grpc`). What is not here yet (issue 17): chats, queues and
-//! offsets in JetStream (each node keeps its shards' in its own data directory), a shard moving to another node
-//! when its node dies.
+//! Durable state is in JetStream: each shard's chats, queues and offsets as operations on a stream that the node
+//! starting the shard replays (`chat_stream`), the social graph for every node to read at start (`graph`); backend
+//! API calls are forwarded to the user's home node (`crate::admin::grpc`). What is not here yet (issue 17): a shard
+//! moving to another node when its node dies, a compacted chat stream.
 
 pub mod chat_stream;
 pub mod frame;

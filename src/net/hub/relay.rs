@@ -238,7 +238,8 @@ impl Hub {
 impl FrameSink for Hub {
     /// Lost: every connection of this node whose home is on another node ends as at a shutdown (WebSocket 1001),
     /// so its client reconnects, to this node once NATS is back or to another; new connections are refused with
-    /// 503 `unavailable` until then. Sessions homed here go on.
+    /// 503 `unavailable` until then. Sessions homed here go on; their chats and acknowledgments that need another
+    /// node are refused with 503 at once (`Engine::set_unreachable`).
     fn link_state(&self, up: bool) {
         let Some(relay) = &self.relay else { return };
         relay.cut.store(!up, std::sync::atomic::Ordering::Relaxed);
