@@ -470,8 +470,12 @@ impl Settings {
                 let graph = crate::cluster::graph::sync(node.client(), &layout, local).await?;
                 if self.chat_in_jetstream() {
                     for shard in &mut opened {
-                        let (store, events) =
-                            crate::cluster::chat_stream::StreamChatStore::open(node.client(), shard.shard).await?;
+                        let (store, events) = crate::cluster::chat_stream::StreamChatStore::open(
+                            node.client(),
+                            shard.shard,
+                            layout.epoch,
+                        )
+                        .await?;
                         shard.chat_store = Box::new(store);
                         shard.chat_events = events;
                     }

@@ -162,6 +162,9 @@ struct Publisher {
     client: async_nats::Client,
     runtime: tokio::runtime::Handle,
     shard: usize,
+    /// This start of the node ([`super::Layout::epoch`]): in each message id, so that a message a previous start
+    /// left in flight is never taken for this one's.
+    start: u16,
     subject: String,
     /// A sync attempt failed and none has succeeded since: JetStream is not storing.
     failing: AtomicBool,
@@ -180,7 +183,7 @@ impl Publisher {
     }
 
     async fn publish(&self, payload: Bytes, last: u64) -> Result<u64, StoreError> {
-        let id = format!("chat-{}-{last}", self.shard);
+        let id = format!("chat-{}-{}-{last}", self.shard, self.start);
         let mut wait = Duration::from_millis(50);
         loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -215,6 +218,7 @@ impl Publisher {
                     Err(error) => tracing::warn!(%error, shard = self.shard, "chat stream unreadable; retrying"),
                 },
                 Err(error) => {
+                    tracing::debug!(%error, shard = self.shard, last, "chat operations not stored");
                     if !self.failing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(%error, shard = self.shard, "chat operations not stored in JetStream yet; retrying");
                     }
@@ -273,6 +277,7 @@ impl StreamChatStore {
     pub async fn open(
         client: &async_nats::Client,
         shard: usize,
+        start: u16,
     ) -> Result<(StreamChatStore, Vec<ChatEvent>), ClusterError> {
         let js = super::jetstream::context(client);
         let stream = super::jetstream::stream(&js, chat_stream(super::jetstream::replicas(client))).await?;
@@ -282,6 +287,7 @@ impl StreamChatStore {
             client: client.clone(),
             runtime: tokio::runtime::Handle::current(),
             shard,
+            start,
             subject: subject(shard),
             failing: AtomicBool::new(false),
             closed: AtomicBool::new(false),

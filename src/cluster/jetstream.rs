@@ -46,20 +46,53 @@ pub struct Stored<'a> {
 }
 
 /// Hands `each` the messages of `stream` on `filter`, in order, from the first up to the one numbered `last` (the
-/// stream's sequence; 0 reads nothing).
+/// stream's sequence; 0 reads nothing). A JetStream that stops answering (a NATS server lost, a leader being
+/// elected) is asked again, from the message after the last one handed over, for up to a minute; an error of
+/// `each` ends the read at once.
 pub async fn read(
     stream: &stream::Stream,
     filter: &str,
     last: u64,
     mut each: impl FnMut(Stored<'_>) -> Result<(), ClusterError>,
 ) -> Result<(), ClusterError> {
-    if last == 0 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut next = 1;
+    loop {
+        match read_from(stream, filter, &mut next, last, &mut each).await {
+            Ok(()) => return Ok(()),
+            Err(Failed::Refused(error)) => return Err(error),
+            Err(Failed::Stream(error)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(%error, filter, next, "reading the stream again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(Failed::Stream(error)) => return Err(error),
+        }
+    }
+}
+
+enum Failed {
+    /// The stream did not answer: worth asking again.
+    Stream(ClusterError),
+    /// What it gave was refused.
+    Refused(ClusterError),
+}
+
+/// One attempt of [`read`]: from message `next` on, which it moves past each message handed over.
+async fn read_from(
+    stream: &stream::Stream,
+    filter: &str,
+    next: &mut u64,
+    last: u64,
+    each: &mut impl FnMut(Stored<'_>) -> Result<(), ClusterError>,
+) -> Result<(), Failed> {
+    if last == 0 || *next > last {
         return Ok(());
     }
-    let failed = |e: &dyn std::fmt::Display| ClusterError::JetStream(format!("reading {filter}: {e}"));
+    let failed = |e: &dyn std::fmt::Display| Failed::Stream(ClusterError::JetStream(format!("reading {filter}: {e}")));
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.into(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: *next },
             ..Default::default()
         })
         .await
@@ -77,7 +110,9 @@ pub async fn read(
             subject: &message.subject,
             sequence,
             payload: &message.payload,
-        })?;
+        })
+        .map_err(Failed::Refused)?;
+        *next = sequence + 1;
         if pending == 0 || sequence >= last {
             return Ok(());
         }

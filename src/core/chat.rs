@@ -349,9 +349,21 @@ impl Engine {
                 now,
             );
             // SES-11: accepted before this shard last started, its copies for shards on other nodes may have died
-            // with that start, unsent: they go again, and the answer waits for them (a copy that did arrive comes
-            // twice; its device drops it, QUE-7).
-            if meta.accepted_at <= self.crossing.replayed_until && !self.crossing.remote.is_empty() {
+            // with that start, unsent; accepted before the shard of a copy started again, the copy may have died
+            // there unsynced. They go again, and the answer waits for them (a copy that did arrive comes twice; its
+            // device drops it, QUE-7).
+            let accepted_at = meta.accepted_at;
+            let lost = |engine: &Self, home: usize| {
+                (accepted_at <= engine.crossing.replayed_until && engine.crossing.remote.contains(&home))
+                    || engine
+                        .crossing
+                        .restarted
+                        .get(&home)
+                        .is_some_and(|at| *at >= accepted_at)
+            };
+            if (accepted_at <= self.crossing.replayed_until && !self.crossing.remote.is_empty())
+                || self.crossing.restarted.values().any(|at| *at >= accepted_at)
+            {
                 let fresh = Fresh {
                     message_id: &message_id,
                     version: meta.version,
@@ -361,7 +373,7 @@ impl Engine {
                 };
                 let items: Vec<(String, QueueItem)> = copies(&me, &local, &fresh, &request)
                     .into_iter()
-                    .filter(|(eid, _)| self.crossing.remote.contains(&self.shard.home_of(eid)))
+                    .filter(|(eid, _)| lost(self, self.shard.home_of(eid)))
                     .collect();
                 if !items.is_empty() {
                     return self.append_then_answer(items, answer(Ok(update)), now);

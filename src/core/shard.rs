@@ -203,6 +203,10 @@ pub(super) struct Crossing {
     /// over one node's shards), so a resend of a message accepted before it sends that message's copies there
     /// again (SES-11).
     pub remote: std::collections::BTreeSet<usize>,
+    /// When each shard that started again was last seen to ([`Engine::peer_restarted`]): copies of a message
+    /// accepted before then may have died there unsynced (those that went along with an answer to it are awaited
+    /// by no one here), so a resend of that message sends them there again (SES-11).
+    pub restarted: BTreeMap<usize, Millis>,
     /// Shards on nodes this one cannot reach now ([`Engine::set_unreachable`]).
     pub unreachable: std::collections::BTreeSet<usize>,
     /// The latest acceptance time among the messages this shard's start replayed or recovered.
@@ -381,6 +385,9 @@ impl Engine {
     /// with 503 `unavailable` (their clients reconnect and send again what was not confirmed, CLI-2), after what
     /// waited behind those answers.
     pub fn peer_restarted(&mut self, lost: &[usize], now: Millis) {
+        for shard in lost {
+            self.crossing.restarted.insert(*shard, now);
+        }
         let mut again = Vec::new();
         for (ticket, waiting) in &self.crossing.waiting {
             for (home, eid, item) in waiting.owed.iter().filter(|(home, _, _)| lost.contains(home)) {

@@ -858,3 +858,63 @@ fn pings_go_out_while_an_answer_is_out() {
         "the answer did not follow"
     );
 }
+
+/// SES-11: the copies of a message for its sender's own shard go along with the answer, and no one waits for them
+/// there. If that shard's node dies before they are durable and starts again, a resend of the message is answered
+/// from the chat's record: the copies must go again with that answer, or the receiver never gets a message whose
+/// sender was told it is accepted.
+#[test]
+fn a_resend_after_the_senders_node_started_again_sends_the_copies_again() {
+    let (alice, bob) = (0..1000)
+        .map(|i| (format!("a{i}@x.io"), format!("b{i}@x.io")))
+        .find(|(a, b)| home(a, 3) == home(b, 3) && home(&crate::core::chat::chat_id(a, b), 3) != home(a, 3))
+        .unwrap();
+    let (ours, chat_home) = (home(&alice, 3), home(&crate::core::chat::chat_id(&alice, &bob), 3));
+    let mut p = Partition::started(
+        Config::default(),
+        (0..3).map(|_| SharedChatStore::default()).collect(),
+        true,
+    );
+    let phone = p.ws(&alice, "phone");
+    p.send(phone, text(&bob, "m1"));
+    // The chat's home records m1 and sends its answer, copies included, to the users' shard, whose node dies
+    // before it has stored them.
+    p.deliver_through(chat_home);
+    assert!(
+        p.mail.iter().any(|(to, _)| *to == ours),
+        "no answer for the users' shard"
+    );
+    p.mail.clear();
+    let mut again = Partition::started_as(
+        Config::default(),
+        (0..3).map(|_| SharedChatStore::default()).collect(),
+        true,
+        2,
+    );
+    p.shards[ours] = again.shards.swap_remove(ours);
+    p.outputs.clear();
+    for shard in (0..3).filter(|s| *s != ours) {
+        p.shards[shard].peer_restarted(&[ours], p.now);
+    }
+    p.collect();
+    p.deliver_all();
+
+    let phone = p.ws(&alice, "phone");
+    let bobs = p.ws(&bob, "phone");
+    p.deliver_all();
+    p.take(bobs);
+    p.send(phone, text(&bob, "m1"));
+    p.deliver_all();
+    assert!(
+        p.take(phone)
+            .iter()
+            .any(|s| matches!(s, Payload::VersionUpdate(v) if v.message_id_local == "m1")),
+        "the resend is not confirmed"
+    );
+    assert!(
+        p.take(bobs)
+            .iter()
+            .any(|s| matches!(s, Payload::ChatMessage(m) if m.version == 1)),
+        "the receiver never got a message its sender was told is accepted"
+    );
+}
