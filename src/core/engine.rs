@@ -489,11 +489,12 @@ impl Engine {
         }
     }
 
-    /// An output that depends on no durable write ([`Engine::send_volatile`]), past the answer and user orders:
-    /// while a pipelined sync is out (its store may be a replicated one that waits for a quorum, or for NATS to
-    /// come back: issue 17), it goes out at once unless an output of its connection is held, so that pings and
-    /// pongs keep sessions alive and refusals reach their clients. With no sync out it is ordered as any output.
-    fn emit_volatile(&mut self, output: Output) {
+    /// An output that depends on no durable write ([`Engine::send_volatile`], the server's ping), past the answer
+    /// and user orders: while a pipelined sync is out (its store may be a replicated one that waits for a quorum,
+    /// or for NATS to come back: issue 17), it goes out at once, so that pings and pongs keep sessions alive and
+    /// refusals reach their clients; an `answer` only if no output of its connection is held (ENV-14). With no
+    /// sync out it is ordered as any output.
+    fn emit_volatile(&mut self, output: Output, answer: bool) {
         let conn = match &output {
             Output::Send { conn, .. } | Output::Close { conn, .. } => Some(*conn),
             Output::Mail { .. } | Output::Sync(_) => None,
@@ -503,7 +504,9 @@ impl Engine {
                 .any(|o| matches!(o, Output::Send { conn: c, .. } | Output::Close { conn: c, .. } if Some(*c) == conn))
         };
         match &self.syncing {
-            Some(syncing) if conn.is_some() && !behind(syncing) && !behind(&self.held) => self.out.push_back(output),
+            Some(syncing) if conn.is_some() && (!answer || (!behind(syncing) && !behind(&self.held))) => {
+                self.out.push_back(output)
+            }
             _ => self.emit_synced(output),
         }
     }
@@ -625,7 +628,7 @@ impl Engine {
         *self.stats.stanzas_out.entry(route.number()).or_default() += 1;
         let stanza = Bytes::from(codec::encode(&payload));
         if let Some(output) = self.hold_for_user(Output::Send { conn, stanza }) {
-            self.emit_volatile(output);
+            self.emit_volatile(output, false);
         }
     }
 
@@ -638,7 +641,7 @@ impl Engine {
         if let Some(output) = self.hold(Output::Send { conn, stanza })
             && let Some(output) = self.hold_for_user(output)
         {
-            self.emit_volatile(output);
+            self.emit_volatile(output, true);
         }
     }
 
