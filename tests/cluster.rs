@@ -406,6 +406,21 @@ async fn the_graph_of_every_node_survives_a_restart_of_all() {
     }
 }
 
+/// The answer to the text `client` just sent is 503 `unavailable`, not a VersionUpdate.
+async fn assert_refused(client: &mut Client) {
+    let answer = client
+        .expect(
+            |p| matches!(p, Payload::ErrorMessage(_) | Payload::VersionUpdate(_)),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Payload::ErrorMessage(e) if e.code == 503),
+        "{answer:?}"
+    );
+}
+
 /// Whether a connection is refused with 503 `unavailable` (`None`: it opens).
 async fn refused_kind(url: &str, token: &str) -> Option<String> {
     let refused = Client::connect(url, token, ClientOptions::default()).await.err()?;
@@ -425,38 +440,18 @@ async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
     // The session homed on the unreachable node ends as at a shutdown (1001), so its client goes elsewhere.
     let (code, _) = remote.expect_closed(Duration::from_secs(10)).await.unwrap();
     assert_eq!(code, Some(1001));
-    // Chats are stored in JetStream: once node a knows NATS is gone (it
-    // closed that session), one within node a is refused, not acknowledged unstored (issue 17 part 6).
+    // Chats are stored in JetStream: once node a knows NATS is gone (it closed that session), one within node a is
+    // refused, not acknowledged unstored (issue 17 part 6).
     let grace = partner_homed_on(0, &here, "grace");
     local.send(text(&grace, "while-away")).await.unwrap();
-    let refused = local
-        .expect(
-            |p| matches!(p, Payload::ErrorMessage(_) | Payload::VersionUpdate(_)),
-            WAIT,
-        )
-        .await
-        .unwrap();
-    assert!(
-        matches!(&refused, Payload::ErrorMessage(e) if e.code == 503),
-        "{refused:?}"
-    );
+    assert_refused(&mut local).await;
     // A chat homed on the node it cannot reach: refused too.
     let ivan = (0..)
         .map(|i| format!("ivan{i}@example.com"))
         .find(|other| home(&bimip::core::chat::chat_id(&here, other), NODES.len()) == 1)
         .unwrap();
     local.send(text(&ivan, "across")).await.unwrap();
-    let across = local
-        .expect(
-            |p| matches!(p, Payload::ErrorMessage(_) | Payload::VersionUpdate(_)),
-            WAIT,
-        )
-        .await
-        .unwrap();
-    assert!(
-        matches!(&across, Payload::ErrorMessage(e) if e.code == 503),
-        "{across:?}"
-    );
+    assert_refused(&mut local).await;
     // The session homed here goes on; new sessions are refused with 503 until NATS is back.
     assert!(local.ping("still").await.is_ok());
     assert_eq!(
