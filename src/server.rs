@@ -104,11 +104,27 @@ pub struct TlsSettings {
 struct OpenedShard {
     /// Its index in the service.
     shard: usize,
-    revocations: FileRevocations,
+    revocations: ShardRevocations,
     social_log: Journal<SocialEvent>,
     social: Vec<SocialEvent>,
     chat_store: Box<dyn ChatStore>,
     chat_events: Vec<ChatEvent>,
+}
+
+/// Where a shard's revocation list lives: in the data directory, or (a cluster node with durable storage) in
+/// JetStream, where it came from the data directory's list at start.
+enum ShardRevocations {
+    File(FileRevocations),
+    Stream(Box<crate::cluster::revocations::StreamRevocations>),
+}
+
+impl ShardRevocations {
+    fn boxed(self) -> Box<dyn crate::core::Revocations> {
+        match self {
+            ShardRevocations::File(file) => Box::new(file),
+            ShardRevocations::Stream(stream) => stream,
+        }
+    }
 }
 
 /// A node of a cluster: every node is given the same `nodes`, and names itself by `Settings::node`.
@@ -338,9 +354,9 @@ impl Settings {
                 path: dir.clone(),
                 source,
             })?;
-            let revocations = FileRevocations::open(&dir.join("revoked-tokens"), now_ms)?;
+            let revocations = ShardRevocations::File(FileRevocations::open(&dir.join("revoked-tokens"), now_ms)?);
             let (social_log, social) = Journal::<SocialEvent>::open(&dir.join("social"))?;
-            let (chat_store, chat_events) = if self.chat_in_jetstream() {
+            let (chat_store, chat_events) = if self.state_in_jetstream() {
                 // Replaced by the shard's JetStream store once NATS is reached (`Settings::start`).
                 (Box::new(MemoryChatStore::default()) as Box<dyn ChatStore>, Vec::new())
             } else {
@@ -382,7 +398,7 @@ impl Settings {
                     self.limits.clone(),
                     verifier.clone(),
                     signer.clone(),
-                    Box::new(o.revocations),
+                    o.revocations.boxed(),
                 )
                 .with_shard(ShardId::new(o.shard, layout.shard_count()))
                 .with_social(log, &social_events)
@@ -398,9 +414,9 @@ impl Settings {
         Ok(engines)
     }
 
-    /// Whether chats, queues and offsets live in the cluster's JetStream (`cluster::chat_stream`) rather than in
-    /// the data directory: a cluster node with durable storage.
-    fn chat_in_jetstream(&self) -> bool {
+    /// Whether chats, queues, offsets (`cluster::chat_stream`) and revocations (`cluster::revocations`) live in the
+    /// cluster's JetStream rather than in the data directory: a cluster node with durable storage.
+    fn state_in_jetstream(&self) -> bool {
         self.cluster.is_some() && matches!(self.chat_store, ChatStorage::Durable)
     }
 
@@ -466,9 +482,17 @@ impl Settings {
             Some(cluster) => {
                 // Subscribed before the graph is read: what other nodes say meanwhile waits for the engines.
                 let node = crate::cluster::Node::connect(&cluster.nats, layout.clone()).await?;
-                let local = opened.iter().map(|o| (o.shard, o.social.clone())).collect();
+                let local = opened
+                    .iter_mut()
+                    .map(|o| crate::cluster::graph::LocalJournal {
+                        shard: o.shard,
+                        events: std::mem::take(&mut o.social),
+                        journal: &mut o.social_log,
+                    })
+                    .collect();
                 let graph = crate::cluster::graph::sync(node.client(), &layout, local).await?;
-                if self.chat_in_jetstream() {
+                if self.state_in_jetstream() {
+                    let writer = crate::cluster::revocations::Writer::start(&cluster.nats, &self.node).await?;
                     for shard in &mut opened {
                         let (store, events) = crate::cluster::chat_stream::StreamChatStore::open(
                             node.client(),
@@ -478,6 +502,19 @@ impl Settings {
                         .await?;
                         shard.chat_store = Box::new(store);
                         shard.chat_events = events;
+                        let file = match &shard.revocations {
+                            ShardRevocations::File(file) => Some(file),
+                            ShardRevocations::Stream(_) => None,
+                        };
+                        let revocations = crate::cluster::revocations::StreamRevocations::open(
+                            node.client(),
+                            std::sync::Arc::clone(&writer),
+                            shard.shard,
+                            clock.now_ms(),
+                            file,
+                        )
+                        .await?;
+                        shard.revocations = ShardRevocations::Stream(Box::new(revocations));
                     }
                 }
                 (self.build_engines(&layout, opened, Some(&graph))?, Some(node))

@@ -4,7 +4,8 @@
 //! device has one session in the whole cluster; SES-10, a node cut off from NATS; and a node that cannot reach
 //! NATS at start says so and exits 3.
 //!
-//! The conformance suite against a 3-node cluster runs in `.ci/run` (`scripts/cluster.sh`).
+//! The conformance suite against a 3-node cluster runs in `.ci/run` (`scripts/cluster.sh`). The nodes run in the
+//! test's one-thread runtime: a revocation that waits for JetStream on its shard's thread must not need it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use bimip::client::{Client, ClientOptions};
 use bimip::core::auth::Claims;
 use bimip::core::shard::home;
 use bimip::proto::message_scheme::Payload;
-use bimip::proto::{AcknowledgmentRequest, BlockSubscriber, Identity, TextPayloadRequest};
+use bimip::proto::{AcknowledgmentRequest, BlockSubscriber, Identity, Logout, TextPayloadRequest};
 use bimip::server::{ClusterSettings, JwtSettings, Running, Settings};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -103,6 +104,11 @@ impl Keys {
     }
 
     fn token(&self, eid: &str, device: &str) -> String {
+        self.token_with_claims(eid, device).0
+    }
+
+    /// A token, with its claims.
+    fn token_with_claims(&self, eid: &str, device: &str) -> (String, Claims) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -116,7 +122,7 @@ impl Keys {
             exp: iat + 600,
             ..Claims::default()
         };
-        self.signer.mint(&claims).unwrap()
+        (self.signer.mint(&claims).unwrap(), claims)
     }
 }
 
@@ -367,25 +373,27 @@ fn a_node_missing_from_the_list_is_refused() {
     assert!(stderr.contains("not in --cluster-nodes"), "{stderr}");
 }
 
+/// A request to block `eid` (BLK).
+fn block(eid: &str) -> Payload {
+    Payload::BlockSubscriber(BlockSubscriber {
+        subscriber: Some(Identity {
+            eid: eid.into(),
+            connection_resource_id: String::new(),
+        }),
+        r#type: 1,
+        action: 1,
+        timestamp: 1,
+        ..BlockSubscriber::default()
+    })
+}
+
 #[tokio::test]
 async fn the_graph_of_every_node_survives_a_restart_of_all() {
     let (nats, keys, nodes) = cluster().await;
     let alice = homed_on(0, "alice");
     let bob = homed_on(1, "bob");
     let mut bob_phone = connect(&nodes[1].ws(), &keys.token(&bob, "phone")).await;
-    bob_phone
-        .send(Payload::BlockSubscriber(BlockSubscriber {
-            subscriber: Some(Identity {
-                eid: alice.clone(),
-                connection_resource_id: String::new(),
-            }),
-            r#type: 1,
-            action: 1,
-            timestamp: 1,
-            ..BlockSubscriber::default()
-        }))
-        .await
-        .unwrap();
+    bob_phone.send(block(&alice)).await.unwrap();
     bob_phone
         .expect(|p| matches!(p, Payload::BlockSubscriber(b) if b.status == 1), WAIT)
         .await
@@ -534,9 +542,10 @@ async fn a_backend_call_on_any_node_reaches_the_users_home() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
 
-/// Issue 17 part 2: chats, queues and offsets live in JetStream. A node started again on an empty data directory
-/// (its disk lost) still has them: the queued messages reach their device, the confirmed one does not come again,
-/// and the chat's versions go on without reuse.
+/// Issue 17 part 2: chats, queues, offsets and revocations live in JetStream, and the social graph is copied back from
+/// it. A node started again on an empty data directory (its disk lost) still has them: the queued messages reach
+/// their device, the confirmed one does not come again, the chat's versions go on without reuse, a token logged out
+/// or revoked by the backend stays refused, and a block still holds.
 #[tokio::test]
 async fn a_node_on_an_empty_data_directory_serves_its_chats_from_jetstream() {
     let (nats, keys, mut nodes) = cluster().await;
@@ -575,6 +584,53 @@ async fn a_node_on_an_empty_data_directory_serves_its_chats_from_jetstream() {
     }
     assert_eq!(queued.iter().map(|q| q.1).collect::<Vec<_>>(), vec![v1 + 1, v1 + 2]);
 
+    // Bob's tablet logs out (its jti is revoked), the backend revokes his watch (by issue time), and he blocks carol,
+    // whose chat with him is homed on node a too.
+    let tablet = keys.token(&bob, "tablet");
+    let mut bob_tablet = connect(&nodes[0].ws(), &tablet).await;
+    bob_tablet
+        .send(Payload::Logout(Logout {
+            r#type: 1,
+            ..Logout::default()
+        }))
+        .await
+        .unwrap();
+    bob_tablet
+        .expect(|p| matches!(p, Payload::Logout(l) if l.status == 3), WAIT)
+        .await
+        .unwrap();
+    let watch = keys.token(&bob, "watch");
+    let mut admin = bimip::admin::grpc::connect(
+        &format!("http://{}", nodes[1].running.grpc.unwrap()),
+        ADMIN_SECRET,
+        None,
+    )
+    .await
+    .unwrap();
+    admin
+        .revoke_device(bimip::admin::proto::Device {
+            eid: bob.clone(),
+            device_id: "watch".into(),
+        })
+        .await
+        .unwrap();
+    let carol = partner_homed_on(0, &bob, "carol");
+    let mut bob_laptop = connect(&nodes[0].ws(), &keys.token(&bob, "laptop")).await;
+    bob_laptop.send(block(&carol)).await.unwrap();
+    bob_laptop
+        .expect(|p| matches!(p, Payload::BlockSubscriber(b) if b.status == 1), WAIT)
+        .await
+        .unwrap();
+    drop(bob_laptop);
+    for (token, device) in [(&tablet, "tablet"), (&watch, "watch")] {
+        let kind = refused_kind(&nodes[0].ws(), token).await;
+        assert_eq!(
+            kind.as_deref(),
+            Some("token_revoked"),
+            "bob's {device} before the restart"
+        );
+    }
+
     let old = nodes.remove(0);
     old.running.shutdown().await;
     drop(old.dir);
@@ -599,4 +655,43 @@ async fn a_node_on_an_empty_data_directory_serves_its_chats_from_jetstream() {
     let mut alice_phone = connect(&nodes[1].ws(), &keys.token(&alice, "phone")).await;
     let (_, v4) = chat_once(&mut alice_phone, &mut bob_phone, &bob, "m4").await;
     assert_eq!(v4, v1 + 3, "versions go on from what JetStream holds");
+
+    for (token, device) in [(&tablet, "tablet"), (&watch, "watch")] {
+        let kind = refused_kind(&nodes[0].ws(), token).await;
+        assert_eq!(
+            kind.as_deref(),
+            Some("token_revoked"),
+            "bob's {device} after the restart"
+        );
+    }
+    let mut carol_phone = connect(&nodes[0].ws(), &keys.token(&carol, "phone")).await;
+    carol_phone.send(text(&bob, "c1")).await.unwrap();
+    let refused = carol_phone.expect_error("blocked", WAIT).await;
+    assert!(refused.is_ok(), "the block holds after the restart: {refused:?}");
+}
+
+/// A node whose data directory holds revocations from before its state moved to JetStream copies them there: the
+/// token stays refused after the node starts again on an empty data directory.
+#[tokio::test]
+async fn a_nodes_revocations_on_disk_move_to_jetstream() {
+    let nats = Nats::start();
+    let keys = Keys::new();
+    let bob = homed_on(0, "bob");
+    let (token, claims) = keys.token_with_claims(&bob, "tablet");
+    let dir = tempfile::tempdir().unwrap();
+    // Shard 0 of node a keeps its state in the data directory itself.
+    let mut file = bimip::store::FileRevocations::open(&dir.path().join("revoked-tokens"), claims.iat * 1000).unwrap();
+    bimip::core::Revocations::revoke(&mut file, &claims.jti, claims.exp * 1000).unwrap();
+    drop(file);
+    let a = Node::start_in(NODES[0], &nats, &keys, dir).await;
+    let _b = Node::start(NODES[1], &nats, &keys).await;
+    assert_eq!(refused_kind(&a.ws(), &token).await.as_deref(), Some("token_revoked"));
+    a.running.shutdown().await;
+    drop(a.dir);
+    let a = Node::start(NODES[0], &nats, &keys).await;
+    assert_eq!(
+        refused_kind(&a.ws(), &token).await.as_deref(),
+        Some("token_revoked"),
+        "on an empty data directory"
+    );
 }

@@ -5,7 +5,9 @@
 //!
 //! Each node's own journal stays the truth for its shards (the engine appends there and waits for its fsync); the
 //! stream follows it: at start a node publishes what the stream lacks of its shards' journals, then each new event
-//! as it is recorded ([`MirroredLog`]), in order, retrying until NATS has stored it.
+//! as it is recorded ([`MirroredLog`]), in order, retrying until NATS has stored it. A journal that lacks the end of
+//! what the stream holds of its shard (a node started on an empty or older data directory) is brought up to the
+//! stream first, so a lost disk loses no block, subscription or visibility setting that reached the stream.
 
 use std::time::Duration;
 
@@ -73,12 +75,19 @@ impl Graph {
     }
 }
 
-/// Reads the graph of the whole service and brings the stream up to date with this node's journals (`local`: each
-/// local shard with its journal's events); then starts the task that publishes later events.
+/// One local shard's social journal at start: its events, and the journal to append what it lacks.
+pub struct LocalJournal<'a> {
+    pub shard: usize,
+    pub events: Vec<SocialEvent>,
+    pub journal: &'a mut dyn EventLog,
+}
+
+/// Reads the graph of the whole service, brings each local journal up to what the stream holds of its shard, and
+/// the stream up to date with this node's journals; then starts the task that publishes later events.
 pub async fn sync(
     client: &async_nats::Client,
     layout: &Layout,
-    local: Vec<(usize, Vec<SocialEvent>)>,
+    local: Vec<LocalJournal<'_>>,
 ) -> Result<Graph, ClusterError> {
     let js = super::jetstream::context(client);
     let stream = super::jetstream::stream(&js, social_stream(super::jetstream::replicas(client))).await?;
@@ -102,15 +111,34 @@ pub async fn sync(
     let (tx, rx) = mpsc::unbounded_channel();
     let mut counts = std::collections::BTreeMap::new();
     let mut events = Vec::new();
-    for (shard, journal) in local {
+    for LocalJournal {
+        shard,
+        events: mut journal,
+        journal: log,
+    } in local
+    {
         let stored = by_shard.remove(&shard).unwrap_or_default();
         if stored.len() > journal.len() {
-            tracing::warn!(
-                shard,
-                stored = stored.len(),
-                journal = journal.len(),
-                "the social stream holds more of this shard's events than its journal: was the data directory replaced?"
-            );
+            if stored.starts_with(&journal) {
+                let missing = &stored[journal.len()..];
+                for event in missing {
+                    log.append(event)
+                        .map_err(|e| ClusterError::JetStream(format!("shard {shard}'s social journal: {e}")))?;
+                }
+                tracing::info!(
+                    shard,
+                    copied = missing.len(),
+                    "social events copied from the stream to the journal"
+                );
+                journal = stored.clone();
+            } else {
+                tracing::warn!(
+                    shard,
+                    stored = stored.len(),
+                    journal = journal.len(),
+                    "the social stream and this shard's journal differ: the journal is kept (was the data directory replaced?)"
+                );
+            }
         }
         for (index, event) in journal.iter().enumerate().skip(stored.len()) {
             let _ = tx.send(Entry {

@@ -46,7 +46,7 @@ pub struct Stored<'a> {
 }
 
 /// Hands `each` the messages of `stream` on `filter`, in order, from the first up to the one numbered `last` (the
-/// stream's sequence; 0 reads nothing). A JetStream that stops answering (a NATS server lost, a leader being
+/// stream's sequence; 0 reads nothing), or to the filter's last message if that comes before. A JetStream that stops answering (a NATS server lost, a leader being
 /// elected) is asked again, from the message after the last one handed over, for up to a minute; an error of
 /// `each` ends the read at once.
 pub async fn read(
@@ -89,7 +89,7 @@ async fn read_from(
         return Ok(());
     }
     let failed = |e: &dyn std::fmt::Display| Failed::Stream(ClusterError::JetStream(format!("reading {filter}: {e}")));
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.into(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: *next },
@@ -97,6 +97,11 @@ async fn read_from(
         })
         .await
         .map_err(|e| failed(&e))?;
+    // `last` is the stream's: the filter may hold nothing up to it (a wildcard over a few subjects), and then no
+    // message would ever come.
+    if consumer.info().await.map_err(|e| failed(&e))?.num_pending == 0 {
+        return Ok(());
+    }
     let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), messages.next())

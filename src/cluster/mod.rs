@@ -18,6 +18,7 @@ pub mod graph;
 pub mod jetstream;
 mod link;
 pub mod reliable;
+pub mod revocations;
 
 pub use frame::Frame;
 pub use link::FrameSink;
@@ -173,6 +174,20 @@ pub enum ClusterError {
     Unreachable { urls: String, why: String },
 }
 
+/// The NATS servers of `--cluster`, a comma-separated list of URLs.
+pub(crate) fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ClusterError> {
+    let shown = without_credentials(urls);
+    let servers = urls
+        .split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClusterError::BadUrl(format!("{shown}: {e}")))?;
+    if servers.is_empty() {
+        return Err(ClusterError::BadUrl(shown));
+    }
+    Ok(servers)
+}
+
 /// A node's link to the others: its place in the layout and its NATS connection.
 pub struct Node {
     pub layout: Layout,
@@ -192,14 +207,7 @@ impl Node {
             urls: shown.clone(),
             why,
         };
-        let servers = urls
-            .split(',')
-            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClusterError::BadUrl(format!("{shown}: {e}")))?;
-        if servers.is_empty() {
-            return Err(ClusterError::BadUrl(shown));
-        }
+        let servers = servers(urls)?;
         let (up_tx, up) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name(format!("bimip-{}", layout.name()))

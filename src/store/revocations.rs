@@ -88,6 +88,16 @@ impl FileRevocations {
     pub fn is_empty(&self) -> bool {
         self.revoked.is_empty()
     }
+
+    /// The revoked, unexpired jtis with their tokens' end.
+    pub fn tokens(&self) -> impl Iterator<Item = (&str, Millis)> {
+        self.revoked.iter().map(|(jti, exp)| (jti.as_str(), *exp))
+    }
+
+    /// The revocations by issue time.
+    pub fn issued(&self) -> &IssuedUntil {
+        &self.issued
+    }
 }
 
 impl Revocations for FileRevocations {
