@@ -414,11 +414,16 @@ async fn the_graph_of_every_node_survives_a_restart_of_all() {
     }
 }
 
-/// The answer to the text `client` just sent is 503 `unavailable`, not a VersionUpdate.
+/// The answer to the stanza `client` just sent is 503 `unavailable`, not a VersionUpdate or a Logout.
 async fn assert_refused(client: &mut Client) {
     let answer = client
         .expect(
-            |p| matches!(p, Payload::ErrorMessage(_) | Payload::VersionUpdate(_)),
+            |p| {
+                matches!(
+                    p,
+                    Payload::ErrorMessage(_) | Payload::VersionUpdate(_) | Payload::Logout(_)
+                )
+            },
             WAIT,
         )
         .await
@@ -459,6 +464,15 @@ async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
         .find(|other| home(&bimip::core::chat::chat_id(&here, other), NODES.len()) == 1)
         .unwrap();
     local.send(text(&ivan, "across")).await.unwrap();
+    assert_refused(&mut local).await;
+    // A logout cannot be stored either: refused, and the session stays (OUT, nothing revoked).
+    local
+        .send(Payload::Logout(Logout {
+            r#type: 1,
+            ..Logout::default()
+        }))
+        .await
+        .unwrap();
     assert_refused(&mut local).await;
     // The session homed here goes on; new sessions are refused with 503 until NATS is back.
     assert!(local.ping("still").await.is_ok());
