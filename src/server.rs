@@ -135,6 +135,26 @@ pub struct ClusterSettings {
     pub nats: String,
     /// Every node's name, in the same order on every node.
     pub nodes: Vec<String>,
+    /// A starting node writes a shard's chat state as a snapshot, and drops the stream messages before it, when it
+    /// read more operations after the last snapshot than this and than twice the snapshot's own
+    /// (`cluster::chat_stream`).
+    #[serde(default = "ClusterSettings::default_compact_after_ops")]
+    pub compact_after_ops: usize,
+}
+
+impl ClusterSettings {
+    fn default_compact_after_ops() -> usize {
+        10_000
+    }
+
+    /// The cluster of NATS `nats` and nodes `nodes`, with the defaults for the rest.
+    pub fn new(nats: String, nodes: Vec<String>) -> ClusterSettings {
+        ClusterSettings {
+            nats,
+            nodes,
+            compact_after_ops: ClusterSettings::default_compact_after_ops(),
+        }
+    }
 }
 
 impl TlsSettings {
@@ -498,6 +518,7 @@ impl Settings {
                             node.client(),
                             shard.shard,
                             layout.epoch,
+                            cluster.compact_after_ops,
                         )
                         .await?;
                         shard.chat_store = Box::new(store);

@@ -167,6 +167,8 @@ impl Node {
             cluster: Some(ClusterSettings {
                 nats: nats.url.clone(),
                 nodes: NODES.iter().map(|n| n.to_string()).collect(),
+                // Every start compacts a chat stream that has grown past twice its last snapshot.
+                compact_after_ops: 0,
             }),
             ..Settings::default()
         };
@@ -371,6 +373,22 @@ fn a_node_missing_from_the_list_is_refused() {
     ]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("not in --cluster-nodes"), "{stderr}");
+}
+
+/// How many messages the chat stream holds for shard `shard`.
+async fn chat_messages(nats: &Nats, shard: usize) -> usize {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream("BIMIP_CHAT")
+        .await
+        .unwrap();
+    let subjects = stream.info_with_subjects(format!("bimip.chat.{shard}")).await.unwrap();
+    subjects
+        .map_ok(|(_, count)| count)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await
+        .unwrap()
 }
 
 /// A request to block `eid` (BLK).
@@ -645,14 +663,24 @@ async fn a_node_on_an_empty_data_directory_serves_its_chats_from_jetstream() {
         );
     }
 
-    let old = nodes.remove(0);
-    old.running.shutdown().await;
-    drop(old.dir);
-    nodes.insert(
-        0,
-        Node::start_in(NODES[0], &nats, &keys, tempfile::tempdir().unwrap()).await,
-    );
-
+    // Node a's disk is lost, twice: the first start compacts shard 0's chat stream (`compact_after_ops: 0`), one
+    // snapshot in place of what came before, and the second reads its state from that snapshot.
+    for start in 0..2 {
+        let before = chat_messages(&nats, 0).await;
+        let old = nodes.remove(0);
+        old.running.shutdown().await;
+        drop(old.dir);
+        nodes.insert(
+            0,
+            Node::start_in(NODES[0], &nats, &keys, tempfile::tempdir().unwrap()).await,
+        );
+        let after = chat_messages(&nats, 0).await;
+        if start == 0 {
+            assert!(after < before, "{before} messages before the start, {after} after");
+        } else {
+            assert_eq!(after, before, "nothing written since the snapshot: no new one");
+        }
+    }
     let mut bob_phone = connect(&nodes[0].ws(), &keys.token(&bob, "phone")).await;
     for (id, version) in &queued {
         let got = bob_phone

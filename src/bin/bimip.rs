@@ -453,10 +453,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         settings.node = node;
     }
     if let Some(nats) = args.cluster {
-        settings.cluster = Some(bimip::server::ClusterSettings {
-            nats,
-            nodes: args.cluster_nodes,
-        });
+        settings.cluster = Some(bimip::server::ClusterSettings::new(nats, args.cluster_nodes));
     }
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;

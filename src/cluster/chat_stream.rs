@@ -32,7 +32,7 @@ use prost::Message as _;
 
 use super::ClusterError;
 use crate::core::queue::{
-    Accepted, ChatEvent, ChatStore, DeviceStart, MemoryChatStore, QueueItem, StateRaised, SyncJob,
+    Accepted, ChatEvent, ChatStore, DeviceStart, MemoryChatStore, QueueImage, QueueItem, StateRaised, SyncJob,
 };
 use crate::core::{Millis, StoreError};
 
@@ -70,7 +70,7 @@ mod wire {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Op {
-        #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5")]
+        #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
         pub kind: Option<Kind>,
     }
 
@@ -86,6 +86,77 @@ mod wire {
         Commit(Commit),
         #[prost(message, tag = "5")]
         Start(Start),
+        #[prost(message, tag = "6")]
+        Base(Base),
+        #[prost(message, tag = "7")]
+        Part(Part),
+        #[prost(message, tag = "8")]
+        Queue(Queue),
+        #[prost(message, tag = "9")]
+        Items(Items),
+    }
+
+    /// More items of a queue a [`Queue`] restored, after those it had: a large queue takes several operations, so
+    /// that none is larger than a message.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Items {
+        #[prost(string, tag = "1")]
+        pub eid: String,
+        #[prost(message, repeated, tag = "2")]
+        pub items: Vec<Item>,
+    }
+
+    /// First in a snapshot's first message: from here the shard's state is what the snapshot's `parts` messages
+    /// hold, once all of them are read.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Base {
+        #[prost(uint32, tag = "1")]
+        pub parts: u32,
+    }
+
+    /// First in each later message of a snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Part {}
+
+    /// One EID's whole queue, in a snapshot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Queue {
+        #[prost(string, tag = "1")]
+        pub eid: String,
+        #[prost(uint64, tag = "2")]
+        pub low: u64,
+        #[prost(message, repeated, tag = "3")]
+        pub items: Vec<Item>,
+        #[prost(message, repeated, tag = "4")]
+        pub offsets: Vec<Offset>,
+        #[prost(message, repeated, tag = "5")]
+        pub last_seen: Vec<Seen>,
+        #[prost(string, repeated, tag = "6")]
+        pub forgotten: Vec<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Item {
+        #[prost(string, optional, tag = "1")]
+        pub exclude_device: Option<String>,
+        #[prost(bytes = "bytes", tag = "2")]
+        pub encoded: bytes::Bytes,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Offset {
+        #[prost(string, tag = "1")]
+        pub device: String,
+        #[prost(uint64, tag = "2")]
+        pub offset: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Seen {
+        #[prost(string, tag = "1")]
+        pub device: String,
+        #[prost(int64, tag = "2")]
+        pub at: i64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -142,8 +213,61 @@ impl Replica {
                 .state
                 .start_device(&start.eid, &start.device, start.now)
                 .map(|_| ()),
+            wire::Kind::Queue(queue) => {
+                let items = decode_items(queue.items)?;
+                self.state.restore_queue(QueueImage {
+                    eid: queue.eid,
+                    low: queue.low,
+                    items,
+                    offsets: queue.offsets.into_iter().map(|o| (o.device, o.offset)).collect(),
+                    last_seen: queue.last_seen.into_iter().map(|s| (s.device, s.at)).collect(),
+                    forgotten: queue.forgotten,
+                });
+                Ok(())
+            }
+            wire::Kind::Items(more) => {
+                let items = decode_items(more.items)?;
+                self.state.restore_items(&more.eid, items);
+                Ok(())
+            }
+            wire::Kind::Base(_) | wire::Kind::Part(_) => return Err("a snapshot's marker inside a message".into()),
         };
         written.map_err(|e| e.to_string())
+    }
+
+    /// The state as operations that rebuild it: every chat event, then every queue whole.
+    fn image(&self) -> Vec<wire::Op> {
+        let events = self.events.iter().map(|event| match event {
+            ChatEvent::Accepted(accepted) => wire::Kind::Accepted(accepted.clone()),
+            ChatEvent::StateRaised(raised) => wire::Kind::Raised(raised.clone()),
+        });
+        let queues = self.state.queue_images().into_iter().flat_map(|image| {
+            let mut chunks = item_chunks(image.items).into_iter();
+            let first = wire::Kind::Queue(wire::Queue {
+                eid: image.eid.clone(),
+                low: image.low,
+                items: chunks.next().unwrap_or_default(),
+                offsets: image
+                    .offsets
+                    .into_iter()
+                    .map(|(device, offset)| wire::Offset { device, offset })
+                    .collect(),
+                last_seen: image
+                    .last_seen
+                    .into_iter()
+                    .map(|(device, at)| wire::Seen { device, at })
+                    .collect(),
+                forgotten: image.forgotten,
+            });
+            let eid = image.eid;
+            std::iter::once(first).chain(chunks.map(move |items| {
+                wire::Kind::Items(wire::Items {
+                    eid: eid.clone(),
+                    items,
+                })
+            }))
+        });
+        events.chain(queues).map(|kind| wire::Op { kind: Some(kind) }).collect()
     }
 
     fn record(&mut self, event: ChatEvent) -> Result<(), StoreError> {
@@ -151,6 +275,100 @@ impl Replica {
         // The memory store keeps every event for tests; here they are the stream's, and only a start needs them.
         self.state.events.clear();
         self.events.push(event);
+        Ok(())
+    }
+}
+
+fn decode_items(items: Vec<wire::Item>) -> Result<Vec<QueueItem>, String> {
+    items
+        .into_iter()
+        .map(|item| QueueItem::decode(item.exclude_device, item.encoded).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// A queue's items as operations' lists of at most a quarter of [`MAX_MESSAGE_BYTES`] each (an item larger than that
+/// alone), so that a snapshot's messages stay under the limit as the chat's own do.
+fn item_chunks(items: Vec<QueueItem>) -> Vec<Vec<wire::Item>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let len = item.encoded().len() + 16;
+        if size + len > MAX_MESSAGE_BYTES / 4 && !chunk.is_empty() {
+            chunks.push(std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += len;
+        chunk.push(wire::Item {
+            encoded: item.encoded().clone(),
+            exclude_device: item.exclude_device,
+        });
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// A shard rebuilt from its stream messages in order. A snapshot ([`wire::Base`] and its parts) replaces the state
+/// once all its messages are read; one cut short (its writer died while writing it) is dropped, and the state goes
+/// on from before it.
+#[derive(Default)]
+struct Replay {
+    replica: Replica,
+    /// A snapshot being read: what it holds so far, and how many of its messages are still to come.
+    building: Option<(Replica, u32)>,
+    /// Operations in the last complete snapshot, and applied after it.
+    base_ops: usize,
+    since_base: usize,
+}
+
+impl Replay {
+    fn message(&mut self, batch: wire::Batch) -> Result<(), String> {
+        let mut ops = batch.ops.into_iter().peekable();
+        match ops.peek().and_then(|op| op.kind.as_ref()) {
+            Some(wire::Kind::Base(base)) => {
+                if self.building.is_some() {
+                    tracing::warn!("a snapshot cut short is dropped");
+                }
+                self.building = Some((Replica::default(), base.parts.max(1)));
+                self.base_ops = 0;
+                ops.next();
+            }
+            Some(wire::Kind::Part(_)) => {
+                ops.next();
+                if self.building.is_none() {
+                    // The rest of a snapshot whose start was not read: its state is not this one's.
+                    tracing::warn!("a snapshot's part without its start is skipped");
+                    return Ok(());
+                }
+            }
+            _ => {
+                if self.building.take().is_some() {
+                    tracing::warn!("a snapshot cut short is dropped");
+                }
+            }
+        }
+        let Some((building, left)) = &mut self.building else {
+            for op in ops {
+                self.replica.apply(op)?;
+                self.since_base += 1;
+            }
+            return Ok(());
+        };
+        let mut applied = 0;
+        for op in ops {
+            building.apply(op)?;
+            applied += 1;
+        }
+        self.base_ops += applied;
+        *left -= 1;
+        if *left == 0
+            && let Some((built, _)) = self.building.take()
+        {
+            self.replica = built;
+            self.since_base = 0;
+        }
         Ok(())
     }
 }
@@ -230,6 +448,35 @@ impl Publisher {
         }
     }
 
+    /// Writes `replica` as a snapshot after the subject's message `last`, then removes the subject's messages before
+    /// it; returns the subject's new last sequence. The next start reads the snapshot and what follows. Removing
+    /// the old messages may fail (they are only read again, and dropped, at the next start).
+    async fn compact(&self, replica: &Replica, mut last: u64) -> Result<u64, ClusterError> {
+        let messages = snapshot(replica);
+        let count = messages.len();
+        let mut first = None;
+        for payload in messages {
+            last = self
+                .publish(payload, last)
+                .await
+                .map_err(|e| ClusterError::JetStream(format!("writing shard {}'s snapshot: {e}", self.shard)))?;
+            first.get_or_insert(last);
+        }
+        let Some(first) = first else { return Ok(last) };
+        match self.stream.purge().filter(self.subject.as_str()).sequence(first).await {
+            Ok(purged) => tracing::info!(
+                shard = self.shard,
+                messages = count,
+                removed = purged.purged,
+                "chat stream compacted: a snapshot replaces what came before"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, shard = self.shard, "the chat stream's older messages stay until the next start")
+            }
+        }
+        Ok(last)
+    }
+
     /// The sequence and message id of the subject's last message, if it has one.
     async fn last_stored(&self) -> Result<Option<(u64, String)>, String> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -278,6 +525,7 @@ impl StreamChatStore {
         client: &async_nats::Client,
         shard: usize,
         start: u16,
+        compact_after: usize,
     ) -> Result<(StreamChatStore, Vec<ChatEvent>), ClusterError> {
         let js = super::jetstream::context(client);
         let stream = super::jetstream::stream(&js, chat_stream(super::jetstream::replicas(client))).await?;
@@ -304,21 +552,26 @@ impl StreamChatStore {
                 Err(error) => return Err(ClusterError::JetStream(format!("the chat stream: {error}"))),
             }
         };
-        let mut replica = Replica::default();
-        let mut operations = 0usize;
+        let mut replay = Replay::default();
         super::jetstream::read(&publisher.stream, &publisher.subject, last, |stored| {
             let bad = |why: String| {
                 ClusterError::JetStream(format!("message {} of {}: {why}", stored.sequence, stored.subject))
             };
             let batch = wire::Batch::decode(stored.payload).map_err(|e| bad(e.to_string()))?;
-            operations += batch.ops.len();
-            for op in batch.ops {
-                replica.apply(op).map_err(bad)?;
-            }
-            Ok(())
+            replay.message(batch).map_err(bad)
         })
         .await?;
-        tracing::info!(shard, operations, last, "chat state replayed from JetStream");
+        let Replay {
+            mut replica,
+            base_ops,
+            since_base,
+            ..
+        } = replay;
+        tracing::info!(shard, base_ops, since_base, last, "chat state replayed from JetStream");
+        let mut last = last;
+        if since_base > compact_after.max(2 * base_ops) {
+            last = publisher.compact(&replica, last).await?;
+        }
         let events = std::mem::take(&mut replica.events);
         let store = StreamChatStore {
             replica,
@@ -352,22 +605,51 @@ impl StreamChatStore {
 
 /// `ops` as stream messages of at most [`MAX_MESSAGE_BYTES`] each (one operation larger than that alone).
 fn messages(ops: Vec<wire::Op>) -> Vec<Bytes> {
-    let mut messages = Vec::new();
+    batches(ops)
+        .iter()
+        .map(|batch| Bytes::from(batch.encode_to_vec()))
+        .collect()
+}
+
+/// `ops` cut into batches of at most [`MAX_MESSAGE_BYTES`] each, in order.
+fn batches(ops: Vec<wire::Op>) -> Vec<wire::Batch> {
+    let mut batches = Vec::new();
     let mut batch = wire::Batch::default();
     let mut size = 0;
     for op in ops {
         let len = op.encoded_len() + 8;
         if size + len > MAX_MESSAGE_BYTES && !batch.ops.is_empty() {
-            messages.push(Bytes::from(std::mem::take(&mut batch).encode_to_vec()));
+            batches.push(std::mem::take(&mut batch));
             size = 0;
         }
         size += len;
         batch.ops.push(op);
     }
     if !batch.ops.is_empty() {
-        messages.push(Bytes::from(batch.encode_to_vec()));
+        batches.push(batch);
     }
-    messages
+    batches
+}
+
+/// `replica` as a snapshot's stream messages: [`wire::Base`] first in the first, [`wire::Part`] in the others.
+fn snapshot(replica: &Replica) -> Vec<Bytes> {
+    let mut batches = batches(replica.image());
+    if batches.is_empty() {
+        batches.push(wire::Batch::default());
+    }
+    let parts = u32::try_from(batches.len()).unwrap_or(u32::MAX);
+    batches
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut batch)| {
+            let marker = match n {
+                0 => wire::Kind::Base(wire::Base { parts }),
+                _ => wire::Kind::Part(wire::Part {}),
+            };
+            batch.ops.insert(0, wire::Op { kind: Some(marker) });
+            Bytes::from(batch.encode_to_vec())
+        })
+        .collect()
 }
 
 impl ChatStore for StreamChatStore {
@@ -588,6 +870,161 @@ mod tests {
         assert_eq!(r.committed("bob", "laptop"), direct.committed("bob", "laptop"));
         assert_eq!(r.usage("bob"), direct.usage("bob"));
         assert_eq!(r.oldest_retained("bob"), direct.oldest_retained("bob"));
+    }
+
+    /// A replica with every kind of state: events, items (some large), offsets, a forgotten device.
+    fn written(big: usize) -> (Replica, Vec<wire::Op>) {
+        let mut replica = Replica::default();
+        let mut ops = Vec::new();
+        let mut apply = |replica: &mut Replica, kind: wire::Kind| {
+            let op = wire::Op { kind: Some(kind) };
+            replica.apply(op.clone()).unwrap();
+            ops.push(op);
+        };
+        for version in 1..=3 {
+            let accepted = Accepted {
+                message_id: format!("c/{version}"),
+                version,
+                ..Default::default()
+            };
+            apply(&mut replica, wire::Kind::Accepted(accepted));
+        }
+        let raised = StateRaised {
+            message_id: "c/1".into(),
+            state: 3,
+            at: 5,
+        };
+        apply(&mut replica, wire::Kind::Raised(raised));
+        for (eid, device, now) in [
+            ("bob", "phone", 1_000),
+            ("bob", "tablet", 1_000),
+            ("carol", "laptop", 2_000),
+        ] {
+            let start = wire::Start {
+                eid: eid.into(),
+                device: device.into(),
+                now,
+            };
+            apply(&mut replica, wire::Kind::Start(start));
+        }
+        let padding = "x".repeat(big);
+        for n in 0..6 {
+            for eid in ["bob", "carol"] {
+                let item = item(&format!("{eid}{n}{padding}"), (n == 2).then_some("tablet"));
+                let wire::Op { kind: Some(kind) } = append(eid, &item) else {
+                    unreachable!()
+                };
+                apply(&mut replica, kind);
+            }
+        }
+        let commit = wire::Commit {
+            eid: "bob".into(),
+            device: "phone".into(),
+            offset: 4,
+        };
+        apply(&mut replica, wire::Kind::Commit(commit));
+        // The tablet is forgotten at the phone's later start (QUE-11), which releases what it held back; the phone
+        // came back just before, so it is not.
+        let forget = crate::core::queue::FORGET_AFTER_MS;
+        for now in [forget + 999, forget + 1_000] {
+            let later = wire::Start {
+                eid: "bob".into(),
+                device: "phone".into(),
+                now,
+            };
+            apply(&mut replica, wire::Kind::Start(later));
+        }
+        (replica, ops)
+    }
+
+    fn replay(messages: &[Bytes]) -> Replay {
+        let mut replay = Replay::default();
+        for message in messages {
+            replay.message(wire::Batch::decode(message.as_ref()).unwrap()).unwrap();
+        }
+        replay
+    }
+
+    fn assert_same(replayed: &Replica, written: &Replica) {
+        assert_eq!(replayed.events, written.events);
+        assert_eq!(replayed.state.queue_images(), written.state.queue_images());
+        for eid in ["bob", "carol"] {
+            assert_eq!(replayed.state.usage(eid), written.state.usage(eid), "{eid}");
+        }
+    }
+
+    /// A snapshot holds the whole state, events and queues (items, offsets, start times, forgotten devices), in one
+    /// message or in several; what follows it applies on top.
+    #[test]
+    fn a_snapshot_replays_as_the_state_it_was_taken_from() {
+        for big in [10, 200 * 1024] {
+            let (written, _) = written(big);
+            let image = snapshot(&written);
+            assert_eq!(image.len() > 1, big > 1024, "large items take several messages");
+            assert!(image.iter().all(|m| m.len() <= MAX_MESSAGE_BYTES + 1024));
+            let replayed = replay(&image);
+            assert!(replayed.building.is_none());
+            assert_eq!(replayed.since_base, 0);
+            assert_same(&replayed.replica, &written);
+            assert_eq!(
+                replayed.replica.state.items_after("bob", 0).len(),
+                2,
+                "bob's first four are confirmed"
+            );
+            let mut returning = replayed.replica;
+            let start = returning.state.start_device("bob", "tablet", 3_000_000_000).unwrap();
+            assert!(start.returning, "the forgotten tablet is known as such");
+        }
+    }
+
+    #[test]
+    fn operations_after_a_snapshot_apply_on_top_and_are_counted() {
+        // The state written, then the same operations once more on top.
+        let (first, more) = written(10);
+        let mut expected = first_replica(&first);
+        for op in more.clone() {
+            expected.apply(op).unwrap();
+        }
+        let mut messages = snapshot(&first);
+        messages.extend(super::messages(more.clone()));
+        let replayed = replay(&messages);
+        assert_same(&replayed.replica, &expected);
+        assert_eq!(replayed.since_base, more.len());
+        assert_eq!(replayed.base_ops, first.image().len());
+    }
+
+    /// `replica` rebuilt from its own image (a copy).
+    fn first_replica(replica: &Replica) -> Replica {
+        replay(&snapshot(replica)).replica
+    }
+
+    /// A writer that died while writing a snapshot leaves its first messages only: they are dropped, and the state
+    /// goes on from before the snapshot with what the next writer wrote.
+    #[test]
+    fn a_snapshot_cut_short_is_dropped() {
+        let (written, ops) = written(200 * 1024);
+        let mut messages = super::messages(ops);
+        let image = snapshot(&written);
+        assert!(image.len() >= 3);
+        messages.extend(image[..image.len() - 1].iter().cloned());
+        let after = wire::Commit {
+            eid: "carol".into(),
+            device: "laptop".into(),
+            offset: 2,
+        };
+        let after = wire::Op {
+            kind: Some(wire::Kind::Commit(after)),
+        };
+        messages.extend(super::messages(vec![after.clone()]));
+        let replayed = replay(&messages);
+        let mut expected = first_replica(&written);
+        expected.apply(after).unwrap();
+        assert!(replayed.building.is_none());
+        assert_same(&replayed.replica, &expected);
+        // And a snapshot's later part whose start is gone (purged) is skipped, not applied.
+        let replayed = replay(&image[1..]);
+        assert!(replayed.replica.state.queue_images().is_empty());
+        assert!(replayed.replica.events.is_empty());
     }
 
     #[test]

@@ -231,6 +231,62 @@ pub struct MemoryChatStore {
 /// How often (engine time) every queue is swept for devices to forget; a starting device's own queue always is.
 const SWEEP_EVERY_MS: Millis = 60 * 60 * 1000;
 
+/// One EID's whole queue: what a store that writes its state out whole (a cluster's snapshot, `cluster::chat_stream`)
+/// writes and reads back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueImage {
+    pub eid: String,
+    /// The increment of `items[0]`; the queue's last increment is that of its last item (`low - 1` with none).
+    pub low: u64,
+    pub items: Vec<QueueItem>,
+    /// Each known device's committed offset.
+    pub offsets: Vec<(String, u64)>,
+    /// When each known device's latest session started.
+    pub last_seen: Vec<(String, Millis)>,
+    /// Devices forgotten (QUE-11) that have not returned since.
+    pub forgotten: Vec<String>,
+}
+
+impl MemoryChatStore {
+    /// Every queue, whole.
+    pub fn queue_images(&self) -> Vec<QueueImage> {
+        self.queues
+            .iter()
+            .map(|(eid, queue)| QueueImage {
+                eid: eid.clone(),
+                low: queue.low,
+                items: queue.items.iter().cloned().collect(),
+                offsets: queue.offsets.iter().map(|(d, o)| (d.clone(), *o)).collect(),
+                last_seen: queue.last_seen.iter().map(|(d, at)| (d.clone(), *at)).collect(),
+                forgotten: queue.forgotten.iter().map(|(d, ())| d.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// Puts back a queue [`MemoryChatStore::queue_images`] gave, in place of any queue of its EID.
+    pub fn restore_queue(&mut self, image: QueueImage) {
+        let low = image.low.max(1);
+        let queue = MemoryQueue {
+            last_increment: low - 1 + image.items.len() as u64,
+            low,
+            bytes: image.items.iter().map(encoded_len).sum(),
+            items: image.items.into(),
+            offsets: image.offsets.into_iter().collect(),
+            last_seen: image.last_seen.into_iter().collect(),
+            forgotten: image.forgotten.into_iter().map(|d| (d, ())).collect(),
+        };
+        self.queues.insert(image.eid, queue);
+    }
+
+    /// Puts `items` back after those of `eid`'s restored queue, as they were: none is released here.
+    pub fn restore_items(&mut self, eid: &str, items: Vec<QueueItem>) {
+        let queue = self.queues.entry(eid.to_string()).or_default();
+        queue.last_increment += items.len() as u64;
+        queue.bytes += items.iter().map(encoded_len).sum::<usize>();
+        queue.items.extend(items);
+    }
+}
+
 /// One EID's queue. Items are released only from the front (QUE-9), so they are a deque from `low` on; the
 /// per-device state is a few entries per user, so sorted vectors rather than a tree node each.
 #[derive(Debug)]
