@@ -22,6 +22,11 @@ cat > "$BIMIP_CLUSTER_DIR/bimip.toml" <<'EOF'
 ping_interval_ms = 1000
 auth_deadline_ms = 2000
 queue_max_items = 20
+
+# Restarts compact a shard's chat stream once it holds 50 operations past its snapshot: the suite's restart and kill
+# cases then read state back from snapshots.
+[cluster]
+compact_after_ops = 50
 EOF
 export BIMIP_CONFIG="$BIMIP_CLUSTER_DIR/bimip.toml"
 export JWT_ALG=RS256 JWT_KEY="$repo/tests/fixtures/keys/rs256-test.pub.pem" \

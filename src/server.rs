@@ -131,9 +131,11 @@ impl ShardRevocations {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// NATS server URLs, comma-separated (`nats://127.0.0.1:4222,...`).
+    /// NATS server URLs, comma-separated (`nats://127.0.0.1:4222,...`); `--cluster` gives them too.
+    #[serde(default)]
     pub nats: String,
-    /// Every node's name, in the same order on every node.
+    /// Every node's name, in the same order on every node; `--cluster-nodes` gives them too.
+    #[serde(default)]
     pub nodes: Vec<String>,
     /// A starting node writes a shard's chat state as a snapshot, and drops the stream messages before it, when it
     /// read more operations after the last snapshot than this and than twice the snapshot's own

@@ -453,7 +453,12 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         settings.node = node;
     }
     if let Some(nats) = args.cluster {
-        settings.cluster = Some(bimip::server::ClusterSettings::new(nats, args.cluster_nodes));
+        // The command line names the NATS servers and the nodes; the rest stays as the configuration file says.
+        let mut cluster = bimip::server::ClusterSettings::new(nats, args.cluster_nodes);
+        if let Some(file) = &settings.cluster {
+            cluster.compact_after_ops = file.compact_after_ops;
+        }
+        settings.cluster = Some(cluster);
     }
     if let Some(dir) = args.data_dir {
         settings.data_dir = dir;

@@ -8,6 +8,11 @@
 //! stored them on its replicas (the PubAck): nothing is acknowledged that the replicas do not hold (QUE-2, with
 //! JetStream as the stable storage). A node started on an empty data directory serves its shards as they were.
 //!
+//! Compaction: a node that starts a shard and reads many more operations than its last snapshot held writes the
+//! state it rebuilt as a new snapshot ([`wire::Base`] first in the first of its messages, [`wire::Part`] in the
+//! others), then purges the subject's messages before it. A snapshot is read as a whole or not at all: one whose
+//! writer died before its last message is dropped at replay, and the state goes on from before it.
+//!
 //! Order and fencing: each message expects the subject's last sequence to be the one this store last saw
 //! (`Nats-Expected-Last-Subject-Sequence`) and is named by it (`Nats-Msg-Id`): a retry of a message NATS stored but
 //! whose ack was lost is recognised (in the duplicate window, or as the subject's last message), and a second writer
@@ -51,7 +56,7 @@ fn chat_stream(replicas: usize) -> stream::Config {
         name: STREAM.into(),
         subjects: vec!["bimip.chat.>".into()],
         num_replicas: replicas,
-        // The state is the sum of the operations: none is removed (compaction is not built yet, issue 17).
+        // The state is the sum of the operations since the last snapshot; a start removes those before it.
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()

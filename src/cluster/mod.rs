@@ -8,10 +8,10 @@
 //! and whose home shard is on another, the outputs going back to it, and mail between shards.
 //!
 //! Durable state is in JetStream: each shard's chats, queues and offsets as operations on a stream that the node
-//! starting the shard replays (`chat_stream`), revoked tokens in a key-value bucket (`revocations`), the social graph
-//! for every node to read at start (`graph`); backend
-//! API calls are forwarded to the user's home node (`crate::admin::grpc`). What is not here yet (issue 17): a shard
-//! moving to another node when its node dies, a compacted chat stream.
+//! starting the shard replays and compacts (`chat_stream`), revoked tokens in a key-value bucket (`revocations`), the
+//! social graph for every node to read at start (`graph`); backend API calls are forwarded to the user's home node
+//! (`crate::admin::grpc`). What is not here yet (issue 17): a shard moving to another node when its node dies,
+//! compacting a chat stream while its node runs (a start does).
 
 pub mod chat_stream;
 pub mod frame;
