@@ -401,6 +401,11 @@ async fn acknowledged_messages_survive_killed_and_paused_nodes() {
         println!("seed {seed}: {report}");
         let (bystanders, disturbed) = disturbed_bystanders(&report, &schedule);
         println!("seed {seed}: {bystanders} bystanders, {} disturbed", disturbed.len());
+        let snapshots: usize = (0..3)
+            .map(|i| std::fs::read_to_string(cluster.dir.path().join(format!("n{i}.log"))).unwrap_or_default())
+            .map(|log| log.matches("chat stream compacted").count())
+            .sum();
+        println!("seed {seed}: {snapshots} chat stream snapshots written at restarts");
         if !disturbed.is_empty() {
             println!("seed {seed}: sessions the faults had no reason to end were ended: {disturbed:?}");
         }
