@@ -352,7 +352,8 @@ impl Settings {
         let count = self.shard_count()?;
         Ok(match &self.cluster {
             None => crate::cluster::Layout::single(count),
-            Some(cluster) => crate::cluster::Layout::of(&self.node, &cluster.nodes, count)?.with_epoch(rand::random()),
+            // The start's number comes from the cluster, once NATS is reached (`Settings::start`).
+            Some(cluster) => crate::cluster::Layout::of(&self.node, &cluster.nodes, count)?,
         })
     }
 
@@ -503,7 +504,12 @@ impl Settings {
             None => (self.build_engines(&layout, opened, None)?, None),
             Some(cluster) => {
                 // Subscribed before the graph is read: what other nodes say meanwhile waits for the engines.
-                let node = crate::cluster::Node::connect(&cluster.nats, layout.clone()).await?;
+                let mut node = crate::cluster::Node::connect(&cluster.nats, layout.clone()).await?;
+                // Numbered before anything that carries the number (connection ids, tickets, stream messages).
+                let layout = layout
+                    .clone()
+                    .with_epoch(crate::cluster::epoch::next(node.client(), &self.node).await?);
+                node.layout = layout.clone();
                 let local = opened
                     .iter_mut()
                     .map(|o| crate::cluster::graph::LocalJournal {

@@ -391,6 +391,17 @@ async fn chat_messages(nats: &Nats, shard: usize) -> usize {
         .unwrap()
 }
 
+/// The number of node `name`'s latest start, as the cluster keeps it.
+async fn start_number(nats: &Nats, name: &str) -> u16 {
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value("BIMIP_NODES")
+        .await
+        .unwrap();
+    let value = bucket.get(format!("{name}.start")).await.unwrap().unwrap();
+    std::str::from_utf8(&value).unwrap().parse().unwrap()
+}
+
 /// A request to block `eid` (BLK).
 fn block(eid: &str) -> Payload {
     Payload::BlockSubscriber(BlockSubscriber {
@@ -418,9 +429,14 @@ async fn the_graph_of_every_node_survives_a_restart_of_all() {
         .unwrap();
     drop(bob_phone);
     // Both nodes go down and come back: node a has none of bob's journal, only what the cluster's stream kept.
+    // Each start is numbered after the node's last one (connection ids carry the number).
+    for name in NODES {
+        assert_eq!(start_number(&nats, name).await, 1);
+    }
     let mut restarted = Vec::new();
     for (node, name) in nodes.into_iter().zip(NODES) {
         restarted.push(node.restart(name, &nats, &keys).await);
+        assert_eq!(start_number(&nats, name).await, 2, "node {name}'s second start");
     }
     let _bob_phone = connect(&restarted[1].ws(), &keys.token(&bob, "phone")).await;
     // Whichever node is the chat's home, it knows the block: alice's text is refused (BLK, 403 blocked).

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
 
 use super::ClusterError;
@@ -36,6 +36,32 @@ pub async fn stream(js: &jetstream::Context, config: stream::Config) -> Result<s
         tracing::info!(%error, "JetStream not ready; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The key-value bucket `bucket` (one value per key, as `async_nats` makes one) with `replicas`, made on first use as
+/// [`stream`] makes a stream; and its stream, to read or purge it whole.
+pub async fn key_value(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<(kv::Store, stream::Stream), ClusterError> {
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    let stream = stream(js, config).await?;
+    let store = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| ClusterError::JetStream(format!("the bucket {bucket}: {e}")))?;
+    Ok((store, stream))
 }
 
 /// One message read back from a stream.

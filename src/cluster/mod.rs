@@ -14,6 +14,7 @@
 //! compacting a chat stream while its node runs (a start does).
 
 pub mod chat_stream;
+pub mod epoch;
 pub mod frame;
 pub mod graph;
 pub mod jetstream;
@@ -119,7 +120,7 @@ impl Layout {
         (u64::try_from(self.node).unwrap_or(0) << NODE_SHIFT) + (u64::from(self.epoch) << EPOCH_SHIFT) + 1
     }
 
-    /// This layout for one start of the node, numbered `epoch` (random, from the caller).
+    /// This layout for one start of the node, numbered `epoch` ([`epoch::next`]).
     pub fn with_epoch(mut self, epoch: u16) -> Layout {
         self.epoch = epoch;
         self

@@ -13,17 +13,16 @@
 //! node's [`Writer`], a thread with a runtime and a NATS connection of its own: the server's runtime workers may all
 //! be waiting for the shard meanwhile, and the NATS client's I/O must not need one of them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 
 use super::ClusterError;
-use crate::core::{IssuedUntil, Millis, Revocations, StoreError};
+use crate::core::{Millis, RevocationList, Revocations, StoreError};
 use crate::store::FileRevocations;
 
 const BUCKET: &str = "BIMIP_REVOKED";
@@ -31,21 +30,6 @@ const BUCKET: &str = "BIMIP_REVOKED";
 /// How long a revocation may wait for JetStream before it is refused: under the ping timeout, so the shard's
 /// sessions survive a write that waits out a leader election.
 pub const PUT_WAIT: Duration = Duration::from_secs(3);
-
-/// The bucket's stream, as `async_nats` makes a key-value bucket (one value per key), with the cluster's replicas.
-fn bucket_stream(replicas: usize) -> stream::Config {
-    stream::Config {
-        name: format!("KV_{BUCKET}"),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
-        max_messages_per_subject: 1,
-        num_replicas: replicas,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    }
-}
 
 /// One entry of the list, as its key names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,8 +194,7 @@ impl Writer {
 pub struct StreamRevocations {
     writer: Arc<Writer>,
     shard: usize,
-    revoked: BTreeMap<String, Millis>,
-    issued: IssuedUntil,
+    list: RevocationList,
 }
 
 impl StreamRevocations {
@@ -227,14 +210,11 @@ impl StreamRevocations {
         file: Option<&FileRevocations>,
     ) -> Result<Self, ClusterError> {
         let js = super::jetstream::context(client);
-        let stream = super::jetstream::stream(&js, bucket_stream(super::jetstream::replicas(client))).await?;
-        let bucket = js
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|e| ClusterError::JetStream(format!("the bucket {BUCKET}: {e}")))?;
+        let (bucket, stream) = super::jetstream::key_value(&js, BUCKET, super::jetstream::replicas(client)).await?;
         let prefix = format!("$KV.{BUCKET}.");
-        let mut revoked = BTreeMap::new();
-        let mut issued = IssuedUntil::default();
+        let mut list = RevocationList::default();
+        // Nothing to store: the entries are the bucket's.
+        let read = || Ok(());
         let mut expired = Vec::new();
         let last = stream.cached_info().state.last_sequence;
         super::jetstream::read(&stream, &format!("{prefix}{shard}.>"), last, |stored| {
@@ -254,21 +234,20 @@ impl StreamRevocations {
                 .and_then(|text| text.parse::<Millis>().ok())
                 .ok_or_else(bad)?;
             match key {
-                Key::Jti(jti) if until > now => {
-                    revoked.insert(jti, until);
+                Key::Jti(jti) if until > now => list.revoke(&jti, until, read),
+                Key::Jti(_) => {
+                    expired.push(stored.subject.to_string());
+                    Ok(())
                 }
-                Key::Jti(_) => expired.push(stored.subject.to_string()),
-                Key::Issued { eid, device } => {
-                    issued.insert(&eid, device.as_deref(), until);
-                }
+                Key::Issued { eid, device } => list.revoke_issued_until(&eid, device.as_deref(), until, read),
             }
-            Ok(())
+            .map_err(|e| ClusterError::JetStream(e.to_string()))
         })
         .await?;
         tracing::info!(
             shard,
-            revoked = revoked.len(),
-            issued = issued.iter().count(),
+            revoked = list.len(),
+            issued = list.issued().iter().count(),
             expired = expired.len(),
             "revocations read from JetStream"
         );
@@ -281,89 +260,73 @@ impl StreamRevocations {
                 }
             });
         }
-        let mut list = StreamRevocations {
-            writer,
-            shard,
-            revoked,
-            issued,
-        };
+        let mut opened = StreamRevocations { writer, shard, list };
         if let Some(file) = file {
-            let copied = list.copy(&bucket, file).await?;
+            let copied = opened.copy(&bucket, file.list()).await?;
             if copied > 0 {
                 tracing::info!(shard, copied, "revocations copied from the data directory to JetStream");
             }
         }
-        Ok(list)
+        Ok(opened)
     }
 
     /// What `file` holds and this list lacks, stored in `bucket` and added; how many entries that was.
-    async fn copy(&mut self, bucket: &kv::Store, file: &FileRevocations) -> Result<usize, ClusterError> {
-        let shard = self.shard;
-        let store = |key: Key, value: Millis| async move {
-            let put = bucket.put(key.of(shard), value.to_string().into());
-            match tokio::time::timeout(PUT_WAIT, put).await {
-                Ok(Ok(_revision)) => Ok(()),
-                Ok(Err(e)) => Err(ClusterError::JetStream(format!("copying a revocation: {e}"))),
-                Err(_) => Err(ClusterError::JetStream("copying a revocation: no answer".into())),
-            }
-        };
-        let mut copied = 0;
+    async fn copy(&mut self, bucket: &kv::Store, file: &RevocationList) -> Result<usize, ClusterError> {
+        let mut copied = self.list.clone();
+        let mut missing = Vec::new();
         for (jti, exp) in file.tokens() {
-            if !self.revoked.contains_key(jti) {
-                store(Key::Jti(jti.to_string()), exp).await?;
-                self.revoked.insert(jti.to_string(), exp);
-                copied += 1;
-            }
+            let _ = copied.revoke(jti, exp, || {
+                missing.push((Key::Jti(jti.to_string()), exp));
+                Ok(())
+            });
         }
         for ((eid, device), until) in file.issued().iter() {
-            if self.issued.insert(eid, device.as_deref(), *until) {
+            let _ = copied.revoke_issued_until(eid, device.as_deref(), *until, || {
                 let key = Key::Issued {
                     eid: eid.clone(),
                     device: device.clone(),
                 };
-                store(key, *until).await?;
-                copied += 1;
+                missing.push((key, *until));
+                Ok(())
+            });
+        }
+        for (key, value) in &missing {
+            let put = bucket.put(key.of(self.shard), value.to_string().into());
+            match tokio::time::timeout(PUT_WAIT, put).await {
+                Ok(Ok(_revision)) => {}
+                Ok(Err(e)) => return Err(ClusterError::JetStream(format!("copying a revocation: {e}"))),
+                Err(_) => return Err(ClusterError::JetStream("copying a revocation: no answer".into())),
             }
         }
-        Ok(copied)
-    }
-
-    /// Stores one entry from the engine's synchronous call.
-    fn store_now(&self, key: Key, value: Millis) -> Result<(), StoreError> {
-        self.writer.put(key.of(self.shard), value)
+        self.list = copied;
+        Ok(missing.len())
     }
 }
 
 impl Revocations for StreamRevocations {
     fn is_revoked(&self, jti: &str) -> bool {
-        self.revoked.contains_key(jti)
+        self.list.is_revoked(jti)
     }
 
     fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError> {
-        if self.revoked.contains_key(jti) {
-            return Ok(());
-        }
-        self.store_now(Key::Jti(jti.to_string()), exp)?;
-        self.revoked.insert(jti.to_string(), exp);
-        Ok(())
+        let (writer, shard) = (&self.writer, self.shard);
+        self.list
+            .revoke(jti, exp, || writer.put(Key::Jti(jti.to_string()).of(shard), exp))
     }
 
     fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
-        let mut probe = self.issued.clone();
-        if !probe.insert(eid, device, until) {
-            return Ok(());
-        }
-        let key = Key::Issued {
-            eid: eid.to_string(),
-            device: device.map(str::to_string),
-        };
-        self.store_now(key, until)?;
-        self.issued = probe;
-        Ok(())
+        let (writer, shard) = (&self.writer, self.shard);
+        self.list.revoke_issued_until(eid, device, until, || {
+            let key = Key::Issued {
+                eid: eid.to_string(),
+                device: device.map(str::to_string),
+            };
+            writer.put(key.of(shard), until)
+        })
     }
 
     fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
-        self.issued.get(eid, device)
+        self.list.issued_until(eid, device)
     }
 }
 

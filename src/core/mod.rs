@@ -37,7 +37,7 @@ pub use wire::WireError;
 
 pub use engine::{Engine, Stats};
 pub use registry::Registry;
-pub use revocation::{IssuedUntil, MemoryRevocations, Revocations, StoreError};
+pub use revocation::{IssuedUntil, MemoryRevocations, RevocationList, Revocations, StoreError};
 pub use shard::{Mail, ShardId};
 
 use bytes::Bytes;

@@ -67,29 +67,94 @@ impl IssuedUntil {
     }
 }
 
-/// Revocations in memory only: for tests and simulations without restarts.
-#[derive(Debug, Default)]
-pub struct MemoryRevocations {
+/// A revocation list in memory, as every implementation keeps it. A durable list writes each change to its storage
+/// (`store`) first and keeps it here only once that succeeded; a change that changes nothing is not stored.
+#[derive(Debug, Default, Clone)]
+pub struct RevocationList {
     revoked: BTreeMap<String, Millis>,
     issued: IssuedUntil,
 }
 
-impl Revocations for MemoryRevocations {
-    fn is_revoked(&self, jti: &str) -> bool {
+impl RevocationList {
+    pub fn is_revoked(&self, jti: &str) -> bool {
         self.revoked.contains_key(jti)
     }
 
-    fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError> {
+    pub fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
+        self.issued.get(eid, device)
+    }
+
+    /// Records that `jti` (a token good until `exp`) is revoked, once `store` has stored it.
+    pub fn revoke(
+        &mut self,
+        jti: &str,
+        exp: Millis,
+        store: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.revoked.contains_key(jti) {
+            return Ok(());
+        }
+        store()?;
         self.revoked.insert(jti.to_string(), exp);
         Ok(())
     }
 
-    fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
-        self.issued.insert(eid, device, until);
+    /// Records a revocation by issue time, once `store` has stored it; an earlier time than the one kept changes
+    /// nothing.
+    pub fn revoke_issued_until(
+        &mut self,
+        eid: &str,
+        device: Option<&str>,
+        until: Millis,
+        store: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut probe = self.issued.clone();
+        if !probe.insert(eid, device, until) {
+            return Ok(());
+        }
+        store()?;
+        self.issued = probe;
         Ok(())
     }
 
+    /// The revoked jtis with their tokens' end.
+    pub fn tokens(&self) -> impl Iterator<Item = (&str, Millis)> {
+        self.revoked.iter().map(|(jti, exp)| (jti.as_str(), *exp))
+    }
+
+    /// The revocations by issue time.
+    pub fn issued(&self) -> &IssuedUntil {
+        &self.issued
+    }
+
+    /// Number of revoked jtis.
+    pub fn len(&self) -> usize {
+        self.revoked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.revoked.is_empty()
+    }
+}
+
+/// Revocations in memory only: for tests and simulations without restarts.
+#[derive(Debug, Default)]
+pub struct MemoryRevocations(RevocationList);
+
+impl Revocations for MemoryRevocations {
+    fn is_revoked(&self, jti: &str) -> bool {
+        self.0.is_revoked(jti)
+    }
+
+    fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError> {
+        self.0.revoke(jti, exp, || Ok(()))
+    }
+
+    fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
+        self.0.revoke_issued_until(eid, device, until, || Ok(()))
+    }
+
     fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
-        self.issued.get(eid, device)
+        self.0.issued_until(eid, device)
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, OpenError};
-use crate::core::{IssuedUntil, Millis, Revocations, StoreError};
+use crate::core::{Millis, RevocationList, Revocations, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -32,8 +32,7 @@ enum Revoked {
 #[derive(Debug)]
 pub struct FileRevocations {
     journal: Journal<Revoked>,
-    revoked: std::collections::BTreeMap<String, Millis>,
-    issued: IssuedUntil,
+    list: RevocationList,
 }
 
 impl FileRevocations {
@@ -41,28 +40,27 @@ impl FileRevocations {
     pub fn open(path: &Path, now: Millis) -> Result<Self, OpenError> {
         let (mut journal, records) = Journal::<Revoked>::open(path)?;
         let total = records.len();
-        let mut revoked = std::collections::BTreeMap::new();
-        let mut issued = IssuedUntil::default();
+        let mut list = RevocationList::default();
+        let loaded = || Ok(());
         for record in records {
-            match record {
-                Revoked::Token { jti, exp } if exp > now => {
-                    revoked.insert(jti, exp);
-                }
-                Revoked::Token { .. } => {}
+            // Nothing to store: the entries are the journal's.
+            let _ = match record {
+                Revoked::Token { jti, exp } if exp > now => list.revoke(&jti, exp, loaded),
+                Revoked::Token { .. } => Ok(()),
                 Revoked::Issued { eid, device, until } => {
-                    issued.insert(&eid, device.as_deref(), until);
+                    list.revoke_issued_until(&eid, device.as_deref(), until, loaded)
                 }
-            }
+            };
         }
-        let kept = revoked.len() + issued.iter().count();
+        let kept = list.len() + list.issued().iter().count();
         if kept < total {
-            let live: Vec<Revoked> = revoked
-                .iter()
+            let live: Vec<Revoked> = list
+                .tokens()
                 .map(|(jti, exp)| Revoked::Token {
-                    jti: jti.clone(),
-                    exp: *exp,
+                    jti: jti.to_string(),
+                    exp,
                 })
-                .chain(issued.iter().map(|((eid, device), until)| Revoked::Issued {
+                .chain(list.issued().iter().map(|((eid, device), until)| Revoked::Issued {
                     eid: eid.clone(),
                     device: device.clone(),
                     until: *until,
@@ -73,66 +71,54 @@ impl FileRevocations {
                 source,
             })?;
         }
-        Ok(FileRevocations {
-            journal,
-            revoked,
-            issued,
-        })
+        Ok(FileRevocations { journal, list })
+    }
+
+    /// The list as it stands.
+    pub fn list(&self) -> &RevocationList {
+        &self.list
     }
 
     /// Number of revoked, unexpired tokens.
     pub fn len(&self) -> usize {
-        self.revoked.len()
+        self.list.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.revoked.is_empty()
-    }
-
-    /// The revoked, unexpired jtis with their tokens' end.
-    pub fn tokens(&self) -> impl Iterator<Item = (&str, Millis)> {
-        self.revoked.iter().map(|(jti, exp)| (jti.as_str(), *exp))
-    }
-
-    /// The revocations by issue time.
-    pub fn issued(&self) -> &IssuedUntil {
-        &self.issued
+        self.list.is_empty()
     }
 }
 
 impl Revocations for FileRevocations {
     fn is_revoked(&self, jti: &str) -> bool {
-        self.revoked.contains_key(jti)
+        self.list.is_revoked(jti)
     }
 
     fn revoke(&mut self, jti: &str, exp: Millis) -> Result<(), StoreError> {
-        if self.revoked.contains_key(jti) {
-            return Ok(());
-        }
-        self.journal.append(&Revoked::Token {
-            jti: jti.to_string(),
-            exp,
-        })?;
-        self.revoked.insert(jti.to_string(), exp);
-        Ok(())
+        let journal = &mut self.journal;
+        self.list.revoke(jti, exp, || {
+            let entry = Revoked::Token {
+                jti: jti.to_string(),
+                exp,
+            };
+            Ok(journal.append(&entry)?)
+        })
     }
 
     fn revoke_issued_until(&mut self, eid: &str, device: Option<&str>, until: Millis) -> Result<(), StoreError> {
-        let mut probe = self.issued.clone();
-        if !probe.insert(eid, device, until) {
-            return Ok(());
-        }
-        self.journal.append(&Revoked::Issued {
-            eid: eid.to_string(),
-            device: device.map(str::to_string),
-            until,
-        })?;
-        self.issued = probe;
-        Ok(())
+        let journal = &mut self.journal;
+        self.list.revoke_issued_until(eid, device, until, || {
+            let entry = Revoked::Issued {
+                eid: eid.to_string(),
+                device: device.map(str::to_string),
+                until,
+            };
+            Ok(journal.append(&entry)?)
+        })
     }
 
     fn issued_until(&self, eid: &str, device: Option<&str>) -> Option<Millis> {
-        self.issued.get(eid, device)
+        self.list.issued_until(eid, device)
     }
 }
 
