@@ -57,11 +57,19 @@ pub async fn key_value(
         ..Default::default()
     };
     let stream = stream(js, config).await?;
-    let store = js
-        .get_key_value(bucket)
-        .await
-        .map_err(|e| ClusterError::JetStream(format!("the bucket {bucket}: {e}")))?;
-    Ok((store, stream))
+    // Asked again as the stream was: a NATS server lost now leaves the request unanswered while a leader is elected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let error = match js.get_key_value(bucket).await {
+            Ok(store) => return Ok((store, stream)),
+            Err(e) => format!("the bucket {bucket}: {e}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClusterError::JetStream(error));
+        }
+        tracing::info!(%error, "JetStream not ready; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// One message read back from a stream.
