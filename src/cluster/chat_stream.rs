@@ -558,13 +558,18 @@ impl StreamChatStore {
             }
         };
         let mut replay = Replay::default();
-        super::jetstream::read(&publisher.stream, &publisher.subject, last, |stored| {
-            let bad = |why: String| {
-                ClusterError::JetStream(format!("message {} of {}: {why}", stored.sequence, stored.subject))
-            };
-            let batch = wire::Batch::decode(stored.payload).map_err(|e| bad(e.to_string()))?;
-            replay.message(batch).map_err(bad)
-        })
+        super::jetstream::read(
+            &publisher.stream,
+            &publisher.subject,
+            super::jetstream::Until::Sequence(last),
+            |stored| {
+                let bad = |why: String| {
+                    ClusterError::JetStream(format!("message {} of {}: {why}", stored.sequence, stored.subject))
+                };
+                let batch = wire::Batch::decode(stored.payload).map_err(|e| bad(e.to_string()))?;
+                replay.message(batch).map_err(bad)
+            },
+        )
         .await?;
         let Replay {
             mut replica,

@@ -93,20 +93,25 @@ pub async fn sync(
     let stream = super::jetstream::stream(&js, social_stream(super::jetstream::replicas(client))).await?;
     let mut by_shard: std::collections::BTreeMap<usize, Vec<SocialEvent>> = std::collections::BTreeMap::new();
     let last = stream.cached_info().state.last_sequence;
-    super::jetstream::read(&stream, "bimip.social.>", last, |stored| {
-        let shard = stored
-            .subject
-            .strip_prefix("bimip.social.")
-            .and_then(|s| s.parse::<usize>().ok());
-        match (shard, serde_json::from_slice::<SocialEvent>(stored.payload)) {
-            (Some(shard), Ok(event)) => by_shard.entry(shard).or_default().push(event),
-            (_, Err(e)) => {
-                tracing::warn!(%e, sequence = stored.sequence, "undecodable social event in the stream skipped")
+    super::jetstream::read(
+        &stream,
+        "bimip.social.>",
+        super::jetstream::Until::Sequence(last),
+        |stored| {
+            let shard = stored
+                .subject
+                .strip_prefix("bimip.social.")
+                .and_then(|s| s.parse::<usize>().ok());
+            match (shard, serde_json::from_slice::<SocialEvent>(stored.payload)) {
+                (Some(shard), Ok(event)) => by_shard.entry(shard).or_default().push(event),
+                (_, Err(e)) => {
+                    tracing::warn!(%e, sequence = stored.sequence, "undecodable social event in the stream skipped")
+                }
+                (None, _) => tracing::warn!(subject = stored.subject, "social event on an unknown subject skipped"),
             }
-            (None, _) => tracing::warn!(subject = stored.subject, "social event on an unknown subject skipped"),
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut counts = std::collections::BTreeMap::new();

@@ -79,24 +79,33 @@ pub struct Stored<'a> {
     pub payload: &'a [u8],
 }
 
-/// Hands `each` the messages of `stream` on `filter`, in order, from the first up to the one numbered `last` (the
-/// stream's sequence; 0 reads nothing), or to the filter's last message if that comes before. A JetStream that stops answering (a NATS server lost, a leader being
-/// elected) is asked again, from the message after the last one handed over, for up to a minute; an error of
-/// `each` ends the read at once.
+/// Where a [`read`] ends. Known from the stream's leader before the read: the consumer that reads may sit on a
+/// replica still catching up after a restart, which would report nothing pending before the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// At the message with this stream sequence, the filter's last (0: the filter holds none).
+    Sequence(u64),
+    /// After this many messages, all the filter holds.
+    Count(u64),
+}
+
+/// Hands `each` the messages of `stream` on `filter`, in order, from the first to where `until` says. A JetStream
+/// that stops answering (a NATS server lost, a leader being elected) or ends short of that is asked again, from the
+/// message after the last one handed over, for up to a minute; an error of `each` ends the read at once.
 pub async fn read(
     stream: &stream::Stream,
     filter: &str,
-    last: u64,
+    until: Until,
     mut each: impl FnMut(Stored<'_>) -> Result<(), ClusterError>,
 ) -> Result<(), ClusterError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut next = 1;
+    let mut at = Position { next: 1, read: 0 };
     loop {
-        match read_from(stream, filter, &mut next, last, &mut each).await {
+        match read_from(stream, filter, &mut at, until, &mut each).await {
             Ok(()) => return Ok(()),
             Err(Failed::Refused(error)) => return Err(error),
             Err(Failed::Stream(error)) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(%error, filter, next, "reading the stream again");
+                tracing::info!(%error, filter, next = at.next, "reading the stream again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(Failed::Stream(error)) => return Err(error),
@@ -104,44 +113,84 @@ pub async fn read(
     }
 }
 
+/// How many messages `stream` holds on `filter`, as its leader says: for [`Until::Count`]. Asked again for up to
+/// 30 s while no leader answers.
+pub async fn count(stream: &stream::Stream, filter: &str) -> Result<u64, ClusterError> {
+    use futures::TryStreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = async {
+            let subjects = stream.info_with_subjects(filter).await.map_err(|e| e.to_string())?;
+            subjects
+                .map_err(|e| e.to_string())
+                .try_fold(0u64, |sum, (_, n)| async move { Ok(sum + n as u64) })
+                .await
+        };
+        match counted.await {
+            Ok(count) => return Ok(count),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(%error, filter, "counting the stream's messages again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(ClusterError::JetStream(format!("counting {filter}: {error}"))),
+        }
+    }
+}
+
+/// How far a [`read`] got: the next stream sequence to read, and how many messages it handed over.
+struct Position {
+    next: u64,
+    read: u64,
+}
+
+impl Position {
+    fn done(&self, until: Until) -> bool {
+        match until {
+            Until::Sequence(last) => self.next > last,
+            Until::Count(count) => self.read >= count,
+        }
+    }
+}
+
 enum Failed {
-    /// The stream did not answer: worth asking again.
+    /// The stream did not answer, or not all of it: worth asking again.
     Stream(ClusterError),
     /// What it gave was refused.
     Refused(ClusterError),
 }
 
-/// One attempt of [`read`]: from message `next` on, which it moves past each message handed over.
+/// One attempt of [`read`], from `at` on, which it moves past each message handed over.
 async fn read_from(
     stream: &stream::Stream,
     filter: &str,
-    next: &mut u64,
-    last: u64,
+    at: &mut Position,
+    until: Until,
     each: &mut impl FnMut(Stored<'_>) -> Result<(), ClusterError>,
 ) -> Result<(), Failed> {
-    if last == 0 || *next > last {
+    if at.done(until) {
         return Ok(());
     }
     let failed = |e: &dyn std::fmt::Display| Failed::Stream(ClusterError::JetStream(format!("reading {filter}: {e}")));
+    let short = || failed(&"the stream ended short of its last message (a replica catching up?)");
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.into(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: *next },
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: at.next,
+            },
             ..Default::default()
         })
         .await
         .map_err(|e| failed(&e))?;
-    // `last` is the stream's: the filter may hold nothing up to it (a wildcard over a few subjects), and then no
-    // message would ever come.
     if consumer.info().await.map_err(|e| failed(&e))?.num_pending == 0 {
-        return Ok(());
+        return Err(short());
     }
     let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
             .map_err(|_| failed(&"the stream stopped answering"))?
-            .ok_or_else(|| failed(&"the stream ended early"))?
+            .ok_or_else(short)?
             .map_err(|e| failed(&e))?;
         let info = message.info().map_err(|e| failed(&e))?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
@@ -151,9 +200,13 @@ async fn read_from(
             payload: &message.payload,
         })
         .map_err(Failed::Refused)?;
-        *next = sequence + 1;
-        if pending == 0 || sequence >= last {
+        at.next = sequence + 1;
+        at.read += 1;
+        if at.done(until) {
             return Ok(());
+        }
+        if pending == 0 {
+            return Err(short());
         }
     }
 }

@@ -216,8 +216,9 @@ impl StreamRevocations {
         // Nothing to store: the entries are the bucket's.
         let read = || Ok(());
         let mut expired = Vec::new();
-        let last = stream.cached_info().state.last_sequence;
-        super::jetstream::read(&stream, &format!("{prefix}{shard}.>"), last, |stored| {
+        let filter = format!("{prefix}{shard}.>");
+        let until = super::jetstream::Until::Count(super::jetstream::count(&stream, &filter).await?);
+        super::jetstream::read(&stream, &filter, until, |stored| {
             let bad = || {
                 ClusterError::JetStream(format!(
                     "message {} of {} is not a revocation",
