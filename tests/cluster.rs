@@ -499,7 +499,7 @@ async fn a_node_that_loses_nats_keeps_its_own_sessions_and_takes_no_new_ones() {
         .unwrap();
     local.send(text(&ivan, "across")).await.unwrap();
     assert_refused(&mut local).await;
-    // A logout cannot be stored either: refused, and the session stays (OUT, nothing revoked).
+    // A logout cannot be stored either: refused, and the session stays (SES-12, nothing revoked).
     local
         .send(Payload::Logout(Logout {
             r#type: 1,
@@ -590,7 +590,7 @@ async fn a_backend_call_on_any_node_reaches_the_users_home() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
 
-/// Issue 17 part 2: chats, queues, offsets and revocations live in JetStream, and the social graph is copied back from
+/// SES-12 (issue 17 part 2): chats, queues, offsets and revocations live in JetStream, and the social graph is copied back from
 /// it. A node started again on an empty data directory (its disk lost) still has them: the queued messages reach
 /// their device, the confirmed one does not come again, the chat's versions go on without reuse, a token logged out
 /// or revoked by the backend stays refused, and a block still holds.
@@ -728,7 +728,7 @@ async fn a_node_on_an_empty_data_directory_serves_its_chats_from_jetstream() {
     assert!(refused.is_ok(), "the block holds after the restart: {refused:?}");
 }
 
-/// A node whose data directory holds revocations from before its state moved to JetStream copies them there: the
+/// SES-12: a node whose data directory holds revocations from before its state moved to JetStream copies them there: the
 /// token stays refused after the node starts again on an empty data directory.
 #[tokio::test]
 async fn a_nodes_revocations_on_disk_move_to_jetstream() {
